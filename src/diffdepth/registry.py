@@ -1,0 +1,119 @@
+"""Method id -> implementing class, default checkpoint and description.
+
+Classes are imported lazily so ``diffdepth info`` and the CLI start fast and a
+broken optional method cannot break the others.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from .errors import CheckpointError, InputError
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    id: str
+    target: str  # "module:Class"
+    default_checkpoint: Optional[str]
+    output_kind: str
+    summary: str
+
+    def load_class(self):
+        module, _, name = self.target.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+_METHODS: dict[str, MethodInfo] = {}
+
+
+def register(info: MethodInfo) -> None:
+    _METHODS[info.id] = info
+
+
+register(MethodInfo(
+    "marigold", "diffdepth.methods.marigold:MarigoldDepth", "prs-eth/marigold-depth-v1-1",
+    "affine_invariant_depth", "SD UNet fine-tuned as a latent depth denoiser (Ke et al. 2024)"))
+register(MethodInfo(
+    "metricgold", "diffdepth.methods.marigold:MetricGoldDepth", None,
+    "metric_depth", "Marigold with log-depth normalisation: depth in metres (MetricGold)"))
+register(MethodInfo(
+    "primedepth", "diffdepth.methods.primedepth:PrimeDepth", "CVL-Heidelberg/PrimeDepth",
+    "affine_invariant_disparity", "frozen SD, one step, preimage refined in pixel space (Zavadski et al. 2024)"))
+register(MethodInfo(
+    "seecoder-vpd", "diffdepth.methods.seecoder_vpd:SeeCoderVPD", None,
+    "metric_depth", "UNet conditioned on SeeCoder image-semantic tokens + VPD decoder"))
+register(MethodInfo(
+    "diffsql", "diffdepth.methods.diffsql:DiffSQL", None,
+    "relative_depth", "self-supervised ResNet + SD features + dynamic self-query bins (DiffSQL)"))
+
+#: what ``diffdepth predict photo.jpg`` uses when no --method is given
+DEFAULT_METHOD = "marigold"
+
+
+def list_methods() -> list[MethodInfo]:
+    return list(_METHODS.values())
+
+
+def get_method(method: str) -> MethodInfo:
+    try:
+        return _METHODS[method]
+    except KeyError:
+        raise InputError(f"unknown method {method!r}; available: {', '.join(_METHODS)}") from None
+
+
+def detect_method(path: Path) -> Optional[str]:
+    """Guess the method of a local checkpoint folder."""
+    marker = path / "diffdepth.json"
+    if marker.exists():
+        try:
+            return json.loads(marker.read_text()).get("method")
+        except json.JSONDecodeError:
+            raise CheckpointError(f"{marker} is not valid JSON — the checkpoint is corrupt") from None
+    index = path / "model_index.json"
+    if index.exists():
+        try:
+            name = json.loads(index.read_text()).get("_class_name", "")
+        except json.JSONDecodeError:
+            raise CheckpointError(f"{index} is not valid JSON — the checkpoint is corrupt") from None
+        if name.startswith("Marigold"):
+            return "marigold"
+    if path.is_file() and path.suffix == ".ckpt" or any(path.glob("*.ckpt")):
+        return "primedepth"
+    return None
+
+
+def load_model(method: Optional[str] = None, checkpoint: Union[str, Path, None] = None,
+               device: Union[str, torch.device, None] = "auto",
+               dtype: Union[str, torch.dtype, None] = None, **kwargs):
+    """Load a depth model for inference.
+
+    ``method`` may be omitted when ``checkpoint`` is a local diffdepth or Marigold
+    folder; ``checkpoint`` may be omitted to use the method's published default.
+    """
+    from .utils import parse_device, parse_dtype
+
+    if checkpoint is None:
+        method = method or DEFAULT_METHOD
+        checkpoint = get_method(method).default_checkpoint
+        if checkpoint is None:
+            raise InputError(f"method {method!r} has no published checkpoint — pass --checkpoint PATH "
+                             f"(train one, or `diffdepth make-tiny DIR --method {method}` for a smoke test)")
+    local = Path(checkpoint).expanduser()
+    if local.exists():
+        found = detect_method(local)
+        if method is None:
+            if found is None:
+                raise CheckpointError(f"cannot tell which method {local} belongs to — pass --method")
+            method = found
+        elif found is not None and found != method and not {found, method} <= {"marigold", "metricgold"}:
+            raise CheckpointError(f"{local} is a {found!r} checkpoint, not {method!r} — drop --method or fix it")
+    elif method is None:
+        raise InputError("pass --method when --checkpoint is a hub id")
+    cls = get_method(method).load_class()
+    return cls.from_pretrained(checkpoint, device=parse_device(device), dtype=parse_dtype(dtype), **kwargs)
