@@ -127,4 +127,13 @@ class DepthModel(nn.Module):
 
     @classmethod
     def make_tiny(cls, seed: int = 0, **overrides: Any) -> "DepthModel":  # pragma: no cover
+        """A randomly initialised tiny instance (few dozen channels) for tests and make-tiny."""
+        raise NotImplementedError
+
+    @classmethod
+    def build(cls, backbone: str = "stabilityai/stable-diffusion-2-1", **config: Any) -> "DepthModel":  # pragma: no cover
+        """A new, untrained model around a pretrained Stable Diffusion (hub id or folder).
+
+        This is what training recipes start from; ``make_tiny`` is its tiny twin.
+        """
         raise NotImplementedError
