@@ -105,3 +105,91 @@ def distance_to_planar_depth(distance: np.ndarray, focal_px: float) -> np.ndarra
     v = np.arange(h) - (h - 1) / 2.0
     uu, vv = np.meshgrid(u, v)
     return distance * focal_px / np.sqrt(uu ** 2 + vv ** 2 + focal_px ** 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rigid motion and view synthesis for self-supervised training (Monodepth2, Godard et al. 2019,
+# Sec. 3; Zhou et al. 2017). Appended by the DiffSQL engineer; the functions above are reused.
+
+
+def skew(v: torch.Tensor) -> torch.Tensor:
+    """Cross-product matrix [v]x: v [...,3] -> [...,3,3] with [v]x @ u == v x u."""
+    x, y, z = v.unbind(-1)
+    o = torch.zeros_like(x)
+    return torch.stack([o, -z, y, z, o, -x, -y, x, o], -1).reshape(*v.shape[:-1], 3, 3)
+
+
+def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
+    """Rodrigues' formula: axis-angle v [...,3] (angle = |v|, axis = v/|v|) -> rotation [...,3,3].
+
+    R = I + (sin θ / θ) [v]x + ((1 − cos θ) / θ²) [v]x², with the Taylor series of both
+    coefficients near θ = 0 so the map is exact and differentiable at the identity.
+    """
+    theta2 = (axis_angle * axis_angle).sum(-1, keepdim=True).unsqueeze(-1)  # [...,1,1]
+    small = theta2 < 1e-6
+    theta2_safe = torch.where(small, torch.ones_like(theta2), theta2)
+    theta = theta2_safe.sqrt()
+    a = torch.where(small, 1.0 - theta2 / 6.0, torch.sin(theta) / theta)
+    b = torch.where(small, 0.5 - theta2 / 24.0, (1.0 - torch.cos(theta)) / theta2_safe)
+    k = skew(axis_angle)
+    eye = torch.eye(3, dtype=axis_angle.dtype, device=axis_angle.device).expand_as(k)
+    return eye + a * k + b * (k @ k)
+
+
+def pose_to_matrix(axis_angle: torch.Tensor, translation: torch.Tensor, invert: bool = False) -> torch.Tensor:
+    """axis-angle [B,3] + translation [B,3] -> 4x4 rigid transform [B,4,4] ``[[R, t], [0, 1]]``.
+
+    ``invert=True`` returns the inverse ``[[Rᵀ, −Rᵀt], [0, 1]]`` (Monodepth2 predicts the pose of
+    the earlier frame relative to the later one, so the transform towards frame −1 is inverted).
+    """
+    if axis_angle.shape[-1] != 3 or translation.shape[-1] != 3:
+        raise ValueError(f"axis_angle and translation must end in 3, got {tuple(axis_angle.shape)}, {tuple(translation.shape)}")
+    rot = axis_angle_to_matrix(axis_angle.reshape(-1, 3))  # [B,3,3]
+    t = translation.reshape(-1, 3, 1)  # [B,3,1]
+    if invert:
+        rot = rot.transpose(1, 2)
+        t = -rot @ t
+    out = torch.zeros(rot.shape[0], 4, 4, dtype=rot.dtype, device=rot.device)
+    out[:, :3, :3] = rot
+    out[:, :3, 3:] = t
+    out[:, 3, 3] = 1.0
+    return out
+
+
+def pixels_to_grid(pix: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Pixel coordinates [B,2,H*W] (integer pixel centres, as :func:`pixel_grid`) -> a
+    ``grid_sample`` grid [B,H,W,2] in [-1,1] for ``align_corners=True`` (pixel 0 -> −1,
+    pixel W−1 -> +1)."""
+    b = pix.shape[0]
+    x = pix[:, 0] / max(width - 1, 1) * 2.0 - 1.0
+    y = pix[:, 1] / max(height - 1, 1) * 2.0 - 1.0
+    return torch.stack([x, y], -1).reshape(b, height, width, 2)
+
+
+def warp_to_target(source: torch.Tensor, depth: torch.Tensor, K: torch.Tensor, T: torch.Tensor,
+                   padding_mode: str = "border") -> Tuple[torch.Tensor, torch.Tensor]:
+    """Synthesise the target view from a source frame (Monodepth2 Eq. 2 / Zhou et al. 2017).
+
+    source [B,C,H,W]; depth [B,1,H,W] of the *target* frame; K [B,3,3] (or [3,3]) at this
+    resolution; T [B,4,4] maps target-camera points to source-camera points. Each target pixel
+    is back-projected with K⁻¹ and its depth, moved by T, projected with K, and the source is
+    sampled there bilinearly (``grid_sample``, ``align_corners=True`` to match integer pixel
+    centres, ``padding_mode`` border by default). Returns the warped image [B,C,H,W] and a
+    bool mask [B,1,H,W] of pixels that land inside the source with positive depth.
+    """
+    import torch.nn.functional as F
+
+    b, _, h, w = depth.shape
+    if source.shape[0] != b or source.shape[-2:] != (h, w):
+        raise ValueError(f"source {tuple(source.shape)} and depth {tuple(depth.shape)} disagree")
+    if K.dim() == 2:
+        K = K.unsqueeze(0).expand(b, 3, 3)
+    K = K.to(depth.dtype)
+    points = backproject(depth, torch.linalg.inv(K))  # [B,3,HW] in the target camera
+    pix, z = project(points, K, T.to(depth.dtype))  # [B,2,HW], [B,1,HW] in the source camera
+    grid = pixels_to_grid(pix, h, w)  # [B,H,W,2]
+    warped = F.grid_sample(source, grid.to(source.dtype), mode="bilinear", padding_mode=padding_mode,
+                           align_corners=True)  # [B,C,H,W]
+    inside = (grid.abs() <= 1.0 + 1e-4).all(-1)  # slack for round-off at the border
+    inside = inside.unsqueeze(1) & (z.reshape(b, 1, h, w) > 0)
+    return warped, inside
