@@ -1,0 +1,313 @@
+"""Video input/output: frames in, depth videos and per-frame depth archives out.
+
+Reading uses PyAV (FFmpeg) and falls back to imageio when PyAV is not installed. Frames
+come out as float32 ``[H,W,3]`` RGB in ``[0,1]``, with the container's rotation metadata
+(display matrix, e.g. phone videos shot upright) applied. Unreadable, corrupt or empty
+videos raise :class:`diffdepth.errors.InputError` naming the file.
+
+Writing (:class:`VideoWriter`) encodes H.264 (libx264, yuv420p, CRF 18) when PyAV's FFmpeg
+has it, else MPEG-4 Part 2, into a temporary file that is renamed onto the target only
+when the writer closes without an exception.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..errors import InputError
+from ..types import check_kind
+from ..utils import atomic_path
+from .images import to_float_rgb
+
+try:  # PyAV is a dependency, but keep the module importable without it
+    import av as _av
+except ImportError:  # pragma: no cover - exercised through monkeypatching in tests
+    _av = None
+
+PathLike = Union[str, os.PathLike]
+
+#: fps reported when a container does not state its frame rate
+DEFAULT_FPS = 30.0
+#: encoders tried in order by VideoWriter (first available wins)
+ENCODERS = ("libx264", "h264", "mpeg4")
+
+
+def _check_file(path: PathLike) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"cannot read video {os.fspath(path)}: no such file")
+    if p.is_dir():
+        raise InputError(f"cannot read video {os.fspath(path)}: it is a folder, not a file")
+    if p.stat().st_size == 0:
+        raise InputError(f"cannot read video {os.fspath(path)}: file is empty (0 bytes)")
+    return p
+
+
+def _rotate(frame: np.ndarray, degrees_ccw: float) -> np.ndarray:
+    """Apply a display-matrix rotation (degrees counter-clockwise, multiple of 90)."""
+    k = int(round(degrees_ccw / 90.0)) % 4
+    return np.ascontiguousarray(np.rot90(frame, k)) if k else frame
+
+
+def _av_errors() -> tuple:
+    errs: tuple = (OSError, ValueError, EOFError)
+    if _av is not None:
+        errs = errs + (_av.FFmpegError,)
+    return errs
+
+
+def _open_av(p: Path):
+    """Open with PyAV and return (container, first video stream)."""
+    try:
+        container = _av.open(os.fspath(p), mode="r")
+    except _av_errors() as err:
+        raise InputError(f"cannot read video {p}: not a video file or corrupt ({err})") from None
+    if not container.streams.video:
+        container.close()
+        raise InputError(f"cannot read video {p}: it has no video stream")
+    return container, container.streams.video[0]
+
+
+def video_info(path: PathLike) -> Tuple[float, Optional[int], int, int]:
+    """(fps, number of frames or None if the container does not say, width, height).
+
+    Width/height are those of the frames :func:`iter_video_frames` yields (rotation
+    applied). The first frame is decoded to make sure the video is readable.
+    """
+    p = _check_file(path)
+    if _av is None:
+        return _imageio_info(p)
+    container, stream = _open_av(p)
+    try:
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = float(rate) if rate else DEFAULT_FPS
+        n = int(stream.frames) if stream.frames else None
+        first = None
+        try:
+            for frame in container.decode(stream):
+                first = frame
+                break
+        except _av_errors() as err:
+            raise InputError(f"cannot read video {p}: corrupt ({err})") from None
+        if first is None:
+            raise InputError(f"cannot read video {p}: it contains no frames")
+        w, h = first.width, first.height
+        if int(round(getattr(first, "rotation", 0) or 0)) % 180 != 0:
+            w, h = h, w
+        return fps, n, w, h
+    finally:
+        container.close()
+
+
+def iter_video_frames(path: PathLike) -> Iterator[np.ndarray]:
+    """Frames of a video in order as float32 ``[H,W,3]`` RGB in ``[0,1]``.
+
+    The file is opened (and checked) when this is called; decoding happens lazily. A
+    decoding error mid-stream raises InputError naming the file and the frame index; a
+    video with no frames raises InputError when the iterator ends.
+    """
+    p = _check_file(path)
+    if _av is None:
+        return _imageio_frames(p)
+    container, stream = _open_av(p)
+    return _av_frames(p, container, stream)
+
+
+def _av_frames(p: Path, container, stream) -> Iterator[np.ndarray]:
+    count = 0
+    try:
+        decoder = container.decode(stream)
+        while True:
+            try:
+                frame = next(decoder)
+            except StopIteration:
+                break
+            except _av_errors() as err:
+                raise InputError(f"cannot read video {p}: corrupt at frame {count} ({err})") from None
+            rgb = frame.to_ndarray(format="rgb24")  # [H,W,3] uint8
+            rgb = _rotate(rgb, getattr(frame, "rotation", 0) or 0)
+            count += 1
+            yield rgb.astype(np.float32) / 255.0
+    finally:
+        container.close()
+    if count == 0:
+        raise InputError(f"cannot read video {p}: it contains no frames")
+
+
+def _imageio_info(p: Path) -> Tuple[float, Optional[int], int, int]:
+    import imageio.v3 as iio
+
+    try:
+        meta = iio.immeta(p)
+        first = next(iter(iio.imiter(p)))
+    except StopIteration:
+        raise InputError(f"cannot read video {p}: it contains no frames") from None
+    except Exception as err:  # imageio raises plugin-specific errors
+        raise InputError(f"cannot read video {p}: {err}") from None
+    fps = meta.get("fps")
+    if not fps and meta.get("duration"):  # GIF-style per-frame duration in ms
+        fps = 1000.0 / float(meta["duration"])
+    n = meta.get("nframes")
+    n = int(n) if isinstance(n, (int, float)) and np.isfinite(n) and n > 0 else None
+    return float(fps or DEFAULT_FPS), n, int(first.shape[1]), int(first.shape[0])
+
+
+def _imageio_frames(p: Path) -> Iterator[np.ndarray]:
+    import imageio.v3 as iio
+
+    count = 0
+    try:
+        for frame in iio.imiter(p):
+            count += 1
+            yield to_float_rgb(np.asarray(frame), name=f"{p} frame {count - 1}")
+    except InputError:
+        raise
+    except Exception as err:
+        raise InputError(f"cannot read video {p}: {err}") from None
+    if count == 0:
+        raise InputError(f"cannot read video {p}: it contains no frames")
+
+
+def _fps_fraction(fps: float) -> Fraction:
+    if not (isinstance(fps, (int, float, Fraction)) and float(fps) > 0 and np.isfinite(float(fps))):
+        raise InputError(f"frame rate must be a positive number, got {fps!r}")
+    return Fraction(fps).limit_denominator(1001) if not isinstance(fps, Fraction) else fps
+
+
+def pick_encoder() -> str:
+    """First encoder of :data:`ENCODERS` that PyAV's FFmpeg build can write."""
+    if _av is None:
+        raise InputError("writing videos needs PyAV: pip install av")
+    for name in ENCODERS:
+        try:
+            _av.codec.Codec(name, "w")
+            return name
+        except Exception:
+            continue
+    raise InputError(f"PyAV's FFmpeg has none of the encoders {', '.join(ENCODERS)}")
+
+
+class VideoWriter:
+    """Write frames to an .mp4/.mov/.mkv video, atomically.
+
+    ``with VideoWriter("out.mp4", fps=24) as vw: vw.write(frame)`` where frames are
+    ``[H,W,3]`` uint8 or float in ``[0,1]`` (any input :func:`to_float_rgb` takes), all of
+    one size. yuv420p needs even sizes: odd widths/heights are padded by repeating the last
+    column/row. The file appears only when the block exits without an exception and at
+    least one frame was written; otherwise nothing (and no temporary file) is left.
+    """
+
+    def __init__(self, path: PathLike, fps: float = DEFAULT_FPS, crf: int = 18):
+        self.path = Path(path)
+        if self.path.suffix.lower() not in (".mp4", ".mov", ".mkv"):
+            raise InputError(f"video output {self.path} must end in .mp4, .mov or .mkv")
+        self.fps = _fps_fraction(fps)
+        self.crf = crf
+        self.codec = pick_encoder()
+        self.frames_written = 0
+        self._atomic = None
+        self._container = None
+        self._stream = None
+        self._size: Optional[Tuple[int, int]] = None  # (H, W) of the input frames
+
+    def __enter__(self) -> "VideoWriter":
+        self._atomic = atomic_path(self.path)
+        tmp = self._atomic.__enter__()
+        try:
+            fmt = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}[self.path.suffix.lower()]
+            self._container = _av.open(os.fspath(tmp), mode="w", format=fmt)
+        except BaseException:
+            self._atomic.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    def _open_stream(self, h: int, w: int) -> None:
+        stream = self._container.add_stream(self.codec, rate=self.fps)
+        stream.width, stream.height = w + (w % 2), h + (h % 2)
+        stream.pix_fmt = "yuv420p"
+        if self.codec in ("libx264", "h264"):
+            stream.options = {"crf": str(self.crf), "preset": "medium"}
+        else:
+            stream.bit_rate = 8_000_000
+        self._stream = stream
+        self._size = (h, w)
+
+    def write(self, frame: Any) -> None:
+        """Append one frame ([H,W,3] uint8 or float in [0,1])."""
+        if self._container is None:
+            raise RuntimeError("VideoWriter.write called outside its 'with' block")
+        if isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3:
+            u8 = frame
+        else:
+            u8 = np.round(to_float_rgb(frame, name=f"frame {self.frames_written}") * 255.0).astype(np.uint8)
+        h, w = u8.shape[:2]
+        if self._stream is None:
+            self._open_stream(h, w)
+        elif (h, w) != self._size:
+            raise InputError(f"frame {self.frames_written} is {w}x{h} but the video is "
+                             f"{self._size[1]}x{self._size[0]}; all frames must have one size")
+        if h % 2 or w % 2:
+            u8 = np.pad(u8, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        vf = _av.VideoFrame.from_ndarray(np.ascontiguousarray(u8), format="rgb24")
+        vf.pts = self.frames_written
+        vf.time_base = 1 / self.fps
+        for packet in self._stream.encode(vf):
+            self._container.mux(packet)
+        self.frames_written += 1
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            if exc_type is None:
+                if self._stream is None:
+                    raise InputError(f"no frames were written to {self.path}; nothing saved")
+                for packet in self._stream.encode(None):  # flush the encoder
+                    self._container.mux(packet)
+        except BaseException:
+            exc_type, exc, tb = sys.exc_info()
+            self._close_container()
+            self._atomic.__exit__(exc_type, exc, tb)
+            raise
+        self._close_container()
+        return bool(self._atomic.__exit__(exc_type, exc, tb))
+
+    def _close_container(self) -> None:
+        if self._container is not None:
+            try:
+                self._container.close()
+            finally:
+                self._container = None
+
+
+def save_npz_frames(path: PathLike, depths: Union[Sequence[Any], np.ndarray], kind: str, fps: float) -> Path:
+    """Write per-frame depth of a video as ``.npz``: ``depth`` float32 ``[N,H,W]``, ``kind``
+    (string), ``fps`` (float). Written atomically through a file object, so ``np.savez``
+    never renames the temporary file by appending ``.npz``."""
+    check_kind(kind)
+    frames = [np.asarray(d.detach().float().cpu().numpy() if hasattr(d, "detach") else d, dtype=np.float32)
+              for d in depths]
+    frames = [f.reshape(f.shape[-2:]) if f.ndim > 2 and np.prod(f.shape[:-2]) == 1 else f for f in frames]
+    if not frames:
+        raise InputError(f"no depth frames to write to {path}")
+    shapes = {f.shape for f in frames}
+    if len(shapes) != 1 or frames[0].ndim != 2:
+        raise InputError(f"depth frames for {path} must all be [H,W] of one size, got {sorted(shapes)}")
+    stack = np.stack(frames, 0)  # [N,H,W]
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, depth=stack, kind=np.array(kind), fps=np.array(float(fps)))
+    return path
+
+
+def load_npz_frames(path: PathLike) -> Tuple[np.ndarray, str, float]:
+    """Read what :func:`save_npz_frames` wrote -> (depth [N,H,W], kind, fps)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return z["depth"], str(z["kind"]), float(z["fps"])
+    except (OSError, KeyError, ValueError) as err:
+        raise InputError(f"cannot read depth frames {os.fspath(path)}: {err}") from None
