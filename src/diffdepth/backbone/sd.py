@@ -1,0 +1,304 @@
+"""Stable Diffusion wrapper: loading, image/latent coding, prompts and one-step taps."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from ..hub import resolve_checkpoint
+from .taps import Preimage, _Stop, tapped
+
+DEFAULT_SD = "stabilityai/stable-diffusion-2-1"
+COMPONENTS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
+
+
+def _allow_patterns(components: Iterable[str]) -> List[str]:
+    pats = ["model_index.json"]
+    for c in components:
+        pats += [f"{c}/*.json", f"{c}/*.txt", f"{c}/diffusion_pytorch_model.safetensors", f"{c}/model.safetensors"]
+    return pats
+
+
+class StableDiffusion(nn.Module):
+    """The frozen-by-default SD components every method stands on.
+
+    ``vae``, ``unet`` and ``text_encoder`` are submodules (so ``.to()``, ``state_dict`` and
+    ``requires_grad_`` reach them); ``tokenizer`` and ``scheduler`` are plain attributes.
+    Device and dtype are those of the UNet; every entry point casts its inputs to them.
+    """
+
+    def __init__(self, vae=None, unet=None, text_encoder=None, tokenizer=None, scheduler=None,
+                 source: Optional[str] = None, frozen: bool = True):
+        super().__init__()
+        self.vae = vae
+        self.unet = unet
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler
+        self.source = source
+        self._empty_prompt: Optional[torch.Tensor] = None
+        if frozen:
+            self.freeze()
+
+    # ------------------------------------------------------------------ loading / saving
+    @classmethod
+    def from_pretrained(cls, source: Union[str, os.PathLike] = DEFAULT_SD, components: Sequence[str] = COMPONENTS,
+                        device=None, dtype=None, frozen: bool = True) -> "StableDiffusion":
+        """Load from a diffusers-format folder or hub id (SD 2.x and SD 1.5-family layouts)."""
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        unknown = set(components) - set(COMPONENTS)
+        if unknown:
+            raise ValueError(f"unknown SD components {sorted(unknown)}; choose from {COMPONENTS}")
+        root = resolve_checkpoint(source, allow_patterns=_allow_patterns(components))
+        parts = {}
+        loaders = {
+            "vae": lambda p: AutoencoderKL.from_pretrained(p, subfolder="vae"),
+            "unet": lambda p: UNet2DConditionModel.from_pretrained(p, subfolder="unet"),
+            "text_encoder": lambda p: CLIPTextModel.from_pretrained(p, subfolder="text_encoder"),
+            "tokenizer": lambda p: CLIPTokenizer.from_pretrained(p, subfolder="tokenizer"),
+            "scheduler": lambda p: DDPMScheduler.from_pretrained(p, subfolder="scheduler"),
+        }
+        for name in components:
+            if not (root / name).is_dir():
+                raise CheckpointError(f"{source} has no {name}/ folder — is it a diffusers Stable Diffusion folder?")
+            try:
+                parts[name] = loaders[name](str(root))
+            except (OSError, ValueError, json.JSONDecodeError) as err:
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise CheckpointError(f"cannot load {name} from {root / name}: {first}") from None
+        sd = cls(**parts, source=str(source), frozen=frozen)
+        return sd.to(device=device, dtype=dtype)
+
+    def save_pretrained(self, path: Union[str, os.PathLike], components: Optional[Sequence[str]] = None,
+                        model_index: bool = True) -> Path:
+        """Write diffusers subfolders (safetensors + configs) that :meth:`from_pretrained` reads."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        present = {n: getattr(self, n) for n in COMPONENTS if getattr(self, n) is not None}
+        names = list(components) if components is not None else list(present)
+        for name in names:
+            part = present.get(name)
+            if part is None:
+                raise ValueError(f"this StableDiffusion has no {name}")
+            if name in ("vae", "unet", "text_encoder"):
+                part.save_pretrained(path / name, safe_serialization=True)
+            else:
+                part.save_pretrained(path / name)
+        if model_index:
+            index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": _diffusers_version()}
+            for name in COMPONENTS:
+                part = present.get(name)
+                index[name] = [_library_of(part), type(part).__name__] if part is not None else [None, None]
+            index.update({"safety_checker": [None, None], "feature_extractor": [None, None],
+                          "requires_safety_checker": False})
+            (path / "model_index.json").write_text(json.dumps(index, indent=2))
+        return path
+
+    def freeze(self) -> "StableDiffusion":
+        for m in (self.vae, self.unet, self.text_encoder):
+            if m is not None:
+                m.requires_grad_(False)
+                m.eval()
+        return self
+
+    def train(self, mode: bool = True):
+        """Frozen parts stay in eval mode (no dropout) even when the owner trains."""
+        super().train(mode)
+        for m in (self.vae, self.unet, self.text_encoder):
+            if m is not None and not any(p.requires_grad for p in m.parameters()):
+                m.eval()
+        return self
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device if self.unet is not None else next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype if self.unet is not None else next(self.parameters()).dtype
+
+    @property
+    def latent_factor(self) -> int:
+        if self.vae is None:
+            return 8
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this for one UNet pass without internal padding."""
+        levels = len(self.unet.config.block_out_channels) if self.unet is not None else 4
+        return self.latent_factor * 2 ** (levels - 1)
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor) if self.vae is not None else 0.18215
+
+    @property
+    def context_dim(self) -> int:
+        return int(self.unet.config.cross_attention_dim)
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        return self.scheduler.alphas_cumprod
+
+    # ------------------------------------------------------------------ coding
+    def encode_image(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``x [B,3,H,W]`` in [0,1] -> scaled latent ``[B,4,H/8,W/8]`` (posterior mode, or a seeded sample)."""
+        x = x.to(device=self.device, dtype=self.vae.dtype) * 2.0 - 1.0
+        dist = self.vae.encode(x).latent_dist
+        z = dist.mode() if generator is None else dist.sample(generator=generator)
+        return z * self.scaling_factor
+
+    def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latent -> raw VAE decoder output ``[B,3,H,W]`` (nominally [-1, 1])."""
+        z = z.to(device=self.device, dtype=self.vae.dtype) / self.scaling_factor
+        return self.vae.decode(z).sample
+
+    def encode_prompt(self, prompts: Union[str, Sequence[str], None] = None,
+                      batch_size: Optional[int] = None) -> torch.Tensor:
+        """Text context ``[B,77,D]``. ``None`` or all-empty prompts use a cached embedding."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if prompts is None or all(p == "" for p in prompts):
+            n = batch_size or (len(prompts) if prompts else 1)
+            return self.empty_prompt().expand(n, -1, -1)
+        if batch_size is not None and len(prompts) == 1:
+            prompts = list(prompts) * batch_size
+        return self._encode_text(list(prompts))
+
+    def empty_prompt(self) -> torch.Tensor:
+        """The empty-prompt embedding ``[1,77,D]``, computed once per device/dtype."""
+        cached = self._empty_prompt
+        if cached is None or cached.device != self.device or cached.dtype != self.dtype:
+            with torch.no_grad():
+                self._empty_prompt = self._encode_text([""])
+        return self._empty_prompt
+
+    def _encode_text(self, prompts: List[str]) -> torch.Tensor:
+        if self.text_encoder is None or self.tokenizer is None:
+            raise CheckpointError("this model was loaded without a text encoder/tokenizer; prompts are unavailable")
+        tok = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt")
+        ids = tok.input_ids.to(self.text_encoder.device)
+        ctx = self.text_encoder(ids)[0]
+        return ctx.to(device=self.device, dtype=self.dtype)
+
+    def add_noise(self, z: torch.Tensor, t: Union[int, torch.Tensor], noise: torch.Tensor) -> torch.Tensor:
+        """Forward diffusion ``sqrt(a_t) z + sqrt(1 - a_t) noise`` (a_t = cumulative alpha)."""
+        ab = self.alphas_cumprod.to(device=z.device, dtype=torch.float32)
+        t = torch.as_tensor(t, device=z.device).long().reshape(-1)
+        a = ab[t].reshape(-1, 1, 1, 1)
+        return (a.sqrt() * z.float() + (1 - a).sqrt() * noise.float()).to(z.dtype)
+
+    # ------------------------------------------------------------------ taps
+    def taps(self, z: torch.Tensor, t: Union[int, torch.Tensor] = 1, context: Optional[torch.Tensor] = None,
+             noise: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
+             inputs: Iterable[str] = (), outputs: Iterable[str] = (), self_attn: Iterable[str] = (),
+             cross_attn: Iterable[str] = (), regions: int = 8, stop_after: Optional[str] = None,
+             return_output: bool = False) -> Preimage:
+        """One UNet pass at timestep ``t`` returning the requested feature and attention maps.
+
+        ``noise`` (a tensor) or ``generator`` (seeded Gaussian noise) noises ``z`` to level
+        ``t``; with neither, ``z`` enters as is. ``context`` replaces the text context
+        (``[B,T,D]`` with ``D == context_dim``); ``None`` means the empty prompt.
+        """
+        z = z.to(device=self.device, dtype=self.dtype)
+        if noise is None and generator is not None:
+            noise = torch.randn(z.shape, generator=generator, device=generator.device, dtype=torch.float32)
+        if noise is not None:
+            z = self.add_noise(z, t, noise.to(z.device))
+        if context is None:
+            context = self.empty_prompt().expand(z.shape[0], -1, -1)
+        context = context.to(device=self.device, dtype=self.dtype)
+        timestep = torch.as_tensor(t, device=z.device)
+        if timestep.ndim == 0:
+            timestep = timestep.expand(z.shape[0])
+        pre = Preimage()
+        with tapped(self.unet, pre, inputs, outputs, self_attn, cross_attn, regions, stop_after):
+            try:
+                out = self.unet(z, timestep, encoder_hidden_states=context, return_dict=False)[0]
+                if return_output:
+                    pre.output = out
+            except _Stop:
+                pass
+        return pre
+
+    # ------------------------------------------------------------------ layout
+    def _level_scale(self, level: int) -> int:
+        return self.latent_factor * 2 ** level
+
+    def encoder_layers(self) -> List[Dict]:
+        """One entry per encoder resnet (``down_blocks.i.resnets.j``) in execution order."""
+        layers = []
+        for i, block in enumerate(self.unet.down_blocks):
+            n = len(block.resnets)
+            for j, res in enumerate(block.resnets):
+                has_attn = hasattr(block, "attentions") and block.attentions is not None and len(block.attentions) > j
+                down = getattr(block, "downsamplers", None)
+                layers.append({
+                    "index": len(layers), "block": i,
+                    "resnet": f"down_blocks.{i}.resnets.{j}",
+                    "attention": f"down_blocks.{i}.attentions.{j}" if has_attn else None,
+                    "downsampler": f"down_blocks.{i}.downsamplers.0" if (down and j == n - 1) else None,
+                    "in_channels": res.conv1.in_channels, "out_channels": res.conv2.out_channels,
+                    "scale": self._level_scale(i),
+                })
+        return layers
+
+    def mid_layers(self) -> List[Dict]:
+        block = self.unet.mid_block
+        attn = getattr(block, "attentions", None)
+        return [{"resnet": "mid_block", "attention": "mid_block.attentions.0" if attn else None,
+                 "in_channels": block.resnets[0].conv1.in_channels, "out_channels": block.resnets[-1].conv2.out_channels,
+                 "scale": self._level_scale(len(self.unet.down_blocks) - 1)}]
+
+    def decoder_layers(self) -> List[Dict]:
+        """One entry per decoder resnet (``up_blocks.i.resnets.j``) in execution order (12 for SD)."""
+        levels = len(self.unet.up_blocks)
+        layers = []
+        for i, block in enumerate(self.unet.up_blocks):
+            for j, res in enumerate(block.resnets):
+                has_attn = hasattr(block, "attentions") and block.attentions is not None and len(block.attentions) > j
+                up = getattr(block, "upsamplers", None)
+                layers.append({
+                    "index": len(layers), "block": i,
+                    "resnet": f"up_blocks.{i}.resnets.{j}",
+                    "attention": f"up_blocks.{i}.attentions.{j}" if has_attn else None,
+                    "upsampler": f"up_blocks.{i}.upsamplers.0" if (up and j == len(block.resnets) - 1) else None,
+                    "in_channels": res.conv1.in_channels, "out_channels": res.conv2.out_channels,
+                    "scale": self._level_scale(levels - 1 - i),
+                })
+        return layers
+
+    def transformer_info(self, name: str) -> Dict:
+        """Heads, channels and image-relative scale of a transformer (attention) module."""
+        module = self.unet.get_submodule(name)
+        attn = module.transformer_blocks[0].attn1
+        parts = name.split(".")
+        if parts[0] == "down_blocks":
+            scale = self._level_scale(int(parts[1]))
+        elif parts[0] == "up_blocks":
+            scale = self._level_scale(len(self.unet.up_blocks) - 1 - int(parts[1]))
+        else:
+            scale = self._level_scale(len(self.unet.down_blocks) - 1)
+        return {"heads": attn.heads, "channels": attn.inner_dim if hasattr(attn, "inner_dim") else attn.to_q.out_features,
+                "scale": scale, "context_tokens": None}
+
+
+def _diffusers_version() -> str:
+    import diffusers
+
+    return diffusers.__version__
+
+
+def _library_of(obj) -> str:
+    mod = type(obj).__module__.split(".")[0]
+    return mod if mod in ("diffusers", "transformers") else mod

@@ -1,0 +1,219 @@
+"""One-step UNet "taps": feature maps and attention maps from inside a diffusers UNet.
+
+Feature maps are caught with forward (pre-)hooks on module paths. Attention maps are
+computed by an attention processor (diffusers' intended extension point) that runs the
+usual attention and, for the modules asked for, also returns
+
+* self-attention averaged over an ``R x R`` grid of key regions, per head
+  (PrimeDepth's reduced self-attention map). With ``W[k, r] = 1/|region r|`` if key ``k``
+  lies in region ``r`` (else 0), the regional mean of the attention row ``A[q, :]`` is
+  ``(A W)[q, r] = softmax(q K^T / sqrt(d)) W`` — attention whose *values* are ``W``. So it
+  is one ``scaled_dot_product_attention(q, k, W)`` call and the ``N x N`` matrix is never
+  materialised (memory ``O(N R^2)`` instead of ``O(N^2)``).
+* cross-attention probabilities over the context tokens, per head: the same trick with
+  ``W = I_T`` (identity over the T tokens).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class Preimage:
+    """What one tapped UNet pass returns. Maps are ``[B, C, h, w]`` at the module's resolution."""
+
+    inputs: Dict[str, torch.Tensor] = field(default_factory=dict)
+    outputs: Dict[str, torch.Tensor] = field(default_factory=dict)
+    self_attn: Dict[str, torch.Tensor] = field(default_factory=dict)  # [B, heads*R*R, h, w]
+    cross_attn: Dict[str, torch.Tensor] = field(default_factory=dict)  # [B, heads*T, h, w]
+    output: Optional[torch.Tensor] = None  # UNet output when the pass ran to the end
+
+
+def region_weights(height: int, width: int, regions: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """``W [h*w, R*R]``: column r holds 1/|region r| on the keys of region r (row-major grid).
+
+    Key (i, j) belongs to region ``(i*R // h, j*R // w)``. When ``h < R`` (or ``w < R``)
+    some regions hold no key; their column is all zeros, so their map is 0.
+    """
+    rows = torch.arange(height, device=device) * regions // height
+    cols = torch.arange(width, device=device) * regions // width
+    region = (rows[:, None] * regions + cols[None, :]).reshape(-1)  # [N]
+    onehot = F.one_hot(region, regions * regions).to(torch.float64)  # [N, R*R]
+    counts = onehot.sum(0).clamp_min(1.0)
+    return (onehot / counts).to(dtype)
+
+
+def regional_attention_naive(q: torch.Tensor, k: torch.Tensor, height: int, width: int, regions: int,
+                             scale: Optional[float] = None) -> torch.Tensor:
+    """Reference: materialise the ``N x N`` attention, then average keys per region.
+
+    q, k ``[B, H, N, d]`` -> ``[B, H, N, R*R]``. Used by tests and the taps benchmark only.
+    """
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    attn = torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1)  # [B,H,N,N]
+    rows = torch.arange(height, device=q.device) * regions // height
+    cols = torch.arange(width, device=q.device) * regions // width
+    region = (rows[:, None] * regions + cols[None, :]).reshape(-1)
+    out = torch.zeros(*attn.shape[:-1], regions * regions, dtype=attn.dtype, device=attn.device)
+    out.index_add_(-1, region, attn)
+    counts = torch.bincount(region, minlength=regions * regions).clamp_min(1).to(attn.dtype)
+    return out / counts
+
+
+def regional_attention(q: torch.Tensor, k: torch.Tensor, height: int, width: int, regions: int,
+                       scale: Optional[float] = None) -> torch.Tensor:
+    """Regional mean of softmax attention without the ``N x N`` matrix: ``[B, H, N, R*R]``."""
+    w = region_weights(height, width, regions, dtype=q.dtype, device=q.device)  # [N, R*R]
+    w = w.expand(q.shape[0], q.shape[1], *w.shape)  # a view: no copy per batch/head
+    return F.scaled_dot_product_attention(q, k, w, scale=scale)
+
+
+def token_attention(q: torch.Tensor, k: torch.Tensor, scale: Optional[float] = None) -> torch.Tensor:
+    """Attention probabilities over the T keys, ``[B, H, N, T]``, via SDPA with identity values."""
+    eye = torch.eye(k.shape[-2], dtype=q.dtype, device=q.device).expand(q.shape[0], q.shape[1], -1, -1)
+    return F.scaled_dot_product_attention(q, k, eye, scale=scale)
+
+
+def _to_map(probs: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``[B, H, N, C]`` -> ``[B, H*C, h, w]`` (head-major channels)."""
+    b, heads, n, c = probs.shape
+    return probs.permute(0, 1, 3, 2).reshape(b, heads * c, height, width)
+
+
+class TapAttnProcessor:
+    """Standard scaled-dot-product attention that can also record attention maps.
+
+    ``mode`` is ``"self"`` (regional maps) or ``"cross"`` (token maps); results land in
+    ``sink[name]``. The spatial size of the query map is set by a pre-hook on the
+    enclosing transformer (``self.hw``), since the attention itself sees tokens only.
+    """
+
+    def __init__(self, name: str, mode: str, sink: Dict[str, torch.Tensor], regions: int = 8):
+        self.name, self.mode, self.sink, self.regions = name, mode, sink, regions
+        self.hw: Optional[tuple] = None
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 *args, **kwargs):
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        spatial = hidden_states.ndim == 4
+        if spatial:
+            b, c, h, w = hidden_states.shape
+            hidden_states = hidden_states.flatten(2).transpose(1, 2)
+            self.hw = (h, w)
+        batch, _, _ = hidden_states.shape
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        if encoder_hidden_states is not None and attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, context.shape[1], batch)
+            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
+
+        heads = attn.heads
+        q = attn.to_q(hidden_states)
+        k = attn.to_k(context)
+        v = attn.to_v(context)
+        head_dim = k.shape[-1] // heads
+        q = q.view(batch, -1, heads, head_dim).transpose(1, 2)  # [B,H,N,d]
+        k = k.view(batch, -1, heads, head_dim).transpose(1, 2)  # [B,H,M,d]
+        v = v.view(batch, -1, heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        scale = getattr(attn, "scale", None)
+
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=scale)
+        out = out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(q.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+
+        if self.hw is not None:
+            h, w = self.hw
+            if self.mode == "self":
+                probs = regional_attention(q, k, h, w, self.regions, scale=scale)
+            else:
+                probs = token_attention(q, k, scale=scale)
+            self.sink[self.name] = _to_map(probs, h, w)
+
+        if spatial:
+            out = out.transpose(-1, -2).reshape(b, c, h, w)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+class _Stop(Exception):
+    """Raised by the ``stop_after`` hook to end the UNet pass early."""
+
+
+def _first_tensor(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, (tuple, list)) and obj:
+        return _first_tensor(obj[0])
+    if hasattr(obj, "sample"):
+        return obj.sample
+    return None
+
+
+def _resolve(root: nn.Module, name: str) -> nn.Module:
+    try:
+        return root.get_submodule(name)
+    except AttributeError:
+        raise ValueError(f"the UNet has no module {name!r} (see StableDiffusion.decoder_layers())") from None
+
+
+@contextlib.contextmanager
+def tapped(unet: nn.Module, pre: Preimage, inputs: Iterable[str] = (), outputs: Iterable[str] = (),
+           self_attn: Iterable[str] = (), cross_attn: Iterable[str] = (), regions: int = 8,
+           stop_after: Optional[str] = None) -> Iterator[None]:
+    """Install hooks/processors on ``unet`` for one pass; always removes them afterwards."""
+    handles = []
+    restore = []
+    try:
+        for name in inputs:
+            def pre_hook(module, args, kwargs, name=name):
+                x = args[0] if args else kwargs.get("hidden_states", kwargs.get("input_tensor"))
+                pre.inputs[name] = x
+            handles.append(_resolve(unet, name).register_forward_pre_hook(pre_hook, with_kwargs=True))
+        for name in outputs:
+            def hook(module, args, output, name=name):
+                pre.outputs[name] = _first_tensor(output)
+            handles.append(_resolve(unet, name).register_forward_hook(hook))
+        for mode, names, sink in (("self", self_attn, pre.self_attn), ("cross", cross_attn, pre.cross_attn)):
+            for name in names:
+                transformer = _resolve(unet, name)
+                if not hasattr(transformer, "transformer_blocks"):
+                    raise ValueError(f"{name!r} is not a transformer (attention) module of the UNet")
+                block = transformer.transformer_blocks[0]
+                attn = block.attn1 if mode == "self" else block.attn2
+                if attn is None:
+                    raise ValueError(f"{name!r} has no {mode}-attention")
+                proc = TapAttnProcessor(name, mode, sink, regions)
+
+                def size_hook(module, args, kwargs, proc=proc):
+                    x = args[0] if args else kwargs["hidden_states"]
+                    proc.hw = tuple(x.shape[-2:])
+                handles.append(transformer.register_forward_pre_hook(size_hook, with_kwargs=True))
+                restore.append((attn, attn.processor))
+                attn.processor = proc  # plain attribute: no diffusers logging / module churn
+        if stop_after is not None:
+            def stop_hook(module, args, output):
+                raise _Stop
+            handles.append(_resolve(unet, stop_after).register_forward_hook(stop_hook))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for attn, proc in restore:
+            attn.processor = proc
