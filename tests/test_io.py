@@ -74,6 +74,21 @@ def test_grayscale_8bit_replicated(tmp_path):
     np.testing.assert_allclose(out, np.repeat((vals / 255.0)[..., None], 3, 2), atol=1e-7)
 
 
+def test_float_and_bilevel_modes(tmp_path):
+    Image.fromarray(np.array([[0.0, 0.25, 1.0]], np.float32)).save(tmp_path / "f.tif")  # mode F
+    out, meta = read_image_with_meta(tmp_path / "f.tif")
+    np.testing.assert_allclose(out[0, :, 1], [0.0, 0.25, 1.0])
+    assert meta.mode == "F" and meta.bit_depth == 32
+    nan = Image.fromarray(np.array([[0.0, np.nan]], np.float32))
+    nan.save(tmp_path / "nan.tif")
+    with pytest.raises(InputError, match="nan.tif.*NaN"):
+        read_image(tmp_path / "nan.tif")
+    bw = Image.new("1", (3, 1))
+    bw.putpixel((1, 0), 1)
+    bw.save(tmp_path / "b.png")
+    np.testing.assert_allclose(read_image(tmp_path / "b.png")[0, :, 0], [0, 1, 0])
+
+
 def test_palette_and_palette_transparency(tmp_path):
     im = Image.new("P", (2, 1))
     im.putpalette([255, 0, 0, 0, 0, 255] + [0] * (256 * 3 - 6))

@@ -28,8 +28,7 @@ from PIL import Image, PngImagePlugin
 
 from ..errors import InputError
 from ..geometry import DEFAULT_FOV_DEG, depth_to_points, intrinsics_from_focal, intrinsics_from_fov
-from ..types import (AFFINE_DEPTH, AFFINE_DISPARITY, DEPTH_KINDS, METRIC_DEPTH, RELATIVE_DEPTH,
-                     DepthPrediction)
+from ..types import AFFINE_DISPARITY, DEPTH_KINDS, METRIC_DEPTH, RELATIVE_DEPTH, DepthPrediction
 from ..utils import atomic_path
 from .colormaps import COLORMAPS, WARM_END
 from .images import to_float_rgb

@@ -102,8 +102,8 @@ def read_image_with_meta(path: PathLike) -> Tuple[np.ndarray, ImageMeta]:
                 orientation = int(exif.get(_TAG_ORIENTATION, 1) or 1)
                 im = ImageOps.exif_transpose(im)
                 rgb, bit_depth, has_alpha, mode = _pil_to_float_rgb(im)
-    except InputError:
-        raise
+    except InputError as err:
+        raise InputError(f"cannot read image {name}: {err}") from None
     except Image.DecompressionBombError as err:
         raise InputError(f"cannot read image {name}: too large ({err})") from None
     except Image.UnidentifiedImageError:
@@ -225,6 +225,8 @@ def to_float_rgb(x: Any, name: str = "image") -> np.ndarray:
             return _pil_to_float_rgb(x)[0]
         except InputError as err:
             raise InputError(f"{name}: {err}") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as err:  # lazily opened corrupt file
+            raise InputError(f"{name}: cannot decode PIL image ({err})") from None
     if not isinstance(x, np.ndarray):
         raise InputError(f"{name}: unsupported image type {type(x).__name__}; "
                          "pass a file path, a PIL image or a numpy array [H,W,3]")
