@@ -1,0 +1,127 @@
+"""``diffdepth eval``: score a model or a folder of saved predictions on a benchmark."""
+from __future__ import annotations
+
+import argparse
+
+HELP = "evaluate a model (or saved predictions) on a depth benchmark with its published protocol"
+
+_EPILOG = """\
+examples:
+  diffdepth eval --dataset nyuv2 --data-root ~/data/nyuv2 --method marigold --checkpoint prs-eth/marigold-depth-v1-1 --out runs/eval_nyu
+  diffdepth eval --dataset kitti_eigen --data-root ~/data/kitti --predictions runs/eval_kitti/predictions --out runs/rescore
+  diffdepth eval --dataset folder --data-root synth/ --predictions preds/ --kind metric_depth --out runs/synth
+
+Predictions folder: one float32 .npy per sample at PRED_DIR/<name>.npy, <name> = the
+sample's image path relative to --data-root without its extension; kind.txt (optional)
+names the kind. Outputs: OUT/summary.json, OUT/summary.md, OUT/per_sample.csv
+(+ OUT/predictions/ when a model is run).
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..evaluation.alignment import ALIGNMENTS
+    from ..evaluation.protocols import ALIASES, PROTOCOLS
+    from ..types import DEPTH_KINDS
+
+    parser.epilog = _EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--dataset", required=True, metavar="NAME",
+                        help=f"benchmark protocol: {', '.join(PROTOCOLS)} (aliases: {', '.join(ALIASES)})")
+    parser.add_argument("--data-root", required=True, metavar="DIR", help="dataset folder in its published layout")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--method", metavar="M", help="method id to run (with --checkpoint)")
+    src.add_argument("--predictions", metavar="DIR", help="score saved predictions (<name>.npy) instead of a model")
+    parser.add_argument("--checkpoint", metavar="C", help="checkpoint folder or hub id for --method")
+    parser.add_argument("--split-file", metavar="F",
+                        help="local copy of the split list (default: download the published list once and cache it)")
+    parser.add_argument("--alignment", choices=ALIGNMENTS, default=None,
+                        help="how predictions are aligned to the ground truth (default: the protocol's, "
+                             "usually auto = from the prediction kind)")
+    parser.add_argument("--kind", choices=DEPTH_KINDS, default=None,
+                        help="what saved predictions mean (default: PRED_DIR/kind.txt, else affine_invariant_depth)")
+    parser.add_argument("--crop", choices=("nyu_eigen", "kitti_eigen", "kitti_garg", "none"), default=None,
+                        help="override the protocol's evaluation crop")
+    parser.add_argument("--min-depth", type=float, default=None, metavar="M", help="override the dataset's min depth")
+    parser.add_argument("--max-depth", type=float, default=None, metavar="M", help="override the dataset's max depth")
+    parser.add_argument("--max-samples", type=int, default=None, metavar="N", help="evaluate only the first N samples")
+    parser.add_argument("--processing-res", type=int, default=None, metavar="N",
+                        help="long side the model runs at (0 = native; default: the protocol's, else the model's)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: the model's)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from ..data.benchmarks import open_benchmark
+    from ..errors import InputError
+    from ..evaluation.protocols import get_protocol
+    from ..evaluation.runner import PredictionFolder, evaluate, read_kind_file, summarize, write_reports
+
+    protocol = get_protocol(args.dataset).with_overrides(
+        crop=args.crop, min_depth=args.min_depth, max_depth=args.max_depth)
+    if protocol.min_depth >= protocol.max_depth:
+        raise InputError(f"--min-depth {protocol.min_depth} must be below --max-depth {protocol.max_depth}")
+    if args.max_samples is not None and args.max_samples < 1:
+        raise InputError(f"--max-samples must be >= 1, got {args.max_samples}")
+    if args.method is None and args.checkpoint is not None and args.predictions is None:
+        raise InputError("--checkpoint needs --method")
+
+    dataset = open_benchmark(protocol.name, args.data_root, args.split_file)
+    n = len(dataset) if args.max_samples is None else min(len(dataset), args.max_samples)
+    samples = (dataset[i] for i in range(n))
+    out = Path(args.out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+
+    info = {"data_root": str(Path(args.data_root).expanduser()),
+            "split_file": str(args.split_file) if args.split_file else "published",
+            "split_listed": getattr(dataset, "num_listed", len(dataset)),
+            "alignment": args.alignment or protocol.alignment}
+    if args.predictions is not None:
+        predictor = PredictionFolder(args.predictions, args.kind)
+        info.update(predictions=str(predictor.folder), kind=predictor.kind)
+        records = evaluate(samples, predictor, protocol, args.alignment, progress=not args.no_progress, total=n)
+    else:
+        import numpy as np
+
+        import diffdepth
+        from ..pipeline import DepthPipeline
+
+        model = diffdepth.load_model(args.method, args.checkpoint, device=args.device, dtype=args.dtype)
+        res = args.processing_res if args.processing_res is not None else protocol.processing_res
+        pipe = DepthPipeline(model, processing_res=res)
+
+        def predict(sample):
+            image = np.ascontiguousarray(np.asarray(sample["image"], dtype=np.float32).transpose(1, 2, 0))  # [H,W,3]
+            return pipe([image])[0]
+
+        info.update(method=args.method, checkpoint=str(args.checkpoint), processing_res=res,
+                    predictions=str(out / "predictions"))
+        records = evaluate(samples, predict, protocol, args.alignment, kind=args.kind,
+                           save_dir=out / "predictions", progress=not args.no_progress, total=n)
+        info["kind"] = read_kind_file(out / "predictions")
+
+    summary = summarize(records, protocol, **info)
+    paths = write_reports(out, summary, records)
+    c = summary["counts"]
+    notes = []
+    if c["resized_predictions"]:
+        notes.append(f"{c['resized_predictions']} prediction(s) had another size than the ground truth and were "
+                     f"resized ({protocol.pred_resize})")
+    for key in ("skipped_empty", "missing_prediction", "bad_prediction", "alignment_failed"):
+        if c[key]:
+            notes.append(f"{c[key]} sample(s) skipped: {key.replace('_', ' ')}")
+    if c["nonfinite_samples"]:
+        notes.append(f"{c['nonfinite_samples']} sample(s) had non-finite predictions "
+                     f"({c['nonfinite_pixels']} pixels, replaced and clipped to the dataset range)")
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    if not summary["metrics"]:
+        print(f"diffdepth eval: error: no sample could be evaluated — see {paths['csv']}", file=sys.stderr)
+        return 1
+    print(paths["md"].read_text(), end="")
+    print(f"wrote {paths['json']}, {paths['md']}, {paths['csv']}")
+    return 0

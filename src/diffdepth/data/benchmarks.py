@@ -1,0 +1,704 @@
+"""Readers of the evaluation benchmarks, each in its published file layout.
+
+Every reader takes ``root`` (the dataset folder) and an optional ``split_file``; without
+one, the published split list is downloaded from its public repository (raw GitHub) and
+cached under ``~/.cache/diffdepth/splits`` (``$DIFFDEPTH_CACHE/splits``). Indexing a
+reader yields a dict::
+
+    {"name": str,            # relative image path without extension (predictions: <name>.npy)
+     "image_path": str,      # relative image path as listed
+     "image": float32 [3,H,W] in [0,1],
+     "depth": float32 [1,h,w] metres (0 = invalid),
+     "valid": bool [1,h,w],  # reader-level validity: finite, > 0, file mask
+     "intrinsics": float64 [3,3] or None}
+
+(``h,w`` equal ``H,W`` except for Make3D, whose laser grid is 21×305.) A missing file
+raises :class:`~diffdepth.errors.InputError` naming the file and the split line.
+
+Layouts and split-file formats (split files: one sample per line, whitespace-separated
+fields, paths relative to ``root``; blank lines and ``#`` comments ignored):
+
+``NYUv2`` (Marigold's extraction of the labeled set)
+    ``test/<scene>/rgb_XXXX.png`` (8-bit RGB 640×480), ``test/<scene>/depth_XXXX.png``
+    (uint16, millimetres, raw Kinect depth, 0 = invalid), optional ``filled_XXXX.png``.
+    Split line: ``rgb depth [filled]``
+    (prs-eth/Marigold ``data_split/nyu_depth/labeled/filename_list_test.txt``, 654 lines).
+    Alternatively ``root`` is ``nyu_depth_v2_labeled.mat`` (MATLAB v7.3 = HDF5: ``images``
+    [N,3,W,H] uint8, ``rawDepths`` [N,W,H] metres) and the split file is ``splits.mat``
+    (``testNdxs``, 1-based) or a text file of 1-based indices.
+``KittiEigen`` (Marigold)
+    Split line: ``<image> <depth|None> <focal>``, e.g. ``2011_09_26/2011_09_26_drive_0002_sync/
+    image_02/data/0000000069.png 2011_09_26_drive_0002_sync/proj_depth/groundtruth/image_02/
+    0000000069.png 721.5377`` (``data_split/kitti_depth/eigen_test_files_with_gt.txt``:
+    697 lines, 45 with ``None`` are skipped → 652). Depth: uint16 PNG, metres × 256.
+    Image and depth are KB-cropped to 352×1216 (frames smaller than that are left whole).
+``KittiVelodyne`` (Monodepth2 ``splits/eigen/test_files.txt``, 697 lines)
+    Split line: ``<date>/<drive> <frame> <l|r>``. Image
+    ``<date>/<drive>/image_02/data/<frame:010d>.png`` (or ``.jpg``; ``r`` → ``image_03``),
+    scan ``<date>/<drive>/velodyne_points/data/<frame:010d>.bin`` (float32 x,y,z,r),
+    calibration ``<date>/calib_cam_to_cam.txt`` and ``<date>/calib_velo_to_cam.txt``.
+    Ground truth = :func:`velodyne_depth_map` (camera 2, as Monodepth2's export script).
+``KittiImprovedGT`` (Monodepth2 ``splits/eigen_benchmark/test_files.txt``, 652 lines)
+    Same split format (frame not zero-padded); depth
+    ``<date>/<drive>/proj_depth/groundtruth/image_02/<frame:010d>.png`` (uint16 /256; also
+    found under ``<drive>/…``, ``train/<drive>/…`` or ``val/<drive>/…``).
+``ETH3D`` (Marigold)
+    Split line: ``rgb/<scene>/images/dslr_images/DSC_XXXX.JPG depth/<scene>_dslr_depth/<scene>/
+    ground_truth_depth/dslr_images/DSC_XXXX.JPG`` — the depth "JPG" is raw little-endian
+    float32 of shape 4032×6048 (``shape`` parameter), ``inf`` = invalid.
+``ScanNet`` (Marigold)
+    Split line: ``<scene>/color/XXXXXX.jpg <scene>/depth/XXXXXX.png`` (uint16 mm).
+``DIODE`` (Marigold; ``subset`` all / indoor / outdoor)
+    Split line: ``<path>.png <path>_depth.npy <path>_depth_mask.npy`` (depth [H,W,1] float
+    metres, mask [H,W] 0/1).
+``Make3D``
+    ``Test134/img-<id>.jpg`` (2272×1704 portrait) and ``Gridlaserdata/depth_sph_corr-<id>.mat``
+    (``Position3DGrid`` 55×305×4, channel 3 = depth in metres). Split: optional, one ``<id>``
+    (or ``img-<id>.jpg``) per line; default: every image in ``Test134``. The image is cut to
+    its central 2:1 band (rows 710:1562), the depth to rows 17:38 (21×305).
+``FolderDataset`` (generic folder, also written by ``diffdepth synth --layout folder``)
+    ``<name>.png|.jpg`` (8-bit RGB) + ``<name>_depth.png`` (uint16, metres × 1000,
+    0 = invalid) + optional ``<name>_K.txt`` (3×3 intrinsics, whitespace-separated);
+    names are relative paths without extension, subfolders allowed. Split: optional, one
+    name (or image path) per line; default: every image with a ``_depth.png`` partner.
+"""
+from __future__ import annotations
+
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image
+
+from ..errors import InputError
+from ..utils import atomic_path
+
+PathLike = Union[str, os.PathLike]
+
+_MARIGOLD = "https://raw.githubusercontent.com/prs-eth/Marigold/main/data_split/"
+_MONODEPTH2 = "https://raw.githubusercontent.com/nianticlabs/monodepth2/master/splits/"
+#: published split lists (key → raw URL)
+SPLIT_URLS: Dict[str, str] = {
+    "nyuv2": _MARIGOLD + "nyu_depth/labeled/filename_list_test.txt",
+    "kitti_eigen": _MARIGOLD + "kitti_depth/eigen_test_files_with_gt.txt",
+    "eth3d": _MARIGOLD + "eth3d_depth/eth3d_filename_list.txt",
+    "scannet": _MARIGOLD + "scannet_depth/scannet_val_sampled_list_800_1.txt",
+    "diode_all": _MARIGOLD + "diode_depth/diode_val_all_filename_list.txt",
+    "diode_indoor": _MARIGOLD + "diode_depth/diode_val_indoor_filename_list.txt",
+    "diode_outdoor": _MARIGOLD + "diode_depth/diode_val_outdoor_filename_list.txt",
+    "kitti_mono2": _MONODEPTH2 + "eigen/test_files.txt",
+    "kitti_mono2_improved": _MONODEPTH2 + "eigen_benchmark/test_files.txt",
+}
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+# ---------------------------------------------------------------------------- split files
+@dataclass(frozen=True)
+class SplitLine:
+    lineno: int  # 1-based line number in the split file
+    text: str
+    fields: Tuple[str, ...]
+    source: str  # the split file's path or URL
+
+    def where(self) -> str:
+        return f"{self.source} line {self.lineno}: {self.text!r}"
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("DIFFDEPTH_CACHE")
+    return (Path(base) if base else Path.home() / ".cache" / "diffdepth") / "splits"
+
+
+def fetch_split(key: str, timeout: float = 20.0) -> Path:
+    """Local path of the published split list ``key`` (downloaded once, then cached)."""
+    try:
+        url = SPLIT_URLS[key]
+    except KeyError:
+        raise InputError(f"no published split list for {key!r} — pass --split-file PATH") from None
+    local = cache_dir() / url.split("://", 1)[1].split("/", 1)[1]  # owner/repo/branch/path
+    if local.is_file():
+        return local
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            data = resp.read()
+    except Exception as err:  # offline, DNS, HTTP errors
+        raise InputError(f"could not download the {key} split list from {url} ({type(err).__name__}; "
+                         f"offline?) — pass --split-file PATH with a local copy") from None
+    with atomic_path(local) as tmp:
+        tmp.write_bytes(data)
+    return local
+
+
+def read_split(path: PathLike) -> List[SplitLine]:
+    """Parse a whitespace-separated split file, keeping line numbers for error messages."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InputError(f"split file {path} does not exist — check --split-file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read split file {path} ({type(err).__name__})") from None
+    lines = []
+    for i, raw in enumerate(text.splitlines(), start=1):
+        s = raw.strip()
+        if not s or s.startswith("#"):
+            continue
+        lines.append(SplitLine(i, s, tuple(s.split()), str(path)))
+    return lines
+
+
+def load_split(key: Optional[str], split_file: Optional[PathLike] = None) -> List[SplitLine]:
+    return read_split(split_file if split_file is not None else fetch_split(key))
+
+
+# ---------------------------------------------------------------------------- file readers
+def _missing(path: Path, line: Optional[SplitLine]) -> InputError:
+    where = f" (listed at {line.where()})" if line is not None else ""
+    return InputError(f"missing file {path}{where} — check --data-root and the split file")
+
+
+def read_rgb(path: Path, line: Optional[SplitLine] = None) -> np.ndarray:
+    """8-bit image → float32 [3,H,W] in [0,1] (no EXIF rotation: benchmarks store pixels as is)."""
+    if not path.is_file():
+        raise _missing(path, line)
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read image {path} ({err})") from None
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def read_png_depth(path: Path, scale: float, line: Optional[SplitLine] = None) -> np.ndarray:
+    """16-bit PNG → float32 [H,W] = value / scale (0 stays 0 = invalid)."""
+    if not path.is_file():
+        raise _missing(path, line)
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im)
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read depth PNG {path} ({err})") from None
+    if arr.ndim != 2:
+        raise InputError(f"depth PNG {path} has shape {arr.shape}; expected a single-channel 16-bit image")
+    return arr.astype(np.float32) / np.float32(scale)
+
+
+def _npy(path: Path, line: Optional[SplitLine]) -> np.ndarray:
+    if not path.is_file():
+        raise _missing(path, line)
+    try:
+        return np.load(path)
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read {path} ({err})") from None
+
+
+def _sample(name, image_path, image, depth, valid=None, intrinsics=None, **extra) -> dict:
+    depth = np.asarray(depth, dtype=np.float32)
+    depth = np.where(np.isfinite(depth), depth, 0.0).astype(np.float32)
+    ok = depth > 0
+    if valid is not None:
+        ok &= np.asarray(valid, dtype=bool)
+    depth = np.where(ok, depth, 0.0).astype(np.float32)
+    out = {"name": name, "image_path": image_path, "image": image, "depth": depth[None],
+           "valid": ok[None], "intrinsics": intrinsics}
+    out.update(extra)
+    return out
+
+
+def _stem(rel: str) -> str:
+    p = Path(rel)
+    return str(p.with_suffix("")) if p.suffix else rel
+
+
+# ---------------------------------------------------------------------------- base class
+class BenchmarkDataset:
+    """A list of samples from a split file, read lazily. Subclasses set ``split_key``
+    and implement ``_parse`` (split lines → entries) and ``_load`` (entry → sample)."""
+
+    split_key: Optional[str] = None
+    min_fields = 1
+
+    def __init__(self, root: PathLike, split_file: Optional[PathLike] = None):
+        self.root = Path(root).expanduser()
+        if not self.root.exists():
+            raise InputError(f"dataset root {self.root} does not exist — check --data-root")
+        self.split_file = split_file
+        self.entries = self._parse(self._split_lines(split_file))
+        self.num_listed = getattr(self, "num_listed", len(self.entries))
+
+    def _split_lines(self, split_file) -> List[SplitLine]:
+        lines = load_split(self.split_key, split_file)
+        for line in lines:
+            if len(line.fields) < self.min_fields:
+                raise InputError(f"split line has {len(line.fields)} field(s), expected at least "
+                                 f"{self.min_fields}: {line.where()}")
+        return lines
+
+    def _parse(self, lines: List[SplitLine]) -> list:
+        return lines
+
+    def _load(self, entry) -> dict:  # pragma: no cover
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> dict:
+        return self._load(self.entries[index])
+
+    def __iter__(self) -> Iterator[dict]:
+        for i in range(len(self)):
+            yield self[i]
+
+    @property
+    def names(self) -> List[str]:
+        return [self._name(e) for e in self.entries]
+
+    def _name(self, entry) -> str:
+        return _stem(entry.fields[0])
+
+
+# ---------------------------------------------------------------------------- NYUv2
+class NYUv2(BenchmarkDataset):
+    """NYUv2 Eigen test split (654) in Marigold's extracted layout; depth = raw, mm → m."""
+
+    split_key = "nyuv2"
+    min_fields = 2
+
+    def _load(self, line: SplitLine) -> dict:
+        rgb, depth = line.fields[0], line.fields[1]
+        image = read_rgb(self.root / rgb, line)
+        d = read_png_depth(self.root / depth, 1000.0, line)
+        return _sample(_stem(rgb), rgb, image, d)
+
+
+class NYUv2Labeled(BenchmarkDataset):
+    """NYUv2 from ``nyu_depth_v2_labeled.mat`` (HDF5) + ``splits.mat`` (``testNdxs``, 1-based)."""
+
+    MAT_NAME = "nyu_depth_v2_labeled.mat"
+
+    def __init__(self, root: PathLike, split_file: Optional[PathLike] = None):
+        root = Path(root).expanduser()
+        self.mat_path = root / self.MAT_NAME if root.is_dir() else root
+        if not self.mat_path.is_file():
+            raise InputError(f"{self.mat_path} does not exist — pass the labeled .mat or its folder as --data-root")
+        if split_file is None:
+            guess = self.mat_path.parent / "splits.mat"
+            if not guess.is_file():
+                raise InputError("the labeled NYUv2 .mat needs the official splits.mat (testNdxs) — "
+                                 "pass --split-file splits.mat")
+            split_file = guess
+        self.split_file = split_file
+        self.root = self.mat_path.parent
+        self.entries = self._read_indices(Path(split_file))
+        self.num_listed = len(self.entries)
+        self._h5 = None
+
+    @staticmethod
+    def _read_indices(path: Path) -> List[int]:
+        if path.suffix == ".mat":
+            from scipy.io import loadmat
+
+            try:
+                idx = loadmat(str(path))["testNdxs"]
+            except (OSError, ValueError, KeyError) as err:
+                raise InputError(f"cannot read testNdxs from {path} ({type(err).__name__})") from None
+            return [int(i) for i in np.asarray(idx).ravel()]
+        out = []
+        for line in read_split(path):
+            try:
+                out.append(int(line.fields[0]))
+            except ValueError:
+                raise InputError(f"expected a 1-based image index: {line.where()}") from None
+        return out
+
+    def _file(self):
+        if self._h5 is None:
+            import h5py
+
+            try:
+                self._h5 = h5py.File(self.mat_path, "r")
+            except OSError as err:
+                raise InputError(f"cannot open {self.mat_path} as HDF5 (MATLAB v7.3) ({err})") from None
+        return self._h5
+
+    def _name(self, index: int) -> str:
+        return f"{index:04d}"
+
+    def _load(self, index: int) -> dict:
+        f = self._file()
+        n = f["images"].shape[0]
+        if not 1 <= index <= n:
+            raise InputError(f"index {index} is outside 1..{n} of {self.mat_path}")
+        image = np.asarray(f["images"][index - 1], dtype=np.float32).transpose(0, 2, 1) / 255.0  # [3,H,W]
+        depth = np.asarray(f["rawDepths"][index - 1], dtype=np.float32).T  # [H,W]
+        return _sample(self._name(index), f"{index:04d}", np.ascontiguousarray(image), depth)
+
+
+# ---------------------------------------------------------------------------- KITTI (Marigold)
+class KittiEigen(BenchmarkDataset):
+    """KITTI Eigen test split as in Marigold: 697 lines, those with ground truth (652)."""
+
+    split_key = "kitti_eigen"
+    min_fields = 2
+
+    def __init__(self, root: PathLike, split_file: Optional[PathLike] = None, kb_crop: bool = True):
+        self.kb_crop = kb_crop
+        super().__init__(root, split_file)
+
+    def _parse(self, lines):
+        self.num_listed = len(lines)
+        return [line for line in lines if line.fields[1] != "None"]
+
+    def _load(self, line: SplitLine) -> dict:
+        from ..evaluation.protocols import kb_crop_box
+
+        rgb, depth = line.fields[0], line.fields[1]
+        image = read_rgb(self.root / rgb, line)
+        d = read_png_depth(self.root / depth, 256.0, line)
+        if d.shape != image.shape[1:]:
+            raise InputError(f"image {image.shape[1:]} and depth {d.shape} sizes differ: {line.where()}")
+        if self.kb_crop:
+            box = kb_crop_box(*d.shape)
+            if box is not None:
+                t, b, l, r = box
+                image, d = image[:, t:b, l:r], d[t:b, l:r]
+        focal = float(line.fields[2]) if len(line.fields) > 2 else None
+        return _sample(_stem(rgb), rgb, np.ascontiguousarray(image), d, focal=focal)
+
+
+# ---------------------------------------------------------------------------- KITTI (Monodepth2)
+def read_calib_file(path: PathLike) -> Dict[str, Union[np.ndarray, str]]:
+    """KITTI calibration text (``key: v1 v2 …``); numeric values become float64 arrays."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"missing calibration file {path}")
+    data: Dict[str, Union[np.ndarray, str]] = {}
+    for raw in path.read_text().splitlines():
+        if ":" not in raw:
+            continue
+        key, value = raw.split(":", 1)
+        value = value.strip()
+        try:
+            data[key.strip()] = np.array([float(v) for v in value.split()], dtype=np.float64)
+        except ValueError:
+            data[key.strip()] = value
+    return data
+
+
+def velodyne_projection(cam2cam: dict, velo2cam: dict, cam: int = 2) -> np.ndarray:
+    """3×4 matrix ``P_rect_0{cam} @ R_rect_00 @ [R|T]_velo→cam`` (Geiger et al. 2013, KITTI raw devkit)."""
+    rt = np.eye(4)
+    rt[:3, :3] = np.asarray(velo2cam["R"], dtype=np.float64).reshape(3, 3)
+    rt[:3, 3] = np.asarray(velo2cam["T"], dtype=np.float64).reshape(3)
+    r_rect = np.eye(4)
+    r_rect[:3, :3] = np.asarray(cam2cam["R_rect_00"], dtype=np.float64).reshape(3, 3)
+    p_rect = np.asarray(cam2cam[f"P_rect_0{cam}"], dtype=np.float64).reshape(3, 4)
+    return p_rect @ r_rect @ rt
+
+
+def velodyne_depth_map(points: np.ndarray, cam2cam: dict, velo2cam: dict, cam: int = 2,
+                       velo_depth: bool = True) -> np.ndarray:
+    """Project Velodyne points to a sparse depth map as Monodepth2's ``export_gt_depth.py`` does.
+
+    ``points`` [N,≥3] (x forward, y left, z up, [reflectance]). Steps: keep ``x >= 0``;
+    project with :func:`velodyne_projection`; pixel = ``round(u) − 1, round(v) − 1`` (numpy
+    round-half-to-even, and the −1 of the KITTI MATLAB devkit); keep pixels inside the
+    ``S_rect_02`` frame (W×H); depth = the Velodyne forward coordinate ``x`` when
+    ``velo_depth`` (Monodepth2's choice) else the projected camera z; the nearest depth
+    wins per pixel; negative depths → 0. Returns float32 [H,W], 0 = no point.
+
+    (Monodepth2 finds duplicate pixels through an off-by-one linear index that also merges
+    pixel (r, W−1) with (r+1, 0); those columns lie outside the Garg crop, so the scored
+    pixels are identical to this per-pixel minimum.)
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] < 3:
+        raise ValueError(f"points must be [N,>=3], got {pts.shape}")
+    w, h = (int(v) for v in np.asarray(cam2cam["S_rect_02"]).ravel()[:2])
+    pts = pts[pts[:, 0] >= 0]
+    hom = np.concatenate([pts[:, :3], np.ones((len(pts), 1))], axis=1)  # [N,4]
+    proj = hom @ velodyne_projection(cam2cam, velo2cam, cam).T  # [N,3]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = np.round(proj[:, 0] / proj[:, 2]) - 1
+        v = np.round(proj[:, 1] / proj[:, 2]) - 1
+        keep = (u >= 0) & (v >= 0) & (u < w) & (v < h)
+    z = pts[:, 0] if velo_depth else proj[:, 2]
+    u, v, z = u[keep].astype(np.int64), v[keep].astype(np.int64), z[keep]
+    depth = np.full(h * w, np.inf)
+    np.minimum.at(depth, v * w + u, z)
+    depth[~np.isfinite(depth)] = 0.0
+    depth[depth < 0] = 0.0
+    return depth.reshape(h, w).astype(np.float32)
+
+
+def load_velodyne(path: PathLike) -> np.ndarray:
+    """KITTI ``.bin`` scan → float32 [N,4] (x, y, z, reflectance)."""
+    path = Path(path)
+    raw = np.fromfile(path, dtype=np.float32)
+    if raw.size % 4:
+        raise InputError(f"{path} has {raw.size} floats, not a multiple of 4 — not a KITTI Velodyne scan")
+    return raw.reshape(-1, 4)
+
+
+class _KittiMono2Base(BenchmarkDataset):
+    min_fields = 2
+
+    def _image(self, line: SplitLine) -> Tuple[str, Path]:
+        folder, frame = line.fields[0], int(line.fields[1])
+        side = line.fields[2] if len(line.fields) > 2 else "l"
+        cam = {"l": "image_02", "r": "image_03", "2": "image_02", "3": "image_03"}.get(side)
+        if cam is None:
+            raise InputError(f"unknown side {side!r} (use l or r): {line.where()}")
+        for ext in (".png", ".jpg"):
+            rel = f"{folder}/{cam}/data/{frame:010d}{ext}"
+            if (self.root / rel).is_file():
+                return rel, self.root / rel
+        rel = f"{folder}/{cam}/data/{frame:010d}.png"
+        raise _missing(self.root / rel, line)
+
+    def _name(self, line: SplitLine) -> str:
+        side = line.fields[2] if len(line.fields) > 2 else "l"
+        cam = "image_03" if side in ("r", "3") else "image_02"
+        return f"{line.fields[0]}/{cam}/data/{int(line.fields[1]):010d}"
+
+
+class KittiVelodyne(_KittiMono2Base):
+    """Monodepth2's Eigen test split (697) with ground truth projected from the Velodyne scans."""
+
+    split_key = "kitti_mono2"
+
+    def _load(self, line: SplitLine) -> dict:
+        rel, path = self._image(line)
+        image = read_rgb(path, line)
+        folder, frame = line.fields[0], int(line.fields[1])
+        calib_dir = self.root / folder.split("/")[0]
+        velo = self.root / folder / "velodyne_points" / "data" / f"{frame:010d}.bin"
+        if not velo.is_file():
+            raise _missing(velo, line)
+        for name in ("calib_cam_to_cam.txt", "calib_velo_to_cam.txt"):
+            if not (calib_dir / name).is_file():
+                raise _missing(calib_dir / name, line)
+        cam2cam = read_calib_file(calib_dir / "calib_cam_to_cam.txt")
+        velo2cam = read_calib_file(calib_dir / "calib_velo_to_cam.txt")
+        depth = velodyne_depth_map(load_velodyne(velo), cam2cam, velo2cam, cam=2, velo_depth=True)
+        K = np.asarray(cam2cam["P_rect_02"], dtype=np.float64).reshape(3, 4)[:, :3].copy()
+        return _sample(self._name(line), rel, image, depth, intrinsics=K)
+
+
+class KittiImprovedGT(_KittiMono2Base):
+    """Monodepth2's Eigen-benchmark split (652) with the KITTI depth benchmark's improved ground truth."""
+
+    split_key = "kitti_mono2_improved"
+
+    def _load(self, line: SplitLine) -> dict:
+        rel, path = self._image(line)
+        image = read_rgb(path, line)
+        folder, frame = line.fields[0], int(line.fields[1])
+        drive = folder.split("/")[-1]
+        tail = f"proj_depth/groundtruth/image_02/{frame:010d}.png"
+        candidates = [self.root / folder / tail, self.root / drive / tail,
+                      self.root / "train" / drive / tail, self.root / "val" / drive / tail]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise _missing(candidates[0], line)
+        depth = read_png_depth(found, 256.0, line)
+        return _sample(self._name(line), rel, image, depth)
+
+
+# ---------------------------------------------------------------------------- ETH3D, ScanNet, DIODE
+class ETH3D(BenchmarkDataset):
+    """ETH3D (454 DSLR frames): depth is raw little-endian float32 ``shape`` = (4032, 6048), inf = invalid."""
+
+    split_key = "eth3d"
+    min_fields = 2
+    SHAPE = (4032, 6048)
+
+    def __init__(self, root: PathLike, split_file: Optional[PathLike] = None,
+                 shape: Tuple[int, int] = SHAPE):
+        self.shape = tuple(int(s) for s in shape)
+        super().__init__(root, split_file)
+
+    def _load(self, line: SplitLine) -> dict:
+        rgb, depth_rel = line.fields[0], line.fields[1]
+        image = read_rgb(self.root / rgb, line)
+        path = self.root / depth_rel
+        if not path.is_file():
+            raise _missing(path, line)
+        raw = np.fromfile(path, dtype="<f4")
+        h, w = self.shape
+        if raw.size != h * w:
+            raise InputError(f"{path} holds {raw.size} float32 values, expected {h}x{w}={h * w}: {line.where()}")
+        depth = raw.reshape(h, w).astype(np.float32)
+        depth[np.isinf(depth)] = 0.0
+        return _sample(_stem(rgb), rgb, image, depth)
+
+
+class ScanNet(BenchmarkDataset):
+    """ScanNet 800 sampled validation frames (Marigold): uint16 PNG, millimetres."""
+
+    split_key = "scannet"
+    min_fields = 2
+
+    def _load(self, line: SplitLine) -> dict:
+        rgb, depth = line.fields[0], line.fields[1]
+        image = read_rgb(self.root / rgb, line)
+        d = read_png_depth(self.root / depth, 1000.0, line)
+        return _sample(_stem(rgb), rgb, image, d)
+
+
+class DIODE(BenchmarkDataset):
+    """DIODE validation (Marigold split): ``.npy`` depth + ``_depth_mask.npy``; ``subset`` all/indoor/outdoor."""
+
+    min_fields = 3
+
+    def __init__(self, root: PathLike, split_file: Optional[PathLike] = None, subset: str = "all"):
+        if subset not in ("all", "indoor", "outdoor"):
+            raise InputError(f"unknown DIODE subset {subset!r}; use all, indoor or outdoor")
+        self.subset = subset
+        self.split_key = f"diode_{subset}"
+        super().__init__(root, split_file)
+
+    def _load(self, line: SplitLine) -> dict:
+        rgb, depth_rel, mask_rel = line.fields[:3]
+        image = read_rgb(self.root / rgb, line)
+        depth = np.asarray(_npy(self.root / depth_rel, line), dtype=np.float32).squeeze()
+        mask = np.asarray(_npy(self.root / mask_rel, line)).squeeze().astype(bool)
+        if depth.shape != mask.shape or depth.shape != image.shape[1:]:
+            raise InputError(f"image {image.shape[1:]}, depth {depth.shape} and mask {mask.shape} "
+                             f"sizes differ: {line.where()}")
+        return _sample(_stem(rgb), rgb, image, depth, valid=mask)
+
+
+# ---------------------------------------------------------------------------- Make3D
+def make3d_image_rows(height: int, width: int) -> Tuple[int, int]:
+    """Central 2:1 band: ``int((H − W/2)/2) : int((H + W/2)/2)`` → 710:1562 on 2272×1704."""
+    band = int(width / 2)
+    return int((height - band) / 2), int((height + band) / 2)
+
+
+def make3d_depth_rows(height: int) -> Tuple[int, int]:
+    """Laser rows matching the image band: ``int((55−21)/2) : int((55+21)/2)`` = 17:38 on 55 rows."""
+    band = 21 if height == 55 else max(1, round(height * 21 / 55))
+    return int((height - band) / 2), int((height + band) / 2)
+
+
+class Make3D(BenchmarkDataset):
+    """Make3D test set (134): ``Test134/img-<id>.jpg`` + ``Gridlaserdata/depth_sph_corr-<id>.mat``."""
+
+    IMAGE_DIR, DEPTH_DIR = "Test134", "Gridlaserdata"
+
+    def _split_lines(self, split_file):
+        if split_file is not None:
+            return read_split(split_file)
+        folder = self.root / self.IMAGE_DIR
+        if not folder.is_dir():
+            raise InputError(f"{folder} does not exist — --data-root must hold Test134/ and Gridlaserdata/")
+        files = sorted(p.name for p in folder.iterdir() if p.name.startswith("img-") and p.suffix.lower() == ".jpg")
+        return [SplitLine(i + 1, f, (f,), str(folder)) for i, f in enumerate(files)]
+
+    @staticmethod
+    def _id(line: SplitLine) -> str:
+        s = Path(line.fields[0]).name
+        if s.startswith("img-"):
+            s = s[4:]
+        if s.lower().endswith(".jpg"):
+            s = s[:-4]
+        return s
+
+    def _name(self, line: SplitLine) -> str:
+        return f"{self.IMAGE_DIR}/img-{self._id(line)}"
+
+    def _load(self, line: SplitLine) -> dict:
+        ident = self._id(line)
+        rgb = f"{self.IMAGE_DIR}/img-{ident}.jpg"
+        image = read_rgb(self.root / rgb, line)
+        r0, r1 = make3d_image_rows(*image.shape[1:])
+        image = np.ascontiguousarray(image[:, r0:r1])
+        mat = self.root / self.DEPTH_DIR / f"depth_sph_corr-{ident}.mat"
+        if not mat.is_file():
+            raise _missing(mat, line)
+        from scipy.io import loadmat
+
+        try:
+            grid = np.asarray(loadmat(str(mat))["Position3DGrid"], dtype=np.float32)
+        except (OSError, ValueError, KeyError) as err:
+            raise InputError(f"cannot read Position3DGrid from {mat} ({type(err).__name__})") from None
+        depth = grid[:, :, 3]
+        d0, d1 = make3d_depth_rows(depth.shape[0])
+        return _sample(self._name(line), rgb, image, depth[d0:d1])
+
+
+# ---------------------------------------------------------------------------- generic folder
+class FolderDataset(BenchmarkDataset):
+    """``<name>.png|.jpg`` + ``<name>_depth.png`` (uint16 mm) + optional ``<name>_K.txt``."""
+
+    DEPTH_SUFFIX = "_depth.png"
+    K_SUFFIX = "_K.txt"
+    DEPTH_SCALE = 1000.0
+
+    def _split_lines(self, split_file):
+        if split_file is not None:
+            return read_split(split_file)
+        if not self.root.is_dir():
+            raise InputError(f"{self.root} is not a folder")
+        lines = []
+        for p in sorted(self.root.rglob("*")):
+            if p.suffix.lower() not in IMAGE_SUFFIXES or p.name.endswith(self.DEPTH_SUFFIX):
+                continue
+            rel = p.relative_to(self.root).as_posix()
+            if (self.root / (_stem(rel) + self.DEPTH_SUFFIX)).is_file():
+                lines.append(SplitLine(len(lines) + 1, rel, (rel,), str(self.root)))
+        if not lines:
+            raise InputError(f"no <name>.png with a <name>{self.DEPTH_SUFFIX} partner under {self.root}")
+        return lines
+
+    def _name(self, line: SplitLine) -> str:
+        s = line.fields[0]
+        return _stem(s) if Path(s).suffix.lower() in IMAGE_SUFFIXES else s
+
+    def _load(self, line: SplitLine) -> dict:
+        name = self._name(line)
+        rel = next((name + ext for ext in IMAGE_SUFFIXES if (self.root / (name + ext)).is_file()), None)
+        if rel is None:
+            raise _missing(self.root / (name + ".png"), line)
+        image = read_rgb(self.root / rel, line)
+        depth = read_png_depth(self.root / (name + self.DEPTH_SUFFIX), self.DEPTH_SCALE, line)
+        if depth.shape != image.shape[1:]:
+            raise InputError(f"image {image.shape[1:]} and depth {depth.shape} sizes differ: {line.where()}")
+        K = None
+        k_path = self.root / (name + self.K_SUFFIX)
+        if k_path.is_file():
+            try:
+                K = np.loadtxt(k_path, dtype=np.float64).reshape(3, 3)
+            except ValueError as err:
+                raise InputError(f"{k_path} is not a 3x3 matrix ({err})") from None
+        return _sample(name, rel, image, depth, intrinsics=K)
+
+
+# ---------------------------------------------------------------------------- factory
+READERS = {cls.__name__: cls for cls in (NYUv2, NYUv2Labeled, KittiEigen, KittiVelodyne, KittiImprovedGT,
+                                          ETH3D, ScanNet, DIODE, Make3D, FolderDataset)}
+
+
+def open_benchmark(dataset: str, root: PathLike, split_file: Optional[PathLike] = None,
+                   **options) -> BenchmarkDataset:
+    """The reader of protocol ``dataset`` (see :mod:`diffdepth.evaluation.protocols`).
+
+    For ``nyuv2`` a ``root`` that is a ``.mat`` file (or a folder holding
+    ``nyu_depth_v2_labeled.mat`` but no ``test/``) selects :class:`NYUv2Labeled`.
+    """
+    from ..evaluation.protocols import get_protocol
+
+    protocol = get_protocol(dataset)
+    cls = READERS[protocol.reader]
+    root = Path(root).expanduser()
+    if cls is NYUv2 and (root.suffix == ".mat" or
+                         (root.is_dir() and (root / NYUv2Labeled.MAT_NAME).is_file() and not (root / "test").is_dir())):
+        cls = NYUv2Labeled
+    kwargs = {**protocol.reader_options, **options}
+    return cls(root, split_file, **kwargs)

@@ -1,0 +1,294 @@
+"""The evaluation loop: read sample → predict (or load a saved prediction) → align →
+clip → mask → metrics → per-sample records → summary (DESIGN.md principle 7).
+
+``evaluate`` works on any iterable of samples (the dicts of
+:mod:`diffdepth.data.benchmarks`), so a distributed runner can hand each process a shard
+of the sample list and gather the returned records before :func:`summarize`.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Union
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..types import AFFINE_DEPTH, DepthPrediction, check_kind
+from ..utils import atomic_path
+from .alignment import align, finalize_depth, resolve_alignment
+from .metrics import HIGHER_IS_BETTER, METRIC_NAMES, compute_metrics
+from .protocols import Protocol
+
+PathLike = Union[str, os.PathLike]
+KIND_FILE = "kind.txt"
+
+#: record statuses; only "ok" records enter the means
+STATUSES = ("ok", "empty_mask", "missing_prediction", "bad_prediction", "alignment_failed")
+
+
+@dataclass
+class SampleRecord:
+    name: str
+    status: str
+    n_valid: int = 0
+    alignment: str = ""
+    scale: Optional[float] = None
+    shift: Optional[float] = None
+    n_nonfinite: int = 0  # valid pixels whose (aligned) prediction was NaN/inf
+    n_nonpositive: int = 0  # valid pixels whose aligned prediction was <= 0
+    resized: bool = False  # the prediction had another size than the ground truth
+    metrics: Dict[str, float] = field(default_factory=dict)
+    message: str = ""
+
+
+# ---------------------------------------------------------------------------- predictions
+def read_kind_file(folder: PathLike) -> Optional[str]:
+    path = Path(folder) / KIND_FILE
+    if not path.is_file():
+        return None
+    kind = path.read_text().strip()
+    try:
+        return check_kind(kind)
+    except ValueError as err:
+        raise InputError(f"{path}: {err}") from None
+
+
+class PredictionFolder:
+    """Saved predictions: ``<folder>/<sample name>.npy`` (float32 [H,W]) + optional ``kind.txt``."""
+
+    def __init__(self, folder: PathLike, kind: Optional[str] = None):
+        self.folder = Path(folder).expanduser()
+        if not self.folder.is_dir():
+            raise InputError(f"predictions folder {self.folder} does not exist — check --predictions")
+        self.kind = check_kind(kind) if kind else (read_kind_file(self.folder) or AFFINE_DEPTH)
+
+    def path(self, name: str) -> Path:
+        return self.folder / f"{name}.npy"
+
+    def __call__(self, sample: dict):
+        path = self.path(sample["name"])
+        if not path.is_file():
+            raise FileNotFoundError(str(path))
+        return np.load(path), self.kind
+
+
+def resize_prediction(pred: np.ndarray, shape, mode: str = "bilinear") -> np.ndarray:
+    """Resize [h,w] → ``shape`` (torch ``interpolate``, ``align_corners=False`` for bilinear)."""
+    t = torch.as_tensor(np.ascontiguousarray(pred), dtype=torch.float64)[None, None]  # [1,1,h,w]
+    if mode == "bilinear":
+        t = torch.nn.functional.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False)
+    elif mode == "nearest":
+        t = torch.nn.functional.interpolate(t, size=tuple(shape), mode="nearest")
+    else:
+        raise ValueError(f"unknown resize mode {mode!r}")
+    return t[0, 0].numpy()
+
+
+def _to_2d(pred) -> np.ndarray:
+    if isinstance(pred, torch.Tensor):
+        pred = pred.detach().float().cpu().numpy()
+    pred = np.asarray(pred)
+    if pred.dtype == object or not np.issubdtype(pred.dtype, np.number):
+        raise ValueError(f"prediction has dtype {pred.dtype}, expected a float array")
+    pred = np.squeeze(pred)
+    if pred.ndim != 2:
+        raise ValueError(f"prediction has shape {pred.shape}, expected [H,W]")
+    return pred.astype(np.float64)
+
+
+def _unpack(out, default_kind: Optional[str]):
+    if isinstance(out, DepthPrediction):
+        return out.depth, out.kind
+    if isinstance(out, tuple) and len(out) == 2:
+        return out
+    return out, default_kind or AFFINE_DEPTH
+
+
+# ---------------------------------------------------------------------------- evaluate
+def evaluate_sample(sample: dict, pred, kind: str, protocol: Protocol,
+                    alignment: Optional[str] = None, mask: Optional[np.ndarray] = None) -> SampleRecord:
+    """Score one prediction (array [H,W] of any size) against one sample."""
+    gt = np.asarray(sample["depth"], dtype=np.float64).reshape(np.shape(sample["depth"])[-2:])
+    if mask is None:
+        mask = protocol.eval_mask(gt, sample.get("valid"))
+    rec = SampleRecord(sample["name"], "ok", n_valid=int(mask.sum()))
+    if rec.n_valid == 0:
+        rec.status = "empty_mask"
+        return rec
+    try:
+        p = _to_2d(pred)
+    except ValueError as err:
+        rec.status, rec.message = "bad_prediction", str(err)
+        return rec
+    if p.shape != gt.shape:
+        p = resize_prediction(p, gt.shape, protocol.pred_resize)
+        rec.resized = True
+    method = resolve_alignment(alignment or protocol.alignment, kind)
+    rec.alignment = method
+    try:
+        res = align(p, gt, mask, method, max_depth=protocol.max_depth, fit_max_res=protocol.fit_max_res)
+    except ValueError as err:
+        rec.status, rec.message = "alignment_failed", str(err)
+        return rec
+    rec.scale, rec.shift = res.scale, res.shift
+    depth, counts = finalize_depth(res.depth, mask, protocol.min_depth, protocol.max_depth, gt=gt)
+    rec.n_nonfinite, rec.n_nonpositive = counts.nonfinite, counts.nonpositive
+    rec.metrics = compute_metrics(depth, gt, mask)
+    return rec
+
+
+def evaluate(samples: Iterable[dict], predictor: Union[PathLike, Callable, PredictionFolder],
+             protocol: Protocol, alignment: Optional[str] = None, *, kind: Optional[str] = None,
+             save_dir: Optional[PathLike] = None, progress: bool = True,
+             total: Optional[int] = None) -> List[SampleRecord]:
+    """Score every sample; returns one :class:`SampleRecord` per sample, in order.
+
+    ``predictor`` is a predictions folder (path or :class:`PredictionFolder`) or a callable
+    ``fn(sample) -> DepthPrediction | (array, kind) | array`` (then ``kind`` gives the kind).
+    ``alignment``: ``None`` → the protocol default; ``auto`` → from the kind.
+    ``save_dir``: write each computed prediction, resized to the ground truth, as
+    ``<save_dir>/<name>.npy`` (+ ``kind.txt``) so it can be re-scored without the model.
+    A missing or malformed saved prediction is recorded and skipped, never fatal.
+    """
+    if isinstance(predictor, (str, os.PathLike)):
+        predictor = PredictionFolder(predictor, kind)
+    from_folder = isinstance(predictor, PredictionFolder)
+    records: List[SampleRecord] = []
+    kinds_seen = set()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc=f"eval {protocol.name}", unit="img", dynamic_ncols=True)
+    try:
+        for sample in samples:
+            gt = np.asarray(sample["depth"]).reshape(np.shape(sample["depth"])[-2:])
+            mask = protocol.eval_mask(gt, sample.get("valid"))
+            if not mask.any():
+                records.append(SampleRecord(sample["name"], "empty_mask"))
+            else:
+                if from_folder:
+                    try:
+                        out = predictor(sample)
+                    except FileNotFoundError as err:
+                        records.append(SampleRecord(sample["name"], "missing_prediction", message=f"no file {err}"))
+                        out = None
+                    except (ValueError, OSError) as err:  # unreadable .npy
+                        records.append(SampleRecord(sample["name"], "bad_prediction",
+                                                    message=f"{predictor.path(sample['name'])}: {err}"))
+                        out = None
+                else:
+                    out = predictor(sample)
+                if out is not None:
+                    pred, k = _unpack(out, kind)
+                    k = check_kind(k)
+                    kinds_seen.add(k)
+                    rec = evaluate_sample(sample, pred, k, protocol, alignment, mask)
+                    if save_dir is not None and not from_folder and rec.status != "bad_prediction":
+                        p = _to_2d(pred)
+                        if p.shape != gt.shape:
+                            p = resize_prediction(p, gt.shape, protocol.pred_resize)
+                        target = Path(save_dir) / f"{sample['name']}.npy"
+                        with atomic_path(target) as tmp:
+                            np.save(tmp, p.astype(np.float32))
+                    records.append(rec)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    if save_dir is not None and not from_folder and kinds_seen:
+        if len(kinds_seen) > 1:
+            raise InputError(f"the predictor returned several kinds {sorted(kinds_seen)}; cannot write one {KIND_FILE}")
+        with atomic_path(Path(save_dir) / KIND_FILE) as tmp:
+            tmp.write_text(next(iter(kinds_seen)) + "\n")
+    return records
+
+
+# ---------------------------------------------------------------------------- summary + reports
+def summarize(records: List[SampleRecord], protocol: Optional[Protocol] = None, **info) -> dict:
+    """Means over the ``ok`` records (never NaN: absent when none) + counts of the others."""
+    ok = [r for r in records if r.status == "ok"]
+    metrics = {n: float(np.mean([r.metrics[n] for r in ok])) for n in METRIC_NAMES} if ok else {}
+    counts = {"samples": len(records), "evaluated": len(ok)}
+    counts["skipped_empty"] = sum(r.status == "empty_mask" for r in records)
+    for status in STATUSES[2:]:
+        counts[status] = sum(r.status == status for r in records)
+    counts.update({
+        "nonfinite_samples": sum(r.n_nonfinite > 0 for r in ok),
+        "nonfinite_pixels": sum(r.n_nonfinite for r in ok),
+        "nonpositive_samples": sum(r.n_nonpositive > 0 for r in ok),
+        "nonpositive_pixels": sum(r.n_nonpositive for r in ok),
+        "resized_predictions": sum(r.resized for r in ok),
+    })
+    summary = {"metrics": metrics, "counts": counts,
+               "alignments": sorted({r.alignment for r in ok})}
+    scales = [r.scale for r in ok if r.scale is not None]
+    if scales:
+        med = float(np.median(scales))
+        summary["scale"] = {"median": med, "std_over_median": float(np.std(np.asarray(scales) / med)) if med else None}
+    if protocol is not None:
+        summary["dataset"] = protocol.name
+        summary["protocol"] = protocol.to_dict()
+    summary.update(info)
+    return summary
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.6g}"
+    return str(v)
+
+
+def summary_markdown(summary: dict) -> str:
+    m = summary.get("metrics", {})
+    c = summary.get("counts", {})
+    lines = [f"## {summary.get('dataset', 'evaluation')}", ""]
+    if m:
+        arrows = [n + (" ↑" if n in HIGHER_IS_BETTER else " ↓") for n in METRIC_NAMES]
+        lines += ["| " + " | ".join(arrows) + " |", "|" + "---|" * len(METRIC_NAMES),
+                  "| " + " | ".join(f"{m[n]:.4f}" for n in METRIC_NAMES) + " |", ""]
+    else:
+        lines += ["No sample could be evaluated.", ""]
+    lines.append(f"evaluated {c.get('evaluated', 0)} of {c.get('samples', 0)} samples; "
+                 + ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in c.items() if k not in ("samples", "evaluated")))
+    lines.append(f"alignment: {', '.join(summary.get('alignments', [])) or summary.get('alignment', '')}")
+    proto = summary.get("protocol")
+    if proto:
+        lines.append(f"depth range: {proto['min_depth']}–{proto['max_depth']} m, crop: {proto['crop'] or 'none'}")
+    return "\n".join(lines) + "\n"
+
+
+CSV_FIELDS = ["name", "status", "n_valid", "alignment", "scale", "shift", "n_nonfinite",
+              "n_nonpositive", "resized", *METRIC_NAMES, "message"]
+
+
+def records_csv(records: List[SampleRecord]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_FIELDS)
+    for r in records:
+        row = asdict(r)
+        w.writerow([_fmt(row[k]) if k in row else _fmt(r.metrics.get(k)) for k in CSV_FIELDS])
+    return buf.getvalue()
+
+
+def write_reports(out_dir: PathLike, summary: dict, records: List[SampleRecord]) -> Dict[str, Path]:
+    """``summary.json``, ``summary.md`` and ``per_sample.csv`` in ``out_dir`` (atomic writes)."""
+    out = Path(out_dir)
+    paths = {"json": out / "summary.json", "md": out / "summary.md", "csv": out / "per_sample.csv"}
+    texts = {"json": json.dumps(summary, indent=2, sort_keys=False) + "\n",
+             "md": summary_markdown(summary), "csv": records_csv(records)}
+    for key, path in paths.items():
+        with atomic_path(path) as tmp:
+            tmp.write_text(texts[key])
+    return paths
