@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import struct
 
 import numpy as np
 import pytest
@@ -62,6 +63,26 @@ def test_odd_size_padded_and_uint8_frames(tmp_path):
     frames = list(iter_video_frames(tmp_path / "odd.mp4"))
     assert len(frames) == 2
     np.testing.assert_allclose(frames[0].mean((0, 1)), [0, 0, 200 / 255], atol=0.04)
+
+
+def test_display_matrix_rotation_applied(tmp_path):
+    """A phone-style portrait clip: frames stored landscape, the mp4 track header ('tkhd')
+    matrix [0 1; -1 0] says "turn 90 degrees clockwise to display" (ffprobe: rotation -90)."""
+    frame = np.zeros((16, 32, 3), np.uint8)
+    frame[:6, :6] = 255  # white block in the stored top-left corner
+    _write(tmp_path / "land.mp4", [frame, frame])
+    data = bytearray((tmp_path / "land.mp4").read_bytes())
+    m = data.find(b"tkhd") + 4 + 40  # version/flags, times, ids, duration, layer... then the matrix
+    assert struct.unpack(">9i", data[m:m + 36]) == (1 << 16, 0, 0, 0, 1 << 16, 0, 0, 0, 1 << 30)
+    data[m:m + 36] = struct.pack(">9i", 0, 1 << 16, 0, -(1 << 16), 0, 0, 16 << 16, 0, 1 << 30)
+    (tmp_path / "portrait.mp4").write_bytes(bytes(data))
+    assert video_info(tmp_path / "portrait.mp4")[2:] == (16, 32)
+    f = next(iter(iter_video_frames(tmp_path / "portrait.mp4")))
+    assert f.shape == (32, 16, 3)
+    # a clockwise turn takes the stored top-left corner to the displayed top-right corner
+    np.testing.assert_allclose(f[2, 13], [1, 1, 1], atol=0.06)
+    np.testing.assert_allclose(f[2, 2], [0, 0, 0], atol=0.06)
+    np.testing.assert_allclose(f[29, 2], [0, 0, 0], atol=0.06)
 
 
 def test_exception_inside_writer_leaves_nothing(tmp_path):
