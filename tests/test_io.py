@@ -10,7 +10,7 @@ from PIL import Image, TiffImagePlugin
 
 from diffdepth.errors import InputError
 from diffdepth.geometry import DEFAULT_FOV_DEG
-from diffdepth.io import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, colorize, depth_range, intrinsics_for,
+from diffdepth.io import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, colorize, is_image_path, is_video_path, depth_range, intrinsics_for,
                           parse_formats, read_image, read_image_with_meta, read_ply, read_png16,
                           save_color, save_npy, save_outputs, save_ply, save_png16, side_by_side,
                           to_float_rgb)
@@ -199,6 +199,8 @@ def test_bad_files_raise_input_error_naming_file(tmp_path):
 def test_extension_lists():
     assert {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"} <= set(IMAGE_EXTENSIONS)
     assert set(VIDEO_EXTENSIONS) == {".mp4", ".webm", ".mov", ".mkv", ".avi"}
+    assert is_image_path("a/B.JPG") and not is_image_path("clip.mp4") and not is_image_path("notes.txt")
+    assert is_video_path("clip.MOV") and not is_video_path("x.png")
 
 
 # ----------------------------------------------------------------------------- in memory
@@ -446,4 +448,6 @@ def test_save_outputs_unavailable_and_unknown_format(tmp_path):
     msg = str(ei.value)
     assert "jpeg" in msg and all(n in msg for n in ["npy", "png16", "color", "side", "ply", "uncertainty", "seg"])
     assert parse_formats(" NPY, ply ") == {"npy", "ply"}
+    with pytest.raises(InputError, match="side"):
+        save_outputs(tmp_path / "y", pred, None, "side")
     assert RELATIVE_DEPTH  # the four kinds are importable alongside

@@ -11,8 +11,8 @@ from PIL import Image
 from diffdepth.errors import InputError
 from diffdepth.io import video as video_mod
 from diffdepth.io.video import (VideoWriter, iter_video_frames, load_npz_frames, pick_encoder,
-                                save_npz_frames, video_info)
-from diffdepth.types import METRIC_DEPTH
+                                save_depth_video, save_npz_frames, video_depth_range, video_info)
+from diffdepth.types import AFFINE_DISPARITY, METRIC_DEPTH
 
 COLOURS = [(0.9, 0.1, 0.1), (0.1, 0.8, 0.2), (0.15, 0.2, 0.9), (0.9, 0.9, 0.2), (0.5, 0.5, 0.5)]
 
@@ -161,3 +161,21 @@ def test_npz_frames_roundtrip_atomic(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         save_npz_frames(tmp_path / "fail.npz", depths, METRIC_DEPTH, 5)
     assert sorted(os.listdir(tmp_path)) == ["clip_depth.npz", "plain.depth"]
+
+
+def test_depth_video_one_colour_range_for_all_frames(tmp_path):
+    depths = [np.full((16, 16), v, np.float32) for v in (1.0, 2.0, 3.0)]
+    assert video_depth_range(depths, METRIC_DEPTH) == pytest.approx((1.0, 3.0))
+    save_depth_video(tmp_path / "d.mp4", depths, METRIC_DEPTH, fps=4)
+    frames = list(iter_video_frames(tmp_path / "d.mp4"))
+    assert len(frames) == 3 and frames[0].shape == (16, 16, 3)
+    # constant frames still span the map because the range is global: near = Spectral red,
+    # middle = Spectral's centre class, far = Spectral purple (lossy codec: loose tolerance)
+    np.testing.assert_allclose(frames[0].mean((0, 1)) * 255, (158, 1, 66), atol=14)
+    np.testing.assert_allclose(frames[1].mean((0, 1)) * 255, (255, 255, 191), atol=14)
+    np.testing.assert_allclose(frames[2].mean((0, 1)) * 255, (94, 79, 162), atol=14)
+    rgb = [np.full((16, 16, 3), 0.5, np.float32)] * 3
+    save_depth_video(tmp_path / "s.mp4", depths, AFFINE_DISPARITY, fps=4, rgb_frames=rgb)
+    assert video_info(tmp_path / "s.mp4")[2:] == (32, 16)
+    with pytest.raises(InputError, match="RGB frames"):
+        save_depth_video(tmp_path / "x.mp4", depths, METRIC_DEPTH, fps=4, rgb_frames=rgb[:1])

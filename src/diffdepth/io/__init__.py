@@ -3,9 +3,10 @@ from .export import (OUTPUT_FORMATS, OUTPUT_SUFFIXES, PNG16_KEY, PlyData, SaveRe
                      colorize_segmentation, depth_range, encode_png16, intrinsics_for, output_path,
                      parse_formats, read_ply, read_png16, save_color, save_npy, save_outputs,
                      save_ply, save_png16, save_side_by_side, side_by_side)
-from .images import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, ImageMeta, read_image, read_image_with_meta,
-                     to_float_rgb)
-from .video import VideoWriter, iter_video_frames, load_npz_frames, save_npz_frames, video_info
+from .images import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, ImageMeta, is_image_path, is_video_path, read_image,
+                     read_image_with_meta, to_float_rgb)
+from .video import (VideoWriter, iter_video_frames, load_npz_frames, save_depth_video, save_npz_frames,
+                    video_depth_range, video_info)
 
 __all__ = [
     "IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "ImageMeta", "read_image", "read_image_with_meta",
@@ -13,5 +14,6 @@ __all__ = [
     "colorize", "colorize_segmentation", "depth_range", "encode_png16", "intrinsics_for",
     "output_path", "parse_formats", "read_ply", "read_png16", "save_color", "save_npy",
     "save_outputs", "save_ply", "save_png16", "save_side_by_side", "side_by_side",
-    "VideoWriter", "iter_video_frames", "load_npz_frames", "save_npz_frames", "video_info",
+    "VideoWriter", "iter_video_frames", "load_npz_frames", "save_depth_video", "save_npz_frames",
+    "video_depth_range", "video_info", "is_image_path", "is_video_path",
 ]

@@ -483,6 +483,8 @@ def save_outputs(out_base: PathLike, prediction: DepthPrediction, rgb: Any, form
         elif fmt == "color":
             save_color(path, depth, kind, cmap, near_warm)
         elif fmt == "side":
+            if rgb is None:
+                raise InputError("the 'side' output needs the input image (rgb is None)")
             save_side_by_side(path, rgb, depth, kind, cmap, near_warm)
         elif fmt == "ply":
             K, source = intrinsics_for(w, h, focal, fov, exif_focal_px)

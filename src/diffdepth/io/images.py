@@ -35,6 +35,18 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 #: file extensions the CLI treats as videos
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi")
 
+
+
+def is_image_path(path: PathLike) -> bool:
+    """True when the file name ends in one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def is_video_path(path: PathLike) -> bool:
+    """True when the file name ends in one of :data:`VIDEO_EXTENSIONS` (case-insensitive)."""
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
 # EXIF tag numbers (EXIF 2.32, table 4/7)
 _EXIF_IFD = 0x8769
 _TAG_ORIENTATION = 0x0112

@@ -283,6 +283,51 @@ class VideoWriter:
                 self._container = None
 
 
+def video_depth_range(depths: Sequence[Any], kind: str, robust: bool = True,
+                      max_samples: int = 1_000_000) -> Tuple[float, float]:
+    """One colour range for all frames (so colours do not flicker): 2nd/98th percentiles
+    (or min/max) of the valid values of every frame, on an evenly strided subsample of
+    at most ``max_samples`` values."""
+    from .export import as_depth_2d, valid_mask
+
+    check_kind(kind)
+    per = max(1, max_samples // max(1, len(depths)))
+    vals = []
+    for d in depths:
+        a = as_depth_2d(d)
+        v = a[valid_mask(a, kind)]
+        vals.append(v[:: max(1, v.size // per)])
+    v = np.concatenate(vals).astype(np.float64) if vals else np.zeros(0)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    if robust:
+        lo, hi = np.percentile(v, (2.0, 98.0))
+        return float(lo), float(hi)
+    return float(v.min()), float(v.max())
+
+
+def save_depth_video(path: PathLike, depths: Sequence[Any], kind: str, fps: float, cmap: str = "Spectral",
+                     near_warm: bool = True, value_range: Optional[Tuple[float, float]] = None,
+                     rgb_frames: Optional[Sequence[Any]] = None) -> Path:
+    """Write a colourised depth video (side by side with ``rgb_frames`` when given).
+
+    All frames share one colour range: ``value_range`` or :func:`video_depth_range`."""
+    from .export import colorize, side_by_side
+
+    if len(depths) == 0:
+        raise InputError(f"no depth frames to write to {path}")
+    if rgb_frames is not None and len(rgb_frames) != len(depths):
+        raise InputError(f"{len(rgb_frames)} RGB frames but {len(depths)} depth frames for {path}")
+    rng = value_range if value_range is not None else video_depth_range(depths, kind)
+    with VideoWriter(path, fps=fps) as vw:
+        for i, d in enumerate(depths):
+            if rgb_frames is None:
+                vw.write(colorize(d, kind, cmap, near_warm, value_range=rng))
+            else:
+                vw.write(side_by_side(rgb_frames[i], d, kind, cmap, near_warm, value_range=rng))
+    return Path(path)
+
+
 def save_npz_frames(path: PathLike, depths: Union[Sequence[Any], np.ndarray], kind: str, fps: float) -> Path:
     """Write per-frame depth of a video as ``.npz``: ``depth`` float32 ``[N,H,W]``, ``kind``
     (string), ``fps`` (float). Written atomically through a file object, so ``np.savez``
