@@ -10,7 +10,8 @@ from PIL import Image, TiffImagePlugin
 
 from diffdepth.errors import InputError
 from diffdepth.geometry import DEFAULT_FOV_DEG
-from diffdepth.io import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, colorize, is_image_path, is_video_path, depth_range, intrinsics_for,
+from diffdepth.io import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, colorize, depth_range, intrinsics_for,
+                          is_image_path, is_video_path,
                           parse_formats, read_image, read_image_with_meta, read_ply, read_png16,
                           save_color, save_npy, save_outputs, save_ply, save_png16, side_by_side,
                           to_float_rgb)

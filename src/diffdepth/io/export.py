@@ -488,9 +488,8 @@ def save_outputs(out_base: PathLike, prediction: DepthPrediction, rgb: Any, form
             save_side_by_side(path, rgb, depth, kind, cmap, near_warm)
         elif fmt == "ply":
             K, source = intrinsics_for(w, h, focal, fov, exif_focal_px)
-            save_ply(path, depth, rgb, K, [f"intrinsics: {source}",
-                                           f"K: fx={K[0, 0]:.6g} fy={K[1, 1]:.6g} cx={K[0, 2]:.6g} cy={K[1, 2]:.6g}"],
-                     kind=kind)
+            k_line = f"K: fx={K[0, 0]:.6g} fy={K[1, 1]:.6g} cx={K[0, 2]:.6g} cy={K[1, 2]:.6g}"
+            save_ply(path, depth, rgb, K, [f"intrinsics: {source}", k_line], kind=kind)
         elif fmt == "uncertainty":
             save_npy(path, as_depth_2d(prediction.uncertainty, "uncertainty"))
         elif fmt == "seg":
