@@ -261,26 +261,34 @@ class VideoWriter:
         self.frames_written += 1
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            self._abort(exc_type, exc, tb)
+            return False
         try:
-            if exc_type is None:
-                if self._stream is None:
-                    raise InputError(f"no frames were written to {self.path}; nothing saved")
-                for packet in self._stream.encode(None):  # flush the encoder
-                    self._container.mux(packet)
+            if self._stream is None:
+                raise InputError(f"no frames were written to {self.path}; nothing saved")
+            for packet in self._stream.encode(None):  # flush the encoder
+                self._container.mux(packet)
+            self._container.close()  # writes the trailer (moov atom)
+            self._container = None
         except BaseException:
-            exc_type, exc, tb = sys.exc_info()
-            self._close_container()
-            self._atomic.__exit__(exc_type, exc, tb)
+            self._abort(*sys.exc_info())
             raise
-        self._close_container()
-        return bool(self._atomic.__exit__(exc_type, exc, tb))
+        self._atomic.__exit__(None, None, None)  # rename the temporary file onto the target
+        return False
 
-    def _close_container(self) -> None:
+    def _abort(self, exc_type, exc, tb) -> None:
+        """Close what is open and delete the temporary file; never masks the original error."""
         if self._container is not None:
             try:
                 self._container.close()
-            finally:
-                self._container = None
+            except Exception:
+                pass
+            self._container = None
+        try:
+            self._atomic.__exit__(exc_type, exc, tb)
+        except BaseException:
+            pass  # the atomic context re-raises `exc`; our caller raises it
 
 
 def video_depth_range(depths: Sequence[Any], kind: str, robust: bool = True,
