@@ -1,0 +1,594 @@
+"""The training loop: one loop for every method, on Hugging Face Accelerate.
+
+A method supplies ``model.make_training_task(**cfg["task"])`` -> ``task(batch) ->
+{"loss": scalar tensor, "logs": {name: float | tensor}}`` and optionally
+``task.transform(sample, rng)`` (per-sample augmentation in the DataLoader workers),
+``task.collate(samples)`` and ``task.visualize(batch, output) -> {name: HxWx3 uint8}``.
+The trainer never branches on the method.
+
+Per optimizer step ``s`` (0-based):
+
+1. ``lr = base_lr_group × schedule(s)`` for every parameter group;
+2. ``grad_accum_steps`` micro-batches: ``loss / grad_accum_steps`` is back-propagated
+   (gradient all-reduce only on the last one under DDP);
+3. gradient clipping to ``train.grad_clip`` (global norm), optimizer step, zero grads;
+4. EMA update (when enabled), logging, validation, checkpoint.
+
+The task's forward runs inside a tiny ``nn.Module`` (:class:`TaskRunner`) that owns
+the model, so Accelerate's DDP/FSDP wrapper and autocast see a normal ``forward``
+while the task keeps calling the (same) model object directly.
+
+Exact resumption: the checkpoint carries the trainable weights, optimizer,
+grad scaler, every process's RNG state, the EMA and the number of micro-batches
+consumed (the sampler position, :mod:`diffdepth.training.data`); the schedule is a
+function of the step. Validation and image logging run under a forked RNG so they
+never change the training random stream.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import distributed
+from ..errors import CheckpointError, ConfigError, DiffdepthError
+from . import checkpoint as ckpt
+from .config import diff_configs, dump_config, save_config
+from .data import MixedDataset, MixingPlan, StreamSampler, build_dataset, make_loader
+from .optim import EMA, build_optimizer, set_lr
+from .schedules import schedule_from_config
+
+
+class TrainingError(DiffdepthError):
+    """Training cannot go on (non-finite loss, bad task output, ...)."""
+
+
+class TaskRunner(nn.Module):
+    """``forward(batch) = task(batch)``; registers the model so wrappers see its parameters."""
+
+    def __init__(self, model: nn.Module, task):
+        super().__init__()
+        self.model = model
+        self._task = task  # not registered: it may itself hold the model
+
+    def forward(self, batch):
+        return self._task(batch)
+
+
+def resolve_method(method: str):
+    """Registry id or ``module:Class`` -> model class."""
+    if ":" in method:
+        from .data import _import_target
+
+        return _import_target(method, "model.method")
+    from ..registry import get_method
+
+    try:
+        return get_method(method).load_class()
+    except DiffdepthError as err:
+        raise ConfigError(f"model.method: {err}") from None
+
+
+def build_model(cfg: dict) -> nn.Module:
+    """The model a recipe starts from (``model.tiny`` / ``model.pretrained`` / ``build``)."""
+    m = cfg["model"]
+    cls = resolve_method(m["method"])
+    args = dict(m["args"])
+    if m["tiny"]:
+        return cls.make_tiny(seed=cfg["seed"], **args)
+    if m["pretrained"]:
+        return cls.from_pretrained(m["pretrained"], **args)
+    return cls.build(backbone=m["backbone"], **args)
+
+
+def _snapshot_rng() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def isolated_rng():
+    """Run a block without changing any global RNG (validation, visualisation)."""
+    state = _snapshot_rng()
+    try:
+        yield
+    finally:
+        _restore_rng(state)
+
+
+def _scalar(v: Any) -> Optional[float]:
+    if isinstance(v, torch.Tensor):
+        if v.numel() != 1:
+            return None
+        return float(v.detach().float().item())
+    if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
+        return float(v)
+    return None
+
+
+class Trainer:
+    """Train ``cfg`` (a resolved config) in ``run_dir``.
+
+    ``resume=True`` continues from the newest complete checkpoint in ``run_dir``
+    (starting fresh, with a log line, when there is none).
+    """
+
+    def __init__(self, cfg: dict, run_dir, resume: bool = False):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self._log_file = None
+        self.tb = None
+        self.wandb = None
+
+    # ------------------------------------------------------------------ helpers
+    def log(self, msg: str) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        line = f"[diffdepth train] {msg}"
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(line, file=sys.stderr)
+        except ImportError:  # pragma: no cover
+            print(line, file=sys.stderr)
+        if self._log_file is not None:
+            self._log_file.write(line + "\n")
+            self._log_file.flush()
+
+    @property
+    def unwrapped(self) -> nn.Module:
+        return self.model
+
+    def _state_keys(self) -> list:
+        """Names saved in trainable.safetensors: trainable params + buffers (persistent)."""
+        params = dict(self.model.named_parameters())
+        keys = []
+        for k in self.model.state_dict().keys():
+            if k in params:
+                if params[k].requires_grad:
+                    keys.append(k)
+            else:
+                keys.append(k)
+        return keys
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        cfg = self.cfg
+        t = cfg["train"]
+        self.accelerator = Accelerator(
+            mixed_precision=t["mixed_precision"], cpu=t["cpu"],
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=t["find_unused_parameters"])])
+        acc = self.accelerator
+        self.world = acc.num_processes
+        self.rank = acc.process_index
+        if acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            self._log_file = open(self.run_dir / "train.log", "a")
+
+        # effective batch = batch_size x accumulation x processes
+        bs = t["batch_size"]
+        if t["effective_batch_size"] is not None:
+            per_step = bs * self.world
+            if t["effective_batch_size"] % per_step:
+                raise ConfigError(f"train.effective_batch_size={t['effective_batch_size']} is not a multiple of "
+                                  f"batch_size x processes = {bs} x {self.world} = {per_step}")
+            self.accum = t["effective_batch_size"] // per_step
+        else:
+            self.accum = t["grad_accum_steps"]
+        self.batch_size = bs
+        self.effective_batch = bs * self.accum * self.world
+
+        # previous state?
+        self.start_ckpt = None
+        if self.resume:
+            if acc.is_main_process:
+                for p in ckpt.clean_temporaries(self.run_dir):
+                    self.log(f"removed incomplete checkpoint {p.name}")
+            acc.wait_for_everyone()
+            self.start_ckpt = ckpt.latest_checkpoint(self.run_dir)
+            if self.start_ckpt is None:
+                self.log(f"--resume: no complete checkpoint in {self.run_dir}; starting from step 0")
+            else:
+                prev = ckpt.read_state(self.start_ckpt)
+                if prev.get("world_size") not in (None, self.world) or prev.get("batch_size") not in (None, bs):
+                    self.log(f"warning: checkpoint was written with {prev.get('world_size')} process(es) x batch "
+                             f"{prev.get('batch_size')}; now {self.world} x {bs} — the sample order changes")
+                old_cfg = self.run_dir / "config.yaml"
+                if old_cfg.exists():
+                    import yaml
+
+                    changed = diff_configs(yaml.safe_load(old_cfg.read_text()) or {}, cfg)
+                    if changed:
+                        self.log(f"resuming with changed config keys: {', '.join(changed)}")
+
+        if acc.is_main_process:
+            save_config(cfg, self.run_dir / "config.yaml")
+
+        # model + task (same init on every process; the task may freeze modules)
+        torch.manual_seed(cfg["seed"])
+        np.random.seed(cfg["seed"] % 2**32)
+        random.seed(cfg["seed"])
+        self.model = build_model(cfg)
+        self.model.train()
+        self.task = self.model.make_training_task(**cfg["task"])
+        if not callable(self.task):
+            raise TrainingError(f"{type(self.model).__name__}.make_training_task returned a non-callable")
+        self.optimizer = build_optimizer(self.model, cfg["optim"])
+        self.n_trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self.n_frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
+        self.schedule = schedule_from_config(cfg)
+        self.ema = EMA(self.model, cfg["ema"]["decay"], cfg["ema"]["warmup"]) if cfg["ema"]["enabled"] else None
+
+        runner = TaskRunner(self.model, self.task)
+        self.runner, self.optimizer = acc.prepare(runner, self.optimizer)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        acc.register_save_state_pre_hook(self._save_hook)
+        acc.register_load_state_pre_hook(self._load_hook)
+
+        self._build_data()
+
+        # task RNG differs per process (different noise on each shard)
+        torch.manual_seed(cfg["seed"] + 1_000_003 * (self.rank + 1))
+        np.random.seed((cfg["seed"] + 7919 * (self.rank + 1)) % 2**32)
+        random.seed(cfg["seed"] + 31 * (self.rank + 1))
+
+        self.step = 0
+        self.micro = 0  # micro-batches consumed per process == global micro-batch index
+        if self.start_ckpt is not None:
+            self._load(self.start_ckpt)
+
+        self.sampler = StreamSampler(self.plan, self.batch_size, self.rank, self.world, start_micro=self.micro)
+        self.loader = make_loader(self.dataset, self.sampler, getattr(self.task, "collate", None),
+                                  cfg["data"]["num_workers"], cfg["data"]["prefetch_factor"],
+                                  pin_memory=self.accelerator.device.type == "cuda", seed=cfg["seed"])
+        self._setup_logging()
+
+    def _build_data(self) -> None:
+        cfg = self.cfg
+        cache = Path(cfg["data"]["cache_dir"]) if cfg["data"]["cache_dir"] else self.run_dir / "data"
+        datasets, names, weights = [], [], []
+        for i, entry in enumerate(cfg["data"]["train"]):
+            datasets.append(build_dataset(entry, cache, where=f"data.train.{i}"))
+            names.append(f"{entry['type']}#{i}")
+            weights.append(float(entry.get("weight", 1.0)))
+        self.plan = MixingPlan([len(d) for d in datasets], weights, cfg["seed"])
+        self.dataset = MixedDataset(datasets, names, cfg["seed"], getattr(self.task, "transform", None))
+        sizes = ", ".join(f"{n} ({len(d)} samples, weight {w:g})" for n, d, w in zip(names, datasets, weights))
+        self.log(f"training data: {sizes}")
+        self.val_set = None
+        v = cfg["val"]
+        if v["every"] > 0 and v["data"] is not None:
+            self.val_set = build_dataset(v["data"], cache, where="val.data")
+            self.log(f"validation: {min(v['samples'], len(self.val_set))} samples every {v['every']} steps")
+        elif v["every"] > 0:
+            self.log("validation: val.every is set but val.data is not — no validation")
+        else:
+            self.log("validation: off (set val.every and val.data to enable)")
+
+    def _setup_logging(self) -> None:
+        self.tb = None
+        self.wandb = None
+        if not self.accelerator.is_main_process:
+            return
+        log = self.cfg["log"]
+        if log["tensorboard"]:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step if self.step else None)
+            self.tb.add_text("config", "```\n" + dump_config(self.cfg) + "\n```", self.step)
+        if log["wandb"]:
+            try:
+                import wandb  # type: ignore
+            except ImportError:
+                self.log("log.wandb is true but wandb is not installed (pip install wandb) — TensorBoard only")
+            else:
+                self.wandb = wandb.init(project=log["wandb_project"], dir=str(self.run_dir), config=self.cfg,
+                                        name=self.run_dir.name, resume="allow", id=self.run_dir.name)
+
+    def _scalars(self, values: Dict[str, float], step: int) -> None:
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_hook(self, models, weights, output_dir) -> None:
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type == DistributedType.FSDP:
+            return  # Accelerate saves sharded FSDP weights itself
+        while weights:
+            weights.pop()
+        if self.accelerator.is_main_process:
+            from safetensors.torch import save_file
+
+            sd = self.model.state_dict()
+            state = {k: sd[k].detach().cpu().clone().contiguous() for k in self._state_keys()}
+            save_file(state, os.path.join(output_dir, "trainable.safetensors"))
+
+    def _load_hook(self, models, input_dir) -> None:
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type == DistributedType.FSDP:
+            return
+        while models:
+            models.pop()
+        from safetensors.torch import load_file
+
+        path = os.path.join(input_dir, "trainable.safetensors")
+        if not os.path.exists(path):
+            raise CheckpointError(f"{path} is missing — the checkpoint was not written by diffdepth train")
+        state = load_file(path)
+        want = set(self._state_keys())
+        missing = want - set(state)
+        extra = set(state) - want
+        if missing or extra:
+            raise CheckpointError(
+                f"{input_dir}: trainable weights do not match the model built from the config "
+                f"(missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}) — same method/args/freezing?")
+        result = self.model.load_state_dict(state, strict=False)
+        if result.unexpected_keys:  # pragma: no cover - guarded above
+            raise CheckpointError(f"{input_dir}: unexpected keys {result.unexpected_keys[:3]}")
+
+    def save_checkpoint(self) -> Path:
+        acc = self.accelerator
+        final = self.run_dir / ckpt.checkpoint_name(self.step)
+        tmp = ckpt.temp_path(self.run_dir, self.step)
+        if acc.is_main_process:
+            if tmp.exists():
+                import shutil
+
+                shutil.rmtree(tmp)
+            (tmp / ckpt.STATE_DIR).mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp / ckpt.STATE_DIR), safe_serialization=True)
+        if acc.is_main_process:
+            if self.ema is not None:
+                torch.save(self.ema.state_dict(), tmp / ckpt.STATE_DIR / "ema.pt")
+                self.ema.swap(self.model)
+            try:
+                was_training = self.model.training
+                self.model.eval()
+                self.model.save_pretrained(tmp)
+                self.model.train(was_training)
+            finally:
+                if self.ema is not None:
+                    self.ema.swap(self.model)
+            ckpt.write_state_file(tmp, {
+                "step": self.step, "micro_batches": self.micro, "seed": self.cfg["seed"],
+                "world_size": self.world, "batch_size": self.batch_size, "grad_accum_steps": self.accum,
+                "ema": self.ema is not None, "time": time.time()})
+            ckpt.publish(tmp, final)
+            for p in ckpt.prune(self.run_dir, self.cfg["checkpoint"]["keep_last"]):
+                self.log(f"removed old checkpoint {p.name}")
+        acc.wait_for_everyone()
+        return final
+
+    def _load(self, path: Path) -> None:
+        state = ckpt.read_state(path)
+        self.accelerator.load_state(str(path / ckpt.STATE_DIR))
+        if self.ema is not None:
+            ema_file = path / ckpt.STATE_DIR / "ema.pt"
+            if ema_file.exists():
+                self.ema.load_state_dict(torch.load(ema_file, map_location="cpu", weights_only=True))
+            else:
+                self.log(f"{path.name} has no EMA state; the EMA restarts from the current weights")
+                self.ema = EMA(self.model, self.cfg["ema"]["decay"], self.cfg["ema"]["warmup"])
+        self.step = int(state["step"])
+        self.micro = int(state["micro_batches"])
+        self.log(f"resumed from {path} (step {self.step})")
+
+    # ------------------------------------------------------------------ validation / images
+    @torch.no_grad()
+    def validate(self) -> Dict[str, float]:
+        """Metrics on the first ``val.samples`` samples of ``val.data`` (main process)."""
+        from ..evaluation.alignment import align, finalize_depth, resolve_alignment
+        from ..evaluation.metrics import compute_metrics
+
+        v = self.cfg["val"]
+        n = min(v["samples"], len(self.val_set))
+        model = self.model
+        was_training = model.training
+        model.eval()
+        if self.ema is not None:
+            self.ema.swap(model)
+        totals: Dict[str, float] = {}
+        count = 0
+        try:
+            with isolated_rng():
+                for i in range(n):
+                    s = self.val_set[i]
+                    image = torch.as_tensor(np.asarray(s["image"]), dtype=torch.float32)
+                    depth = np.asarray(s["depth"], dtype=np.float64)[0]
+                    valid = np.asarray(s["valid"], dtype=bool)[0] & (depth > 0)
+                    if not valid.any():
+                        continue
+                    m = int(getattr(model, "size_multiple", 8))
+                    H, W = image.shape[-2:]
+                    h, w = H // m * m, W // m * m
+                    image, depth, valid = image[:, :h, :w], depth[:h, :w], valid[:h, :w]
+                    dev = self.accelerator.device
+                    with self.accelerator.autocast():
+                        pred = model.predict(image[None].to(dev), **v["predict"])
+                    p = pred.depth[0, 0].float().cpu().numpy().astype(np.float64)
+                    method = resolve_alignment(v["alignment"], pred.kind)
+                    hi = float(depth[valid].max())
+                    aligned = align(p, depth, valid, method, max_depth=hi)
+                    final, _ = finalize_depth(aligned.depth, valid, 1e-3, hi, gt=depth)
+                    for k, val in compute_metrics(final, depth, valid).items():
+                        totals[k] = totals.get(k, 0.0) + val
+                    count += 1
+        finally:
+            if self.ema is not None:
+                self.ema.swap(model)
+            model.train(was_training)
+        return {k: val / count for k, val in totals.items()} if count else {}
+
+    def log_images(self, batch, output) -> None:
+        vis = getattr(self.task, "visualize", None)
+        if vis is None or self.tb is None:
+            return
+        with isolated_rng(), torch.no_grad():
+            images = vis(batch, output) or {}
+        for name, img in images.items():
+            arr = np.asarray(img)
+            if arr.ndim != 3 or arr.shape[-1] != 3:
+                raise TrainingError(f"task.visualize returned {name!r} with shape {arr.shape}; expected HxWx3 uint8")
+            self.tb.add_image(f"images/{name}", arr, self.step, dataformats="HWC")
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> Dict[str, Any]:
+        from accelerate.utils import send_to_device
+
+        if not hasattr(self, "accelerator"):
+            self.setup()
+        acc = self.accelerator
+        cfg = self.cfg
+        t, log = cfg["train"], cfg["log"]
+        max_steps = t["max_steps"]
+        self.log(f"run folder {self.run_dir}; {self.world} process(es) on {acc.device}; batch {self.batch_size} x "
+                 f"accumulation {self.accum} x processes {self.world} = effective batch {self.effective_batch}; "
+                 f"{self.n_trainable:,} trainable / {self.n_frozen:,} frozen parameters; "
+                 f"mixed precision {t['mixed_precision']}")
+        if self.step >= max_steps:
+            self.log(f"already at step {self.step} >= train.max_steps={max_steps}; nothing to do")
+            self._close()
+            return {"step": self.step, "checkpoint": str(ckpt.latest_checkpoint(self.run_dir))}
+
+        from tqdm import tqdm
+
+        bar = tqdm(total=max_steps, initial=self.step, disable=not (acc.is_main_process and log["progress"]),
+                   desc="train", dynamic_ncols=True, file=sys.stderr, unit="step")
+        data_iter = iter(self.loader)
+        window_loss, window_n, window_t0, window_samples = 0.0, 0, time.perf_counter(), 0
+        last_loss = float("nan")
+        last_saved = None
+        history = []
+        try:
+            while self.step < max_steps:
+                factor = self.schedule(self.step)
+                set_lr(self.optimizer, factor)
+                step_loss = 0.0
+                logs_acc: Dict[str, float] = {}
+                batch = out = None
+                for k in range(self.accum):
+                    batch = send_to_device(next(data_iter), acc.device)
+                    sync = k == self.accum - 1
+                    ctx = contextlib.nullcontext() if sync else acc.no_sync(self.runner)
+                    with ctx:
+                        out = self.runner(batch)
+                        if not isinstance(out, dict) or "loss" not in out:
+                            raise TrainingError(f"the training task must return {{'loss': ..., 'logs': ...}}, "
+                                                f"got {type(out).__name__}")
+                        loss = out["loss"]
+                        if not torch.isfinite(loss.detach()).all():
+                            raise TrainingError(f"non-finite loss {loss.item()} at step {self.step} "
+                                                f"(micro-batch {k}); lower optim.lr or check the data")
+                        acc.backward(loss / self.accum)
+                    step_loss += float(loss.detach().float()) / self.accum
+                    for name, value in (out.get("logs") or {}).items():
+                        f = _scalar(value)
+                        if f is not None:
+                            logs_acc[name] = logs_acc.get(name, 0.0) + f / self.accum
+                    self.micro += 1
+                grad_norm = None
+                if t["grad_clip"] is not None:
+                    grad_norm = acc.clip_grad_norm_(self.trainable, float(t["grad_clip"]))
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                if self.ema is not None:
+                    self.ema.update(self.model)
+
+                window_loss += step_loss
+                window_n += 1
+                window_samples += self.effective_batch
+                last_loss = step_loss
+                history.append(step_loss)
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss:.4g}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}")
+
+                if self.step % log["every"] == 0 or self.step == max_steps:
+                    mean = torch.tensor([window_loss / window_n], device=acc.device)
+                    mean = float(acc.reduce(mean, "mean").item()) if self.world > 1 else float(mean.item())
+                    dt = time.perf_counter() - window_t0
+                    scalars = {"train/loss": mean, "train/lr": self.optimizer.param_groups[0]["lr"],
+                               "train/samples_per_s": window_samples / dt if dt > 0 else 0.0,
+                               "train/steps_per_s": window_n / dt if dt > 0 else 0.0}
+                    for g in self.optimizer.param_groups:
+                        if g.get("prefix"):
+                            scalars[f"train/lr/{g['prefix'].rstrip('.')}"] = g["lr"]
+                    if grad_norm is not None:
+                        scalars["train/grad_norm"] = float(grad_norm)
+                    for name, value in logs_acc.items():
+                        scalars[f"train/{name}"] = value
+                    if acc.is_main_process:
+                        self._scalars(scalars, self.step)
+                    window_loss, window_n, window_t0, window_samples = 0.0, 0, time.perf_counter(), 0
+
+                if log["images_every"] and self.step % log["images_every"] == 0 and acc.is_main_process:
+                    self.log_images(batch, out)
+                del batch, out
+
+                if self.val_set is not None and self.step % cfg["val"]["every"] == 0:
+                    if acc.is_main_process:
+                        metrics = self.validate()
+                        if metrics:
+                            self._scalars({f"val/{k}": v for k, v in metrics.items()}, self.step)
+                            self.log(f"step {self.step} validation: " +
+                                     ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+                    acc.wait_for_everyone()
+
+                if self.step % cfg["checkpoint"]["every"] == 0 or self.step == max_steps:
+                    last_saved = self.save_checkpoint()
+        finally:
+            bar.close()
+            self._close()
+        self.log(f"done: step {self.step}, last loss {last_loss:.4g}, checkpoint {last_saved}")
+        return {"step": self.step, "loss": last_loss, "history": history,
+                "checkpoint": str(last_saved) if last_saved else None}
+
+    def _close(self) -> None:
+        if self.tb is not None:
+            self.tb.flush()
+            self.tb.close()
+            self.tb = None
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+
+def train(cfg: dict, run_dir, resume: bool = False) -> Dict[str, Any]:
+    """Train a resolved config in ``run_dir``; returns ``{"step", "loss", "history", "checkpoint"}``."""
+    trainer = Trainer(cfg, run_dir, resume=resume)
+    trainer.setup()
+    return trainer.train()
