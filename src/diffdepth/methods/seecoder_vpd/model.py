@@ -1,0 +1,318 @@
+"""SeeCoder-VPD: metric depth from a Stable Diffusion UNet conditioned on image-semantic tokens.
+
+"Leveraging Stable Diffusion for Monocular Depth Estimation via Image Semantic Encoding"
+(arXiv 2502.01666): the VPD pipeline (Zhao et al. 2023) with CLIP text replaced by the
+148 semantic tokens of SeeCoder (Xu et al. 2023), whose feature transformer is given
+dilated convolutions and spatial attention. Pipeline::
+
+    image [B,3,H,W] in [0,1] --frozen VAE--> z [B,4,H/8,W/8]    (posterior mode, t = 1, no noise)
+    image --SeeCoder(+DC+SA)--> s [B,148,768] --linear--> context [B,148,D_unet]
+    UNet(z, t=1, context) decoder taps at 1/64, 1/32, 1/16, 1/8 (VPD's output blocks 1, 4, 7, 11)
+      --aggregation at 1/32--> task decoder --> sigmoid x max_depth --> depth [B,1,H,W] metres
+
+Switches (constructor arguments, saved in ``diffdepth.json``):
+``conditioning`` seecoder | text (CLIP text of ``prompt``) | learned (``num_learned_tokens``
+tokens); ``seecoder.enhancement`` none | dc | sa | dc+sa; ``train_seecoder`` enhancement
+(paper: Swin and SeeCoder frozen, DC+SA trainable) | decoder | all | none; ``train_unet``
+(paper: yes, at a small learning-rate multiplier set by the recipe on ``sd.unet.``).
+The VAE and text encoder are always frozen.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...errors import CheckpointError, ConfigError, InputError
+from ...model import WEIGHTS_NAME, DepthModel
+from ...types import METRIC_DEPTH, DepthPrediction
+from .head import DepthDecoder, FeatureAggregation
+from .seecoder import SeeCoder, parse_enhancement
+
+#: SeeCoder as published (Swin-L, dim 768, 6 + 9 layers, 4 + 144 queries) with DC+SA.
+SEECODER_LARGE: dict = dict(
+    swin_embed_dim=192, swin_depths=[2, 2, 18, 2], swin_heads=[6, 12, 24, 48], swin_window=12,
+    dim=768, encoder_layers=6, encoder_heads=8, encoder_ff=1024, encoder_dropout=0.0,
+    encoder_attention="pointwise", query_layers=9, query_heads=8, query_ff=2048, num_queries=[4, 144],
+    fea2d_pos=False, gn_groups=32, enhancement="dc+sa", dc_rates=[1, 2, 3], sa_kernel=7)
+
+#: a few-dozen-channel SeeCoder with the same structure (tests, make-tiny).
+SEECODER_TINY: dict = dict(
+    SEECODER_LARGE, swin_embed_dim=8, swin_depths=[2, 2, 2, 2], swin_heads=[1, 1, 2, 2], swin_window=4,
+    dim=32, encoder_layers=2, encoder_heads=4, encoder_ff=32, query_layers=3, query_heads=4, query_ff=32,
+    gn_groups=8)
+
+CONDITIONINGS = ("seecoder", "text", "learned")
+TRAIN_SEECODER = ("enhancement", "decoder", "all", "none")
+SEECODER_WEIGHTS = "seecoder.safetensors"
+
+
+class SeeCoderVPD(DepthModel):
+    method = "seecoder-vpd"
+    output_kind = METRIC_DEPTH
+    predict_options = frozenset({"flip", "sliding_windows"})
+    min_size = 32
+    default_processing_res = 0  # metric model: keep the input resolution (KITTI 352x1216)
+
+    def __init__(self, sd, conditioning: str = "seecoder", seecoder: Optional[dict] = None,
+                 prompt: str = "a photo of a street scene", num_learned_tokens: int = 148,
+                 max_depth: float = 80.0, agg_dim: int = 1536, num_deconv: int = 3, deconv_filters: int = 32,
+                 head_channels: int = 192, train_seecoder: str = "enhancement", train_unet: bool = True,
+                 timestep: int = 1):
+        super().__init__()
+        if conditioning not in CONDITIONINGS:
+            raise ConfigError(f"conditioning={conditioning!r} is not one of {', '.join(CONDITIONINGS)}")
+        if train_seecoder not in TRAIN_SEECODER:
+            raise ConfigError(f"train_seecoder={train_seecoder!r} is not one of {', '.join(TRAIN_SEECODER)}")
+        if not max_depth > 0:
+            raise ConfigError(f"max_depth={max_depth} must be > 0")
+        sc_cfg = dict(SEECODER_LARGE, **(seecoder or {}))
+        unknown = set(sc_cfg) - set(SEECODER_LARGE)
+        if unknown:
+            raise ConfigError(f"unknown seecoder option(s) {sorted(unknown)}; known: {sorted(SEECODER_LARGE)}")
+        parse_enhancement(sc_cfg["enhancement"])
+        self.config = dict(conditioning=conditioning, seecoder=sc_cfg, prompt=prompt,
+                           num_learned_tokens=int(num_learned_tokens), max_depth=float(max_depth),
+                           agg_dim=int(agg_dim), num_deconv=int(num_deconv), deconv_filters=int(deconv_filters),
+                           head_channels=int(head_channels), train_seecoder=train_seecoder,
+                           train_unet=bool(train_unet), timestep=int(timestep))
+        self.sd = sd
+        self.size_multiple = int(sd.size_multiple)
+        ctx_dim = int(sd.unet.config.cross_attention_dim)
+
+        # ---- conditioning
+        self.seecoder = None
+        self.context_proj: nn.Module = nn.Identity()
+        self.learned_tokens = None
+        if conditioning == "seecoder":
+            self.seecoder = SeeCoder(**sc_cfg)
+            if sc_cfg["dim"] != ctx_dim:
+                self.context_proj = nn.Linear(sc_cfg["dim"], ctx_dim)
+        elif conditioning == "learned":
+            self.learned_tokens = nn.Parameter(torch.randn(int(num_learned_tokens), ctx_dim) * 0.02)
+        elif sd.text_encoder is None or sd.tokenizer is None:
+            raise ConfigError("conditioning='text' needs a Stable Diffusion with text_encoder and tokenizer")
+
+        # ---- UNet taps (VPD: the layer before the last of each up block but the last, and the last block)
+        self.taps, channels, scales = self.vpd_taps(sd)
+        self.tap_scales = scales
+        target = sorted(scales, reverse=True)[1] if len(scales) > 1 else scales[0]
+        self.aggregation = FeatureAggregation(channels, scales, agg_dim, target)
+        self.decoder = DepthDecoder(agg_dim, target, max_depth, num_deconv, deconv_filters, head_channels)
+
+        # ---- what trains
+        sd.freeze()
+        sd.unet.requires_grad_(bool(train_unet))
+        for name in ("conv_norm_out", "conv_out"):  # after the last tap: never used (VPD deletes them)
+            part = getattr(sd.unet, name, None)
+            if part is not None:
+                part.requires_grad_(False)
+        if self.seecoder is not None:
+            self.seecoder.requires_grad_(train_seecoder == "all")
+            if train_seecoder == "decoder":
+                self.seecoder.imdecoder.requires_grad_(True)
+                self.seecoder.qtransformer.requires_grad_(True)
+            if train_seecoder in ("enhancement", "decoder"):
+                for p in self.seecoder.enhancement_parameters():
+                    p.requires_grad_(True)
+
+    # ------------------------------------------------------------------ structure
+    @staticmethod
+    def vpd_taps(sd) -> tuple[list[str], list[int], list[int]]:
+        """UNet module paths VPD reads, with their channels and image-relative scales.
+
+        For every up block but the last: its second-to-last layer (attention if it has one,
+        else the resnet) — ldm ``output_blocks`` 1, 4, 7 for SD, i.e. before the upsampler;
+        for the last up block: its output. Derived from the UNet config, never hard-coded.
+        """
+        layers = sd.decoder_layers()
+        blocks = sorted({l["block"] for l in layers})
+        names, chans, scales = [], [], []
+        for b in blocks:
+            mine = [l for l in layers if l["block"] == b]
+            if b == blocks[-1]:
+                names.append(f"up_blocks.{b}")
+                chans.append(mine[-1]["out_channels"])
+                scales.append(mine[-1]["scale"])
+            else:
+                l = mine[-2] if len(mine) > 1 else mine[-1]
+                names.append(l["attention"] or l["resnet"])
+                chans.append(l["out_channels"])
+                scales.append(l["scale"])
+        return names, chans, scales
+
+    def train(self, mode: bool = True):
+        """Frozen parts stay in eval mode (no dropout / positional jitter) while the rest trains."""
+        super().train(mode)
+        self.sd.train(mode)
+        if self.seecoder is not None:
+            for m in (self.seecoder.imencoder, self.seecoder.imdecoder, self.seecoder.qtransformer):
+                if not any(p.requires_grad for p in m.parameters()):
+                    m.eval()
+        return self
+
+    # ------------------------------------------------------------------ forward
+    def context(self, images: torch.Tensor) -> torch.Tensor:
+        """Cross-attention context [B,T,D_unet] for images [B,3,H,W] in [0,1]."""
+        b = images.shape[0]
+        cond = self.config["conditioning"]
+        if cond == "seecoder":
+            tokens = self.seecoder(images)  # [B,148,dim]
+            return self.context_proj(tokens)  # [B,148,D_unet]
+        if cond == "learned":
+            return self.learned_tokens.unsqueeze(0).expand(b, -1, -1)
+        with torch.no_grad():
+            return self.sd.encode_prompt([self.config["prompt"]], batch_size=b)  # [B,77,D_unet]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images [B,3,H,W] in [0,1] (any size) -> metric depth [B,1,H,W] in (0, max_depth)."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise InputError(f"expected images [B,3,H,W], got {tuple(images.shape)}")
+        h, w = images.shape[-2:]
+        m = self.size_multiple
+        ph, pw = (-h) % m, (-w) % m
+        # pad like VPD (zeros in [-1,1], i.e. 0.5 here) so the UNet levels divide evenly
+        padded = F.pad(images, (0, pw, 0, ph), value=0.5) if (ph or pw) else images
+        with torch.no_grad():
+            z = self.sd.encode_image(padded)  # [B,4,H'/8,W'/8]
+        ctx = self.context(images)
+        t = self.config["timestep"]
+        pre = self.sd.taps(z, t=t, context=ctx, outputs=self.taps, stop_after=self.taps[-1])
+        feats = [pre.outputs[n] for n in self.taps]  # [B,C_i,H'/s_i,W'/s_i]
+        dtype = next(self.decoder.parameters()).dtype
+        x = self.aggregation([f.to(dtype) for f in feats], padded.shape[-2:])  # [B,agg,H'/32,W'/32]
+        depth = self.decoder(x)  # [B,1,H',W']
+        return depth[..., :h, :w]
+
+    # ------------------------------------------------------------------ inference
+    def predict(self, images: torch.Tensor, flip: bool = False, sliding_windows: int = 0,
+                **options: Any) -> DepthPrediction:
+        """Metric depth in metres. ``flip``: average with the prediction of the mirrored image.
+        ``sliding_windows=n`` (n >= 2, wide images): n square H x H windows at equal steps
+        across the width, each predicted separately and averaged where they overlap
+        (VPD/ECoDepth "shift window" test)."""
+        self.check_options(options)
+        param = next(self.parameters())
+        images = images.to(device=param.device, dtype=param.dtype)
+        n = int(sliding_windows or 0)
+        if n < 0:
+            raise InputError(f"sliding_windows={sliding_windows} must be >= 0")
+        with torch.inference_mode():
+            b, _, h, w = images.shape
+            if n >= 2 and w > h:
+                step = (w - h) // (n - 1)
+                starts = [i * step for i in range(n)]
+                acc = images.new_zeros(b, 1, h, w)
+                count = images.new_zeros(1, 1, 1, w)
+                crops = torch.cat([images[..., s:s + h] for s in starts], dim=0)  # [n*B,3,h,h]
+                pred = self._predict_flip(crops, flip)
+                for i, s in enumerate(starts):
+                    acc[..., s:s + h] += pred[i * b:(i + 1) * b]
+                    count[..., s:s + h] += 1
+                depth = acc / count.clamp_min(1)
+            else:
+                depth = self._predict_flip(images, flip)
+        return DepthPrediction(depth=depth.float(), kind=self.output_kind)
+
+    def _predict_flip(self, images: torch.Tensor, flip: bool) -> torch.Tensor:
+        if not flip:
+            return self(images)
+        both = self(torch.cat([images, images.flip(-1)], dim=0))  # [2B,1,H,W]
+        b = images.shape[0]
+        return 0.5 * (both[:b] + both[b:].flip(-1))
+
+    # ------------------------------------------------------------------ training
+    def make_training_task(self, **cfg: Any):
+        from .task import SeeCoderVPDTask
+
+        return SeeCoderVPDTask(self, **cfg)
+
+    # ------------------------------------------------------------------ serialisation
+    def get_config(self) -> dict:
+        return copy.deepcopy(self.config)
+
+    def save_pretrained(self, path: Union[str, Path]) -> Path:
+        """``diffdepth.json`` + ``model.safetensors`` (SeeCoder, projection, head, tokens) +
+        the SD components as diffusers subfolders (UNet included: it is fine-tuned)."""
+        from safetensors.torch import save_file
+
+        from ...utils import atomic_path
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.sd.save_pretrained(path)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith("sd.")}
+        with atomic_path(path / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp))
+        self.write_marker(path)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, source: Union[str, Path], device: Optional[torch.device] = None,
+                        dtype: Optional[torch.dtype] = None, **overrides: Any) -> "SeeCoderVPD":
+        from safetensors.torch import load_file
+
+        from ...backbone import COMPONENTS, StableDiffusion
+        from ...hub import resolve_checkpoint
+
+        path = resolve_checkpoint(source)
+        marker = cls.read_marker(path)
+        if marker.get("method") not in (None, cls.method):
+            raise CheckpointError(f"{path} is a {marker.get('method')!r} checkpoint, not {cls.method!r}")
+        config = {**marker.get("config", {}), **overrides}
+        components = [c for c in COMPONENTS if (path / c).is_dir()]
+        sd = StableDiffusion.from_pretrained(path, components=components)
+        model = cls(sd, **config)
+        weights = path / WEIGHTS_NAME
+        if not weights.exists():
+            raise CheckpointError(f"{path} has no {WEIGHTS_NAME} — re-save the model with save_pretrained")
+        state = load_file(str(weights))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("sd.")]
+        if missing or unexpected:
+            raise CheckpointError(f"{weights} does not match the config in diffdepth.json "
+                                  f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        return model.to(device=device, dtype=dtype).eval()
+
+    @classmethod
+    def build(cls, backbone: str = "stabilityai/stable-diffusion-2-1", seecoder_weights: Optional[str] = None,
+              **config: Any) -> "SeeCoderVPD":
+        """New model around a pretrained SD (hub id or diffusers folder).
+
+        ``seecoder_weights``: the output of ``diffdepth convert seecoder`` (a safetensors file
+        or a folder holding ``seecoder.safetensors``) or the official
+        ``seecoder-v1-0.safetensors`` itself; omitted, SeeCoder starts random.
+        """
+        from ...backbone import StableDiffusion
+
+        comps = ["vae", "unet"] + (["text_encoder", "tokenizer"] if config.get("conditioning") == "text" else [])
+        sd = StableDiffusion.from_pretrained(backbone, components=comps)
+        model = cls(sd, **config)
+        if seecoder_weights:
+            if model.seecoder is None:
+                raise ConfigError("seecoder_weights given but conditioning is not 'seecoder'")
+            from .convert import load_seecoder_weights
+
+            load_seecoder_weights(model.seecoder, seecoder_weights)
+        return model
+
+    @classmethod
+    def make_tiny(cls, seed: int = 0, **overrides: Any) -> "SeeCoderVPD":
+        """Tiny random model: tiny SD (2 UNet levels, context 32) + tiny SeeCoder + small head."""
+        from ...backbone import make_tiny_sd
+
+        sd = make_tiny_sd(seed=seed)
+        cfg = dict(seecoder=dict(SEECODER_TINY), agg_dim=32, head_channels=16, deconv_filters=8,
+                   num_learned_tokens=8, max_depth=10.0)
+        sc = overrides.pop("seecoder", None)
+        if sc:
+            cfg["seecoder"] = dict(SEECODER_TINY, **sc)
+        cfg.update(overrides)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(sd, **cfg)
