@@ -1,0 +1,500 @@
+"""Marigold (affine-invariant depth) and MetricGold (metric depth) — one latent depth denoiser.
+
+Ke et al. 2024, "Repurposing Diffusion-Based Image Generators for Monocular Depth
+Estimation" (Marigold), Sec. 3; MetricGold (arXiv 2411.10886): the same model with a
+log-depth normaliser so the decoded depth is in metres. Garcia et al. 2024 ("Fine-tuning
+image-conditional diffusion models is easier than you think"): trailing timestep spacing
+(one step from t = 999) and end-to-end single-step fine-tuning.
+
+Model (Marigold Sec. 3.1, Fig. 2): the SD VAE encodes the image (z_x) and the normalised
+depth repeated to 3 channels (z_d); the UNet sees concat(z_x, z_d^t) -> 8 channels (conv_in
+widened from 4 by duplicating its input weights and halving them, so the pretrained UNet
+responds to the widened input exactly as before when both halves agree) and the empty-prompt
+CLIP embedding. Inference: DDIM (η = 0) from Gaussian noise, optional ensembling.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+from ...errors import CheckpointError, ConfigError, InputError
+from ...model import DepthModel
+from ...types import AFFINE_DEPTH, METRIC_DEPTH, DepthPrediction
+from .ensemble import REDUCTIONS, ensemble_affine, ensemble_log
+from .normalizers import AffineNormalizer, LogNormalizer, make_normalizer
+from .schedule import SPACINGS, NoiseSchedule
+
+#: diffusers DDIM config keys we keep from a checkpoint's scheduler (everything the sampler reads)
+SCHEDULER_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                  "prediction_type", "rescale_betas_zero_snr", "set_alpha_to_one", "steps_offset",
+                  "clip_sample", "clip_sample_range", "timestep_spacing")
+
+#: the sub-folders of a Marigold diffusers checkpoint
+SUBFOLDERS = ("unet", "vae", "scheduler", "text_encoder", "tokenizer")
+
+
+def expand_conv_in(unet: nn.Module, copies: int = 2) -> nn.Module:
+    """Widen ``unet.conv_in`` from C to ``copies``·C input channels (Marigold Sec. 3.2).
+
+    The kernel is repeated along the input axis and divided by ``copies``, so feeding the same
+    latent to every copy gives exactly the old response. Updates ``unet.config.in_channels``.
+    """
+    old = unet.conv_in
+    new = nn.Conv2d(old.in_channels * copies, old.out_channels, old.kernel_size, old.stride, old.padding,
+                    bias=old.bias is not None)
+    new = new.to(device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(old.weight.repeat(1, copies, 1, 1) / copies)  # [O, copies*C, k, k]
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    new.weight.requires_grad_(old.weight.requires_grad)
+    if new.bias is not None:
+        new.bias.requires_grad_(old.bias.requires_grad)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=old.in_channels * copies)
+    return unet
+
+
+def _scheduler_dict(scheduler: Any) -> dict:
+    cfg = dict(getattr(scheduler, "config", scheduler) or {})
+    out = {k: cfg[k] for k in SCHEDULER_KEYS if k in cfg}
+    return out
+
+
+class LatentDepthModel(DepthModel):
+    """Shared implementation; subclasses fix the normaliser (and hence the output kind)."""
+
+    normalizer_name: str = "affine"
+    predict_options = frozenset({"steps", "ensemble_size", "seed", "reduction", "timestep_spacing", "batch_size",
+                                 "video_blend"})
+
+    def __init__(self, unet: nn.Module, vae: nn.Module, text_encoder: Optional[nn.Module], tokenizer: Any,
+                 scheduler: Any, *, default_denoising_steps: int = 4, default_processing_resolution: int = 768,
+                 timestep_spacing: Optional[str] = None, init_noise: str = "gaussian", video_blend: float = 0.1,
+                 default_ensemble_size: int = 1, default_reduction: str = "median", batch_size: int = 0,
+                 d_min: float = 0.1, d_max: float = 100.0, q_low: float = 0.02, q_high: float = 0.98,
+                 **unknown: Any):
+        super().__init__()
+        unknown.pop("normalizer", None)  # fixed by the class; kept in saved configs for readers
+        if unknown:
+            raise ConfigError(f"unknown {self.method} option(s) {sorted(unknown)}")
+        lat = int(vae.config.latent_channels)
+        if unet.config.in_channels != 2 * lat or unet.config.out_channels != lat:
+            raise CheckpointError(
+                f"the UNet takes {unet.config.in_channels} channels and returns {unet.config.out_channels}; a "
+                f"{self.method} UNet needs {2 * lat} in (image latent ‖ depth latent) and {lat} out — start from "
+                f"`build` (it widens conv_in) or load a Marigold checkpoint")
+        if init_noise not in ("gaussian", "zeros"):
+            raise ConfigError(f"init_noise must be 'gaussian' or 'zeros', got {init_noise!r}")
+        if default_reduction not in REDUCTIONS:
+            raise ConfigError(f"default_reduction must be median or mean, got {default_reduction!r}")
+        if not 0.0 <= float(video_blend) <= 1.0:
+            raise ConfigError(f"video_blend must be in [0, 1], got {video_blend}")
+        self.unet = unet
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.scheduler_config = _scheduler_dict(scheduler)
+        if timestep_spacing is not None and timestep_spacing not in SPACINGS:
+            raise ConfigError(f"timestep_spacing must be one of {SPACINGS}, got {timestep_spacing!r}")
+        self.schedule = NoiseSchedule.from_config(self.scheduler_config)  # validates prediction_type etc.
+        if self.normalizer_name == "log":
+            self.normalizer = LogNormalizer(d_min, d_max)
+        else:
+            self.normalizer = AffineNormalizer(q_low, q_high)
+        self.config = {
+            "normalizer": self.normalizer_name,
+            "default_denoising_steps": int(default_denoising_steps),
+            "default_processing_resolution": int(default_processing_resolution),
+            "timestep_spacing": timestep_spacing,
+            "init_noise": init_noise,
+            "video_blend": float(video_blend),
+            "default_ensemble_size": int(default_ensemble_size),
+            "default_reduction": default_reduction,
+            "batch_size": int(batch_size),
+        }
+        self.config.update({"d_min": self.normalizer.d_min, "d_max": self.normalizer.d_max}
+                           if self.normalizer_name == "log" else
+                           {"q_low": self.normalizer.q_low, "q_high": self.normalizer.q_high})
+        vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.latent_factor = vae_factor
+        self.size_multiple = vae_factor * 2 ** (len(unet.config.block_out_channels) - 1)
+        self.min_size = self.size_multiple
+        self.default_processing_res = int(default_processing_resolution)
+        self._empty: Optional[torch.Tensor] = None
+        # Marigold trains the UNet only; the VAE and the text encoder stay frozen.
+        self.unet.requires_grad_(True)
+        for m in (self.vae, self.text_encoder):
+            if m is not None:
+                m.requires_grad_(False)
+                m.eval()
+
+    # ------------------------------------------------------------------ small helpers
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in (self.vae, self.text_encoder):  # frozen parts never switch to training mode
+            if m is not None:
+                m.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    def empty_context(self, batch: int) -> torch.Tensor:
+        """The empty-prompt CLIP embedding [B,n,D] (Marigold: tokenised without padding, n = 2)."""
+        cached = self._empty
+        if cached is None or cached.device != self.device or cached.dtype != self.dtype:
+            if self.text_encoder is None or self.tokenizer is None:
+                raise CheckpointError(f"{self.method} needs the text encoder and tokenizer for its empty prompt")
+            tok = self.tokenizer("", padding="do_not_pad", max_length=self.tokenizer.model_max_length,
+                                 truncation=True, return_tensors="pt")
+            with torch.no_grad():
+                ctx = self.text_encoder(tok.input_ids.to(self.text_encoder.device))[0]  # [1,n,D]
+            self._empty = cached = ctx.to(device=self.device, dtype=self.dtype)
+        return cached.repeat(batch, 1, 1)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """[B,3,H,W] in [0,1] -> scaled posterior-mode latent [B,4,H/8,W/8]."""
+        x = images.to(device=self.device, dtype=self.vae.dtype) * 2.0 - 1.0
+        return self.vae.encode(x).latent_dist.mode() * self.scaling_factor
+
+    def encode_depth(self, depth: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """[B,1,H,W] depth -> normalise -> repeat to 3 channels -> scaled latent [B,4,h,w]."""
+        x = self.normalizer.encode(depth, valid).to(device=self.device, dtype=self.vae.dtype)
+        return self.vae.encode(x.repeat(1, 3, 1, 1)).latent_dist.mode() * self.scaling_factor
+
+    def decode_normalized(self, z: torch.Tensor, clip: bool = True) -> torch.Tensor:
+        """Scaled latent [B,4,h,w] -> VAE decode -> mean of the 3 channels [B,1,H,W] (clipped to [-1,1])."""
+        y = self.vae.decode(z.to(self.vae.dtype) / self.scaling_factor).sample  # [B,3,H,W]
+        y = y.mean(dim=1, keepdim=True)  # [B,1,H,W]
+        return torch.clip(y, -1.0, 1.0) if clip else y
+
+    def decode_depth(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latent -> depth: [0,1] affine-invariant (marigold) or metres (metricgold)."""
+        return self.normalizer.decode(self.decode_normalized(z))
+
+    def denoise(self, image_latent: torch.Tensor, latent: torch.Tensor, timesteps: list[int],
+                context: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """DDIM over ``timesteps`` (descending): depth latent [B,4,h,w] conditioned on the image latent."""
+        B = latent.shape[0]
+        ctx = self.empty_context(B) if context is None else context
+        for k, t in enumerate(timesteps):
+            t_prev = timesteps[k + 1] if k + 1 < len(timesteps) else None
+            x = torch.cat([image_latent, latent], dim=1)  # [B,8,h,w]
+            tt = torch.tensor(t, dtype=torch.long, device=latent.device)
+            out = self.unet(x, tt, encoder_hidden_states=ctx, return_dict=False)[0]  # [B,4,h,w]
+            latent, _ = self.schedule.ddim_step(out, t, t_prev, latent)
+        return latent
+
+    # ------------------------------------------------------------------ inference
+    def _resolve(self, options: dict) -> dict:
+        cfg = self.config
+        steps = options.get("steps") or cfg["default_denoising_steps"]
+        ensemble = options.get("ensemble_size") or cfg["default_ensemble_size"]
+        spacing = options.get("timestep_spacing") or cfg["timestep_spacing"] or self.schedule.timestep_spacing
+        reduction = options.get("reduction") or cfg["default_reduction"]
+        batch = options.get("batch_size") or cfg["batch_size"]
+        blend = options.get("video_blend")
+        blend = cfg["video_blend"] if blend is None else float(blend)
+        if int(steps) < 1:
+            raise InputError(f"--steps must be >= 1, got {steps}")
+        if int(ensemble) < 1:
+            raise InputError(f"--ensemble-size must be >= 1, got {ensemble}")
+        if spacing not in SPACINGS:
+            raise InputError(f"--timestep-spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
+        if reduction not in REDUCTIONS:
+            raise InputError(f"--reduction must be median or mean, got {reduction!r}")
+        if not 0.0 <= blend <= 1.0:
+            raise InputError(f"video_blend must be in [0, 1], got {blend}")
+        return {"steps": int(steps), "ensemble_size": int(ensemble), "timestep_spacing": spacing,
+                "reduction": reduction, "batch_size": int(batch), "seed": options.get("seed"),
+                "video_blend": blend}
+
+    def initial_latents(self, shape, seed: Optional[int] = None,
+                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Initial depth latents: one ``torch.randn`` draw of the whole [N·E,4,h,w] block on the CPU
+        (a seeded generator, or the global RNG) — the same draw diffusers' Marigold pipeline makes
+        with ``generator`` — or zeros when the checkpoint says ``init_noise: zeros`` (end-to-end models)."""
+        if self.config["init_noise"] == "zeros":
+            return torch.zeros(shape, device=self.device, dtype=self.dtype)
+        if generator is None and seed is not None:
+            generator = torch.Generator("cpu").manual_seed(int(seed))
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        z = torch.randn(shape, generator=generator, device=gen_device, dtype=self.dtype)
+        return z.to(self.device)
+
+    @torch.no_grad()
+    def run(self, images: torch.Tensor, steps: Optional[int] = None, ensemble_size: int = 1,
+            timestep_spacing: Optional[str] = None, reduction: str = "median", batch_size: int = 0,
+            seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
+            latents: Optional[torch.Tensor] = None, return_latents: bool = False):
+        """The whole inference: encode, E seeded DDIM runs per image, decode, ensemble.
+
+        ``images`` [N,3,H,W] in [0,1] (sides multiples of ``latent_factor``). Members are ordered
+        image-major (image 0's E members first) and processed ``batch_size`` at a time (0: all).
+        ``latents`` [N·E,4,h,w] replaces the random initial latents. Returns a DepthPrediction
+        (and the final latents [N·E,4,h,w] when ``return_latents``).
+        """
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise InputError(f"images must be [B,3,H,W], got {tuple(images.shape)}")
+        H, W = images.shape[-2:]
+        if H % self.latent_factor or W % self.latent_factor:
+            raise InputError(f"image sides {H}x{W} must be multiples of {self.latent_factor} (the pipeline pads them)")
+        N, E = images.shape[0], int(ensemble_size)
+        steps = int(steps or self.config["default_denoising_steps"])
+        spacing = timestep_spacing or self.config["timestep_spacing"] or self.schedule.timestep_spacing
+        timesteps = self.schedule.timesteps(steps, spacing)
+        bs = int(batch_size) if batch_size else N * E
+        lat_shape = (N * E, int(self.vae.config.latent_channels), H // self.latent_factor, W // self.latent_factor)
+
+        image_latent = torch.cat([self.encode_image(images[i:i + bs]) for i in range(0, N, bs)])  # [N,4,h,w]
+        image_latent = image_latent.repeat_interleave(E, dim=0)  # [N*E,4,h,w]
+        if latents is None:
+            latents = self.initial_latents(lat_shape, seed=seed, generator=generator)
+        elif tuple(latents.shape) != lat_shape:
+            raise InputError(f"latents must have shape {lat_shape}, got {tuple(latents.shape)}")
+        latents = latents.to(device=self.device, dtype=self.dtype)
+        final = torch.cat([self.denoise(image_latent[i:i + bs], latents[i:i + bs], timesteps)
+                           for i in range(0, N * E, bs)])  # [N*E,4,h,w]
+        members = torch.cat([self.decode_depth(final[i:i + bs]) for i in range(0, N * E, bs)])  # [N*E,1,H,W]
+        members = members.float()
+
+        uncertainty = None
+        if E == 1:
+            depth = members
+        else:
+            depths, uncs = [], []
+            for i in range(N):
+                group = members[i * E:(i + 1) * E]  # [E,1,H,W]
+                if self.normalizer_name == "log":
+                    d, u = ensemble_log(group, reduction=reduction, with_uncertainty=True)
+                else:
+                    d, u = ensemble_affine(group, reduction=reduction, with_uncertainty=True)
+                depths.append(d)
+                uncs.append(u)
+            depth, uncertainty = torch.cat(depths), torch.cat(uncs)  # [N,1,H,W]
+        pred = DepthPrediction(depth=depth, kind=self.output_kind, uncertainty=uncertainty,
+                               extras={"steps": steps, "timesteps": timesteps, "ensemble_size": E})
+        return (pred, final) if return_latents else pred
+
+    def predict(self, images: torch.Tensor, **options: Any) -> DepthPrediction:
+        """images [B,3,H,W] in [0,1] -> depth [B,1,H,W] ([0,1] for marigold, metres for metricgold).
+
+        Options: steps, ensemble_size, seed, reduction (median|mean), timestep_spacing
+        (leading|trailing|linspace), batch_size (members per UNet call), video_blend (video only).
+        """
+        self.check_options(options)
+        o = self._resolve(options)
+        with torch.inference_mode():
+            return self.run(images, steps=o["steps"], ensemble_size=o["ensemble_size"],
+                            timestep_spacing=o["timestep_spacing"], reduction=o["reduction"],
+                            batch_size=o["batch_size"], seed=o["seed"])
+
+    def video_step(self, images: torch.Tensor, state: Any = None, **options: Any):
+        """Temporally consistent frames: every frame starts from one shared noise latent ε, blended
+        with the previous frame's final depth latent: z_init = (1 − β)·ε + β·z_prev, β =
+        ``video_blend`` (default 0.1, as in the diffusers Marigold video recipe). One member per
+        frame. ``state`` = {"noise", "latent"}; a change of frame size restarts it.
+        """
+        self.check_options(options)
+        o = self._resolve(options)
+        N = images.shape[0]
+        shape = (N, int(self.vae.config.latent_channels),
+                 images.shape[-2] // self.latent_factor, images.shape[-1] // self.latent_factor)
+        with torch.inference_mode():
+            if not state or tuple(state["noise"].shape) != shape:
+                state = {"noise": self.initial_latents(shape, seed=o["seed"]), "latent": None}
+            init = state["noise"]
+            if state["latent"] is not None:
+                init = (1.0 - o["video_blend"]) * init + o["video_blend"] * state["latent"]
+            pred, final = self.run(images, steps=o["steps"], ensemble_size=1, timestep_spacing=o["timestep_spacing"],
+                                   batch_size=o["batch_size"], latents=init, return_latents=True)
+        return pred, {"noise": state["noise"], "latent": final}
+
+    # ------------------------------------------------------------------ training
+    def make_training_task(self, **cfg: Any):
+        from .training import make_task
+
+        return make_task(self, **cfg)
+
+    # ------------------------------------------------------------------ construction
+    def get_config(self) -> dict:
+        return dict(self.config)
+
+    @classmethod
+    def from_sd(cls, sd: Any, **config: Any) -> "LatentDepthModel":
+        """Wrap a (4-channel) StableDiffusion: widen conv_in, DDIM scheduler config, defaults."""
+        sched = _scheduler_dict(sd.scheduler)
+        sched.setdefault("prediction_type", "v_prediction")
+        sched.update({"set_alpha_to_one": False, "clip_sample": False,
+                      "timestep_spacing": config.pop("scheduler_spacing", "trailing")})
+        if config.pop("zero_terminal_snr", False):
+            sched["rescale_betas_zero_snr"] = True
+        unet = sd.unet
+        if unet.config.in_channels == sd.vae.config.latent_channels:
+            expand_conv_in(unet)
+        return cls(unet, sd.vae, sd.text_encoder, sd.tokenizer, sched, **config)
+
+    @classmethod
+    def build(cls, backbone: str = "stabilityai/stable-diffusion-2-1", **config: Any) -> "LatentDepthModel":
+        """A new model around a pretrained SD (hub id or folder): conv_in widened, UNet trainable."""
+        from ...backbone import StableDiffusion
+
+        sd = StableDiffusion.from_pretrained(source=backbone, frozen=False)
+        return cls.from_sd(sd, **config)
+
+    @classmethod
+    def make_tiny(cls, seed: int = 0, **overrides: Any) -> "LatentDepthModel":
+        from ...backbone import make_tiny_sd
+
+        sd = make_tiny_sd(seed=seed, prediction_type="v_prediction", frozen=False)
+        config = {"default_denoising_steps": 1, "default_processing_resolution": 64}
+        config.update(overrides)
+        return cls.from_sd(sd, **config)
+
+    # ------------------------------------------------------------------ serialisation
+    def model_index(self) -> dict:
+        """diffusers' MarigoldDepthPipeline ``model_index.json``."""
+        from ...backbone.sd import _diffusers_version
+
+        affine = self.normalizer_name == "affine"
+        index = {
+            "_class_name": "MarigoldDepthPipeline",
+            "_diffusers_version": _diffusers_version(),
+            "prediction_type": "depth",
+            "scale_invariant": affine,
+            "shift_invariant": affine,
+            "default_denoising_steps": self.config["default_denoising_steps"],
+            "default_processing_resolution": self.config["default_processing_resolution"],
+            "unet": ["diffusers", type(self.unet).__name__],
+            "vae": ["diffusers", type(self.vae).__name__],
+            "scheduler": ["diffusers", "DDIMScheduler"],
+            "text_encoder": ["transformers", type(self.text_encoder).__name__],
+            "tokenizer": ["transformers", type(self.tokenizer).__name__],
+        }
+        return index
+
+    def save_pretrained(self, path: Union[str, Path]) -> Path:
+        """Marigold diffusers layout (unet/ vae/ scheduler/ text_encoder/ tokenizer/ model_index.json)
+        plus ``diffdepth.json`` (normaliser, d_min/d_max, inference defaults). Each sub-folder is
+        written to a temporary folder and renamed into place."""
+        from diffusers import DDIMScheduler
+
+        from ...utils import atomic_dir, atomic_path
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        sched = dict(self.scheduler_config)
+        if self.config["timestep_spacing"]:
+            sched["timestep_spacing"] = self.config["timestep_spacing"]
+        parts = {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder, "tokenizer": self.tokenizer,
+                 "scheduler": DDIMScheduler.from_config(sched)}
+        for name, part in parts.items():
+            if part is None:
+                raise CheckpointError(f"cannot save: this model has no {name}")
+            with atomic_dir(path / name) as tmp:
+                if name in ("unet", "vae", "text_encoder"):
+                    part.save_pretrained(tmp, safe_serialization=True)
+                else:
+                    part.save_pretrained(tmp)
+        with atomic_path(path / "model_index.json") as tmp:
+            tmp.write_text(json.dumps(self.model_index(), indent=2, sort_keys=True))
+        self.write_marker(path, extra={"scheduler": sched})
+        return path
+
+    @classmethod
+    def from_pretrained(cls, source: Union[str, Path], device: Optional[torch.device] = None,
+                        dtype: Optional[torch.dtype] = None, **overrides: Any) -> "LatentDepthModel":
+        """Load our folders or Marigold diffusers folders (``prs-eth/marigold-depth-v1-0``, ``-v1-1``)."""
+        from ...hub import resolve_checkpoint
+
+        path = resolve_checkpoint(source)
+        parts = load_components(path)
+        config = _config_from_folder(path, cls)
+        config.update(overrides)
+        model = cls(parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["scheduler"],
+                    **config)
+        return model.to(device=device, dtype=dtype).eval()
+
+
+def load_components(path: Path) -> dict:
+    """The five Marigold sub-folders as modules (+ the scheduler config as a dict)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    missing = [n for n in SUBFOLDERS if not (path / n).is_dir()]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(m + '/' for m in missing)} — not a Marigold/diffdepth "
+                              f"diffusers folder (expected {', '.join(SUBFOLDERS)})")
+    sched_file = path / "scheduler" / "scheduler_config.json"
+    try:
+        sched = json.loads(sched_file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"cannot read {sched_file}: {err}") from None
+    if sched.get("_class_name", "DDIMScheduler") not in ("DDIMScheduler", "DDPMScheduler"):
+        raise CheckpointError(f"{sched_file} names {sched.get('_class_name')}; only DDIM checkpoints are supported "
+                              f"(use marigold-depth-v1-0 or -v1-1, not the LCM variant)")
+
+    def load(name, fn):
+        try:
+            return fn()
+        except (OSError, ValueError, json.JSONDecodeError, EnvironmentError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(f"cannot load {name} from {path / name}: {first}") from None
+
+    def diffusers_model(klass, name):
+        folder = path / name
+        variant = None
+        if not any(folder.glob("diffusion_pytorch_model.safetensors")) and any(folder.glob("*.fp16.safetensors")):
+            variant = "fp16"
+        return klass.from_pretrained(str(path), subfolder=name, variant=variant)
+
+    return {
+        "unet": load("unet", lambda: diffusers_model(UNet2DConditionModel, "unet")),
+        "vae": load("vae", lambda: diffusers_model(AutoencoderKL, "vae")),
+        "text_encoder": load("text_encoder", lambda: CLIPTextModel.from_pretrained(str(path), subfolder="text_encoder")),
+        "tokenizer": load("tokenizer", lambda: AutoTokenizer.from_pretrained(str(path), subfolder="tokenizer")),
+        "scheduler": sched,
+    }
+
+
+def _config_from_folder(path: Path, cls) -> dict:
+    """Constructor arguments from diffdepth.json, else from Marigold's model_index.json."""
+    marker = path / "diffdepth.json"
+    if marker.exists():
+        data = DepthModel.read_marker(path)
+        config = dict(data.get("config", {}))
+        saved = config.get("normalizer")
+        if saved and saved != cls.normalizer_name:
+            # e.g. a marigold checkpoint fine-tuned as metricgold: keep inference defaults only
+            for key in ("d_min", "d_max", "q_low", "q_high"):
+                config.pop(key, None)
+        return config
+    index_file = path / "model_index.json"
+    try:
+        index = json.loads(index_file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} has neither diffdepth.json nor a readable model_index.json ({err})") from None
+    name = index.get("_class_name", "")
+    if name != "MarigoldDepthPipeline":
+        raise CheckpointError(f"{index_file} describes {name or 'an unknown pipeline'}, not MarigoldDepthPipeline")
+    if index.get("prediction_type", "depth") != "depth":
+        raise CheckpointError(f"{path} predicts {index.get('prediction_type')!r}; only depth checkpoints are supported")
+    config = {"default_denoising_steps": int(index.get("default_denoising_steps") or 10),
+              "default_processing_resolution": int(index.get("default_processing_resolution") or 768)}
+    return config
