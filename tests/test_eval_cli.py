@@ -204,3 +204,59 @@ def test_eval_with_method_saves_predictions_that_rescore_identically(dataset, tm
     second = json.loads((again / "summary.json").read_text())
     assert second["metrics"] == pytest.approx(first["metrics"], rel=1e-6)
     assert second["counts"]["evaluated"] == first["counts"]["evaluated"] == 3
+
+
+# ------------------------------------------------------------------ synth -> eval (issue 3 "done when")
+def _decode_png16(path, scale):
+    return np.asarray(Image.open(path)).astype(np.float32) / np.float32(scale)
+
+
+@pytest.mark.parametrize("layout,size,dataset,scale", [
+    ("folder", "32x40", "folder", 1000.0),
+    ("nyu", "96x128", "nyuv2", 1000.0),
+    ("kitti", "40x124", "kitti_eigen", 256.0),
+])
+def test_synth_then_eval_predictions_matches_hand_computation(tmp_path, monkeypatch, layout, size, dataset, scale):
+    monkeypatch.setattr(cli, "COMMANDS", ("eval", "synth"))
+    data = tmp_path / "synth"
+    kind = "outdoor" if layout == "kitti" else "indoor"
+    assert cli.main(["synth", str(data), "--kind", kind, "--n", "2", "--size", size, "--layout", layout,
+                     "--seed", "3", "--quiet"]) == 0
+    # collect (image rel path, depth rel path) as the layout defines them
+    if layout == "folder":
+        pairs = [(p.relative_to(data).as_posix(), p.name[:-4] + "_depth.png")
+                 for p in sorted(data.glob("*.png")) if not p.name.endswith("_depth.png")]
+        split = []
+    else:
+        split_file = data / ("filename_list_test.txt" if layout == "nyu" else "eigen_test_files_with_gt.txt")
+        pairs = [tuple(line.split()[:2]) for line in split_file.read_text().splitlines() if line.strip()]
+        split = ["--split-file", str(split_file)]
+    assert len(pairs) == 2
+    preds = tmp_path / "preds"
+    rng = np.random.default_rng(7)
+    h, w = (int(v) for v in size.split("x"))
+    # hand-derived evaluation crops for these frame sizes
+    crop = np.ones((h, w), bool)
+    if dataset == "nyuv2":  # Eigen crop 45:471, 41:601 of 480x640 scaled to 96x128 -> 9:94, 8:120
+        crop[:] = False
+        crop[9:94, 8:120] = True
+    elif dataset == "kitti_eigen":  # int(.3324324*40)=13, int(.91351351*40)=36, int(.0359477*124)=4, int(.96405229*124)=119
+        crop[:] = False
+        crop[13:36, 4:119] = True
+    lo, hi = {"folder": (1e-3, 65.535), "nyuv2": (1e-3, 10.0), "kitti_eigen": (1e-5, 80.0)}[dataset]
+    expected = []
+    for rgb, dep in pairs:
+        g = _decode_png16(data / dep, scale).astype(np.float64)
+        pred = (g * rng.uniform(0.8, 1.3, g.shape) + 0.05).astype(np.float32)  # metric prediction, noisy
+        target = preds / (rgb.rsplit(".", 1)[0] + ".npy")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        np.save(target, pred)
+        valid = (g > lo) & (g < hi) & crop
+        expected.append(_hand_metrics(np.clip(pred[valid].astype(np.float64), lo, hi), g[valid]))
+    out = tmp_path / "out"
+    assert cli.main(["eval", "--dataset", dataset, "--data-root", str(data), "--predictions", str(preds),
+                     "--kind", "metric_depth", "--out", str(out), "--no-progress", *split]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["evaluated"] == 2
+    for name, value in summary["metrics"].items():
+        assert value == pytest.approx(np.mean([e[name] for e in expected]), rel=1e-9), name
