@@ -18,8 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
     parser.add_argument("config", help="YAML recipe (may use `base:` inheritance)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="override config keys, e.g. train.max_steps=100 optim.lr=1e-5 (values parsed as YAML)")
+    parser.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key=value",
+                        help="override config keys, e.g. train.max_steps=100 optim.lr=1e-5 (values parsed as YAML); "
+                             "the options below may come before or after them")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest complete checkpoint of the run folder (--output-dir / "
                              "output_dir, else the newest runs/<config-name>-* folder)")
@@ -57,10 +58,37 @@ def resolve_run_dir(cfg: dict, config_path, resume: bool):
     return Path("runs") / f"{name}-{stamp}"
 
 
+def split_remainder(args: argparse.Namespace) -> list:
+    """Options written after the first override land in ``args.overrides``; move them back."""
+    from ..errors import ConfigError
+
+    rest = list(args.overrides or [])
+    overrides = []
+    i = 0
+    while i < len(rest):
+        tok = rest[i]
+        if tok in ("--resume", "--debug", "--print-config"):
+            setattr(args, tok[2:].replace("-", "_"), True)
+        elif tok == "--output-dir" or tok.startswith("--output-dir="):
+            if "=" in tok:
+                args.output_dir = tok.split("=", 1)[1]
+            elif i + 1 < len(rest):
+                i += 1
+                args.output_dir = rest[i]
+            else:
+                raise ConfigError("--output-dir needs a folder")
+        elif tok.startswith("-"):
+            raise ConfigError(f"unknown option {tok!r} (overrides look like key=value)")
+        else:
+            overrides.append(tok)
+        i += 1
+    return overrides
+
+
 def run(args: argparse.Namespace) -> int:
     from ..training.config import dump_config, load_config
 
-    overrides = list(args.overrides)
+    overrides = split_remainder(args)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
     cfg = load_config(args.config, overrides, debug=args.debug)

@@ -356,8 +356,22 @@ class Trainer:
         if result.unexpected_keys:  # pragma: no cover - guarded above
             raise CheckpointError(f"{input_dir}: unexpected keys {result.unexpected_keys[:3]}")
 
+    @torch.no_grad()
+    def replica_digest(self) -> list:
+        """Per-parameter float64 (sum, sum of squares) of the trainable weights of this process."""
+        out = []
+        for p in self.trainable:
+            d = p.detach().double()
+            out.append((float(d.sum()), float((d * d).sum())))
+        return out
+
     def save_checkpoint(self) -> Path:
         acc = self.accelerator
+        # data-parallel replicas must hold identical weights; a mismatch means a desync bug
+        digests = distributed.gather_objects(self.replica_digest()) if self.world > 1 else [self.replica_digest()]
+        if any(d != digests[0] for d in digests[1:]):
+            bad = [r for r, d in enumerate(digests) if d != digests[0]]
+            raise TrainingError(f"step {self.step}: the weights of process(es) {bad} differ from process 0")
         final = self.run_dir / ckpt.checkpoint_name(self.step)
         tmp = ckpt.temp_path(self.run_dir, self.step)
         if acc.is_main_process:
@@ -368,6 +382,9 @@ class Trainer:
             (tmp / ckpt.STATE_DIR).mkdir(parents=True)
         acc.wait_for_everyone()
         acc.save_state(str(tmp / ckpt.STATE_DIR), safe_serialization=True)
+        pause = float(os.environ.get("DIFFDEPTH_CHECKPOINT_PAUSE_S", "0") or 0)
+        if pause > 0:  # crash tests: widen the window in which a kill hits a half-written checkpoint
+            time.sleep(pause)
         if acc.is_main_process:
             if self.ema is not None:
                 torch.save(self.ema.state_dict(), tmp / ckpt.STATE_DIR / "ema.pt")
@@ -383,7 +400,8 @@ class Trainer:
             ckpt.write_state_file(tmp, {
                 "step": self.step, "micro_batches": self.micro, "seed": self.cfg["seed"],
                 "world_size": self.world, "batch_size": self.batch_size, "grad_accum_steps": self.accum,
-                "ema": self.ema is not None, "time": time.time()})
+                "ema": self.ema is not None, "time": time.time(),
+                "replicas_identical": len(digests)})
             ckpt.publish(tmp, final)
             for p in ckpt.prune(self.run_dir, self.cfg["checkpoint"]["keep_last"]):
                 self.log(f"removed old checkpoint {p.name}")
