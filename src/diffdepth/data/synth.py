@@ -127,7 +127,7 @@ def rotation_ypr(yaw: float, pitch: float = 0.0, roll: float = 0.0) -> np.ndarra
     cp, sp = math.cos(pitch), math.sin(pitch)
     cr, sr = math.cos(roll), math.sin(roll)
     Ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    Rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
+    Rx = np.array([[1, 0, 0], [0, cp, sp], [0, -sp, cp]])  # forward (0,0,1) -> (0, sin, cos): down
     Rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
     return Ry @ Rx @ Rz
 
@@ -223,12 +223,13 @@ def intersect(prim, rays: Rays) -> np.ndarray:
         y_side = o[1] + t_side * dy
         best = np.where((disc >= 0) & (a > 1e-18) & (t_side > _EPS) & (y_side >= prim.y0) & (y_side <= prim.y1),
                         t_side, _INF)
-        for yc in (prim.y0, prim.y1):
-            tc = (yc - o[1]) * rays.iy
-            px = ox + tc * dx
-            pz = oz + tc * dz
-            ok = (tc > _EPS) & (px * px + pz * pz <= prim.radius ** 2)
-            best = np.minimum(best, np.where(ok, tc, _INF))
+        with np.errstate(over="ignore", invalid="ignore"):  # rays parallel to the caps
+            for yc in (prim.y0, prim.y1):
+                tc = (yc - o[1]) * rays.iy
+                px = ox + tc * dx
+                pz = oz + tc * dz
+                ok = (tc > _EPS) & (px * px + pz * pz <= prim.radius ** 2)
+                best = np.minimum(best, np.where(ok, tc, _INF))
         return best
     raise TypeError(f"unknown primitive {type(prim).__name__}")
 
