@@ -1,0 +1,425 @@
+"""PrimeDepth (Zavadski, Kalšan, Rother, ACCV 2024): frozen SD preimage -> refiner -> pixel-space heads.
+
+Pipeline (paper Fig. 3): image -> VAE latent (x0.18215) -> one noise step to t=1 -> one pass
+of the frozen UNet with the prompt context. At every decoder layer the preimage part
+(entering features + regional self- and cross-attention maps of the mirrored encoder layer
+and of the previous decoder layer) is fused and injected into the preimage refiner, *while
+the UNet runs*: each layer's maps are fused inside a forward pre-hook on the UNet resnet
+and dropped at once, so the full preimage never exists in memory and the UNet stops after
+its last decoder resnet. The refiner output (512 ch at H/8) feeds a depth head (3 channels,
+averaged) and, for training or ``with_segmentation``, a segmentation head, both shaped like
+the SD VAE decoder. Output: affine-invariant disparity.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...errors import CheckpointError, ConfigError, InputError
+from ...model import DepthModel
+from ...types import AFFINE_DISPARITY, DepthPrediction
+from .layout import Plan, make_plan
+from .modules import Fusion, Refiner, head_forward, make_head
+
+WEIGHTS = "primedepth.safetensors"
+
+
+class _Done(Exception):
+    """Raised from the last decoder-layer hook: the rest of the UNet is not needed."""
+
+
+class PrimeDepth(DepthModel):
+    """PrimeDepth depth model. Constructor arguments are the config (ablation switches included).
+
+    Args:
+        sd: a :class:`diffdepth.backbone.StableDiffusion` (frozen here).
+        refiner_ratio: refiner channels relative to the UNet decoder (paper: 0.5).
+        refiner_out_channels: refiner output width at H/8 = head input (paper: 512).
+        refiner_head_dim: attention head width in the refiner (default: the UNet's).
+        head_channels / head_layers / head_norm_groups: head shape (SD VAE decoder: 128,256,512,512 / 2 / 32).
+        seg_classes: segmentation classes (ADE20K: 150). depth_channels: depth head outputs, averaged (3).
+        use_attention / use_self_attention / use_cross_attention / use_features: preimage parts (ablations).
+        use_segmentation_head: build the segmentation head (training regulariser).
+        loss_space: ``"pixel"`` (paper) or ``"latent"`` (ablation V.Latent: a 3x3 conv predicts the SD
+            latent of the depth map, decoded by the frozen VAE).
+        injection: ``"per_stage"`` (paper) or ``"block"`` (ablation V.BlockPreIm: every fused part resized
+            to the first decoder layer's resolution, concatenated and injected once).
+        attn_norm: self-attention map scaling: ``"max"`` (official: divide each (sample, head) map by its
+            maximum) or ``"mean"`` (exact regional mean times the number of keys: uniform attention = 1).
+        regions: self-attention key regions per side (8 -> 64 maps per head).
+        timestep / noise: the denoising step (t=1) and whether the latent is noised to it.
+        prompt: default prompt ("" = empty). channels_last: NHWC memory format at inference.
+        captioner: optional callable ``images [B,3,H,W] -> list[str]`` used when no prompt is given
+            (not saved with the model).
+    """
+
+    method = "primedepth"
+    output_kind = AFFINE_DISPARITY
+    predict_options = frozenset({"seed", "prompt", "with_segmentation", "flip"})
+    default_processing_res = 1024  # the official inference caps the long side at 1024
+    min_size = 16
+
+    def __init__(self, sd: nn.Module, *, backbone: Optional[str] = None, refiner_ratio: float = 0.5,
+                 refiner_out_channels: int = 512, refiner_head_dim: Optional[int] = None,
+                 head_channels: Sequence[int] = (128, 256, 512, 512), head_layers: int = 2, head_norm_groups: int = 32,
+                 seg_classes: int = 150, depth_channels: int = 3, use_attention: bool = True,
+                 use_self_attention: bool = True, use_cross_attention: bool = True, use_features: bool = True,
+                 use_segmentation_head: bool = True, loss_space: str = "pixel", injection: str = "per_stage",
+                 attn_norm: str = "max", regions: int = 8, timestep: int = 1, noise: bool = True, prompt: str = "",
+                 channels_last: bool = False, captioner: Optional[Callable] = None):
+        super().__init__()
+        if loss_space not in ("pixel", "latent"):
+            raise ConfigError(f"loss_space must be 'pixel' or 'latent', got {loss_space!r}")
+        if attn_norm not in ("max", "mean"):
+            raise ConfigError(f"attn_norm must be 'max' or 'mean', got {attn_norm!r}")
+        if injection not in ("per_stage", "block"):
+            raise ConfigError(f"injection must be 'per_stage' or 'block', got {injection!r}")
+        head_channels = [int(c) for c in head_channels]
+        if sd.vae is not None and 2 ** (len(head_channels) - 1) != sd.latent_factor:
+            raise ConfigError(f"head_channels needs {int(sd.latent_factor).bit_length()} levels to upsample x"
+                              f"{sd.latent_factor} (got {len(head_channels)})")
+        if not (use_features or use_attention):
+            raise ConfigError("switching off both use_features and use_attention leaves the refiner without input")
+        self.config = dict(
+            backbone=backbone or getattr(sd, "source", None), refiner_ratio=refiner_ratio,
+            refiner_out_channels=refiner_out_channels, refiner_head_dim=refiner_head_dim, head_channels=head_channels,
+            head_layers=head_layers, head_norm_groups=head_norm_groups, seg_classes=seg_classes,
+            depth_channels=depth_channels, use_attention=use_attention, use_self_attention=use_self_attention,
+            use_cross_attention=use_cross_attention, use_features=use_features,
+            use_segmentation_head=use_segmentation_head, loss_space=loss_space, injection=injection,
+            attn_norm=attn_norm, regions=regions, timestep=timestep, noise=noise, prompt=prompt,
+            channels_last=channels_last)
+        self.sd = sd
+        sd.requires_grad_(False)
+        sd.eval()
+        self.captioner = captioner
+        self.n_tokens = _context_tokens(sd)
+        self.plan: Plan = make_plan(
+            sd.unet.config, ratio=refiner_ratio, use_features=use_features,
+            use_self_attention=use_attention and use_self_attention,
+            use_cross_attention=use_attention and use_cross_attention, n_tokens=self.n_tokens, regions=regions,
+            injection=injection, refiner_head_dim=refiner_head_dim)
+        self.fusions = nn.ModuleList([Fusion(lp) for lp in self.plan.layers])
+        self.block_conv = (nn.Conv2d(self.plan.block_in, self.plan.layers[0].merge_out, 1)
+                           if injection == "block" else None)
+        self.refiner = Refiner(self.plan, refiner_out_channels)
+        if loss_space == "pixel":
+            self.depth_head = make_head(refiner_out_channels, depth_channels, head_channels, head_layers, head_norm_groups)
+            self.latent_head = None
+        else:
+            self.depth_head = None
+            self.latent_head = nn.Conv2d(refiner_out_channels, sd.vae.config.latent_channels, 3, padding=1)
+        self.seg_head = (make_head(refiner_out_channels, seg_classes, head_channels, head_layers, head_norm_groups)
+                         if use_segmentation_head else None)
+        self.size_multiple = int(sd.size_multiple)
+        self._attn_names = sorted({n for lp in self.plan.layers for n in (lp.enc_attention, lp.prev_attention) if n})
+
+    # ------------------------------------------------------------------ config / parameters
+    def get_config(self) -> dict:
+        return dict(self.config)
+
+    def trainable_parameters(self) -> List[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if not n.startswith("sd.")]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.sd.eval()  # frozen: no dropout, ever
+        return self
+
+    # ------------------------------------------------------------------ prompt context
+    def encode_prompts(self, prompts: Union[None, str, Sequence[str]], batch: int) -> torch.Tensor:
+        """``[B,T,D]`` text context: empty prompt (cached), one prompt for all, or one per image."""
+        if prompts is None:
+            prompts = self.config["prompt"]
+        if isinstance(prompts, str):
+            prompts = [prompts] * batch
+        prompts = list(prompts)
+        if len(prompts) != batch:
+            raise InputError(f"got {len(prompts)} prompts for {batch} images")
+        if all(p == "" for p in prompts):
+            return self.sd.encode_prompt(None, batch_size=batch)
+        return self.sd.encode_prompt(prompts)
+
+    def _timestep_embedding(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        unet = self.sd.unet
+        return unet.time_embedding(unet.time_proj(t).to(dtype))  # [B, temb_dim]
+
+    # ------------------------------------------------------------------ preimage -> refiner
+    def _attn_maps(self, lp, self_maps: Dict[str, torch.Tensor], cross_maps: Dict[str, torch.Tensor],
+                   size) -> Optional[torch.Tensor]:
+        """Stack a layer's attention maps in the official channel order
+        ``[prev self, prev cross, enc self, enc cross]`` at the feature map's size."""
+        if not lp.attn_in:
+            return None
+        use_self = self.config["use_attention"] and self.config["use_self_attention"]
+        use_cross = self.config["use_attention"] and self.config["use_cross_attention"]
+        parts = []
+        for name in (lp.prev_attention, lp.enc_attention):
+            if name is None:
+                continue
+            sa, ca = self_maps.pop(name, None), cross_maps.pop(name, None)
+            if use_self:
+                parts.append(self._normalise_self(sa))
+            if use_cross:
+                parts.append(ca)
+        parts = [p if tuple(p.shape[-2:]) == tuple(size) else
+                 F.interpolate(p, size=tuple(size), mode="bilinear", align_corners=False) for p in parts]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # [B,attn_in,h,w]
+
+    def _normalise_self(self, maps: torch.Tensor) -> torch.Tensor:
+        """``[B, heads*R², h, w]`` regional means -> scaled maps (see ``attn_norm``)."""
+        b, c, h, w = maps.shape
+        r2 = self.config["regions"] ** 2
+        if self.config["attn_norm"] == "mean":
+            return maps * float(h * w)
+        per_head = maps.reshape(b, c // r2, -1)  # [B,heads,R²·h·w]
+        peak = per_head.amax(dim=-1, keepdim=True).clamp_min(torch.finfo(maps.dtype).tiny)
+        return (per_head / peak).reshape(b, c, h, w)
+
+    def refine(self, images: torch.Tensor, context: torch.Tensor,
+               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``images [B,3,H,W]`` in [0,1] -> refiner output ``[B,C,H/8,W/8]``.
+
+        The frozen SD runs without autograd; fusion and refiner record gradients when the
+        caller has grad enabled (training).
+        """
+        from ...backbone.taps import Preimage, tapped
+
+        sd, plan = self.sd, self.plan
+        want_grad = torch.is_grad_enabled()
+        dtype = sd.dtype
+        b = images.shape[0]
+        with torch.no_grad():
+            z = sd.encode_image(images)  # [B,4,H/8,W/8]
+            t = torch.full((b,), int(self.config["timestep"]), device=z.device, dtype=torch.long)
+            if self.config["noise"]:
+                noise = torch.randn(z.shape, generator=generator, dtype=torch.float32,
+                                    device=generator.device if generator is not None else "cpu").to(z.device)
+                z = sd.add_noise(z, t, noise)
+            temb = self._timestep_embedding(t, dtype)  # [B,temb]
+        context = context.to(device=z.device, dtype=dtype)
+        if context.shape[1] != self.n_tokens:
+            raise InputError(f"prompt context has {context.shape[1]} tokens; this model was built for {self.n_tokens}")
+
+        pre = Preimage()
+        state: Dict[str, Any] = {"stream": None, "fused": []}
+        last = len(plan.layers) - 1
+        unet = sd.unet
+        sizes = {}
+
+        def make_hook(i: int):
+            lp = plan.layers[i]
+
+            def hook(module, args, kwargs):
+                feat = args[0] if args else kwargs.get("input_tensor", kwargs.get("hidden_states"))
+                ctx = torch.enable_grad() if want_grad else contextlib.nullcontext()
+                with ctx:
+                    maps = self._attn_maps(lp, pre.self_attn, pre.cross_attn, feat.shape[-2:])
+                    fused = self.fusions[i](feat if lp.ch_f else None, maps)  # [B,merge_out,h,w]
+                    del maps
+                    if self.block_conv is None:
+                        state["stream"] = self.refiner.layers[i](state["stream"], fused, temb, context)
+                    elif fused is not None:
+                        state["fused"].append(fused)
+                sizes[i] = tuple(feat.shape[-2:])
+                if i == last:
+                    raise _Done
+
+            return hook
+
+        handles = []
+        try:
+            for i, lp in enumerate(plan.layers):
+                handles.append(unet.get_submodule(lp.resnet).register_forward_pre_hook(make_hook(i), with_kwargs=True))
+            with torch.no_grad(), tapped(unet, pre, self_attn=self._attn_names, cross_attn=self._attn_names,
+                                         regions=self.config["regions"]):
+                try:
+                    unet(z, t, encoder_hidden_states=context, return_dict=False)
+                except _Done:
+                    pass
+        finally:
+            for h in handles:
+                h.remove()
+        pre.self_attn.clear()
+        pre.cross_attn.clear()
+
+        if self.block_conv is not None:  # V.BlockPreIm: one VPD-like block, injected once
+            size0 = sizes[0]
+            block = torch.cat([f if tuple(f.shape[-2:]) == size0 else
+                               F.adaptive_avg_pool2d(f, size0) for f in state["fused"]], dim=1)
+            state["fused"].clear()
+            stream = self.refiner.layers[0](None, self.block_conv(block), temb, context)
+            del block
+            for i in range(1, len(plan.layers)):
+                stream = self.refiner.layers[i](stream, None, temb, context)
+            state["stream"] = stream
+        return self.refiner.out(state["stream"])  # [B,C_out,H/8,W/8]
+
+    # ------------------------------------------------------------------ heads
+    def depth_from_features(self, h: torch.Tensor) -> torch.Tensor:
+        """Refiner output -> disparity ``[B,1,H,W]`` (pixel head: channel mean; latent head: VAE decode)."""
+        if self.depth_head is not None:
+            return head_forward(self.depth_head, h).mean(dim=1, keepdim=True)
+        latent = self.latent_head(h)
+        return self.sd.decode_latent(latent).mean(dim=1, keepdim=True)
+
+    def forward(self, images: torch.Tensor, prompts=None, context: Optional[torch.Tensor] = None,
+                with_segmentation: bool = False, generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+        """Training/inference forward: ``{"disparity" [B,1,H,W], "features", "latent"?, "segmentation"?}``."""
+        if context is None:
+            context = self.encode_prompts(prompts, images.shape[0])
+        h = self.refine(images, context, generator)
+        out: Dict[str, torch.Tensor] = {"features": h}
+        if self.depth_head is not None:
+            out["disparity"] = head_forward(self.depth_head, h).mean(dim=1, keepdim=True)
+        else:
+            out["latent"] = self.latent_head(h)  # [B,4,H/8,W/8]
+        if with_segmentation:
+            if self.seg_head is None:
+                raise InputError("this PrimeDepth model has no segmentation head (use_segmentation_head=False)")
+            out["segmentation"] = head_forward(self.seg_head, h)  # [B,C,H,W] logits
+        return out
+
+    # ------------------------------------------------------------------ inference
+    def predict(self, images: torch.Tensor, seed: Optional[int] = 0, prompt=None, with_segmentation: bool = False,
+                flip: bool = False, **options: Any) -> DepthPrediction:
+        self.check_options(options)
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise InputError(f"expected images [B,3,H,W], got {tuple(images.shape)}")
+        h, w = images.shape[-2:]
+        if h % self.size_multiple or w % self.size_multiple:
+            raise InputError(f"image size {h}x{w} is not a multiple of {self.size_multiple} (the pipeline pads)")
+        ref = next(self.parameters())
+        images = images.to(device=ref.device, dtype=ref.dtype)
+        with torch.inference_mode():
+            if prompt is None and self.captioner is not None:
+                prompt = list(self.captioner(images))
+            context = self.encode_prompts(prompt, images.shape[0])
+            disp, seg = self._predict_once(images, context, seed, with_segmentation)
+            if flip:
+                disp_f, _ = self._predict_once(images.flip(-1), context, seed, False)
+                disp = 0.5 * (disp + disp_f.flip(-1))
+            extras = {}
+            if seg is not None:
+                extras["segmentation"] = seg
+        return DepthPrediction(depth=disp.float(), kind=self.output_kind, extras=extras)
+
+    def _predict_once(self, images, context, seed, with_segmentation):
+        gen = None
+        if self.config["noise"]:
+            gen = torch.Generator("cpu").manual_seed(int(seed) if seed is not None else 0)
+        if self.config["channels_last"]:
+            images = images.contiguous(memory_format=torch.channels_last)
+        h = self.refine(images, context, gen)
+        seg = None
+        if with_segmentation:
+            if self.seg_head is None:
+                raise InputError("--save seg needs a segmentation head; this model has none")
+            seg = head_forward(self.seg_head, h).argmax(dim=1, keepdim=True)  # [B,1,H,W]
+        disp = self.depth_from_features(h)
+        return disp, seg
+
+    # ------------------------------------------------------------------ training
+    def make_training_task(self, **cfg: Any):
+        from .task import PrimeDepthTask
+
+        return PrimeDepthTask(self, **cfg)
+
+    # ------------------------------------------------------------------ serialisation
+    def head_state_dict(self) -> Dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("sd.")}
+
+    def save_pretrained(self, path: Union[str, Path]) -> Path:
+        """One self-contained folder: SD components as diffusers subfolders, ``primedepth.safetensors``
+        (fusion, refiner, heads) and ``diffdepth.json`` (method + constructor arguments)."""
+        from safetensors.torch import save_file
+
+        from ...utils import atomic_dir
+
+        path = Path(path)
+        with atomic_dir(path) as tmp:
+            self.sd.save_pretrained(tmp)
+            state = {k: v.detach().contiguous().cpu() for k, v in self.head_state_dict().items()}
+            save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "method": self.method})
+            self.write_marker(tmp)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, source: Union[str, Path], device: Optional[torch.device] = None,
+                        dtype: Optional[torch.dtype] = None, **overrides: Any) -> "PrimeDepth":
+        from safetensors.torch import load_file
+
+        from ...backbone import StableDiffusion
+        from ...hub import resolve_checkpoint
+
+        path = resolve_checkpoint(source)
+        official = _official_file(path)
+        if official is not None:
+            raise CheckpointError(f"{official} is an official PrimeDepth checkpoint — convert it first: "
+                                  f"`diffdepth convert primedepth-official {official} OUT`, then --checkpoint OUT")
+        marker = cls.read_marker(path)
+        if marker.get("method") != cls.method:
+            raise CheckpointError(f"{path} holds a {marker.get('method')!r} model, not primedepth")
+        weights = path / WEIGHTS
+        if not weights.exists():
+            raise CheckpointError(f"{path} has no {WEIGHTS} — the checkpoint is incomplete")
+        captioner = overrides.pop("captioner", None)
+        config = {**marker.get("config", {}), **overrides}
+        sd = StableDiffusion.from_pretrained(path)
+        model = cls(sd, captioner=captioner, **config)
+        state = load_file(str(weights))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("sd.")]
+        if missing or unexpected:
+            raise CheckpointError(f"{weights} does not match the config in diffdepth.json "
+                                  f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        return model.to(device=device, dtype=dtype).eval()
+
+    @classmethod
+    def make_tiny(cls, seed: int = 0, **overrides: Any) -> "PrimeDepth":
+        """Random tiny PrimeDepth on a tiny SD (few dozen channels; same code paths as the full model)."""
+        from ...backbone import make_tiny_sd
+
+        sd = make_tiny_sd(seed=seed)
+        opts = dict(refiner_ratio=0.5, refiner_out_channels=16, head_channels=(8, 8, 16, 16), head_layers=1,
+                    head_norm_groups=4, seg_classes=5)
+        opts.update(overrides)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            model = cls(sd, **opts)
+            # the official output conv starts at zero; give the tiny model a random one so untrained
+            # tiny predictions are not constant (tests look at their structure)
+            nn.init.normal_(model.refiner.out[2].weight, std=0.02)
+        return model.eval()
+
+    @classmethod
+    def build(cls, backbone: str = "stabilityai/stable-diffusion-2-1", **config: Any) -> "PrimeDepth":
+        from ...backbone import StableDiffusion
+
+        config.pop("backbone", None)
+        sd = StableDiffusion.from_pretrained(backbone)
+        return cls(sd, backbone=str(backbone), **config)
+
+
+def _context_tokens(sd) -> int:
+    tok = getattr(sd, "tokenizer", None)
+    if tok is not None and getattr(tok, "model_max_length", None) and tok.model_max_length < 10 ** 6:
+        return int(tok.model_max_length)
+    te = getattr(sd, "text_encoder", None)
+    if te is not None:
+        return int(te.config.max_position_embeddings)
+    return 77
+
+
+def _official_file(path: Path) -> Optional[Path]:
+    if path.is_file():
+        return path if path.suffix in (".ckpt", ".safetensors", ".pt", ".pth") else None
+    if (path / "diffdepth.json").exists():
+        return None
+    found = sorted(path.glob("*.ckpt"))
+    return found[0] if found else None
