@@ -282,3 +282,20 @@ def test_split_download_offline_and_cache(tmp_path, monkeypatch):
     cached.parent.mkdir(parents=True)
     cached.write_text("a/color/1.jpg a/depth/1.png\n")
     assert B.ScanNet(tmp_path, None).names == ["a/color/1"]
+
+
+def test_protocol_overrides_and_table_facts():
+    p = get_protocol("kitti").with_overrides(crop="kitti_garg", max_depth=50.0, min_depth=None)
+    assert p.name == "kitti_eigen" and p.crop == "kitti_garg" and p.max_depth == 50.0 and p.min_depth == 1e-5
+    assert get_protocol("kitti").with_overrides(crop="none").crop is None
+    assert (get_protocol("nyuv2").num_samples, get_protocol("kitti_mono2").num_samples,
+            get_protocol("eth3d").num_samples, get_protocol("scannet").num_samples,
+            get_protocol("diode").num_samples, get_protocol("make3d").num_samples) == (654, 697, 454, 800, 771, 134)
+    assert get_protocol("eth3d").processing_res == 756 and math.isinf(get_protocol("eth3d").max_depth)
+    assert get_protocol("kitti_mono2").alignment == "median" and get_protocol("make3d").alignment == "median"
+    # DIODE ground truth validity comes from the file mask, not the 0.6-350 range
+    d = np.array([[0.3, 400.0]])
+    assert get_protocol("diode").eval_mask(d).all()
+    assert not get_protocol("scannet").eval_mask(np.array([[0.0, 10.0]])).any()  # strict bounds
+    with pytest.raises(InputError, match="unknown dataset"):
+        get_protocol("nope")

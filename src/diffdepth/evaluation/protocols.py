@@ -125,9 +125,8 @@ class Protocol:
     def with_overrides(self, **changes) -> "Protocol":
         """A copy with some fields changed (``None`` values are ignored)."""
         changes = {k: v for k, v in changes.items() if v is not None}
-        if "crop" in changes and changes["crop"] == "none":
+        if changes.get("crop") == "none":
             changes["crop"] = None
-            return replace(self, **changes)
         return replace(self, **changes)
 
     def crop_mask(self, shape: Tuple[int, int]) -> np.ndarray:

@@ -259,8 +259,9 @@ def summary_markdown(summary: dict) -> str:
                   "| " + " | ".join(f"{m[n]:.4f}" for n in METRIC_NAMES) + " |", ""]
     else:
         lines += ["No sample could be evaluated.", ""]
-    lines.append(f"evaluated {c.get('evaluated', 0)} of {c.get('samples', 0)} samples; "
-                 + ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in c.items() if k not in ("samples", "evaluated")))
+    others = [f"{k.replace('_', ' ')}: {v}" for k, v in c.items() if k not in ("samples", "evaluated") and v]
+    lines.append(f"evaluated {c.get('evaluated', 0)} of {c.get('samples', 0)} samples"
+                 + (f" ({', '.join(others)})" if others else ""))
     lines.append(f"alignment: {', '.join(summary.get('alignments', [])) or summary.get('alignment', '')}")
     proto = summary.get("protocol")
     if proto:
