@@ -190,14 +190,19 @@ def evaluate(samples: Iterable[dict], predictor: Union[PathLike, Callable, Predi
                     pred, k = _unpack(out, kind)
                     k = check_kind(k)
                     kinds_seen.add(k)
-                    rec = evaluate_sample(sample, pred, k, protocol, alignment, mask)
-                    if save_dir is not None and not from_folder and rec.status != "bad_prediction":
+                    if save_dir is not None and not from_folder:
+                        # save exactly what is scored (float32 at the ground-truth size), so that
+                        # re-scoring the saved folder reproduces these numbers
                         p = _to_2d(pred)
-                        if p.shape != gt.shape:
+                        resized = p.shape != gt.shape
+                        if resized:
                             p = resize_prediction(p, gt.shape, protocol.pred_resize)
-                        target = Path(save_dir) / f"{sample['name']}.npy"
-                        with atomic_path(target) as tmp:
-                            np.save(tmp, p.astype(np.float32))
+                        pred = p.astype(np.float32)
+                        with atomic_path(Path(save_dir) / f"{sample['name']}.npy") as tmp:
+                            np.save(tmp, pred)
+                    rec = evaluate_sample(sample, pred, k, protocol, alignment, mask)
+                    if save_dir is not None and not from_folder:
+                        rec.resized = resized
                     records.append(rec)
             if bar is not None:
                 bar.update(1)
