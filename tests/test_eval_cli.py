@@ -171,6 +171,9 @@ def test_eval_errors_are_one_line(tmp_path, capsys):
     rc = cli.main(["eval", "--dataset", "folder", "--data-root", str(tmp_path / "absent"),
                    "--predictions", str(tmp_path), "--out", str(tmp_path / "o")])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+    rc = cli.main(["eval", "--dataset", "folder", "--data-root", str(tmp_path), "--predictions", str(tmp_path),
+                   "--checkpoint", "x", "--out", str(tmp_path / "o")])
+    assert rc == 2 and "--checkpoint applies only with --method" in capsys.readouterr().err
 
 
 def test_eval_with_method_saves_predictions_that_rescore_identically(dataset, tmp_path, monkeypatch):

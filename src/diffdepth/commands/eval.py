@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--min-depth {protocol.min_depth} must be below --max-depth {protocol.max_depth}")
     if args.max_samples is not None and args.max_samples < 1:
         raise InputError(f"--max-samples must be >= 1, got {args.max_samples}")
-    if args.method is None and args.checkpoint is not None and args.predictions is None:
-        raise InputError("--checkpoint needs --method")
+    if args.predictions is not None and args.checkpoint is not None:
+        raise InputError("--checkpoint applies only with --method (saved --predictions need no model)")
 
     dataset = open_benchmark(protocol.name, args.data_root, args.split_file)
     n = len(dataset) if args.max_samples is None else min(len(dataset), args.max_samples)
