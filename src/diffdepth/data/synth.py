@@ -305,35 +305,37 @@ def surface_normal(prim, p: np.ndarray, d: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- textures
 
 
+_NOISE_N = 64  # lattice period of the value noise (cells)
+
+
 class ValueNoise:
-    """3-D lattice value noise (smoothstep-interpolated random values on integer points),
-    fully determined by ``seed``."""
+    """3-D lattice value noise: random values on the integer lattice (periodic with period
+    64 cells), interpolated with smoothstep weights; fully determined by ``seed``."""
 
     def __init__(self, seed: int) -> None:
         rng = np.random.default_rng([int(seed), 7919])
-        self.perm = rng.permutation(256).astype(np.int64)
-        self.values = rng.random(256)
-
-    def _hash(self, ix, iy, iz):
-        P = self.perm
-        return self.values[P[(P[(P[ix & 255] + iy) & 255] + iz) & 255]]
+        self.table = rng.random(_NOISE_N ** 3)  # flat [64,64,64]
 
     def __call__(self, p: np.ndarray) -> np.ndarray:
         """p [N,3] -> noise in [0,1] [N]."""
+        n = _NOISE_N
         fl = np.floor(p)
-        i = fl.astype(np.int64)
         f = p - fl
         w = f * f * (3.0 - 2.0 * f)
-        ix, iy, iz = i[:, 0], i[:, 1], i[:, 2]
+        i = fl.astype(np.int64) & (n - 1)
+        i1 = (i + 1) & (n - 1)
+        xs = (i[:, 0] * (n * n), i1[:, 0] * (n * n))
+        ys = (i[:, 1] * n, i1[:, 1] * n)
+        zs = (i[:, 2], i1[:, 2])
         wx, wy, wz = w[:, 0], w[:, 1], w[:, 2]
+        T = self.table
         out = np.zeros(len(p))
-        for dx in (0, 1):
-            ax = wx if dx else 1.0 - wx
-            for dy in (0, 1):
-                ay = wy if dy else 1.0 - wy
-                for dz in (0, 1):
-                    az = wz if dz else 1.0 - wz
-                    out += ax * ay * az * self._hash(ix + dx, iy + dy, iz + dz)
+        for a in (0, 1):
+            ax = wx if a else 1.0 - wx
+            for b in (0, 1):
+                axy = ax * (wy if b else 1.0 - wy)
+                xy = xs[a] + ys[b]
+                out += axy * ((1.0 - wz) * T[xy + zs[0]] + wz * T[xy + zs[1]])
         return out
 
     def fbm(self, p: np.ndarray, octaves: int = 3) -> np.ndarray:
@@ -428,11 +430,16 @@ def render(scene: Scene, camera: Camera, pixels: Optional[np.ndarray] = None) ->
         normals = np.empty_like(p_all)
         alb = np.empty_like(p_all)
         ids = best_id[idx_hit]
-        for k in np.unique(ids):
-            sel = ids == k
+        # group the hits by primitive with one sort instead of a mask per primitive
+        order = np.argsort(ids, kind="stable")
+        uniq, starts = np.unique(ids[order], return_index=True)
+        ends = np.append(starts[1:], len(order))
+        for k, a, b in zip(uniq, starts, ends):
+            sel = order[a:b]
             prim = scene.primitives[k]
-            normals[sel] = surface_normal(prim, p_all[sel], d[idx_hit[sel]])
-            alb[sel] = albedo(prim.material, p_all[sel], normals[sel], noise)
+            nk = surface_normal(prim, p_all[sel], d[idx_hit[sel]])
+            normals[sel] = nk
+            alb[sel] = albedo(prim.material, p_all[sel], nk, noise)
         light = np.full(len(p_all), float(scene.ambient))
         for lt in scene.lights:
             if isinstance(lt, DirectionalLight):
