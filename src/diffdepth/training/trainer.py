@@ -178,8 +178,11 @@ class Trainer:
 
         cfg = self.cfg
         t = cfg["train"]
+        # several processes on a machine without CUDA: Accelerate only goes multi-process on
+        # CPU (gloo) when told cpu=True
+        cpu = t["cpu"] or (distributed.world_size() > 1 and not torch.cuda.is_available())
         self.accelerator = Accelerator(
-            mixed_precision=t["mixed_precision"], cpu=t["cpu"],
+            mixed_precision=t["mixed_precision"], cpu=cpu,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=t["find_unused_parameters"])])
         acc = self.accelerator
         self.world = acc.num_processes

@@ -1,0 +1,175 @@
+"""End-to-end training on the toy model: loss falls, logs, checkpoints load, exact resume
+(in-process and after a real SIGKILL mid-checkpoint), 2-process DDP on CPU (gloo)."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+sys.path.insert(0, str(TESTS))
+from toy_model import ToyDepth  # noqa: E402
+
+from diffdepth import registry  # noqa: E402
+from diffdepth.training import checkpoint as ckpt  # noqa: E402
+from diffdepth.training.config import load_config  # noqa: E402
+from diffdepth.training.trainer import Trainer, train  # noqa: E402
+
+RECIPE = ROOT / "configs" / "toy" / "debug.yaml"
+QUIET = ["log.progress=false"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # same float results in-process and in subprocesses started with OMP_NUM_THREADS=1
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def env(**extra):
+    e = dict(os.environ)
+    e["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT / "src"), e.get("PYTHONPATH", "")])
+    e["OMP_NUM_THREADS"] = "1"
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        e.pop(k, None)
+    e.update(extra)
+    return e
+
+
+def weights(checkpoint: Path) -> dict:
+    return load_file(str(checkpoint / ckpt.STATE_DIR / "trainable.safetensors"))
+
+
+def assert_same(a: dict, b: dict, tol=1e-6):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].double(), b[k].double(), atol=tol, rtol=0), k
+
+
+def test_toy_model_trains_logs_and_its_checkpoint_loads(tmp_path):
+    cfg = load_config(RECIPE, QUIET + ["train.max_steps=12", "checkpoint.every=6", "val.every=6",
+                                       "log.every=2", "log.images_every=6"])
+    run = tmp_path / "run"
+    trainer = Trainer(cfg, run)
+    trainer.setup()
+    result = trainer.train()
+    hist = result["history"]
+    assert len(hist) == 12
+    assert sum(hist[-3:]) / 3 < 0.85 * sum(hist[:3]) / 3  # the loss falls
+
+    assert [p.name for _, p in ckpt.list_checkpoints(run)] == ["checkpoint-6", "checkpoint-12"]
+    final = run / "checkpoint-12"
+    # frozen stem untouched, trainable head moved
+    init = ToyDepth.make_tiny(seed=cfg["seed"], **cfg["model"]["args"])
+    assert torch.equal(trainer.model.stem.weight, init.stem.weight)
+    assert not torch.allclose(trainer.model.head.weight, init.head.weight)
+    assert "stem.weight" not in weights(final) and "body.1.running_mean" in weights(final)
+
+    # the checkpoint folder is a diffdepth model folder: load_model reads it
+    registry.register(registry.MethodInfo("toy", "toy_model:ToyDepth", None, "metric_depth", "test toy"))
+    try:
+        loaded = registry.load_model(checkpoint=final, device="cpu")
+    finally:
+        registry._METHODS.pop("toy", None)
+    assert isinstance(loaded, ToyDepth)
+    x = torch.rand(1, 3, 8, 8)
+    trainer.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded.predict(x).depth, trainer.model.predict(x).depth, atol=1e-6)
+
+    # resolved config, TensorBoard scalars / images / validation metrics
+    assert load_config(run / "config.yaml") == cfg
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    ea.Reload()
+    tags = ea.Tags()
+    assert {"train/loss", "train/lr", "train/samples_per_s", "train/grad_norm", "train/pred_mean",
+            "val/abs_rel", "val/delta1"} <= set(tags["scalars"])
+    assert [e.step for e in ea.Scalars("train/loss")] == [2, 4, 6, 8, 10, 12]
+    assert [e.step for e in ea.Scalars("val/abs_rel")] == [6, 12]
+    assert "images/depth" in tags["images"]
+
+
+def test_resume_reproduces_uninterrupted_weights(tmp_path):
+    common = QUIET + ["ema.enabled=true", "ema.decay=0.9", "schedule.decay_steps=6", "checkpoint.every=3",
+                      "val.every=0", "log.images_every=0", "checkpoint.keep_last=0"]
+    full = train(load_config(RECIPE, common + ["train.max_steps=6"]), tmp_path / "full")
+    part = tmp_path / "part"
+    train(load_config(RECIPE, common + ["train.max_steps=3"]), part)
+    assert ckpt.latest_checkpoint(part).name == "checkpoint-3"
+    # resume with data workers: augmentation and order do not depend on them
+    resumed = train(load_config(RECIPE, common + ["train.max_steps=6", "data.num_workers=1"]), part, resume=True)
+    assert resumed["history"] == pytest.approx(full["history"][3:], abs=1e-6)
+    a, b = tmp_path / "full" / "checkpoint-6", part / "checkpoint-6"
+    assert_same(weights(a), weights(b))
+    ema_a = load_file(str(a / "model.safetensors"))
+    assert_same(ema_a, load_file(str(b / "model.safetensors")))
+    # the exported model is the EMA, not the raw weights
+    assert not torch.allclose(ema_a["head.weight"], weights(a)["head.weight"])
+
+
+def test_sigkill_during_checkpoint_then_resume_matches(tmp_path):
+    overrides = QUIET + ["train.max_steps=8", "checkpoint.every=2", "checkpoint.keep_last=2", "val.every=0",
+                         "log.images_every=0", "log.every=1"]
+    cfg_file = tmp_path / "recipe.yaml"
+    shutil.copy(RECIPE, cfg_file)
+    cfg_file.write_text(cfg_file.read_text().replace("../base.yaml", str(ROOT / "configs" / "base.yaml")))
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "diffdepth.cli", "train", str(cfg_file), *overrides, "--output-dir", str(run)]
+    # each checkpoint pauses 1.5 s before it is published: kill inside that window
+    proc = subprocess.Popen(cmd, env=env(DIFFDEPTH_CHECKPOINT_PAUSE_S="1.5"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    target = run / ".checkpoint-4.tmp" / ckpt.STATE_DIR / "optimizer.bin"
+    deadline = time.time() + 120
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    # what the kill left: one complete checkpoint and a half-written temp folder
+    assert (run / ".checkpoint-4.tmp").exists() and not (run / "checkpoint-4").exists()
+    assert [p.name for _, p in ckpt.list_checkpoints(run)] == ["checkpoint-2"]
+
+    out = subprocess.run(cmd + ["--resume"], env=env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resumed from" in out.stderr and "checkpoint-2" in out.stderr
+    assert not (run / ".checkpoint-4.tmp").exists()
+    assert [p.name for _, p in ckpt.list_checkpoints(run)] == ["checkpoint-6", "checkpoint-8"]
+
+    reference = train(load_config(cfg_file, overrides), tmp_path / "ref")
+    assert reference["step"] == 8
+    assert_same(weights(run / "checkpoint-8"), weights(tmp_path / "ref" / "checkpoint-8"))
+    assert_same(load_file(str(run / "checkpoint-8" / "model.safetensors")),
+                load_file(str(tmp_path / "ref" / "checkpoint-8" / "model.safetensors")))
+
+
+def test_two_process_cpu_run_keeps_replicas_identical(tmp_path):
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    if accelerate is None:
+        pytest.skip("accelerate CLI not on PATH")
+    run = tmp_path / "ddp"
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           "-m", "diffdepth.cli", "train", str(RECIPE), *QUIET, "train.max_steps=3", "val.every=0",
+           "log.images_every=0", "train.grad_accum_steps=1", "--output-dir", str(run)]
+    out = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "2 process(es)" in out.stderr
+    final = run / "checkpoint-3"
+    state = ckpt.read_state(final)
+    assert state["world_size"] == 2 and state["micro_batches"] == 3
+    # the trainer gathered both processes' weight digests before saving and found them equal
+    assert state["replicas_identical"] == 2
+    assert (final / ckpt.STATE_DIR / "random_states_0.pkl").exists()
+    assert (final / ckpt.STATE_DIR / "random_states_1.pkl").exists()
