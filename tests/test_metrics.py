@@ -58,6 +58,8 @@ def test_per_image_then_mean_over_images():
     # an image with an empty mask is skipped, not averaged in as NaN
     m2 = np.array([[[True, False]], [[False, False]]])
     assert M.abs_rel(p, g, m2) == pytest.approx(1.0)
+    assert M.compute_metrics(p, g, m)["abs_rel"] == pytest.approx(0.5)
+    assert M.compute_metrics(torch.tensor(p), torch.tensor(g), torch.tensor(m2))["abs_rel"] == pytest.approx(1.0)
 
 
 def test_empty_mask_raises_not_nan():

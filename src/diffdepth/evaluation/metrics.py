@@ -71,10 +71,10 @@ def _prepare(pred, gt, mask):
     return p, g, m
 
 
-def _per_image(fn: Callable, pred, gt, mask, name: str):
-    """Apply ``fn(p, g)`` (1-D valid pixels of one image) per image; mean over non-empty images."""
+def _valid_pixels(pred, gt, mask, name: str):
+    """Per non-empty image, the valid pixels ``(p, g)`` as 1-D arrays; validated loudly."""
     p, g, m = _prepare(pred, gt, mask)
-    values = []
+    out = []
     for i in range(p.shape[0]):
         sel = m[i]
         if not bool(sel.any()):
@@ -87,12 +87,21 @@ def _per_image(fn: Callable, pred, gt, mask, name: str):
         if bad:
             raise ValueError(f"{name}: pred and gt must be finite and > 0 on the valid mask "
                              f"(clip predictions to the dataset range first)")
-        values.append(fn(pi, gi))
-    if not values:
+        out.append((pi, gi))
+    if not out:
         raise ValueError(f"{name}: the valid mask is empty — nothing to evaluate")
-    if _is_torch(p):
-        return torch.stack(values).mean()
+    return out
+
+
+def _mean(values):
+    if _is_torch(values[0]):
+        return torch.stack([torch.as_tensor(v) for v in values]).mean()
     return float(np.mean(values))
+
+
+def _per_image(fn: Callable, pred, gt, mask, name: str):
+    """Apply ``fn(p, g)`` (1-D valid pixels of one image) per image; mean over non-empty images."""
+    return _mean([fn(pi, gi) for pi, gi in _valid_pixels(pred, gt, mask, name)])
 
 
 def _lib(x):
@@ -215,8 +224,9 @@ def compute_metrics(pred, gt, mask=None, names: Optional[Tuple[str, ...]] = None
     unknown = [n for n in names if n not in METRICS]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; available: {', '.join(METRIC_NAMES)}")
+    pixels = _valid_pixels(pred, gt, mask, "compute_metrics")  # masked once, shared by every metric
     out = {}
     for n in names:
-        v = METRICS[n](pred, gt, mask)
+        v = _mean([_KERNELS[n](pi, gi) for pi, gi in pixels])
         out[n] = float(v.item()) if _is_torch(v) else float(v)
     return out
