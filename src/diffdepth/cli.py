@@ -24,7 +24,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"diffdepth {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        module = importlib.import_module(f"diffdepth.commands.{name.replace('-', '_')}")
+        target = f"diffdepth.commands.{name.replace('-', '_')}"
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as err:  # a command whose module is not in this build
+            if err.name != target:
+                raise
+            continue
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)

@@ -61,6 +61,9 @@ def list_methods() -> list[MethodInfo]:
 
 
 def get_method(method: str) -> MethodInfo:
+    """A registered id, or ``"package.module:Class"`` for a method outside the registry."""
+    if ":" in method and method not in _METHODS:
+        return MethodInfo(method, method, None, "", "external method")
     try:
         return _METHODS[method]
     except KeyError:

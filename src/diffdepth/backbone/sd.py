@@ -69,7 +69,8 @@ class StableDiffusion(nn.Module):
             if not (root / name).is_dir():
                 raise CheckpointError(f"{source} has no {name}/ folder — is it a diffusers Stable Diffusion folder?")
             try:
-                parts[name] = loaders[name](str(root))
+                with _quiet_transformers():
+                    parts[name] = loaders[name](str(root))
             except (OSError, ValueError, json.JSONDecodeError) as err:
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 raise CheckpointError(f"cannot load {name} from {root / name}: {first}") from None
@@ -88,7 +89,8 @@ class StableDiffusion(nn.Module):
             if part is None:
                 raise ValueError(f"this StableDiffusion has no {name}")
             if name in ("vae", "unet", "text_encoder"):
-                part.save_pretrained(path / name, safe_serialization=True)
+                with _quiet_transformers():
+                    part.save_pretrained(path / name, safe_serialization=True)
             else:
                 part.save_pretrained(path / name)
         if model_index:
@@ -178,8 +180,11 @@ class StableDiffusion(nn.Module):
         """The empty-prompt embedding ``[1,77,D]``, computed once per device/dtype."""
         cached = self._empty_prompt
         if cached is None or cached.device != self.device or cached.dtype != self.dtype:
-            with torch.no_grad():
-                self._empty_prompt = self._encode_text([""])
+            if cached is not None and self.text_encoder is None:  # a stored embedding, no encoder to redo it
+                self._empty_prompt = cached.to(device=self.device, dtype=self.dtype)
+            else:
+                with torch.no_grad():
+                    self._empty_prompt = self._encode_text([""])
         return self._empty_prompt
 
     def _encode_text(self, prompts: List[str]) -> torch.Tensor:
@@ -203,12 +208,14 @@ class StableDiffusion(nn.Module):
              noise: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
              inputs: Iterable[str] = (), outputs: Iterable[str] = (), self_attn: Iterable[str] = (),
              cross_attn: Iterable[str] = (), regions: int = 8, stop_after: Optional[str] = None,
-             return_output: bool = False) -> Preimage:
+             return_output: bool = False, reference: bool = False) -> Preimage:
         """One UNet pass at timestep ``t`` returning the requested feature and attention maps.
 
         ``noise`` (a tensor) or ``generator`` (seeded Gaussian noise) noises ``z`` to level
         ``t``; with neither, ``z`` enters as is. ``context`` replaces the text context
         (``[B,T,D]`` with ``D == context_dim``); ``None`` means the empty prompt.
+        ``reference=True`` computes regional maps by materialising the NxN attention
+        (slow and memory-hungry; for tests and ``diffdepth bench taps`` only).
         """
         z = z.to(device=self.device, dtype=self.dtype)
         if noise is None and generator is not None:
@@ -222,7 +229,7 @@ class StableDiffusion(nn.Module):
         if timestep.ndim == 0:
             timestep = timestep.expand(z.shape[0])
         pre = Preimage()
-        with tapped(self.unet, pre, inputs, outputs, self_attn, cross_attn, regions, stop_after):
+        with tapped(self.unet, pre, inputs, outputs, self_attn, cross_attn, regions, stop_after, reference):
             try:
                 out = self.unet(z, timestep, encoder_hidden_states=context, return_dict=False)[0]
                 if return_output:
@@ -291,6 +298,22 @@ class StableDiffusion(nn.Module):
             scale = self._level_scale(len(self.unet.down_blocks) - 1)
         return {"heads": attn.heads, "channels": attn.inner_dim if hasattr(attn, "inner_dim") else attn.to_q.out_features,
                 "scale": scale, "context_tokens": None}
+
+
+class _quiet_transformers:
+    """Silence transformers' per-shard progress bars while we save/load components."""
+
+    def __enter__(self):
+        from transformers.utils import logging as tlog
+
+        self._was = tlog.is_progress_bar_enabled()
+        tlog.disable_progress_bar()
+
+    def __exit__(self, *exc):
+        from transformers.utils import logging as tlog
+
+        if self._was:
+            tlog.enable_progress_bar()
 
 
 def _diffusers_version() -> str:

@@ -95,8 +95,10 @@ class TapAttnProcessor:
     enclosing transformer (``self.hw``), since the attention itself sees tokens only.
     """
 
-    def __init__(self, name: str, mode: str, sink: Dict[str, torch.Tensor], regions: int = 8):
+    def __init__(self, name: str, mode: str, sink: Dict[str, torch.Tensor], regions: int = 8,
+                 reference: bool = False):
         self.name, self.mode, self.sink, self.regions = name, mode, sink, regions
+        self.reference = reference  # materialise NxN (benchmarks/tests only)
         self.hw: Optional[tuple] = None
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
@@ -140,7 +142,8 @@ class TapAttnProcessor:
         if self.hw is not None:
             h, w = self.hw
             if self.mode == "self":
-                probs = regional_attention(q, k, h, w, self.regions, scale=scale)
+                fn = regional_attention_naive if self.reference else regional_attention
+                probs = fn(q, k, h, w, self.regions, scale=scale)
             else:
                 probs = token_attention(q, k, scale=scale)
             self.sink[self.name] = _to_map(probs, h, w)
@@ -176,7 +179,7 @@ def _resolve(root: nn.Module, name: str) -> nn.Module:
 @contextlib.contextmanager
 def tapped(unet: nn.Module, pre: Preimage, inputs: Iterable[str] = (), outputs: Iterable[str] = (),
            self_attn: Iterable[str] = (), cross_attn: Iterable[str] = (), regions: int = 8,
-           stop_after: Optional[str] = None) -> Iterator[None]:
+           stop_after: Optional[str] = None, reference: bool = False) -> Iterator[None]:
     """Install hooks/processors on ``unet`` for one pass; always removes them afterwards."""
     handles = []
     restore = []
@@ -199,7 +202,7 @@ def tapped(unet: nn.Module, pre: Preimage, inputs: Iterable[str] = (), outputs: 
                 attn = block.attn1 if mode == "self" else block.attn2
                 if attn is None:
                     raise ValueError(f"{name!r} has no {mode}-attention")
-                proc = TapAttnProcessor(name, mode, sink, regions)
+                proc = TapAttnProcessor(name, mode, sink, regions, reference)
 
                 def size_hook(module, args, kwargs, proc=proc):
                     x = args[0] if args else kwargs["hidden_states"]

@@ -1,0 +1,33 @@
+"""``diffdepth bench``: speed/memory benchmarks that print ratios measured in one run."""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+HELP = "benchmarks: taps | primedepth | marigold | seecoder-vpd | diffsql"
+
+BENCHMARKS = {
+    "taps": "diffdepth.bench.taps",
+    "primedepth": "diffdepth.bench.primedepth",
+    "marigold": "diffdepth.bench.marigold",
+    "seecoder-vpd": "diffdepth.bench.seecoder_vpd",
+    "diffsql": "diffdepth.bench.diffsql",
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="benchmark", metavar="NAME", required=True)
+    for name, module in BENCHMARKS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+            continue  # a benchmark not built yet is simply not offered
+        q = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(q)
+        q.set_defaults(_bench=mod.run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(args._bench(args) or 0)

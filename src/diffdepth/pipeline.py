@@ -1,0 +1,214 @@
+"""Images in any form -> batches -> model -> :class:`DepthPrediction` at each input's size.
+
+The pipeline owns everything around the tensor-in/tensor-out model (DESIGN.md,
+principle 1): reading, the processing resolution (long side), padding to the multiple
+the model needs, batching, un-padding and resizing back. Methods never see a file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError
+from .model import DepthModel
+from .types import DepthPrediction
+
+ImageInput = Union[str, Path, np.ndarray, torch.Tensor, Any]  # Any: PIL.Image.Image
+
+
+@dataclass
+class Prepared:
+    """One input ready for the model: ``image [3,h,w]`` at processing resolution."""
+
+    index: int
+    name: str
+    image: torch.Tensor  # [3,h,w] float32 in [0,1] (resized, not padded)
+    original_size: Tuple[int, int]  # (H, W) of the input
+    rgb: np.ndarray  # [H,W,3] float32 in [0,1] at the input size (for exports)
+    meta: Any = None  # diffdepth.io.images.ImageMeta for files
+
+
+def _to_float_rgb(x: ImageInput, name: str) -> Tuple[np.ndarray, Any]:
+    from .io.images import read_image_with_meta, to_float_rgb
+
+    if isinstance(x, (str, Path)):
+        return read_image_with_meta(x)
+    if isinstance(x, torch.Tensor):
+        if x.ndim != 3 or x.shape[0] not in (1, 3):
+            raise InputError(f"{name}: a tensor image must be [3,H,W] (or [1,H,W]) in [0,1], got shape {tuple(x.shape)}")
+        x = x.detach().float().cpu()
+        if x.shape[0] == 1:
+            x = x.expand(3, -1, -1)
+        arr = x.permute(1, 2, 0).numpy()
+        if not np.isfinite(arr).all():
+            raise InputError(f"{name}: the image tensor holds NaN or inf values")
+        return np.clip(arr, 0.0, 1.0).astype(np.float32), None
+    return to_float_rgb(x, name=name), None
+
+
+def fit_long_side(height: int, width: int, long_side: int) -> Tuple[int, int]:
+    """Size with the long side equal to ``long_side`` and the aspect ratio kept (rounded)."""
+    scale = long_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize(x: torch.Tensor, size: Tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Resize ``[B,C,h,w]``; antialiased when shrinking, exact no-op when the size matches."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest")
+    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=shrink)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> Tuple[torch.Tensor, Tuple[int, int, int, int]]:
+    """Replicate-pad ``[B,C,h,w]`` symmetrically to multiples of ``multiple``.
+
+    Returns the padded tensor and ``(left, right, top, bottom)``.
+    """
+    h, w = x.shape[-2:]
+    ph = (-h) % multiple
+    pw = (-w) % multiple
+    pads = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+    if ph or pw:
+        x = F.pad(x, pads, mode="replicate")
+    return x, pads
+
+
+def unpad(x: torch.Tensor, pads: Tuple[int, int, int, int]) -> torch.Tensor:
+    left, right, top, bottom = pads
+    h, w = x.shape[-2:]
+    return x[..., top:h - bottom, left:w - right]
+
+
+class DepthPipeline:
+    """Run a :class:`DepthModel` on images given as paths, PIL images, arrays or tensors.
+
+    ``processing_res``: long side the images are resized to before the model (``None``:
+    the model's default; ``0``: keep each input's size). The prediction is always resized
+    back to the input's size. ``predict_options`` go to ``model.predict`` (e.g. ``steps``,
+    ``ensemble_size``) and are checked against what the method accepts.
+    """
+
+    def __init__(self, model: DepthModel, processing_res: Optional[int] = None, batch_size: int = 1,
+                 **predict_options: Any):
+        if batch_size < 1:
+            raise InputError(f"batch size must be >= 1, got {batch_size}")
+        if processing_res is not None and processing_res < 0:
+            raise InputError(f"processing resolution must be >= 0, got {processing_res}")
+        self.model = model
+        self.processing_res = model.default_processing_res if processing_res is None else processing_res
+        self.batch_size = batch_size
+        self.predict_options = model.check_options({k: v for k, v in predict_options.items() if v is not None})
+
+    # ------------------------------------------------------------------ preparation
+    @property
+    def _param(self) -> torch.Tensor:
+        return next(self.model.parameters())
+
+    def prepare(self, x: ImageInput, index: int = 0, name: Optional[str] = None) -> Prepared:
+        name = name or (str(x) if isinstance(x, (str, Path)) else f"input {index}")
+        rgb, meta = _to_float_rgb(x, name)
+        h, w = rgb.shape[:2]
+        if min(h, w) < self.model.min_size:
+            raise InputError(f"{name}: image is {w}x{h} px; {self.model.method or 'this model'} needs at least "
+                             f"{self.model.min_size} px on each side — upsample it or use a larger image")
+        image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)  # [3,H,W]
+        if self.processing_res:
+            size = fit_long_side(h, w, self.processing_res)
+            image = resize(image[None], size)[0].clamp(0, 1)
+        return Prepared(index, name, image, (h, w), rgb, meta)
+
+    @staticmethod
+    def _expand(inputs: Any) -> List[ImageInput]:
+        if isinstance(inputs, torch.Tensor) and inputs.ndim == 4:
+            return list(inputs)
+        if isinstance(inputs, (list, tuple)):
+            out: List[ImageInput] = []
+            for item in inputs:
+                out.extend(DepthPipeline._expand(item) if isinstance(item, torch.Tensor) and item.ndim == 4 else [item])
+            return out
+        return [inputs]
+
+    # ------------------------------------------------------------------ running
+    def run_batch(self, items: Sequence[Prepared], video_state: Any = None, video: bool = False):
+        """Predict a batch of prepared items of equal processed size."""
+        p = self._param
+        batch = torch.stack([it.image for it in items]).to(device=p.device, dtype=p.dtype)  # [B,3,h,w]
+        batch, pads = pad_to_multiple(batch, self.model.size_multiple)
+        with torch.inference_mode():
+            if video:
+                pred, video_state = self.model.video_step(batch, video_state, **self.predict_options)
+            else:
+                pred = self.model.predict(batch, **self.predict_options)
+        results = []
+        for i, it in enumerate(items):
+            results.append(self._finish(pred, i, pads, it.original_size))
+        return results, video_state
+
+    def _finish(self, pred: DepthPrediction, i: int, pads, size) -> DepthPrediction:
+        def back(t: Optional[torch.Tensor], mode: str = "bilinear") -> Optional[np.ndarray]:
+            if t is None:
+                return None
+            t = unpad(t[i:i + 1].float(), pads)
+            t = resize(t, size, mode=mode)
+            return t[0, 0].cpu().numpy().astype(np.float32)
+
+        extras = {}
+        for key, value in (pred.extras or {}).items():
+            if isinstance(value, torch.Tensor) and value.ndim == 4:
+                extras[key] = back(value, "nearest" if not value.is_floating_point() or key == "segmentation" else "bilinear")
+            else:
+                extras[key] = value
+        return DepthPrediction(back(pred.depth), pred.kind, back(pred.uncertainty), extras)
+
+    def iter_predictions(self, inputs: Iterable[ImageInput], on_error: Optional[Callable[[int, Any, Exception], None]] = None,
+                         names: Optional[Sequence[str]] = None) -> Iterator[Tuple[Prepared, DepthPrediction]]:
+        """Yield ``(prepared, prediction)`` in input order, batching equal processed sizes.
+
+        With ``on_error``, unreadable inputs are reported through it and skipped;
+        otherwise the :class:`InputError` propagates.
+        """
+        pending: List[Prepared] = []
+
+        def flush():
+            if not pending:
+                return
+            preds, _ = self.run_batch(pending)
+            for it, pr in zip(pending, preds):
+                yield it, pr
+            pending.clear()
+
+        for index, x in enumerate(inputs):
+            try:
+                item = self.prepare(x, index, names[index] if names else None)
+            except InputError as err:
+                if on_error is None:
+                    raise
+                on_error(index, x, err)
+                continue
+            if pending and (pending[0].image.shape != item.image.shape or len(pending) >= self.batch_size):
+                yield from flush()
+            pending.append(item)
+        yield from flush()
+
+    def __call__(self, inputs: Union[ImageInput, Sequence[ImageInput]]) -> Union[DepthPrediction, List[DepthPrediction]]:
+        """Predict depth. A single input gives one prediction, a list (or ``[B,3,H,W]``) a list."""
+        single = not isinstance(inputs, (list, tuple)) and not (isinstance(inputs, torch.Tensor) and inputs.ndim == 4)
+        preds = [pr for _, pr in self.iter_predictions(self._expand(inputs))]
+        return preds[0] if single else preds
+
+    def video(self, frames: Iterable[np.ndarray]) -> Iterator[DepthPrediction]:
+        """Frames in order through ``model.video_step`` (the per-method temporal hook)."""
+        state = None
+        for index, frame in enumerate(frames):
+            item = self.prepare(frame, index, f"frame {index}")
+            (pred,), state = self.run_batch([item], video_state=state, video=True)
+            yield pred
+
