@@ -341,10 +341,7 @@ class LatentDepthModel(DepthModel):
         """Wrap a (4-channel) StableDiffusion: widen conv_in, DDIM scheduler config, defaults."""
         sched = _scheduler_dict(sd.scheduler)
         sched.setdefault("prediction_type", "v_prediction")
-        sched.update({"set_alpha_to_one": False, "clip_sample": False,
-                      "timestep_spacing": config.pop("scheduler_spacing", "trailing")})
-        if config.pop("zero_terminal_snr", False):
-            sched["rescale_betas_zero_snr"] = True
+        sched.update({"set_alpha_to_one": False, "clip_sample": False, "timestep_spacing": "trailing"})
         unet = sd.unet
         if unet.config.in_channels == sd.vae.config.latent_channels:
             expand_conv_in(unet)

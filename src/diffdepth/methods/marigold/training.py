@@ -70,7 +70,7 @@ class LatentDepthTask:
 
     def __init__(self, model, objective: str = "diffusion", multi_res_noise: bool = True,
                  noise_strength: float = 0.9, annealed: bool = True, zero_terminal_snr: bool = False,
-                 flip_prob: float = 0.5, e2e_timestep: Optional[int] = None):
+                 flip_prob: float = 0.5, e2e_timestep: Optional[int] = None, crop=None):
         if objective not in OBJECTIVES:
             raise ConfigError(f"task.objective must be one of {OBJECTIVES}, got {objective!r}")
         if not 0.0 <= flip_prob <= 1.0:
@@ -83,6 +83,13 @@ class LatentDepthTask:
         self.noise_strength = float(noise_strength)
         self.annealed = bool(annealed)
         self.flip_prob = float(flip_prob)
+        if crop is not None:
+            if not (isinstance(crop, (list, tuple)) and len(crop) == 2 and all(int(c) > 0 for c in crop)):
+                raise ConfigError(f"task.crop must be [H, W], got {crop!r}")
+            if any(int(c) % model.latent_factor for c in crop):
+                raise ConfigError(f"task.crop sides must be multiples of {model.latent_factor}, got {crop}")
+            crop = (int(crop[0]), int(crop[1]))
+        self.crop = crop
         if zero_terminal_snr:
             if model.schedule.prediction_type == "epsilon":
                 raise ConfigError("task.zero_terminal_snr needs v- or x0-prediction (ε is undefined at SNR 0)")
@@ -100,9 +107,14 @@ class LatentDepthTask:
 
     # ------------------------------------------------------------------ augmentation
     def transform(self, sample: dict, rng) -> dict:
-        """Horizontal flip (image, depth, valid; principal point mirrored) with probability flip_prob."""
-        u = float(torch.rand(1, generator=rng).item()) if isinstance(rng, torch.Generator) else float(rng.random())
-        if u >= self.flip_prob:
+        """Random crop to ``crop`` (if set; principal point shifted), then a horizontal flip
+        (image, depth, valid; principal point mirrored) with probability ``flip_prob``."""
+        def uniform() -> float:
+            return float(torch.rand(1, generator=rng).item()) if isinstance(rng, torch.Generator) else float(rng.random())
+
+        if self.crop is not None:
+            sample = self._crop(sample, uniform(), uniform())
+        if uniform() >= self.flip_prob:
             return sample
         out = dict(sample)
         for key in ("image", "depth", "valid"):
@@ -113,6 +125,24 @@ class LatentDepthTask:
             W = np.asarray(out["image"]).shape[-1]
             K = K.clone() if isinstance(K, torch.Tensor) else np.array(K, dtype=np.float64, copy=True)
             K[0, 2] = (W - 1) - K[0, 2]
+            out["intrinsics"] = K
+        return out
+
+    def _crop(self, sample: dict, u: float, v: float) -> dict:
+        ch, cw = self.crop
+        H, W = np.asarray(sample["image"]).shape[-2:]
+        if H < ch or W < cw:
+            raise InputError(f"sample {sample.get('name', '?')} is {H}x{W}, smaller than task.crop {ch}x{cw}")
+        top, left = int(u * (H - ch + 1)), int(v * (W - cw + 1))
+        out = dict(sample)
+        for key in ("image", "depth", "valid"):
+            if key in out and out[key] is not None:
+                out[key] = out[key][..., top:top + ch, left:left + cw]
+        K = out.get("intrinsics")
+        if K is not None:
+            K = K.clone() if isinstance(K, torch.Tensor) else np.array(K, dtype=np.float64, copy=True)
+            K[0, 2] -= left
+            K[1, 2] -= top
             out["intrinsics"] = K
         return out
 
@@ -131,9 +161,10 @@ class LatentDepthTask:
         if valid.dim() == 3:
             valid = valid[:, None]
         valid = valid & torch.isfinite(depth) & (depth > 0)
-        f = model.size_multiple
+        f = model.latent_factor
         if image.shape[-1] % f or image.shape[-2] % f:
-            raise InputError(f"training crops must have sides divisible by {f}, got {tuple(image.shape[-2:])}")
+            raise InputError(f"training images must have sides divisible by {f}, got {tuple(image.shape[-2:])} "
+                             f"— set task.crop: [H, W]")
         return image, depth, valid
 
     def __call__(self, batch: dict) -> dict:
