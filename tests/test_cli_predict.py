@@ -1,0 +1,159 @@
+"""`diffdepth predict`, `make-tiny` and `info` through the real CLI entry point."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffdepth.cli import main
+
+import _toy_methods
+
+_toy_methods.register()
+
+
+@pytest.fixture
+def toy_ckpt(tmp_path):
+    path = tmp_path / "ckpt"
+    _toy_methods.MeanDepth(offset=1.0).save_pretrained(path)
+    return path
+
+
+def _img(path, w=32, h=32, value=128):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((h, w, 3), value, np.uint8)).save(path)
+    return path
+
+
+def test_predict_mirrors_folders_and_writes_every_format(tmp_path, toy_ckpt, capsys):
+    src = tmp_path / "photos"
+    _img(src / "a.png")
+    _img(src / "sub" / "b.jpg", 37, 53)
+    out = tmp_path / "out"
+    rc = main(["predict", str(src), "--method", "test-mean", "--checkpoint", str(toy_ckpt), "--out", str(out),
+               "--save", "npy,png16,color,side,ply,uncertainty", "--processing-res", "0"])
+    assert rc == 0
+    for base in (out / "a", out / "sub" / "b"):
+        for suffix in (".npy", "_depth16.png", "_color.png", "_side.png", ".ply", "_uncertainty.npy"):
+            assert (base.parent / (base.name + suffix)).exists(), base.name + suffix
+    depth = np.load(out / "sub" / "b.npy")
+    assert depth.shape == (53, 37)
+    np.testing.assert_allclose(depth, 1 + 128 / 255, atol=2e-2)  # JPEG of a flat grey
+    ply_header = (out / "a.ply").read_bytes().split(b"end_header")[0].decode()
+    assert "fov 60" in ply_header  # the stated default field of view
+    assert not list(out.rglob("*.tmp*"))
+
+
+def test_bad_inputs_are_skipped_and_reported(tmp_path, toy_ckpt, capsys):
+    src = tmp_path / "in"
+    _img(src / "good.png")
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    _img(src / "tiny.png", 8, 8)
+    out = tmp_path / "out"
+    rc = main(["predict", str(src), str(tmp_path / "missing.jpg"), "--method", "test-mean",
+               "--checkpoint", str(toy_ckpt), "--out", str(out), "--save", "npy"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert (out / "good.npy").exists()
+    assert not (out / "broken.npy").exists() and not (out / "tiny.npy").exists()
+    assert "3 input(s) failed" in err and "broken.png" in err and "tiny.png" in err and "missing.jpg" in err
+    assert "Traceback" not in err
+
+
+def test_existing_outputs_are_kept_unless_overwrite(tmp_path, toy_ckpt, capsys):
+    img = _img(tmp_path / "x.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    sentinel = np.array([42.0], np.float32)
+    np.save(out / "x.npy", sentinel)
+    args = ["predict", str(img), "--method", "test-mean", "--checkpoint", str(toy_ckpt), "--out", str(out), "--save", "npy"]
+    assert main(args) == 0
+    np.testing.assert_array_equal(np.load(out / "x.npy"), sentinel)
+    assert "already have all outputs" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
+    assert np.load(out / "x.npy").shape == (32, 32)
+
+
+def test_outputs_never_escape_out_and_collisions_are_reported(tmp_path, toy_ckpt, capsys):
+    a = _img(tmp_path / "one" / "same.png")
+    b = _img(tmp_path / "two" / "same.png")
+    out = tmp_path / "out"
+    rc = main(["predict", str(a), str(b), "--method", "test-mean", "--checkpoint", str(toy_ckpt),
+               "--out", str(out), "--save", "npy"])
+    assert rc == 1 and "collide" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["same.npy"]
+    # a glob with '..' in it still writes inside --out
+    rc = main(["predict", str(tmp_path / "one" / ".." / "two" / "*.png"), "--method", "test-mean",
+               "--checkpoint", str(toy_ckpt), "--out", str(tmp_path / "out2"), "--save", "npy"])
+    assert rc == 0
+    for f in (tmp_path / "out2").rglob("*.npy"):
+        assert (tmp_path / "out2") in f.parents
+
+
+def test_method_options_are_checked(tmp_path, toy_ckpt, capsys):
+    img = _img(tmp_path / "x.png")
+    rc = main(["predict", str(img), "--method", "test-mean", "--checkpoint", str(toy_ckpt), "--out",
+               str(tmp_path / "o"), "--steps", "4"])
+    assert rc == 2 and "--steps" in capsys.readouterr().err
+    rc = main(["predict", str(img), "--method", "test-mean", "--checkpoint", str(toy_ckpt), "--out",
+               str(tmp_path / "o"), "--save", "npy", "--opt", "scale=3"])
+    assert rc == 0
+    np.testing.assert_allclose(np.load(tmp_path / "o" / "x.npy"), 3 * (1 + 128 / 255), atol=1e-5)
+    rc = main(["predict", str(img), "--method", "test-mean", "--checkpoint", str(toy_ckpt), "--out",
+               str(tmp_path / "o"), "--save", "npy,bogus"])
+    assert rc == 2 and "bogus" in capsys.readouterr().err
+
+
+def test_ensemble_with_external_folder(tmp_path, toy_ckpt):
+    img = _img(tmp_path / "x.png")
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    rng = np.random.default_rng(0)
+    np.save(ext / "x.npy", rng.random((32, 32)).astype(np.float32))
+    rc = main(["predict", str(img), "--method", "test-mean", "--checkpoint", str(toy_ckpt), "--out",
+               str(tmp_path / "o"), "--save", "npy", "--ensemble-with", str(ext)])
+    assert rc == 0
+    # our map is constant, so the least-squares-aligned external map is that constant too
+    np.testing.assert_allclose(np.load(tmp_path / "o" / "x.npy"), 1 + 128 / 255, atol=1e-5)
+
+
+def test_video_gives_colour_video_and_npz(tmp_path, toy_ckpt):
+    from diffdepth.io.video import VideoWriter, load_npz_frames
+
+    clip = tmp_path / "clip.mp4"
+    with VideoWriter(clip, fps=5) as w:
+        for v in (0.1, 0.5, 0.9):
+            w.write(np.full((32, 48, 3), v, np.float32))
+    rc = main(["predict", str(clip), "--method", "test-mean", "--checkpoint", str(toy_ckpt),
+               "--out", str(tmp_path / "o")])
+    assert rc == 0
+    depth, kind, fps = load_npz_frames(tmp_path / "o" / "clip.npz")
+    assert depth.shape == (3, 32, 48) and kind == "affine_invariant_depth" and fps == pytest.approx(5)
+    assert depth[0].mean() < depth[1].mean() < depth[2].mean()
+    assert (tmp_path / "o" / "clip_depth.mp4").stat().st_size > 0
+
+
+def test_make_tiny_writes_a_loadable_sd_and_refuses_to_clobber(tmp_path, capsys):
+    from diffdepth.backbone import StableDiffusion
+
+    out = tmp_path / "tiny"
+    assert main(["make-tiny", str(out)]) == 0
+    sd = StableDiffusion.from_pretrained(out)
+    assert sd.unet.config.block_out_channels == [32, 64] or tuple(sd.unet.config.block_out_channels) == (32, 64)
+    assert main(["make-tiny", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_offline_default_checkpoint_gives_one_line_hint(tmp_path, capsys):
+    img = _img(tmp_path / "x.png")
+    rc = main(["predict", str(img), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert "prs-eth/marigold-depth-v1-1" in err[0] and "--checkpoint" in err[0]
+
+
+def test_info_lists_methods(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for m in ("primedepth", "marigold", "metricgold", "seecoder-vpd", "diffsql"):
+        assert m in out
