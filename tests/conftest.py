@@ -8,6 +8,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per worker: no oversubscription on 2 cores
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def tiny_sd():
