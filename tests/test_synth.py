@@ -74,11 +74,17 @@ def test_culling_matches_brute_force():
     """Screen-space culling must not change a single pixel."""
     scene, pose = S.make_outdoor_scene(np.random.default_rng([3, 1]))
     K = S.default_intrinsics("outdoor", 40, 96)
-    full = S.render(scene, S.Camera(K, pose, 40, 96))
+    cam = S.Camera(K, pose, 40, 96)
+    full = S.render(scene, cam)
+    brute = S.render(scene, cam, cull=False)
+    np.testing.assert_array_equal(brute["depth"], full["depth"])
+    np.testing.assert_array_equal(brute["image"], full["image"])
     v, u = np.mgrid[0:40, 0:96]
-    pts = S.render(scene, S.Camera(K, pose, 40, 96), pixels=np.stack([u.ravel(), v.ravel()], 1).astype(float))
-    np.testing.assert_array_equal(pts["depth"].reshape(40, 96), full["depth"])
-    np.testing.assert_array_equal(pts["image"].reshape(40, 96, 3), full["image"])
+    pix = np.stack([u.ravel(), v.ravel()], 1).astype(float) + 0.37  # sub-pixel positions, culled vs not
+    pts = S.render(scene, cam, pixels=pix)
+    pts_brute = S.render(scene, cam, pixels=pix, cull=False)
+    np.testing.assert_array_equal(pts["depth"], pts_brute["depth"])
+    assert (pts["depth"] > 0).mean() > 0.5
 
 
 # --------------------------------------------------------------------------- round trips
@@ -175,7 +181,7 @@ def test_deterministic_from_seed(tmp_path):
         S.write_dataset(tmp_path / name / "still", "outdoor", 2, (24, 40), seed, "folder")
         S.write_dataset(tmp_path / name / "seq", "sequence", 3, (24, 64), seed)
     a, b, c = (_digest(tmp_path / n) for n in "abc")
-    assert a == b and len(a) == 6 + 6 + 5  # 2x(png, depth, K); 3x(rgb, depth); calib, poses, 3 splits
+    assert a == b and len(a) == 6 + 9 + 7  # 2x(png, depth, K); 3x(rgb, depth, scan); 2 calib, poses, 4 splits
     assert a.keys() == c.keys()
     differ = [k for k in a if a[k] != c[k] and k.endswith(".png")]
     assert len(differ) == sum(k.endswith(".png") for k in a)  # every image differs with another seed
@@ -279,7 +285,7 @@ def test_sequence_on_disk_consistent_through_reader(tmp_path):
     # frame t = 1 -> t + 1 = 2
     T = np.linalg.inv(s["poses"][2].astype(np.float64)) @ s["poses"][0].astype(np.float64)
     (u1, v1), u2, v2, z2 = _warp(s["depth"][0], K, T)
-    depth2 = read_png16(tmp_path / drive / "depth_02" / "0000000002.png") / 256.0
+    depth2 = read_png16(tmp_path / drive / "proj_depth/groundtruth/image_02/0000000002.png") / 256.0
     inside = (z2 > 0) & (u2 >= 0) & (u2 < w - 1) & (v2 >= 0) & (v2 < h - 1)
     u1, v1, u2, v2, z2 = u1[inside], v1[inside], u2[inside], v2[inside], z2[inside]
     u0, v0 = np.floor(u2).astype(int), np.floor(v2).astype(int)
@@ -298,3 +304,45 @@ def test_sequence_on_disk_consistent_through_reader(tmp_path):
     # ... and a frame that is not the neighbour does not match as well
     diff_wrong = np.abs(_bilinear(img1, u2[smooth], v2[smooth]) - img1[v1[smooth], u1[smooth]]).mean(1)
     assert np.median(diff_wrong) > np.median(diff)
+
+
+def test_sequence_velodyne_scans_lie_on_the_scene(tmp_path):
+    """The simulated scans, projected with the written calibration files exactly as the KITTI
+    devkit does (P_rect_02 R_rect_00 [R|T]), land on the rendered surfaces of image_02."""
+    from diffdepth.data.sequences import read_kitti_calib
+
+    n, (h, w), seed = 3, (48, 160), 4
+    S.write_dataset(tmp_path, "sequence", n, (h, w), seed)
+    d = S.SYNTH_DATE
+    drive = f"{d}/{d}_drive_0000_sync"
+    assert (tmp_path / "test_files.txt").read_text().splitlines()[2] == f"{drive} 2 l"
+    c2c = read_kitti_calib(tmp_path / d / "calib_cam_to_cam.txt")
+    v2c = read_kitti_calib(tmp_path / d / "calib_velo_to_cam.txt")
+    RT = np.eye(4)
+    RT[:3, :3], RT[:3, 3] = v2c["R"].reshape(3, 3), v2c["T"]
+    Rr = np.eye(4)
+    Rr[:3, :3] = c2c["R_rect_00"].reshape(3, 3)
+    P = c2c["P_rect_02"].reshape(3, 4) @ Rr @ RT
+    pts = np.fromfile(tmp_path / drive / "velodyne_points/data/0000000001.bin", dtype="<f4").reshape(-1, 4)
+    assert len(pts) > 3000 and (np.linalg.norm(pts[:, :3], axis=1) <= 120.0 + 1e-3).all()
+    proj = np.concatenate([pts[:, :3].astype(np.float64), np.ones((len(pts), 1))], 1) @ P.T
+    u, v, z = proj[:, 0] / proj[:, 2], proj[:, 1] / proj[:, 2], proj[:, 2]
+    np.testing.assert_allclose(z, pts[:, 0], rtol=1e-5)  # velodyne x is camera-2 depth
+    scene, poses = S.make_sequence(np.random.default_rng([seed, 0]), n)
+    rr = S.render(scene, S.Camera(S.default_intrinsics("outdoor", h, w), poses[1], h, w),
+                  pixels=np.stack([u, v], 1))
+    rel = np.abs(rr["depth64"] - z) / z
+    assert (rel < 1e-4).mean() > 0.99  # (float32 storage; a few grazing rays may slip off an edge)
+    inside = (u >= 0) & (u <= w - 1) & (v >= 0) & (v <= h - 1)
+    assert inside.mean() > 0.5
+    # the evaluation engineer's Monodepth2-protocol reader consumes the same files
+    bm = pytest.importorskip("diffdepth.data.benchmarks")
+    sample = bm.KittiVelodyne(tmp_path, tmp_path / "test_files.txt")[1]
+    gt = sample["depth"][0]
+    dense = read_png16(tmp_path / drive / "proj_depth/groundtruth/image_02/0000000001.png") / 256.0
+    r, c = np.nonzero(gt)
+    ok = (r + 1 < h) & (c + 1 < w)
+    ref = dense[r[ok] + 1, c[ok] + 1]  # the devkit stores the point at round(u) - 1, round(v) - 1
+    good = ref > 0
+    assert good.sum() > 300
+    assert np.median(np.abs(gt[r[ok], c[ok]][good] - ref[good]) / ref[good]) < 0.01

@@ -92,9 +92,10 @@ class KittiRawSequences(Dataset):
             every frame of every drive under ``root`` whose neighbours exist (left camera).
         size: output (H, W), default (192, 640); None keeps the stored size.
         frame_ids: temporal offsets; the first must be 0 (the target).
-        load_depth: also read the target's ground truth when present: ``<drive>/depth_02/``
-            (written by ``diffdepth synth``) or ``proj_depth/groundtruth/image_02/`` (KITTI
-            depth benchmark, looked up under ``<date>/<drive>/`` and ``<drive>/``), uint16 /256.
+        load_depth: also read the target's ground truth when present, uint16 /256:
+            ``proj_depth/groundtruth/image_0X/`` (KITTI depth benchmark layout, also written by
+            ``diffdepth synth``; looked up under ``<date>/<drive>/`` and ``<drive>/``) or
+            ``<date>/<drive>/depth_0X/``.
         load_poses: also read ``<drive>/poses.txt`` (camera-to-world 3x4 per frame) when present.
     """
 

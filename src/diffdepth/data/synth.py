@@ -247,27 +247,39 @@ def bounds(prim) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     return None
 
 
-def screen_window(prim, K: np.ndarray, world_to_cam: np.ndarray, height: int, width: int,
-                  far_clip: float):
-    """Conservative pixel window (slice rows, slice cols) that contains every pixel whose
-    ray can hit ``prim``; None if it cannot be seen. Full image when unsure."""
-    full = (slice(0, height), slice(0, width))
+def screen_bounds(prim, K: np.ndarray, world_to_cam: np.ndarray, far_clip: float):
+    """Conservative pixel-coordinate bounds (u0, u1, v0, v1) containing every pixel
+    position whose ray can hit ``prim``; None if it cannot be seen (behind the camera or
+    beyond ``far_clip``); "all" when unsure (unbounded, or straddling the camera plane)."""
     bb = bounds(prim)
     if bb is None:
-        return full
+        return "all"
     lo, hi = bb
     corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
     cam = corners @ world_to_cam[:3, :3].T + world_to_cam[:3, 3]  # [8,3]
     if (cam[:, 2] <= _EPS).all():
         return None  # entirely behind the camera
     if (cam[:, 2] <= _EPS).any():
-        return full
+        return "all"
     if cam[:, 2].min() > far_clip:
         return None
     pix = cam @ K.T
     u, v = pix[:, 0] / pix[:, 2], pix[:, 1] / pix[:, 2]
-    c0, c1 = max(int(math.floor(u.min())) - 1, 0), min(int(math.ceil(u.max())) + 2, width)
-    r0, r1 = max(int(math.floor(v.min())) - 1, 0), min(int(math.ceil(v.max())) + 2, height)
+    return u.min() - 1.0, u.max() + 1.0, v.min() - 1.0, v.max() + 1.0
+
+
+def screen_window(prim, K: np.ndarray, world_to_cam: np.ndarray, height: int, width: int,
+                  far_clip: float):
+    """Conservative pixel window (slice rows, slice cols) that contains every pixel whose
+    ray can hit ``prim``; None if it cannot be seen. Full image when unsure."""
+    bnd = screen_bounds(prim, K, world_to_cam, far_clip)
+    if bnd is None:
+        return None
+    if bnd == "all":
+        return slice(0, height), slice(0, width)
+    u0, u1, v0, v1 = bnd
+    c0, c1 = max(int(math.floor(u0)), 0), min(int(math.ceil(u1)) + 1, width)
+    r0, r1 = max(int(math.floor(v0)), 0), min(int(math.ceil(v1)) + 1, height)
     if c0 >= c1 or r0 >= r1:
         return None
     return slice(r0, r1), slice(c0, c1)
@@ -383,12 +395,14 @@ def albedo(material: Material, p: np.ndarray, n: np.ndarray, noise: ValueNoise) 
 # --------------------------------------------------------------------------- rendering
 
 
-def render(scene: Scene, camera: Camera, pixels: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+def render(scene: Scene, camera: Camera, pixels: Optional[np.ndarray] = None,
+           cull: bool = True) -> Dict[str, np.ndarray]:
     """Ray-cast ``scene`` from ``camera``.
 
     Returns ``image`` float32 [H,W,3] in [0,1], ``depth`` float32 [H,W] planar metres
     (0 where invalid), ``valid`` bool [H,W], ``depth64`` float64 [H,W] (inf for sky), and
     ``K``/``pose``. With ``pixels`` [N,2] (u, v) the arrays are [N,...] instead.
+    ``cull=False`` tests every ray against every primitive (for checking the culling).
     """
     o, d = camera_rays(camera, pixels, scene.reference_pose)  # [3], [N,3]
     n_rays = len(d)
@@ -400,18 +414,38 @@ def render(scene: Scene, camera: Camera, pixels: Optional[np.ndarray] = None) ->
     world_to_cam = np.linalg.inv(np.asarray(scene.reference_pose, dtype=np.float64)
                                  @ np.asarray(camera.pose, dtype=np.float64))
     K = np.asarray(camera.K, dtype=np.float64)
+    if not grid:
+        pu, pv = np.asarray(pixels, dtype=np.float64)[:, 0], np.asarray(pixels, dtype=np.float64)[:, 1]
     for k, prim in enumerate(scene.primitives):
-        if grid:  # screen-space culling: only the window the primitive can cover
+        if grid and not cull:
+            win = (slice(None), slice(None))
+            t = intersect(prim, rays[win])
+            closer = t < best_t
+            best_t[closer] = t[closer]
+            best_id[closer] = k
+        elif grid:  # screen-space culling: only the window the primitive can cover
             win = screen_window(prim, K, world_to_cam, camera.height, camera.width, scene.far_clip)
             if win is None:
                 continue
-        else:
-            win = (slice(None),)
-        t = intersect(prim, rays[win])
-        bt, bi = best_t[win], best_id[win]  # views into the full arrays
-        closer = t < bt
-        bt[closer] = t[closer]
-        bi[closer] = k
+            t = intersect(prim, rays[win])
+            bt, bi = best_t[win], best_id[win]  # views into the full arrays
+            closer = t < bt
+            bt[closer] = t[closer]
+            bi[closer] = k
+        else:  # the same culling on an arbitrary set of pixel positions
+            bnd = screen_bounds(prim, K, world_to_cam, scene.far_clip)
+            if bnd is None:
+                continue
+            if bnd == "all" or not cull:
+                sel = np.arange(n_rays)
+            else:
+                sel = np.nonzero((pu >= bnd[0]) & (pu <= bnd[1]) & (pv >= bnd[2]) & (pv <= bnd[3]))[0]
+                if not len(sel):
+                    continue
+            t = intersect(prim, rays[sel])
+            closer = t < best_t[sel]
+            best_t[sel[closer]] = t[closer]
+            best_id[sel[closer]] = k
     best_t = best_t.reshape(-1)
     best_id = best_id.reshape(-1)
 
@@ -722,6 +756,44 @@ def kitti_calib_text(K: np.ndarray, width: int, height: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Velodyne -> camera-0 rotation: velodyne x forward, y left, z up; camera x right, y down, z forward
+VELO_TO_CAM_R = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
+
+
+def kitti_velo_calib_text() -> str:
+    """``calib_velo_to_cam.txt`` for a scanner at the centre of camera 2 (the rendered camera):
+    X_cam0 = R X_velo + T with T = -(camera-2 offset), so that P_rect_02 R_rect_00 [R|T]
+    maps a scan point to its pixel in image_02 and velodyne x equals camera-2 depth."""
+    T = np.array([-_KITTI_CAM_X[2], 0.0, 0.0])
+    fmt = lambda v: " ".join(f"{float(x):.12e}" for x in np.asarray(v).ravel())  # noqa: E731
+    return (f"calib_time: 01-Jan-2000 00:00:00\nR: {fmt(VELO_TO_CAM_R)}\nT: {fmt(T)}\n"
+            f"delta_f: {fmt([0, 0])}\ndelta_c: {fmt([0, 0])}\n")
+
+
+def lidar_scan(scene: Scene, camera: Camera, n_beams: int = 64, elevation_deg=(2.0, -24.8),
+               azimuth_step_deg: float = 0.2, max_range: float = 120.0) -> np.ndarray:
+    """A Velodyne-HDL-64E-like scan from the centre of ``camera``, covering its horizontal
+    field of view (+2 deg): ``n_beams`` elevations, one return per (beam, azimuth) at the
+    nearest surface within ``max_range`` metres. Returns float32 [N,4] in the scanner frame
+    (x forward, y left, z up, reflectance = grey value of the surface)."""
+    K = np.asarray(camera.K, dtype=np.float64)
+    half = math.atan2(max(K[0, 2], camera.width - K[0, 2]), K[0, 0]) + math.radians(2.0)
+    el = np.radians(np.linspace(elevation_deg[0], elevation_deg[1], n_beams))
+    az = np.arange(-half, half + 1e-9, math.radians(azimuth_step_deg))
+    E, A = np.meshgrid(el, az, indexing="ij")
+    d_cam = np.stack([-np.cos(E) * np.sin(A), -np.sin(E), np.cos(E) * np.cos(A)], -1).reshape(-1, 3)
+    d_cam = d_cam / d_cam[:, 2:3]  # z = 1: the returned ray parameter is the planar depth
+    pix = d_cam @ K.T  # [N,3], third column 1
+    r = render(scene, camera, pixels=pix[:, :2])
+    z = r["depth64"]
+    pts = d_cam * z[:, None]  # camera coordinates
+    keep = np.isfinite(z) & (np.linalg.norm(pts, axis=1) <= max_range)
+    pts = pts[keep]
+    refl = r["image"][keep].mean(1)
+    velo = np.stack([pts[:, 2], -pts[:, 0], -pts[:, 1], refl], 1)
+    return velo.astype(np.float32)
+
+
 def _progress(total: int, desc: str, enabled: bool):
     try:
         from tqdm import tqdm
@@ -751,17 +823,22 @@ def write_dataset(out, kind: str, n: int, size: Tuple[int, int], seed: int, layo
         ``<rgb> <depth> <focal>``; ``intrinsics.txt``.
     ``sequence`` (always KITTI-raw-like; read by :class:`diffdepth.data.sequences.KittiRawSequences`)
         ``<date>/calib_cam_to_cam.txt``, ``<date>/<drive>/image_02/data/<i:010d>.png``,
-        ``<date>/<drive>/depth_02/<i:010d>.png`` (uint16, m x 256, 0 = invalid/sky/> 80 m),
+        ``<date>/<drive>/proj_depth/groundtruth/image_02/<i:010d>.png`` (dense, uint16, m x 256,
+        0 = invalid/sky/> 80 m; where the KITTI depth benchmark's annotated depth is found),
+        ``<date>/<drive>/velodyne_points/data/<i:010d>.bin`` (simulated 64-beam scan, float32
+        x,y,z,reflectance) with ``<date>/calib_velo_to_cam.txt``,
         ``<date>/<drive>/poses.txt`` (camera-to-world 3x4 per frame, row-major, frame 0 = I);
         Monodepth2 splits ``train_files.txt``/``val_files.txt`` (``<date>/<drive> <i> l``,
-        frames with both neighbours; every 5th such frame goes to val) and
-        ``test_files_with_gt.txt`` (Marigold KITTI format over every frame, depth_02 as GT).
+        frames with both neighbours; the 3rd of every 5 such frames goes to val), ``test_files.txt``
+        (every frame, same format: Monodepth2's Velodyne and improved-GT protocols) and
+        ``test_files_with_gt.txt`` (Marigold KITTI format ``<rgb> <depth> <focal>``, every frame).
 
     Returns a summary dict (paths, counts, seconds per frame).
     """
     import time
     from pathlib import Path
 
+    from ..utils import atomic_path
     from .folder import encode_depth_uint16, write_folder_sample, write_matrix, write_png16, write_rgb, write_text
 
     if kind not in KINDS:
@@ -792,25 +869,31 @@ def write_dataset(out, kind: str, n: int, size: Tuple[int, int], seed: int, layo
         scene, poses = make_sequence(rng, n)
         K = default_intrinsics("outdoor", h, w)
         write_text(out / date / "calib_cam_to_cam.txt", kitti_calib_text(K, w, h))
+        write_text(out / date / "calib_velo_to_cam.txt", kitti_velo_calib_text())
         drive_dir = out / date / drive
         gt_lines = []
         for i, pose in enumerate(poses):
             t0 = time.perf_counter()
-            r = render(scene, Camera(K, pose, h, w))
+            cam = Camera(K, pose, h, w)
+            r = render(scene, cam)
             t_render += time.perf_counter() - t0
             write_rgb(drive_dir / "image_02" / "data" / f"{i:010d}.png", r["image"])
-            write_png16(drive_dir / "depth_02" / f"{i:010d}.png", encode_depth_uint16(r["depth"], 256.0))
-            gt_lines.append(f"{date}/{drive}/image_02/data/{i:010d}.png {date}/{drive}/depth_02/{i:010d}.png "
-                            f"{K[0, 0]:.4f}")
+            gt_rel = f"{date}/{drive}/proj_depth/groundtruth/image_02/{i:010d}.png"
+            write_png16(out / gt_rel, encode_depth_uint16(r["depth"], 256.0))
+            scan = lidar_scan(scene, cam)
+            with atomic_path(drive_dir / "velodyne_points" / "data" / f"{i:010d}.bin") as tmp:
+                scan.astype("<f4").tofile(tmp)
+            gt_lines.append(f"{date}/{drive}/image_02/data/{i:010d}.png {gt_rel} {K[0, 0]:.4f}")
             tick()
         write_text(drive_dir / "poses.txt",
                    "".join(" ".join(f"{v:.12e}" for v in P[:3].ravel()) + "\n" for P in poses))
         inner = list(range(1, n - 1))
-        val = [i for j, i in enumerate(inner) if j % 5 == 4]
+        val = [i for j, i in enumerate(inner) if j % 5 == 2]
         train = [i for i in inner if i not in set(val)]
         write_text(out / "train_files.txt", "".join(f"{date}/{drive} {i} l\n" for i in train))
         write_text(out / "val_files.txt", "".join(f"{date}/{drive} {i} l\n" for i in val))
         write_text(out / "test_files_with_gt.txt", "\n".join(gt_lines) + "\n")
+        write_text(out / "test_files.txt", "".join(f"{date}/{drive} {i} l\n" for i in range(n)))
         summary.update(train=len(train), val=len(val))
     else:
         K = default_intrinsics(kind, h, w)
