@@ -254,6 +254,17 @@ def test_sequence_frames_are_geometrically_consistent():
         assert (rel < 1e-6).mean() > 0.9, (t, (rel < 1e-6).mean())
         # reading the poses as world-to-camera (moving the wrong way) breaks it
         if t == 0:
+            # the shared torch geometry (used by the self-supervised warping) agrees with this warp
+            import torch
+
+            from diffdepth.geometry import backproject, project
+
+            dep = torch.from_numpy(np.where(r["valid"], r["depth64"], 0.0))[None, None]
+            X = backproject(dep, torch.from_numpy(np.linalg.inv(K))[None])
+            pix, zt = project(X, torch.from_numpy(K)[None], torch.from_numpy(T)[None], eps=0.0)
+            m = torch.from_numpy(r["valid"].reshape(-1))
+            np.testing.assert_allclose(pix[0, 0, m].numpy(), u2, rtol=1e-9, atol=1e-9)
+            np.testing.assert_allclose(zt[0, 0, m].numpy(), z2, rtol=1e-12)
             _, u3, v3, z3 = _warp(np.where(r["valid"], r["depth64"], 0), K, np.linalg.inv(T))
             ok3 = (z3 > 0) & (u3 >= 0) & (u3 <= w - 1) & (v3 >= 0) & (v3 <= h - 1)
             r3 = S.render(scene, S.Camera(K, poses[t + 1], h, w), pixels=np.stack([u3[ok3], v3[ok3]], 1))
