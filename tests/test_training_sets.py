@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffdepth.data.folder import FolderDepthDataset, resize_sample, write_png16, write_rgb
+from diffdepth.data.folder import FolderDepthDataset, resize_sample
 from diffdepth.data.sequences import KittiRawSequences, VideoFolderSequences
 from diffdepth.data.training_sets import (HypersimDataset, TartanAirDataset, VirtualKitti2Dataset,
                                           hypersim_tone_map)
