@@ -114,7 +114,8 @@ def load_model(method: Optional[str] = None, checkpoint: Union[str, Path, None] 
             if found is None:
                 raise CheckpointError(f"cannot tell which method {local} belongs to — pass --method")
             method = found
-        elif found is not None and found != method and not {found, method} <= {"marigold", "metricgold"}:
+        elif (found is not None and found != method and ":" not in method
+              and not {found, method} <= {"marigold", "metricgold"}):
             raise CheckpointError(f"{local} is a {found!r} checkpoint, not {method!r} — drop --method or fix it")
     elif method is None:
         raise InputError("pass --method when --checkpoint is a hub id")

@@ -70,9 +70,14 @@ def run(args: argparse.Namespace) -> int:
     if args.predictions is not None and args.checkpoint is not None:
         raise InputError("--checkpoint applies only with --method (saved --predictions need no model)")
 
+    from .. import distributed
+
     dataset = open_benchmark(protocol.name, args.data_root, args.split_file)
     n = len(dataset) if args.max_samples is None else min(len(dataset), args.max_samples)
-    samples = (dataset[i] for i in range(n))
+    # under `accelerate launch`/torchrun each process scores its own block of samples;
+    # the records are gathered into one summary below (identical to a single process)
+    mine = distributed.shard_indices(n)
+    samples = (dataset[i] for i in mine)
     out = Path(args.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
 
@@ -83,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     if args.predictions is not None:
         predictor = PredictionFolder(args.predictions, args.kind)
         info.update(predictions=str(predictor.folder), kind=predictor.kind)
-        records = evaluate(samples, predictor, protocol, args.alignment, progress=not args.no_progress, total=n)
+        records = evaluate(samples, predictor, protocol, args.alignment,
+                           progress=not args.no_progress and distributed.is_main(), total=len(mine))
     else:
         import numpy as np
 
@@ -101,8 +107,14 @@ def run(args: argparse.Namespace) -> int:
         info.update(method=args.method, checkpoint=str(args.checkpoint), processing_res=res,
                     predictions=str(out / "predictions"))
         records = evaluate(samples, predict, protocol, args.alignment, kind=args.kind,
-                           save_dir=out / "predictions", progress=not args.no_progress, total=n)
+                           save_dir=out / "predictions", progress=not args.no_progress and distributed.is_main(),
+                           total=len(mine))
+        distributed.barrier()  # every process has written its predictions (and kind.txt)
         info["kind"] = read_kind_file(out / "predictions")
+
+    records = distributed.unshard(distributed.gather_objects(records), n)
+    if not distributed.is_main():
+        return 0
 
     summary = summarize(records, protocol, **info)
     paths = write_reports(out, summary, records)
