@@ -16,6 +16,7 @@ TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 sys.path.insert(0, str(TESTS))
 from toy_model import ToyDepth  # noqa: E402
+from test_distributed import free_port, run_group  # noqa: E402
 
 from diffdepth import registry  # noqa: E402
 from diffdepth.training import checkpoint as ckpt  # noqa: E402
@@ -160,12 +161,12 @@ def test_two_process_cpu_run_keeps_replicas_identical(tmp_path):
         pytest.skip("accelerate CLI not on PATH")
     run = tmp_path / "ddp"
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
            "-m", "diffdepth.cli", "train", str(RECIPE), *QUIET, "train.max_steps=3", "val.every=0",
            "log.images_every=0", "train.grad_accum_steps=1", "--output-dir", str(run)]
-    out = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "2 process(es)" in out.stderr
+    code, stderr = run_group(cmd, env(), timeout=300, cwd=tmp_path)
+    assert code == 0, stderr[-3000:]
+    assert "2 process(es)" in stderr
     final = run / "checkpoint-3"
     state = ckpt.read_state(final)
     assert state["world_size"] == 2 and state["micro_batches"] == 3
