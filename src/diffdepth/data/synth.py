@@ -433,10 +433,10 @@ def render(scene: Scene, camera: Camera, pixels: Optional[np.ndarray] = None,
             bt[closer] = t[closer]
             bi[closer] = k
         else:  # the same culling on an arbitrary set of pixel positions
-            bnd = screen_bounds(prim, K, world_to_cam, scene.far_clip)
+            bnd = screen_bounds(prim, K, world_to_cam, scene.far_clip) if cull else "all"
             if bnd is None:
                 continue
-            if bnd == "all" or not cull:
+            if bnd == "all":
                 sel = np.arange(n_rays)
             else:
                 sel = np.nonzero((pu >= bnd[0]) & (pu <= bnd[1]) & (pv >= bnd[2]) & (pv <= bnd[3]))[0]
