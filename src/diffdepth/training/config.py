@@ -72,7 +72,13 @@ SCHEMA: dict = {
         "every": Key((int,), 0, "validate every N optimizer steps (0: never)"),
         "data": Key((dict, type(None)), None, "one dataset entry {type, ...}, read like a training set"),
         "samples": Key((int,), 8, "validate on the first N samples of val.data"),
-        "alignment": Key((str,), "auto", "evaluation alignment (auto | none | median | least_squares ...)"),
+        "protocol": Key((str,), "folder", "evaluation protocol (depth range, crop, default alignment): "
+                                          "folder, nyuv2, kitti_eigen, ... (diffdepth.evaluation.PROTOCOLS)"),
+        "alignment": Key(_OPT_STR, None, "null: the protocol's default; auto | lsq | lsq-disparity | median | none"),
+        "min_depth": Key(_OPT_NUM, None, "override the protocol's depth range (metres)"),
+        "max_depth": Key(_OPT_NUM, None, "override the protocol's depth range (metres)"),
+        "processing_res": Key(_OPT_INT, None, "long side the model runs at (null: the protocol's, else the "
+                                              "model's default; 0: native)"),
         "predict": Key((FREE,), {}, "options passed to model.predict during validation"),
     },
     "train": {

@@ -42,14 +42,14 @@ BLOCK = 1024
 DATASET_TYPES: Dict[str, str] = {
     "folder": "diffdepth.data.folder:FolderDepthDataset",
     "hypersim": "diffdepth.data.training_sets:HypersimDataset",
-    "vkitti2": "diffdepth.data.training_sets:VKITTI2Dataset",
+    "vkitti2": "diffdepth.data.training_sets:VirtualKitti2Dataset",
     "tartanair": "diffdepth.data.training_sets:TartanAirDataset",
     "kitti_raw": "diffdepth.data.sequences:KittiRawSequences",
     "video_folder": "diffdepth.data.sequences:VideoFolderSequences",
 }
 
-#: synth ``kind`` -> reader type used to read the rendered folder
-SYNTH_READERS = {"indoor": "folder", "outdoor": "folder", "sequence": "video_folder"}
+#: synth ``kind`` -> reader type used to read the rendered folder (``diffdepth synth`` layouts)
+SYNTH_READERS = {"indoor": "folder", "outdoor": "folder", "sequence": "kitti_raw"}
 
 
 def _import_target(target: str, what: str):
@@ -96,12 +96,21 @@ def synth_folder(entry: Dict[str, Any], cache_dir: Path) -> Tuple[Path, str, Dic
         from ..utils import atomic_dir
 
         if distributed.is_main():
-            render = _import_target("diffdepth.data.synth:render_dataset", "synth dataset")
+            render = _import_target("diffdepth.data.synth:write_dataset", "synth dataset")
             with atomic_dir(folder) as tmp:
-                render(tmp, kind=kind, n=n, size=tuple(size), seed=seed, **render_args)
+                try:
+                    render(tmp, kind=kind, n=n, size=tuple(size), seed=seed, **render_args)
+                except (TypeError, ValueError) as err:
+                    raise ConfigError(f"synth dataset {entry}: {err}") from None
                 (tmp / ".complete").write_text(key)
         distributed.barrier()
-    return folder, SYNTH_READERS[kind], dict(reader_args)
+    reader_args = dict(reader_args)
+    if kind == "sequence":  # Monodepth2-style training split written by the renderer
+        split = reader_args.pop("split", "train")
+        reader_args.setdefault("split_file", str(folder / f"{split}_files.txt"))
+    elif reader_args.get("split_file"):
+        reader_args["split_file"] = str(folder / reader_args["split_file"])
+    return folder, SYNTH_READERS[kind], reader_args
 
 
 def build_dataset(entry: Dict[str, Any], cache_dir: Optional[Path] = None, where: str = "dataset") -> Dataset:

@@ -428,48 +428,41 @@ class Trainer:
     # ------------------------------------------------------------------ validation / images
     @torch.no_grad()
     def validate(self) -> Dict[str, float]:
-        """Metrics on the first ``val.samples`` samples of ``val.data`` (main process)."""
-        from ..evaluation.alignment import align, finalize_depth, resolve_alignment
-        from ..evaluation.metrics import compute_metrics
+        """Evaluation-protocol metrics on the first ``val.samples`` samples of ``val.data``.
+
+        Runs on the main process with the evaluation runner (:func:`diffdepth.evaluation.evaluate`:
+        predict through :class:`~diffdepth.pipeline.DepthPipeline` → align → clip → mask →
+        metrics) and :func:`~diffdepth.evaluation.summarize`; the EMA weights when enabled.
+        """
+        from ..evaluation import evaluate, get_protocol, summarize
+        from ..pipeline import DepthPipeline
 
         v = self.cfg["val"]
         n = min(v["samples"], len(self.val_set))
+        protocol = get_protocol(v["protocol"]).with_overrides(min_depth=v["min_depth"], max_depth=v["max_depth"])
+        res = v["processing_res"] if v["processing_res"] is not None else protocol.processing_res
         model = self.model
         was_training = model.training
         model.eval()
         if self.ema is not None:
             self.ema.swap(model)
-        totals: Dict[str, float] = {}
-        count = 0
         try:
             with isolated_rng():
-                for i in range(n):
-                    s = self.val_set[i]
-                    image = torch.as_tensor(np.asarray(s["image"]), dtype=torch.float32)
-                    depth = np.asarray(s["depth"], dtype=np.float64)[0]
-                    valid = np.asarray(s["valid"], dtype=bool)[0] & (depth > 0)
-                    if not valid.any():
-                        continue
-                    m = int(getattr(model, "size_multiple", 8))
-                    H, W = image.shape[-2:]
-                    h, w = H // m * m, W // m * m
-                    image, depth, valid = image[:, :h, :w], depth[:h, :w], valid[:h, :w]
-                    dev = self.accelerator.device
-                    with self.accelerator.autocast():
-                        pred = model.predict(image[None].to(dev), **v["predict"])
-                    p = pred.depth[0, 0].float().cpu().numpy().astype(np.float64)
-                    method = resolve_alignment(v["alignment"], pred.kind)
-                    hi = float(depth[valid].max())
-                    aligned = align(p, depth, valid, method, max_depth=hi)
-                    final, _ = finalize_depth(aligned.depth, valid, 1e-3, hi, gt=depth)
-                    for k, val in compute_metrics(final, depth, valid).items():
-                        totals[k] = totals.get(k, 0.0) + val
-                    count += 1
+                pipe = DepthPipeline(model, processing_res=res, **v["predict"])
+
+                def predictor(sample):
+                    return pipe(torch.as_tensor(np.asarray(sample["image"]), dtype=torch.float32))
+
+                records = evaluate((self.val_set[i] for i in range(n)), predictor, protocol,
+                                   alignment=v["alignment"], progress=False)
         finally:
             if self.ema is not None:
                 self.ema.swap(model)
             model.train(was_training)
-        return {k: val / count for k, val in totals.items()} if count else {}
+        summary = summarize(records, protocol)
+        if not summary["metrics"]:
+            self.log(f"validation: no sample could be scored ({summary['counts']})")
+        return summary["metrics"]
 
     def log_images(self, batch, output) -> None:
         vis = getattr(self.task, "visualize", None)
