@@ -1,0 +1,266 @@
+"""PrimeDepth on tiny random models: layout, preimage fusion, inference, training, save/load, ensembling."""
+import copy
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffdepth.errors import ConfigError, InputError
+from diffdepth.methods.primedepth import PrimeDepth
+from diffdepth.methods.primedepth.ensemble import ensemble_with, external_kind_of, find_external, read_external
+from diffdepth.methods.primedepth.layout import SD21_UNET_CONFIG, make_plan, norm_groups
+from diffdepth.methods.primedepth.modules import head_forward, subpixel_upsample_conv
+from diffdepth.types import AFFINE_DISPARITY
+
+# REFERENCE.md, PrimeDepth: official channel table per decoder block 0-11
+OFFICIAL_CH_F = [1280, 1280, 1280, 1280, 1280, 960, 960, 640, 480, 480, 320, 320]
+OFFICIAL_CH_A = [1410, 0, 0, 1410, 1410, 1410, 1410, 705, 705, 705, 352, 352]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return PrimeDepth.make_tiny(seed=0)
+
+
+def test_official_channel_table_from_sd21_config():
+    plan = make_plan(SD21_UNET_CONFIG, ratio=0.5)
+    assert plan.table() == {"ch_f": OFFICIAL_CH_F, "ch_a": OFFICIAL_CH_A}
+    # official refiner widths (640/640/320/160 per level) and its first resnet: features + attention
+    assert [l.refiner_out for l in plan.layers] == [640] * 6 + [320] * 3 + [160] * 3
+    assert plan.layers[0].refiner_in == 1280 + 1410
+    assert plan.layers[3].refiner_in == 640 + 1280 + 1410
+    # stacked attention inputs: 141 maps per head; layer 4 sees 20 heads (mirror) + 20 (previous)
+    assert plan.layers[4].attn_in == 141 * 40 and plan.layers[0].attn_in == 141 * 20
+    assert norm_groups(2690) == 10 and norm_groups(160) == 32
+
+
+def test_plan_matches_a_real_sd21_unet_on_meta():
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(SD21_UNET_CONFIG)
+    plan = make_plan(unet.config)
+    for lp in plan.layers:
+        assert unet.get_submodule(lp.resnet).conv1.in_channels == lp.base_in
+        for name, heads in ((lp.enc_attention, lp.enc_heads), (lp.prev_attention, lp.prev_heads)):
+            if name is not None:
+                assert unet.get_submodule(name).transformer_blocks[0].attn1.heads == heads
+
+
+def test_tiny_plan_agrees_with_backbone_layout(tiny):
+    layers = tiny.sd.decoder_layers()
+    assert [l["resnet"] for l in layers] == [lp.resnet for lp in tiny.plan.layers]
+    assert [l["in_channels"] for l in layers] == [lp.base_in for lp in tiny.plan.layers]
+    assert tiny.size_multiple == tiny.sd.size_multiple
+
+
+def _reference_refine(model, images, context, noise):
+    """Collect the whole preimage with the backbone's public taps, then fuse and refine."""
+    sd, plan = model.sd, model.plan
+    with torch.no_grad():
+        z = sd.encode_image(images)
+        names = model._attn_names
+        pre = sd.taps(z, t=1, context=context, noise=noise, inputs=[lp.resnet for lp in plan.layers],
+                      self_attn=names, cross_attn=names, regions=model.config["regions"])
+        t = torch.ones(images.shape[0], dtype=torch.long)
+        temb = model._timestep_embedding(t, torch.float32)
+        stream = None
+        for i, lp in enumerate(plan.layers):
+            feat = pre.inputs[lp.resnet]
+            parts = []
+            for name in (lp.prev_attention, lp.enc_attention):
+                if name is None:
+                    continue
+                sa = pre.self_attn[name]
+                b, c, h, w = sa.shape
+                per = sa.reshape(b, c // 64, -1)
+                sa = (per / per.amax(-1, keepdim=True)).reshape(b, c, h, w)
+                parts += [sa, pre.cross_attn[name]]
+            parts = [F.interpolate(p, size=feat.shape[-2:], mode="bilinear", align_corners=False)
+                     if p.shape[-2:] != feat.shape[-2:] else p for p in parts]
+            maps = torch.cat(parts, 1) if parts else None
+            fused = model.fusions[i](feat, maps)
+            stream = model.refiner.layers[i](stream, fused, temb, context)
+        return model.refiner.out(stream)
+
+
+def test_on_the_fly_fusion_matches_collect_then_fuse(tiny):
+    x = torch.rand(2, 3, 32, 48)
+    ctx = tiny.encode_prompts(["a room", ""], 2)
+    gen = torch.Generator().manual_seed(5)
+    noise = torch.randn((2, 4, 4, 6), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ours = tiny.refine(x, ctx, gen)
+    ref = _reference_refine(tiny, x, ctx, noise)
+    assert ours.shape == (2, 16, 4, 6)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_predict_shapes_kind_segmentation_and_determinism(tiny):
+    x = torch.rand(1, 3, 48, 32)
+    a = tiny.predict(x, seed=3, with_segmentation=True)
+    assert a.kind == AFFINE_DISPARITY and a.depth.shape == (1, 1, 48, 32)
+    seg = a.extras["segmentation"]
+    assert seg.shape == (1, 1, 48, 32) and seg.dtype == torch.long and int(seg.max()) < 5
+    b = tiny.predict(x, seed=3)
+    c = tiny.predict(x, seed=4)
+    assert torch.equal(a.depth, b.depth) and "segmentation" not in b.extras
+    assert not torch.allclose(a.depth, c.depth)  # the t=1 noise is seeded
+    flipped = tiny.predict(x, seed=3, flip=True)
+    assert not torch.equal(flipped.depth, a.depth) and torch.isfinite(flipped.depth).all()
+    with pytest.raises(InputError, match="multiple of 16"):
+        tiny.predict(torch.rand(1, 3, 40, 32))
+    with pytest.raises(InputError, match="steps"):
+        tiny.predict(x, steps=4)
+
+
+def test_prompt_and_captioner_change_the_context(tiny):
+    x = torch.rand(1, 3, 32, 32)
+    empty = tiny.predict(x, seed=0).depth
+    prompted = tiny.predict(x, seed=0, prompt="a red chair").depth
+    assert not torch.allclose(empty, prompted)
+    calls = []
+    tiny.captioner = lambda imgs: calls.append(imgs.shape) or ["a red chair"] * imgs.shape[0]
+    try:
+        captioned = tiny.predict(x, seed=0).depth
+    finally:
+        tiny.captioner = None
+    assert calls == [(1, 3, 32, 32)] and torch.equal(captioned, prompted)
+
+
+def test_odd_input_sizes_through_the_pipeline(tiny):
+    from diffdepth.pipeline import DepthPipeline
+
+    pipe = DepthPipeline(tiny, processing_res=0)
+    img = np.random.default_rng(0).random((37, 53, 3)).astype(np.float32)
+    pred = pipe(img)
+    assert pred.depth.shape == (37, 53) and np.isfinite(pred.depth).all()
+
+
+def test_subpixel_upsample_equals_nearest_then_conv():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(5, 7, 3, padding=1)
+    x = torch.randn(2, 5, 6, 9)
+    ref = conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    with torch.no_grad():
+        torch.testing.assert_close(subpixel_upsample_conv(x, conv), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fast_head_equals_diffusers_forward(tiny):
+    h = torch.randn(1, 16, 4, 5)
+    with torch.no_grad():
+        slow = tiny.depth_head(h)
+    with torch.inference_mode():
+        fast = head_forward(tiny.depth_head, h)
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+
+
+def _batch(n=2, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    depth = 1.0 + 4.0 * torch.rand(n, 1, size, size, generator=g)
+    seg = torch.randint(0, 5, (n, 1, size, size), generator=g)
+    seg[:, :, :4] = 255
+    return {"image": torch.rand(n, 3, size, size, generator=g), "depth": depth,
+            "valid": torch.ones(n, 1, size, size, dtype=torch.bool), "segmentation": seg,
+            "caption": ["a room", "a street", "a hall"][:n]}
+
+
+def _checksum(module):
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_gradients_reach_only_refiner_and_heads_and_sd_never_changes():
+    torch.manual_seed(0)
+    model = PrimeDepth.make_tiny(seed=1).train()
+    task = model.make_training_task(target="depth")
+    before = _checksum(model.sd)
+    assert all(not p.requires_grad for p in model.sd.parameters())
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3)
+    for step in range(2):
+        out = task(_batch(seed=step))
+        assert torch.isfinite(out["loss"]) and {"ssi", "dice", "focal", "lambda"} <= set(out["logs"])
+        opt.zero_grad()
+        out["loss"].backward()
+        if step == 0:
+            assert all(p.grad is None for p in model.sd.parameters())
+            for prefix in ("fusions.", "refiner.", "depth_head.", "seg_head."):
+                grads = [p.grad for n, p in model.named_parameters() if n.startswith(prefix)]
+                assert grads and any(g is not None and g.abs().sum() > 0 for g in grads), prefix
+        opt.step()
+    assert _checksum(model.sd) == before
+
+
+@pytest.mark.parametrize("opts", [
+    {"use_attention": False}, {"use_features": False}, {"injection": "block"}, {"loss_space": "latent"},
+    {"attn_norm": "mean", "use_segmentation_head": False}, {"use_self_attention": False},
+])
+def test_ablation_switches_train_and_predict(opts):
+    torch.manual_seed(0)
+    model = PrimeDepth.make_tiny(seed=2, **opts).train()
+    out = model.make_training_task()(_batch(n=1))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+    if "use_attention" in opts:
+        assert all(f.attention is None for f in model.fusions)
+    if "use_features" in opts:
+        assert all(f.features is None for f in model.fusions)
+    pred = model.eval().predict(torch.rand(1, 3, 32, 32))
+    assert pred.depth.shape == (1, 1, 32, 32) and torch.isfinite(pred.depth).all()
+
+
+def test_bad_switches_are_rejected():
+    with pytest.raises(ConfigError, match="loss_space"):
+        PrimeDepth.make_tiny(loss_space="latnet")
+    with pytest.raises(ConfigError, match="without input"):
+        PrimeDepth.make_tiny(use_attention=False, use_features=False)
+
+
+def test_max_normalisation_gives_unit_peak_per_head(tiny):
+    maps = torch.rand(2, 3 * 64, 5, 7) * 0.01
+    out = tiny._normalise_self(maps)
+    peaks = out.reshape(2, 3, -1).amax(-1)
+    torch.testing.assert_close(peaks, torch.ones(2, 3))
+
+
+def test_save_load_round_trip(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path / "pd")
+    assert (tmp_path / "pd" / "diffdepth.json").exists() and (tmp_path / "pd" / "unet").is_dir()
+    loaded = PrimeDepth.from_pretrained(tmp_path / "pd")
+    assert loaded.get_config() == tiny.get_config()
+    x = torch.rand(1, 3, 32, 48)
+    a = tiny.predict(x, seed=2, with_segmentation=True)
+    b = loaded.predict(x, seed=2, with_segmentation=True)
+    assert torch.equal(a.depth, b.depth) and torch.equal(a.extras["segmentation"], b.extras["segmentation"])
+
+
+def test_ensemble_with_aligns_then_averages(tmp_path):
+    ours = np.array([[1.0, 2.0], [3.0, 5.0]])
+    # an affine copy of our disparity aligns back exactly: the average is ours
+    np.testing.assert_allclose(ensemble_with(ours, 4 * ours - 1, "affine_invariant_disparity"), ours, rtol=1e-6)
+    # a depth map is inverted first: 1/ours is a perfect disparity
+    np.testing.assert_allclose(ensemble_with(ours, 1.0 / ours, "depth"), ours, rtol=1e-6)
+    # hand case: external e = [0,1,0,1] fits ours by s=1.5 (not exact); check the mean formula
+    ext = np.array([[0.0, 1.0], [0.0, 1.0]])
+    s, t = np.polyfit(ext.ravel(), ours.ravel(), 1)
+    expect = 0.5 * (ours + s * ext + t)
+    np.testing.assert_allclose(ensemble_with(ours, ext), expect, rtol=1e-6)
+    # invalid external pixels keep our value; other sizes are resized
+    ext2 = 2 * ours + 1
+    ext2[0, 0] = np.nan
+    assert ensemble_with(ours, ext2)[0, 0] == pytest.approx(1.0)
+    big = np.kron(ours, np.ones((2, 2)))
+    assert ensemble_with(ours, big).shape == (2, 2)
+    np.save(tmp_path / "img.npy", ours.astype(np.float32))
+    (tmp_path / "kind.txt").write_text("affine_invariant_depth\n")
+    assert find_external(tmp_path, "img").name == "img.npy"
+    assert external_kind_of(tmp_path) == "affine_invariant_depth"
+    np.testing.assert_array_equal(read_external(tmp_path / "img.npy"), ours.astype(np.float32))
+    with pytest.raises(InputError, match="no external prediction"):
+        find_external(tmp_path, "other")
