@@ -1,0 +1,259 @@
+"""DiffSQL: self-supervised monocular depth with Stable Diffusion features and a dynamic
+self-query layer (Zheng et al.; built on Monodepth2 and SQLdepth).
+
+Depth network = ResNet encoder-decoder + (optional) frozen-SD feature branch fused at the
+stride-16 skip + self-query head with adaptive bins; a separate PoseNet is trained jointly by
+view synthesis (see :mod:`.task`). The output is *relative* depth: monocular self-supervision
+fixes depth only up to one unknown scale per training run (evaluation uses per-image median
+scaling; ``scale`` multiplies by a known factor).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import torch
+import torch.nn.functional as F
+
+from ...errors import CheckpointError, ConfigError, InputError
+from ...model import WEIGHTS_NAME, DepthModel
+from ...types import RELATIVE_DEPTH, DepthPrediction
+from .networks import (QUERY_MODES, SD_TAPS, DepthDecoder, PatchTokens, PoseNet, ResNetFeatures, SDFeatureBranch,
+                       SelfQueryHead)
+
+#: the tiny configuration used by make_tiny (tests, ``diffdepth make-tiny``)
+TINY_CONFIG = dict(encoder="tiny", pose_encoder="tiny", sd_width=16, decoder_features=32, model_dim=16,
+                   num_queries=8, num_bins=16, patch_size=4, vit_layers=1, vit_heads=2, pose_width=16)
+
+#: SD components DiffSQL keeps (the empty-prompt context is stored as a buffer instead of a text encoder)
+SD_PARTS = ("vae", "unet", "scheduler")
+
+
+class DiffSQL(DepthModel):
+    """DiffSQL depth network + PoseNet.
+
+    Constructor arguments (all saved in ``diffdepth.json``):
+
+    * ``encoder`` / ``pose_encoder``: ``resnet18`` | ``resnet50`` | ``tiny`` | a ``ResNetConfig`` dict;
+      ``pretrained_encoder``: load ImageNet weights from the hub (online only) at construction.
+    * ``use_sd``: the SD feature branch on/off (paper Table 4); ``sd_tap``: ``mid0`` | ``up1`` |
+      ``up0`` (Table 5); ``sd_timestep``: UNet timestep of the one pass (no noise added);
+      ``sd_width``: fusion width; ``train_sd``: fine-tune the UNet too (default frozen).
+    * ``queries``: ``none`` | ``fixed`` | ``dynamic`` (Table 6); ``cost_queries``: ``output`` | ``dynamic``
+      (which queries build the self-cost volume, see :class:`SelfQueryHead`); ``num_queries`` (K),
+      ``num_bins`` (D), ``model_dim`` (E), ``patch_size``, ``vit_layers``, ``vit_heads`` (token
+      encoder used when ``use_sd`` is off); ``min_depth`` / ``max_depth``: the bin range.
+    * ``decoder_features``: widest decoder width; ``scales``: number of supervised scales
+      (1 = SQLdepth's single scale; 4 = Monodepth2's strides 1..8 with auxiliary heads);
+      ``pose_width``: PoseNet decoder width.
+    """
+
+    method = "diffsql"
+    output_kind = RELATIVE_DEPTH
+    predict_options = frozenset({"scale", "flip"})
+    min_size = 32
+    default_processing_res = 640
+
+    def __init__(self, sd=None, encoder: Union[str, dict] = "resnet18", pose_encoder: Union[str, dict] = "resnet18",
+                 pretrained_encoder: bool = False, use_sd: bool = True, sd_tap: str = "up0", sd_timestep: int = 1,
+                 sd_width: int = 64, train_sd: bool = False, decoder_features: int = 256, model_dim: int = 64,
+                 num_queries: int = 64, num_bins: int = 128, queries: str = "dynamic", cost_queries: str = "output",
+                 patch_size: int = 16, vit_layers: int = 4, vit_heads: int = 4, min_depth: float = 0.1,
+                 max_depth: float = 100.0, scales: int = 1, pose_width: int = 256, sd_source: Optional[str] = None):
+        super().__init__()
+        if sd_tap not in SD_TAPS:
+            raise ConfigError(f"diffsql: sd_tap must be one of {', '.join(SD_TAPS)}, got {sd_tap!r}")
+        if queries not in QUERY_MODES:
+            raise ConfigError(f"diffsql: queries must be one of {', '.join(QUERY_MODES)}, got {queries!r}")
+        if not 1 <= int(scales) <= 4:
+            raise ConfigError(f"diffsql: scales must be 1..4, got {scales}")
+        if use_sd and sd is None:
+            raise ConfigError("diffsql: use_sd is on but no Stable Diffusion was given — build with "
+                              "DiffSQL.build(backbone=...) / make_tiny, or set use_sd: false")
+        self.config = dict(encoder=encoder, pose_encoder=pose_encoder, pretrained_encoder=bool(pretrained_encoder),
+                           use_sd=bool(use_sd), sd_tap=sd_tap, sd_timestep=int(sd_timestep), sd_width=int(sd_width),
+                           train_sd=bool(train_sd), decoder_features=int(decoder_features), model_dim=int(model_dim),
+                           num_queries=int(num_queries), num_bins=int(num_bins), queries=queries,
+                           cost_queries=cost_queries, patch_size=int(patch_size), vit_layers=int(vit_layers),
+                           vit_heads=int(vit_heads), min_depth=float(min_depth), max_depth=float(max_depth),
+                           scales=int(scales), pose_width=int(pose_width), sd_source=sd_source)
+        self.use_sd = bool(use_sd)
+        self.queries = queries
+        self.num_scales = int(scales)
+        self.encoder = ResNetFeatures(encoder, in_frames=1, pretrained=pretrained_encoder)
+        self.sd = None
+        self.sd_branch = None
+        extra = 0
+        if self.use_sd:
+            self.sd = sd
+            # DiffSQL keeps no text encoder: the empty-prompt context is computed once and stored
+            ctx = self._initial_context(sd)
+            self.register_buffer("context", ctx, persistent=True)  # [1,77,D]
+            sd.text_encoder = None
+            for part in (sd.vae, sd.unet):
+                part.requires_grad_(False)
+            if train_sd:
+                sd.unet.requires_grad_(True)
+            self.sd_branch = SDFeatureBranch(sd.unet, sd_tap, width=sd_width, token_dim=model_dim)
+            extra = sd_width
+            self.size_multiple = math.lcm(32, int(sd.size_multiple))
+        else:
+            self.size_multiple = 32
+        self.decoder = DepthDecoder(self.encoder.channels, features=decoder_features, out_channels=model_dim,
+                                    extra_channels=extra, scales=scales)
+        self.tokens = None
+        if queries != "none" and not self.use_sd:
+            self.tokens = PatchTokens(model_dim, patch_size=patch_size, layers=vit_layers, heads=vit_heads)
+        self.head = SelfQueryHead(model_dim, num_queries, num_bins, queries, cost_queries, min_depth, max_depth)
+        self.pose_net = PoseNet(pose_encoder, pretrained=pretrained_encoder, width=pose_width)
+
+    @staticmethod
+    def _initial_context(sd) -> torch.Tensor:
+        if getattr(sd, "text_encoder", None) is not None and getattr(sd, "tokenizer", None) is not None:
+            with torch.no_grad():
+                return sd.encode_prompt(None, batch_size=1).detach().float().clone()
+        return torch.zeros(1, 77, int(sd.unet.config.cross_attention_dim))
+
+    # ------------------------------------------------------------------ forward
+    def sd_features(self, images: torch.Tensor):
+        """images [B,3,H,W] in [0,1] -> (fused SD map [B,sd_width,H/8,W/8], tokens [B,L,E])."""
+        sd = self.sd
+        grad = torch.is_grad_enabled() and self.config["train_sd"]
+        with torch.set_grad_enabled(grad):
+            z = sd.encode_image(images)  # [B,4,H/8,W/8]
+            pre = sd.taps(z, t=self.config["sd_timestep"], context=self.context.expand(z.shape[0], -1, -1),
+                          outputs=self.sd_branch.paths, stop_after=self.sd_branch.stop_after)
+        taps = {k: v.to(images.dtype) for k, v in pre.outputs.items()}
+        return self.sd_branch(taps, tuple(z.shape[-2:]))
+
+    def forward(self, images: torch.Tensor) -> Dict[str, Any]:
+        """images [B,3,H,W] in [0,1] (sides multiples of ``size_multiple``) ->
+        ``{"depth": [B,1,H/2,W/2], "aux_depth": [[B,1,H/2^(s+1),..] for s = 1..scales-1], ...}``."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise InputError(f"diffsql expects images [B,3,H,W], got {tuple(images.shape)}")
+        h, w = images.shape[-2:]
+        if h % self.size_multiple or w % self.size_multiple:
+            raise InputError(f"diffsql: image sides must be multiples of {self.size_multiple}, got {h}x{w} "
+                             f"(the pipeline pads; pad yourself when calling the module directly)")
+        feats = self.encoder(images)  # strides 2..32
+        extra = tokens = None
+        if self.use_sd:
+            extra, tokens = self.sd_features(images)
+        s, aux = self.decoder(feats, extra)  # S [B,E,H/2,W/2]
+        if self.tokens is not None:
+            tokens = self.tokens(s)
+        out = self.head(s, tokens)
+        lo, hi = self.config["min_depth"], self.config["max_depth"]
+        out["aux_depth"] = [1.0 / (1.0 / hi + (1.0 / lo - 1.0 / hi) * a) for a in aux]
+        return out
+
+    def depth_full(self, images: torch.Tensor) -> torch.Tensor:
+        """Relative depth at the input resolution [B,1,H,W] (bilinear upsampling of the stride-2 output)."""
+        d = self.forward(images)["depth"]
+        return F.interpolate(d, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor, **options: Any) -> DepthPrediction:
+        """Relative (scale-ambiguous) depth. ``scale`` multiplies it by a known factor (e.g. the
+        median ratio measured once against a range sensor); ``flip`` averages with the prediction
+        of the mirrored image (in disparity, as Monodepth2's post-processing)."""
+        self.check_options(options)
+        scale = options.get("scale", None)
+        scale = 1.0 if scale is None else float(scale)
+        if not (math.isfinite(scale) and scale > 0):
+            raise InputError(f"--scale must be a positive number, got {options.get('scale')!r}")
+        p = next(self.parameters())
+        x = images.to(device=p.device, dtype=p.dtype)
+        depth = self.depth_full(x)
+        if options.get("flip"):
+            flipped = self.depth_full(torch.flip(x, dims=[-1]))
+            depth = 2.0 / (1.0 / depth + 1.0 / torch.flip(flipped, dims=[-1]))
+        return DepthPrediction(depth=(depth * scale).float(), kind=self.output_kind)
+
+    # ------------------------------------------------------------------ training
+    def make_training_task(self, **cfg: Any):
+        from .task import DiffSQLTask
+
+        return DiffSQLTask(self, **cfg)
+
+    # ------------------------------------------------------------------ serialisation
+    def save_pretrained(self, path: Union[str, Path]) -> Path:
+        """``diffdepth.json`` + ``model.safetensors`` (everything but SD) + SD ``vae/``, ``unet/``
+        (and ``scheduler/``) as diffusers subfolders, so one folder is self-contained."""
+        from safetensors.torch import save_file
+
+        from ...utils import atomic_path
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        if self.sd is not None:
+            parts = [c for c in SD_PARTS if getattr(self.sd, c, None) is not None]
+            self.sd.save_pretrained(path, components=parts)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith("sd.")}
+        with atomic_path(path / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp))
+        self.write_marker(path)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, source: Union[str, Path], device: Optional[torch.device] = None,
+                        dtype: Optional[torch.dtype] = None, **overrides: Any) -> "DiffSQL":
+        from safetensors.torch import load_file
+
+        from ...hub import resolve_checkpoint
+
+        path = resolve_checkpoint(source)
+        marker = cls.read_marker(path)
+        if marker.get("method") not in (None, cls.method):
+            raise CheckpointError(f"{path} is a {marker.get('method')!r} checkpoint, not {cls.method!r}")
+        config = {**marker.get("config", {}), **overrides, "pretrained_encoder": False}
+        sd = None
+        if config.get("use_sd", True):
+            from ...backbone import StableDiffusion
+
+            parts = [c for c in SD_PARTS if (path / c).is_dir()]
+            if "unet" not in parts or "vae" not in parts:
+                raise CheckpointError(f"{path} has no vae/ and unet/ folders but its config uses the SD branch")
+            sd = StableDiffusion.from_pretrained(path, components=parts)
+        model = cls(sd=sd, **config)
+        weights = path / WEIGHTS_NAME
+        if not weights.exists():
+            raise CheckpointError(f"{path} has no {WEIGHTS_NAME}")
+        state = load_file(str(weights))
+        own = {k for k in model.state_dict() if not k.startswith("sd.")}
+        missing = sorted(own - set(state))
+        unexpected = sorted(set(state) - own)
+        if missing or unexpected:
+            raise CheckpointError(f"{weights} does not match the diffsql config ({len(missing)} missing e.g. "
+                                  f"{missing[:2]}, {len(unexpected)} unexpected e.g. {unexpected[:2]}) — "
+                                  f"do not override architecture options when loading")
+        model.load_state_dict(state, strict=False)
+        return model.to(device=device, dtype=dtype).eval()
+
+    @classmethod
+    def make_tiny(cls, seed: int = 0, **overrides: Any) -> "DiffSQL":
+        """Random tiny DiffSQL: tiny SD (2 UNet levels), tiny ResNets, 8 queries, 16 bins."""
+        from ...backbone import make_tiny_sd
+
+        cfg = dict(TINY_CONFIG, sd_source="tiny")
+        cfg.update(overrides)
+        sd = make_tiny_sd(seed=seed) if cfg.get("use_sd", True) else None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(sd=sd, **cfg)
+
+    @classmethod
+    def build(cls, backbone: str = "stabilityai/stable-diffusion-2-1", **config: Any) -> "DiffSQL":
+        """New DiffSQL around a pretrained SD (hub id or diffusers folder); ``use_sd: false`` skips it."""
+        sd = None
+        if config.get("use_sd", True):
+            from ...backbone import StableDiffusion
+
+            root = Path(backbone).expanduser()
+            comps = ["vae", "unet", "text_encoder", "tokenizer"]
+            if root.is_dir():
+                comps = [c for c in comps + ["scheduler"] if (root / c).is_dir()]
+            sd = StableDiffusion.from_pretrained(backbone, components=comps)
+        config.setdefault("sd_source", str(backbone) if sd is not None else None)
+        return cls(sd=sd, **config)

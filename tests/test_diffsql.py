@@ -1,0 +1,232 @@
+"""DiffSQL: self-query layer and bins, SD stage selection, model variants, task, save/load."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffdepth.errors import ConfigError, InputError
+from diffdepth.methods.diffsql import DiffSQL
+from diffdepth.methods.diffsql.networks import SelfQueryHead, sd_stage_paths
+from diffdepth.methods.diffsql.task import DiffSQLTask, color_jitter, median_scaled_abs_rel
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return DiffSQL.make_tiny(seed=0).eval()
+
+
+# ------------------------------------------------------------------ self-query layer and bins
+def test_bins_are_positive_sum_to_range_and_centres_follow_eq11():
+    torch.manual_seed(0)
+    head = SelfQueryHead(dim=8, num_queries=4, num_bins=6, queries="dynamic", min_depth=0.5, max_depth=20.0)
+    s = torch.randn(2, 8, 6, 7)
+    tokens = torch.randn(2, 5, 8)
+    out = head(s, tokens)
+    widths = out["bin_widths"]
+    assert (widths > 0).all()
+    assert torch.allclose(widths.sum(1), torch.full((2,), 19.5), atol=1e-4)
+    # Eq. 11 by hand: c_i = d_min + (d_max - d_min)(b_i/2 + sum_{j<i} b_j)
+    b = (widths / 19.5)[0].tolist()
+    expected = [0.5 + 19.5 * (b[i] / 2 + sum(b[:i])) for i in range(6)]
+    assert torch.allclose(out["bin_centres"][0], torch.tensor(expected), atol=1e-4)
+    # centres increase and stay inside the range; depth is a convex combination of them
+    c = out["bin_centres"]
+    assert (c[:, 1:] > c[:, :-1]).all() and (c > 0.5).all() and (c < 20.0).all()
+    d = out["depth"]
+    assert d.shape == (2, 1, 6, 7)
+    assert (d >= c.min(1)[0][:, None, None, None] - 1e-5).all() and (d <= c.max(1)[0][:, None, None, None] + 1e-5).all()
+
+
+def test_dynamic_queries_follow_the_global_context_fixed_queries_do_not():
+    torch.manual_seed(0)
+    dyn = SelfQueryHead(dim=8, num_queries=4, num_bins=6, queries="dynamic")
+    fix = SelfQueryHead(dim=8, num_queries=4, num_bins=6, queries="fixed")
+    tokens = torch.randn(1, 5, 8)
+    shifted = tokens + 1.0  # changes the global context g (Eq. 1)
+    q1, _ = dyn.make_queries(tokens)
+    q2, _ = dyn.make_queries(shifted)
+    # Eq. 3: Q = Q_base + f_adjust(g)
+    g = tokens.mean(1)
+    assert torch.allclose(q1[0], dyn.q_base + dyn.adjust(g)[0], atol=1e-6)
+    assert not torch.allclose(q1, q2)
+    f1, _ = fix.make_queries(tokens)
+    f2, _ = fix.make_queries(shifted)
+    assert torch.allclose(f1, f2) and torch.allclose(f1[0], fix.q_base)
+
+
+def test_query_output_is_attention_weighted_token_average():
+    torch.manual_seed(0)
+    head = SelfQueryHead(dim=8, num_queries=4, num_bins=6, queries="dynamic")
+    v = torch.randn(8)
+    same = v.expand(1, 7, 8).clone()  # all tokens equal -> every query selects v (Eq. 6)
+    _, q_out = head.make_queries(same)
+    assert torch.allclose(q_out[0], v.expand(4, 8), atol=1e-6)
+    tokens = torch.randn(1, 7, 8)
+    q, q_out = head.make_queries(tokens)
+    attn = torch.softmax(q @ tokens.transpose(1, 2), -1)
+    assert torch.allclose(q_out, attn @ tokens, atol=1e-6)
+
+
+def test_no_query_head_gives_depth_in_range():
+    head = SelfQueryHead(dim=8, queries="none", min_depth=0.1, max_depth=100.0)
+    d = head(torch.randn(2, 8, 5, 5) * 10, None)["depth"]
+    assert (d >= 0.1 - 1e-6).all() and (d <= 100.0 + 1e-4).all()
+
+
+def test_bad_switches_raise():
+    with pytest.raises(ValueError):
+        SelfQueryHead(dim=8, queries="sometimes")
+    with pytest.raises(ConfigError):
+        DiffSQL(sd=None, use_sd=True)
+    with pytest.raises(ConfigError):
+        DiffSQL(sd=None, use_sd=False, sd_tap="down3")
+
+
+# ------------------------------------------------------------------ SD stages from the UNet config
+def test_sd_stages_for_sd21_layout_are_read_from_the_config():
+    from diffusers import UNet2DConditionModel
+
+    from diffdepth.bench.diffsql import SD21_UNET
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SD21_UNET)
+    up0 = sd_stage_paths(unet, "up0")
+    assert up0 == [("encoder", "down_blocks.0.resnets.1", "down_blocks.0.attentions.1"),
+                   ("mid", "mid_block.resnets.1", "mid_block.attentions.0"),
+                   # SD 2.1's up_blocks.0 has no transformer: the mid block's is the closest before it
+                   ("decoder", "up_blocks.0.resnets.2", "mid_block.attentions.0")]
+    assert sd_stage_paths(unet, "up1")[-1] == ("decoder", "up_blocks.1.resnets.2", "up_blocks.1.attentions.2")
+    assert [s[0] for s in sd_stage_paths(unet, "mid0")] == ["encoder", "mid"]
+
+
+def test_tiny_model_shapes_taps_and_frozen_sd(tiny):
+    assert tiny.size_multiple == 32 and tiny.output_kind == "relative_depth"
+    assert tiny.sd.text_encoder is None and tiny.context.shape[:2] == (1, 77)
+    assert not any(p.requires_grad for p in tiny.sd.parameters())
+    assert all(p.requires_grad for p in tiny.pose_net.parameters())
+    assert tiny.sd_branch.stop_after == "up_blocks.0"
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        extra, tokens = tiny.sd_features(x)
+        out = tiny(x)
+    assert extra.shape == (2, 16, 8, 12)  # on the latent grid
+    assert tokens.shape[0] == 2 and tokens.shape[2] == 16
+    assert out["depth"].shape == (2, 1, 32, 48)
+    with pytest.raises(InputError):
+        tiny(torch.rand(1, 3, 60, 96))
+
+
+@pytest.mark.parametrize("args", [dict(use_sd=False), dict(queries="none"), dict(queries="fixed", sd_tap="mid0"),
+                                  dict(sd_tap="up1", scales=3)])
+def test_variants_run(args):
+    m = DiffSQL.make_tiny(seed=1, **args)
+    out = m(torch.rand(1, 3, 64, 64))
+    assert out["depth"].shape == (1, 1, 32, 32) and torch.isfinite(out["depth"]).all()
+    assert len(out["aux_depth"]) == args.get("scales", 1) - 1
+    assert (m.sd is None) == (not args.get("use_sd", True))
+
+
+def test_predict_scale_flip_and_options(tiny):
+    x = torch.rand(1, 3, 64, 64)
+    a = tiny.predict(x)
+    b = tiny.predict(x, scale=2.5)
+    assert a.kind == "relative_depth" and a.depth.shape == (1, 1, 64, 64)
+    assert torch.allclose(b.depth, 2.5 * a.depth, rtol=1e-5)
+    f = tiny.predict(x, flip=True)
+    fm = tiny.predict(torch.flip(x, dims=[-1]), flip=True)
+    assert torch.allclose(f.depth, torch.flip(fm.depth, dims=[-1]), rtol=1e-4)  # flip-averaging is symmetric
+    with pytest.raises(InputError):
+        tiny.predict(x, steps=3)
+    with pytest.raises(InputError):
+        tiny.predict(x, scale=-1)
+
+
+# ------------------------------------------------------------------ save / load
+def test_save_load_round_trip(tiny, tmp_path):
+    from diffdepth import load_model
+
+    tiny.save_pretrained(tmp_path / "ck")
+    names = {p.name for p in (tmp_path / "ck").iterdir()}
+    assert {"diffdepth.json", "model.safetensors", "vae", "unet"} <= names and "text_encoder" not in names
+    back = DiffSQL.from_pretrained(tmp_path / "ck")
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.allclose(back.predict(x).depth, tiny.predict(x).depth, atol=1e-5)
+    assert torch.equal(back.context, tiny.context)
+    via = load_model(checkpoint=str(tmp_path / "ck"), device="cpu")
+    assert isinstance(via, DiffSQL) and via.get_config() == tiny.get_config()
+    from diffdepth.errors import CheckpointError
+
+    with pytest.raises(CheckpointError):
+        DiffSQL.from_pretrained(tmp_path / "ck", queries="none")  # architecture override -> clear error
+
+
+# ------------------------------------------------------------------ training task
+def test_pose_convention_negative_frames_use_the_inverse(tiny):
+    task = DiffSQLTask(tiny)
+
+    class FixedPose(torch.nn.Module):
+        def forward(self, a, b):
+            n = a.shape[0]
+            return torch.tensor([[0.0, 0.1, 0.0]]).expand(n, 3), torch.tensor([[0.0, 0.0, 0.5]]).expand(n, 3)
+
+    real = tiny.pose_net
+    try:
+        tiny.pose_net = FixedPose()
+        T = task.poses(torch.rand(2, 3, 3, 32, 32), [0, -1, 1])
+    finally:
+        tiny.pose_net = real
+    assert torch.allclose(T[1] @ T[2], torch.eye(4).expand(2, 4, 4), atol=1e-6)
+    assert torch.allclose(T[2][:, :3, 3], torch.tensor([0.0, 0.0, 0.5]).expand(2, 3))
+
+
+def test_task_loss_and_gradients(tiny):
+    torch.manual_seed(0)
+    tiny.train()
+    try:
+        task = tiny.make_training_task()
+        frames = torch.rand(2, 3, 3, 64, 64)
+        K = torch.tensor([[40.0, 0, 32], [0, 40.0, 32], [0, 0, 1]]).expand(2, 3, 3).clone()
+        depth = torch.rand(2, 1, 64, 64) * 10 + 1
+        out = task({"frames": frames, "intrinsics": K, "frame_ids": [torch.tensor([0, 0]), torch.tensor([-1, -1]),
+                                                                      torch.tensor([1, 1])], "depth": depth})
+        assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
+        assert 0 <= out["logs"]["automask_kept"] <= 1 and math.isfinite(out["logs"]["abs_rel_median"])
+        tiny.zero_grad()
+        out["loss"].backward()
+        assert tiny.pose_net.decoder[-1].weight.grad.abs().sum() > 0
+        assert tiny.head.to_planes.weight.grad.abs().sum() > 0
+        assert tiny.sd_branch.merge[0].weight.grad.abs().sum() > 0
+        assert all(p.grad is None for p in tiny.sd.parameters())
+        vis = task.visualize({"frames": frames}, out)
+        assert all(v.dtype == np.uint8 and v.shape == (64, 64, 3) for v in vis.values())
+    finally:
+        tiny.zero_grad()
+        tiny.eval()
+
+
+def test_transform_shares_flip_and_jitter_across_the_triplet(tiny):
+    task = DiffSQLTask(tiny, jitter=1.0, flip=1.0)
+    base = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32)
+    frames = np.stack([base, base, base])  # identical frames must stay identical after jitter
+    frames[1, :, :, :4] = 0.3  # ... except a region of frame -1
+    K = np.array([[10.0, 0, 2.0], [0, 10.0, 4.0], [0, 0, 1]], dtype=np.float32)
+    out = task.transform({"frames": frames, "intrinsics": K, "depth": np.arange(64, dtype=np.float32).reshape(1, 8, 8)},
+                         np.random.default_rng(3))
+    clean, aug = out["frames"].numpy(), out["frames_aug"].numpy()
+    np.testing.assert_array_equal(clean, frames[..., ::-1])  # losses see the un-jittered (flipped) frames
+    assert not np.allclose(aug, clean)
+    np.testing.assert_allclose(aug[0], aug[2])  # the same jitter on every frame
+    assert out["intrinsics"][0, 2] == pytest.approx(7 - 2.0)
+    assert out["depth"][0, 0, 0] == 7  # depth flipped with the frames
+    same = color_jitter(frames, np.random.default_rng(5))
+    np.testing.assert_allclose(same[0], same[2])
+
+
+def test_median_scaled_abs_rel_is_scale_invariant():
+    gt = torch.rand(2, 1, 8, 8) * 10 + 1
+    valid = torch.ones_like(gt, dtype=torch.bool)
+    assert median_scaled_abs_rel(gt * 7.0, gt, valid) < 1e-6
+    noisy = gt * (1 + 0.1 * torch.randn_like(gt).clamp(-2, 2))
+    assert median_scaled_abs_rel(noisy * 3, gt, valid) == pytest.approx(median_scaled_abs_rel(noisy, gt, valid), rel=1e-4)
