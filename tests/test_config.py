@@ -170,3 +170,16 @@ def test_diff_configs_lists_changed_keys(tmp_path):
     a = load_config(f)
     b = load_config(f, ["train.max_steps=5", "task.noise=0.1"])
     assert diff_configs(a, b) == ["task", "train.max_steps"]
+
+
+def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
+    from diffdepth.cli import main
+
+    f = write(tmp_path / "r.yaml", MINIMAL)
+    assert main(["train", str(f), "train.max_stepz=1", "--print-config"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("diffdepth train: error:") and "train.max_stepz" in err[0]
+    # options may follow the overrides; --print-config shows the resolved recipe
+    assert main(["train", str(f), "train.max_steps=9", "--debug", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["debug"] is True and printed["train"]["max_steps"] == DEBUG_CAPS["train.max_steps"]

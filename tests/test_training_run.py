@@ -101,6 +101,35 @@ def test_toy_model_trains_logs_and_its_checkpoint_loads(tmp_path):
     assert "images/depth" in tags["images"]
 
 
+def test_toy_model_learns_on_rendered_synth_data(tmp_path):
+    synth = QUIET + ["val.every=0", "log.images_every=0", "log.tensorboard=false", "schedule.name=constant",
+                     "schedule.warmup_steps=0", "optim.lr=0.1",
+                     "data.train=[{type: synth, kind: indoor, n: 4, size: [32, 32], seed: 3}]",
+                     f"data.cache_dir={tmp_path / 'cache'}"]
+    result = train(load_config(RECIPE, synth + ["train.max_steps=10", "checkpoint.every=10"]), tmp_path / "run")
+    hist = result["history"]
+    assert sum(hist[-3:]) < 0.8 * sum(hist[:3])
+    rendered = list((tmp_path / "cache").glob("synth-indoor-4-32x32-s3-*"))
+    assert len(rendered) == 1 and (rendered[0] / ".complete").exists()
+    assert len(list(rendered[0].glob("*_depth.png"))) == 4
+    # a second run reuses the rendered folder
+    stamp = (rendered[0] / ".complete").stat().st_mtime_ns
+    train(load_config(RECIPE, synth + ["train.max_steps=1", "checkpoint.every=1"]), tmp_path / "run2")
+    assert (rendered[0] / ".complete").stat().st_mtime_ns == stamp
+
+
+def test_effective_batch_size_sets_accumulation(tmp_path):
+    from diffdepth.errors import ConfigError
+
+    t = Trainer(load_config(RECIPE, QUIET + ["train.batch_size=2", "train.effective_batch_size=6"]), tmp_path / "a")
+    t.setup()
+    assert (t.accum, t.effective_batch) == (3, 6)
+    t._close()
+    bad = Trainer(load_config(RECIPE, QUIET + ["train.batch_size=4", "train.effective_batch_size=6"]), tmp_path / "b")
+    with pytest.raises(ConfigError, match="effective_batch_size=6.*4 x 1"):
+        bad.setup()
+
+
 def test_resume_reproduces_uninterrupted_weights(tmp_path):
     common = QUIET + ["ema.enabled=true", "ema.decay=0.9", "schedule.decay_steps=6", "checkpoint.every=3",
                       "val.every=0", "log.images_every=0", "checkpoint.keep_last=0"]
