@@ -184,6 +184,15 @@ def test_kitti_eigen_reader_kb_crop_and_none_lines(tmp_path):
     np.testing.assert_allclose(s["depth"][0], raw[3:355, 2:1218] / 256.0, rtol=1e-6)
     np.testing.assert_allclose(s["image"][:, 0, 0], img[3, 2] / 255.0, atol=1e-7)
     assert s["focal"] == pytest.approx(721.5377)
+    # saved full-frame predictions are KB-cropped like the sample, never resized onto the crop
+    from diffdepth.evaluation.runner import PredictionFolder
+
+    pred_dir = tmp_path / "pred"
+    full = np.random.default_rng(4).random((h, w)).astype(np.float32) + 1
+    (pred_dir / s["name"]).parent.mkdir(parents=True)
+    np.save(pred_dir / f"{s['name']}.npy", full)
+    got, _ = PredictionFolder(pred_dir)(s)
+    np.testing.assert_array_equal(got, full[3:355, 2:1218])
 
 
 def test_kitti_improved_gt_reader(tmp_path):

@@ -362,13 +362,17 @@ class KittiEigen(BenchmarkDataset):
         d = read_png_depth(self.root / depth, 256.0, line)
         if d.shape != image.shape[1:]:
             raise InputError(f"image {image.shape[1:]} and depth {d.shape} sizes differ: {line.where()}")
+        full_shape, box = d.shape, None
         if self.kb_crop:
             box = kb_crop_box(*d.shape)
             if box is not None:
                 t, b, l, r = box
                 image, d = image[:, t:b, l:r], d[t:b, l:r]
         focal = float(line.fields[2]) if len(line.fields) > 2 else None
-        return _sample(_stem(rgb), rgb, np.ascontiguousarray(image), d, focal=focal)
+        sample = _sample(_stem(rgb), rgb, np.ascontiguousarray(image), d, focal=focal)
+        if box is not None:  # lets saved full-frame predictions be cropped the same way
+            sample["crop_box"], sample["full_shape"] = box, full_shape
+        return sample
 
 
 # ---------------------------------------------------------------------------- KITTI (Monodepth2)

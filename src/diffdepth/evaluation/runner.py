@@ -76,7 +76,14 @@ class PredictionFolder:
         path = self.path(sample["name"])
         if not path.is_file():
             raise FileNotFoundError(str(path))
-        return np.load(path), self.kind
+        pred = np.load(path)
+        box = sample.get("crop_box")
+        if box is not None and np.squeeze(pred).shape == tuple(sample["full_shape"]):
+            # a prediction of the whole frame for a benchmark scored on a crop (KITTI's KB
+            # crop): take the same crop, never resize the full frame onto the crop
+            t, b, l, r = box
+            pred = np.squeeze(pred)[t:b, l:r]
+        return pred, self.kind
 
 
 def resize_prediction(pred: np.ndarray, shape, mode: str = "bilinear") -> np.ndarray:
