@@ -183,3 +183,11 @@ def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
     assert main(["train", str(f), "train.max_steps=9", "--debug", "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["debug"] is True and printed["train"]["max_steps"] == DEBUG_CAPS["train.max_steps"]
+
+
+@pytest.mark.parametrize("recipe", sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml")
+                                          if p.name != "base.yaml"))
+def test_every_shipped_recipe_resolves(recipe):
+    cfg = load_config(ROOT / recipe)
+    assert cfg["model"]["method"] and cfg["data"]["train"]
+    assert load_config(ROOT / recipe, debug=True)["train"]["max_steps"] <= DEBUG_CAPS["train.max_steps"]

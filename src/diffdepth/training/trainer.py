@@ -155,6 +155,11 @@ class Trainer:
             self._log_file.write(line + "\n")
             self._log_file.flush()
 
+    def _file_only(self, msg: str) -> None:
+        if self._log_file is not None:
+            self._log_file.write(f"[diffdepth train] {msg}\n")
+            self._log_file.flush()
+
     @property
     def unwrapped(self) -> nn.Module:
         return self.model
@@ -564,6 +569,12 @@ class Trainer:
                         scalars[f"train/{name}"] = value
                     if acc.is_main_process:
                         self._scalars(scalars, self.step)
+                        line = (f"step {self.step}/{max_steps} loss {mean:.4g} lr {scalars['train/lr']:.3g} "
+                                f"{scalars['train/samples_per_s']:.3g} samples/s")
+                        if log["progress"]:
+                            self._file_only(line)
+                        else:
+                            self.log(line)
                     window_loss, window_n, window_t0, window_samples = 0.0, 0, time.perf_counter(), 0
 
                 if log["images_every"] and self.step % log["images_every"] == 0 and acc.is_main_process:
