@@ -321,3 +321,16 @@ def test_load_errors(tmp_path, tiny):
     (tmp_path / "m" / "scheduler" / "scheduler_config.json").write_text('{"_class_name": "LCMScheduler"}')
     with pytest.raises(CheckpointError, match="LCM"):
         MarigoldDepth.from_pretrained(tmp_path / "m")
+
+
+def test_bench_measure_extrapolates_from_measured_phases(tiny):
+    import argparse
+
+    from diffdepth.bench import marigold as bench
+
+    args = argparse.Namespace(steps=50, members=3, measure_steps=2, no_ensemble=False)
+    r = bench.measure(tiny, 32, args, bench.MemoryMeter(tiny.device))
+    assert r["one_step"] == pytest.approx(r["encode"] + r["step"] + r["decode"])
+    assert r["multi"] == pytest.approx(r["encode"] + 150 * r["step"] + 3 * r["decode"] + r["ensemble"])
+    assert r["ratio"] > 1 and set(r["mem"]) == {"encode", "step", "decode", "ensemble"}
+    assert all(peak > 0 for peak, _ in r["mem"].values())
