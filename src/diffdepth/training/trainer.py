@@ -115,6 +115,17 @@ def isolated_rng():
         _restore_rng(state)
 
 
+def _train_modes(model: nn.Module) -> Dict[str, bool]:
+    return {name: m.training for name, m in model.named_modules()}
+
+
+def _restore_train_modes(model: nn.Module, modes: Dict[str, bool]) -> None:
+    """Put every submodule back in the mode it had (a task may keep frozen parts in eval)."""
+    for name, m in model.named_modules():
+        if name in modes:
+            m.training = modes[name]
+
+
 def _scalar(v: Any) -> Optional[float]:
     if isinstance(v, torch.Tensor):
         if v.numel() != 1:
@@ -398,10 +409,7 @@ class Trainer:
                 torch.save(self.ema.state_dict(), tmp / ckpt.STATE_DIR / "ema.pt")
                 self.ema.swap(self.model)
             try:
-                was_training = self.model.training
-                self.model.eval()
                 self.model.save_pretrained(tmp)
-                self.model.train(was_training)
             finally:
                 if self.ema is not None:
                     self.ema.swap(self.model)
@@ -447,7 +455,7 @@ class Trainer:
         protocol = get_protocol(v["protocol"]).with_overrides(min_depth=v["min_depth"], max_depth=v["max_depth"])
         res = v["processing_res"] if v["processing_res"] is not None else protocol.processing_res
         model = self.model
-        was_training = model.training
+        modes = _train_modes(model)
         model.eval()
         if self.ema is not None:
             self.ema.swap(model)
@@ -463,7 +471,7 @@ class Trainer:
         finally:
             if self.ema is not None:
                 self.ema.swap(model)
-            model.train(was_training)
+            _restore_train_modes(model, modes)
         summary = summarize(records, protocol)
         if not summary["metrics"]:
             self.log(f"validation: no sample could be scored ({summary['counts']})")
@@ -473,8 +481,13 @@ class Trainer:
         vis = getattr(self.task, "visualize", None)
         if vis is None or self.tb is None:
             return
-        with isolated_rng(), torch.no_grad():
-            images = vis(batch, output) or {}
+        modes = _train_modes(self.model)
+        self.model.eval()  # visualising must not change the model (BatchNorm statistics, ...)
+        try:
+            with isolated_rng(), torch.no_grad():
+                images = vis(batch, output) or {}
+        finally:
+            _restore_train_modes(self.model, modes)
         for name, img in images.items():
             arr = np.asarray(img)
             if arr.ndim != 3 or arr.shape[-1] != 3:
