@@ -334,3 +334,14 @@ def test_bench_measure_extrapolates_from_measured_phases(tiny):
     assert r["multi"] == pytest.approx(r["encode"] + 150 * r["step"] + 3 * r["decode"] + r["ensemble"])
     assert r["ratio"] > 1 and set(r["mem"]) == {"encode", "step", "decode", "ensemble"}
     assert all(peak > 0 for peak, _ in r["mem"].values())
+
+
+def test_bfloat16_inference_and_ensembling(tiny):
+    import copy
+
+    half = copy.deepcopy(tiny).to(torch.bfloat16)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    ref = tiny.predict(x, seed=0, ensemble_size=2)
+    out = half.predict(x, seed=0, ensemble_size=2)
+    assert out.depth.dtype == torch.float32 and torch.isfinite(out.depth).all()
+    assert (out.depth - ref.depth).abs().mean() < 0.1  # same computation, bf16 rounding only

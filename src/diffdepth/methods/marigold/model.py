@@ -341,6 +341,9 @@ class LatentDepthModel(DepthModel):
         """Wrap a (4-channel) StableDiffusion: widen conv_in, DDIM scheduler config, defaults."""
         sched = _scheduler_dict(sd.scheduler)
         sched.setdefault("prediction_type", "v_prediction")
+        if config.get("prediction_type"):  # e.g. train an SD 1.5 (epsilon) backbone with v-prediction
+            sched["prediction_type"] = config.pop("prediction_type")
+        config.pop("prediction_type", None)
         sched.update({"set_alpha_to_one": False, "clip_sample": False, "timestep_spacing": "trailing"})
         unet = sd.unet
         if unet.config.in_channels == sd.vae.config.latent_channels:
@@ -420,7 +423,8 @@ class LatentDepthModel(DepthModel):
         """Load our folders or Marigold diffusers folders (``prs-eth/marigold-depth-v1-0``, ``-v1-1``)."""
         from ...hub import resolve_checkpoint
 
-        path = resolve_checkpoint(source)
+        path = resolve_checkpoint(source, allow_patterns=["model_index.json", "diffdepth.json", "*/*.json",
+                                                          "*/*.txt", "*/*.safetensors"])
         parts = load_components(path)
         config = _config_from_folder(path, cls)
         config.update(overrides)
@@ -454,17 +458,22 @@ def load_components(path: Path) -> dict:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointError(f"cannot load {name} from {path / name}: {first}") from None
 
-    def diffusers_model(klass, name):
+    def variant(name: str, weights: str):
+        """``fp16`` when a sub-folder only has fp16 weights (some hub repos ship both, some one)."""
         folder = path / name
-        variant = None
-        if not any(folder.glob("diffusion_pytorch_model.safetensors")) and any(folder.glob("*.fp16.safetensors")):
-            variant = "fp16"
-        return klass.from_pretrained(str(path), subfolder=name, variant=variant)
+        if not (folder / weights).exists() and any(folder.glob("*.fp16.safetensors")):
+            return "fp16"
+        return None
+
+    def diffusers_model(klass, name):
+        return klass.from_pretrained(str(path), subfolder=name,
+                                     variant=variant(name, "diffusion_pytorch_model.safetensors"))
 
     return {
         "unet": load("unet", lambda: diffusers_model(UNet2DConditionModel, "unet")),
         "vae": load("vae", lambda: diffusers_model(AutoencoderKL, "vae")),
-        "text_encoder": load("text_encoder", lambda: CLIPTextModel.from_pretrained(str(path), subfolder="text_encoder")),
+        "text_encoder": load("text_encoder", lambda: CLIPTextModel.from_pretrained(
+            str(path), subfolder="text_encoder", variant=variant("text_encoder", "model.safetensors"))),
         "tokenizer": load("tokenizer", lambda: AutoTokenizer.from_pretrained(str(path), subfolder="tokenizer")),
         "scheduler": sched,
     }
