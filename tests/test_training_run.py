@@ -98,6 +98,12 @@ def test_toy_model_trains_logs_and_its_checkpoint_loads(tmp_path):
             "val/abs_rel", "val/delta1"} <= set(tags["scalars"])
     assert [e.step for e in ea.Scalars("train/loss")] == [2, 4, 6, 8, 10, 12]
     assert [e.step for e in ea.Scalars("val/abs_rel")] == [6, 12]
+    # logged lr = optim.lr x schedule factor of the step just taken (warm-up 2, exponential to 0.1 at 12)
+    from diffdepth.training.schedules import lr_factor
+
+    expect = [3e-2 * lr_factor(s - 1, "exponential", max_steps=12, warmup_steps=2, final_ratio=0.1)
+              for s in (2, 4, 6, 8, 10, 12)]
+    assert [e.value for e in ea.Scalars("train/lr")] == pytest.approx(expect, rel=1e-5)
     assert "images/depth" in tags["images"]
 
 

@@ -564,13 +564,14 @@ class Trainer:
                 last_loss = step_loss
                 history.append(step_loss)
                 bar.update(1)
-                bar.set_postfix(loss=f"{step_loss:.4g}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}")
+                lr_now = float(cfg["optim"]["lr"]) * factor  # base lr (multiplier 1) this step used
+                bar.set_postfix(loss=f"{step_loss:.4g}", lr=f"{lr_now:.3g}")
 
                 if self.step % log["every"] == 0 or self.step == max_steps:
                     mean = torch.tensor([window_loss / window_n], device=acc.device)
                     mean = float(acc.reduce(mean, "mean").item()) if self.world > 1 else float(mean.item())
                     dt = time.perf_counter() - window_t0
-                    scalars = {"train/loss": mean, "train/lr": self.optimizer.param_groups[0]["lr"],
+                    scalars = {"train/loss": mean, "train/lr": lr_now,
                                "train/samples_per_s": window_samples / dt if dt > 0 else 0.0,
                                "train/steps_per_s": window_n / dt if dt > 0 else 0.0}
                     for g in self.optimizer.param_groups:
