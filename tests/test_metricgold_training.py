@@ -103,3 +103,11 @@ def test_metricgold_debug_training_gives_metres_better_than_a_constant(capsys):
     with capsys.disabled():
         print(f"\nmetricgold debug: AbsRel {ours:.3f} (no alignment) vs constant {float(constant):.2f} m: {baseline:.3f}")
     assert ours < 0.85 * baseline
+
+
+def test_visualize_returns_uint8_panels():
+    model = MetricGoldDepth.make_tiny(seed=0)
+    panels = model.make_training_task().visualize(synth_batch(0, 1), None)
+    assert set(panels) == {"input", "gt", "pred"}
+    assert all(p.shape == (64, 64, 3) and p.dtype == np.uint8 for p in panels.values())
+    assert panels["gt"].std() > 0  # a real depth map, not a flat colour

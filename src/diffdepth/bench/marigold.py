@@ -6,7 +6,8 @@ The model is Marigold at SD 2.1 size (UNet 320/640/1280/1280 with an 8-channel c
 The empty-prompt context is a fixed random [1,2,1024] tensor (the text encoder runs once per
 model, not per image, so it is not part of the per-image cost).
 
-What is measured, per resolution: VAE encode, ``--measure-steps`` UNet+DDIM steps (mean),
+What is measured, per resolution (wall time, and process CPU time beside it — on a shared
+machine wall time also counts waiting for a core): VAE encode, ``--measure-steps`` UNet+DDIM steps (mean),
 VAE decode, and the BFGS ensembling of ``--members`` maps. What is extrapolated:
 
     t(1 trailing step)   = encode + 1 · step + decode
@@ -139,15 +140,21 @@ class MemoryMeter:
         out[key] = (peak, peak - before)
 
 
+#: process CPU seconds of every timed call, in order (wall time is what the table shows; CPU time
+#: is printed beside it because on a shared machine wall time also counts waiting for a core)
+CPU_TIMES: list = []
+
+
 def _timed(device, fn):
     import torch
 
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
+    CPU_TIMES.append(time.process_time() - c0)
     return result, time.perf_counter() - t0
 
 
@@ -164,17 +171,20 @@ def measure(model, side: int, args, meter: MemoryMeter) -> dict:
     with torch.inference_mode():
         with meter.phase(mem, "encode"):
             z_img, res["encode"] = _timed(device, lambda: model.encode_image(x))
+        cpu = {"encode": CPU_TIMES[-1]}
         z = torch.randn(z_img.shape, generator=g).to(device, model.dtype)
         step_times = []
         with meter.phase(mem, "step"):
             for k in range(max(1, args.measure_steps)):
                 z, dt = _timed(device, lambda: model.denoise(z_img, z, [999]))
                 step_times.append(dt)
+        cpu["step"] = sum(CPU_TIMES[-len(step_times):]) / len(step_times)
         res["step"] = sum(step_times) / len(step_times)
         res["step_first"] = step_times[0]
         with meter.phase(mem, "decode"):
             depth, res["decode"] = _timed(device, lambda: model.decode_depth(z))
-    res["ensemble"] = 0.0
+        cpu["decode"] = CPU_TIMES[-1]
+    res["ensemble"] = cpu["ensemble"] = 0.0
     if not args.no_ensemble and args.members > 1:
         # members: the decoded map under random scales/shifts plus noise (what BFGS sees in practice)
         base = depth.float().cpu()
@@ -183,10 +193,17 @@ def measure(model, side: int, args, meter: MemoryMeter) -> dict:
         members = s * base + t + 0.01 * torch.randn(args.members, 1, side, side, generator=g)
         with meter.phase(mem, "ensemble"):
             _, res["ensemble"] = _timed(torch.device("cpu"), lambda: ensemble_affine(members))
-    res["one_step"] = res["encode"] + res["step"] + res["decode"]
-    res["multi"] = (res["encode"] + args.steps * args.members * res["step"] + args.members * res["decode"]
-                    + res["ensemble"])
+        cpu["ensemble"] = CPU_TIMES[-1]
+
+    def totals(t: dict):
+        one = t["encode"] + t["step"] + t["decode"]
+        multi = t["encode"] + args.steps * args.members * t["step"] + args.members * t["decode"] + t["ensemble"]
+        return one, multi
+
+    res["one_step"], res["multi"] = totals(res)
     res["ratio"] = res["multi"] / res["one_step"]
+    res["cpu"] = cpu
+    res["cpu_one_step"], res["cpu_multi"] = totals(cpu)
     res["mem"] = mem
     return res
 
@@ -224,10 +241,17 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"  {r['side']:>4}²  encode {r['encode']:7.2f}  step {r['step']:7.2f} ({r['step_first']:.2f})  "
               f"decode {r['decode']:7.2f}  ensemble {r['ensemble']:6.2f}")
-    print(f"\n{'side':>6} | {'1 trailing step (s)':>20} | {f'{S} steps x {M} (s, extrap.)':>27} | {'ratio':>7}")
-    print("-" * 70)
+    print("process CPU seconds of the same calls (all threads):")
     for r in rows:
-        print(f"{r['side']:>5}² | {r['one_step']:20.2f} | {r['multi']:27.1f} | {r['ratio']:6.0f}x")
+        c = r["cpu"]
+        print(f"  {r['side']:>4}²  encode {c['encode']:7.2f}  step {c['step']:7.2f}  decode {c['decode']:7.2f}  "
+              f"ensemble {c['ensemble']:6.2f}")
+    print(f"\n{'side':>6} | {'1 trailing step (s)':>20} | {f'{S} steps x {M} (s, extrap.)':>27} | {'ratio':>7} | "
+          f"{'CPU s: 1 step':>13} | {f'{S}x{M}':>9} | {'ratio':>6}")
+    print("-" * 106)
+    for r in rows:
+        print(f"{r['side']:>5}² | {r['one_step']:20.2f} | {r['multi']:27.1f} | {r['ratio']:6.0f}x | "
+              f"{r['cpu_one_step']:13.2f} | {r['cpu_multi']:9.1f} | {r['cpu_multi'] / r['cpu_one_step']:5.0f}x")
     unit = "allocated" if device.type == "cuda" else "process RSS"
     print(f"\npeak memory ({unit}; peak / increase over the start of the phase, MiB):")
     for r in rows:
