@@ -9,6 +9,9 @@ Eigen et al., "Depth Map Prediction from a Single Image using a Multi-Scale Deep
 lambda = 0 gives the RMS log error, lambda = 1 a fully scale-invariant error;
 VPD uses 0.5, ECoDepth 0.85. With ``per_image=False`` (VPD) the means pool every valid
 pixel of the batch; with ``per_image=True`` L is computed per image and averaged.
+
+Computed as ``mean((g - mean g)^2) + (1 - lambda) mean(g)^2`` (the same quantity) so that
+float32 does not lose it to cancellation when lambda is near 1.
 """
 from __future__ import annotations
 
@@ -44,14 +47,14 @@ def silog_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | No
         dims = tuple(range(1, g.ndim))
         n = m.sum(dims)
         keep = n > 0
-        mean_g2 = (g * g).sum(dims)[keep] / n[keep]
-        mean_g = g.sum(dims)[keep] / n[keep]
-        var = (mean_g2 - lam * mean_g * mean_g).clamp_min(1e-12)
-        return var.sqrt().mean()
+        mean_g = g.sum(dims) / n.clamp_min(1)
+        centred = (g - mean_g.view(-1, *([1] * (g.ndim - 1)))) * m
+        value = (centred * centred).sum(dims) / n.clamp_min(1) + (1.0 - lam) * mean_g * mean_g
+        return value[keep].clamp_min(1e-12).sqrt().mean()
     n = m.sum()
-    mean_g2 = (g * g).sum() / n
     mean_g = g.sum() / n
-    return (mean_g2 - lam * mean_g * mean_g).clamp_min(1e-12).sqrt()
+    centred = (g - mean_g) * m
+    return ((centred * centred).sum() / n + (1.0 - lam) * mean_g * mean_g).clamp_min(1e-12).sqrt()
 
 
 class SiLogLoss(nn.Module):

@@ -69,11 +69,18 @@ class FeatureAggregation(nn.Module):
 
 class DepthDecoder(nn.Module):
     """Task decoder: ``num_deconv`` x (ConvTranspose k2 s2 -> BN -> ReLU), 3x3 conv + BN + ReLU,
-    bilinear x2 steps up to full resolution, then conv-ReLU-conv -> 1 channel -> sigmoid x max_depth."""
+    bilinear x2 steps up to full resolution, then conv-ReLU-conv -> 1 channel -> sigmoid x max_depth.
+
+    ``norm="group"`` swaps BatchNorm for GroupNorm: with the 0.001-std init the pre-norm
+    activations are tiny, and after a short run BN's running statistics do not yet match the
+    batch statistics (eval-mode predictions then lag train-mode ones); the tiny model uses it."""
 
     def __init__(self, in_channels: int, in_scale: int, max_depth: float, num_deconv: int = 3,
-                 deconv_filters: int = 32, channels: int = 192):
+                 deconv_filters: int = 32, channels: int = 192, norm: str = "batch"):
         super().__init__()
+        if norm not in ("batch", "group"):
+            raise ValueError(f"head norm {norm!r} must be 'batch' (VPD) or 'group'")
+        make_norm = nn.BatchNorm2d if norm == "batch" else _gn
         self.max_depth = float(max_depth)
         self.ups = _log2(in_scale) - num_deconv
         if self.ups < 0:
@@ -81,10 +88,10 @@ class DepthDecoder(nn.Module):
         layers, cin = [], in_channels
         for _ in range(num_deconv):
             layers += [nn.ConvTranspose2d(cin, deconv_filters, 2, stride=2, bias=False),
-                       nn.BatchNorm2d(deconv_filters), nn.ReLU()]
+                       make_norm(deconv_filters), nn.ReLU()]
             cin = deconv_filters
         self.deconv_layers = nn.Sequential(*layers)
-        self.conv_layers = nn.Sequential(nn.Conv2d(cin, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU())
+        self.conv_layers = nn.Sequential(nn.Conv2d(cin, channels, 3, padding=1), make_norm(channels), nn.ReLU())
         self.last_layer_depth = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
                                               nn.Conv2d(channels, 1, 3, padding=1))
         for m in self.modules():

@@ -62,8 +62,8 @@ class SeeCoderVPD(DepthModel):
     def __init__(self, sd, conditioning: str = "seecoder", seecoder: Optional[dict] = None,
                  prompt: str = "a photo of a street scene", num_learned_tokens: int = 148,
                  max_depth: float = 80.0, agg_dim: int = 1536, num_deconv: int = 3, deconv_filters: int = 32,
-                 head_channels: int = 192, train_seecoder: str = "enhancement", train_unet: bool = True,
-                 timestep: int = 1):
+                 head_channels: int = 192, head_norm: str = "batch", train_seecoder: str = "enhancement",
+                 train_unet: bool = True, timestep: int = 1):
         super().__init__()
         if conditioning not in CONDITIONINGS:
             raise ConfigError(f"conditioning={conditioning!r} is not one of {', '.join(CONDITIONINGS)}")
@@ -79,7 +79,7 @@ class SeeCoderVPD(DepthModel):
         self.config = dict(conditioning=conditioning, seecoder=sc_cfg, prompt=prompt,
                            num_learned_tokens=int(num_learned_tokens), max_depth=float(max_depth),
                            agg_dim=int(agg_dim), num_deconv=int(num_deconv), deconv_filters=int(deconv_filters),
-                           head_channels=int(head_channels), train_seecoder=train_seecoder,
+                           head_channels=int(head_channels), head_norm=head_norm, train_seecoder=train_seecoder,
                            train_unet=bool(train_unet), timestep=int(timestep))
         self.sd = sd
         self.size_multiple = int(sd.size_multiple)
@@ -103,7 +103,9 @@ class SeeCoderVPD(DepthModel):
         self.tap_scales = scales
         target = sorted(scales, reverse=True)[1] if len(scales) > 1 else scales[0]
         self.aggregation = FeatureAggregation(channels, scales, agg_dim, target)
-        self.decoder = DepthDecoder(agg_dim, target, max_depth, num_deconv, deconv_filters, head_channels)
+        if head_norm not in ("batch", "group"):
+            raise ConfigError(f"head_norm={head_norm!r} must be 'batch' (VPD) or 'group'")
+        self.decoder = DepthDecoder(agg_dim, target, max_depth, num_deconv, deconv_filters, head_channels, head_norm)
 
         # ---- what trains
         sd.freeze()
@@ -308,7 +310,7 @@ class SeeCoderVPD(DepthModel):
 
         sd = make_tiny_sd(seed=seed)
         cfg = dict(seecoder=dict(SEECODER_TINY), agg_dim=32, head_channels=16, deconv_filters=8,
-                   num_learned_tokens=8, max_depth=10.0)
+                   num_learned_tokens=8, max_depth=10.0, head_norm="group")
         sc = overrides.pop("seecoder", None)
         if sc:
             cfg["seecoder"] = dict(SEECODER_TINY, **sc)

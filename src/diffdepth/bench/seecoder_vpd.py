@@ -1,0 +1,185 @@
+"""``diffdepth bench seecoder-vpd``: time and peak memory of one SeeCoder-VPD forward pass,
+split into SeeCoder / VAE encoder / UNet (taps) / decoder (aggregation + task head).
+
+The full-size architecture is built in code with random weights (no download):
+SeeCoder with Swin-L (SEECODER_LARGE, DC+SA), the SD 2.1 UNet (320/640/1280/1280,
+context 1024, linear projections; ``--unet sd15`` for the SD 1.5 layout, context 768) and the
+SD VAE encoder, VPD head (1536-ch aggregation, 3 deconvs of 32 ch, 192 ch). Default input is
+one KITTI-size image (352x1216, padded to 384x1216 for the UNet). Memory is the peak resident
+set size of the process while a stage runs minus the RSS before it (sampled every 5 ms from
+/proc/self/statm; CPU only) — the activations and workspace that stage adds on top of the
+weights. On CUDA the same is read from torch.cuda.max_memory_allocated.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import threading
+import time
+
+HELP = "SeeCoder-VPD: time/peak memory per image split into SeeCoder / VAE / UNet / decoder"
+
+SD21_UNET = dict(sample_size=96, in_channels=4, out_channels=4, layers_per_block=2,
+                 block_out_channels=(320, 640, 1280, 1280),
+                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+                 cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True)
+SD15_UNET = dict(SD21_UNET, cross_attention_dim=768, attention_head_dim=8, use_linear_projection=False)
+SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+              down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+              block_out_channels=(128, 256, 512, 512), sample_size=768, scaling_factor=0.18215)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--height", type=int, default=352, help="image height (default 352, KITTI KB crop)")
+    p.add_argument("--width", type=int, default=1216, help="image width (default 1216)")
+    p.add_argument("--batch", type=int, default=1, help="images per pass")
+    p.add_argument("--unet", choices=("sd21", "sd15", "tiny"), default="sd21", help="UNet/VAE size")
+    p.add_argument("--seecoder", choices=("large", "tiny"), default="large", help="SeeCoder size")
+    p.add_argument("--enhancement", default="dc+sa", help="none | dc | sa | dc+sa")
+    p.add_argument("--repeats", type=int, default=1, help="timed passes per stage (after one warm-up)")
+    p.add_argument("--warmup", type=int, default=0, help="untimed passes before timing")
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+
+
+class _PeakRSS:
+    """Peak resident set size (bytes) of this process while the context is open."""
+
+    def __init__(self, interval: float = 0.005):
+        self.interval = interval
+        self.page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def __enter__(self):
+        self.start = self.rss()
+        self.peak = self.start
+        self._stop = threading.Event()
+
+        def poll():
+            while not self._stop.is_set():
+                self.peak = max(self.peak, self.rss())
+                time.sleep(self.interval)
+
+        self._thread = threading.Thread(target=poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss())
+
+
+def build_model(unet: str = "sd21", seecoder: str = "large", enhancement: str = "dc+sa"):
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from ..backbone import StableDiffusion, make_tiny_sd
+    from ..methods.seecoder_vpd import SEECODER_LARGE, SEECODER_TINY, SeeCoderVPD
+
+    if unet == "tiny":
+        sd = make_tiny_sd(seed=0)
+        head = dict(agg_dim=32, head_channels=16, deconv_filters=8)
+    else:
+        cfg = SD21_UNET if unet == "sd21" else SD15_UNET
+        sd = StableDiffusion(vae=AutoencoderKL(**SD_VAE), unet=UNet2DConditionModel(**cfg), source=f"random-{unet}")
+        head = {}
+    sc = dict(SEECODER_LARGE if seecoder == "large" else SEECODER_TINY, enhancement=enhancement)
+    model = SeeCoderVPD(sd, seecoder=sc, **head)
+    return model.eval()
+
+
+def _sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..utils import parse_device, parse_dtype
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = parse_device(args.device)
+    dtype = parse_dtype(args.dtype) or torch.float32
+    t0 = time.perf_counter()
+    model = build_model(args.unet, args.seecoder, args.enhancement).to(device=device, dtype=dtype)
+    build_s = time.perf_counter() - t0
+    counts = {
+        "SeeCoder": sum(p.numel() for p in model.seecoder.parameters()),
+        "VAE": sum(p.numel() for p in model.sd.vae.encoder.parameters())
+        + sum(p.numel() for p in getattr(model.sd.vae, "quant_conv", None).parameters())
+        if getattr(model.sd.vae, "quant_conv", None) is not None else sum(p.numel() for p in model.sd.vae.encoder.parameters()),
+        "UNet": sum(p.numel() for p in model.sd.unet.parameters()),
+        "decoder": sum(p.numel() for p in model.aggregation.parameters()) + sum(p.numel() for p in model.decoder.parameters())
+        + sum(p.numel() for p in model.context_proj.parameters()),
+    }
+    h, w = args.height, args.width
+    m = model.size_multiple
+    hp, wp = -(-h // m) * m, -(-w // m) * m
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(args.batch, 3, h, w, generator=g).to(device=device, dtype=dtype)
+    padded = torch.nn.functional.pad(images, (0, wp - w, 0, hp - h), value=0.5)
+
+    state = {}
+
+    def seecoder():
+        state["tokens"] = model.context(images)
+
+    def vae():
+        state["z"] = model.sd.encode_image(padded)
+
+    def unet():
+        pre = model.sd.taps(state["z"], t=1, context=state["tokens"], outputs=model.taps, stop_after=model.taps[-1])
+        state["feats"] = [pre.outputs[n] for n in model.taps]
+
+    def decoder():
+        x = model.aggregation(state["feats"], padded.shape[-2:])
+        state["depth"] = model.decoder(x)[..., :h, :w]
+
+    stages = [("SeeCoder", seecoder), ("VAE encoder", vae), ("UNet (taps)", unet), ("decoder", decoder)]
+    rows = []
+    with torch.inference_mode():
+        for _ in range(args.warmup):
+            for _, fn in stages:
+                fn()
+        for name, fn in stages:
+            times, mems = [], []
+            for _ in range(max(1, args.repeats)):
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                    base = torch.cuda.memory_allocated()
+                    _sync(device)
+                    t = time.perf_counter()
+                    fn()
+                    _sync(device)
+                    times.append(time.perf_counter() - t)
+                    mems.append(torch.cuda.max_memory_allocated() - base)
+                else:
+                    with _PeakRSS() as mon:
+                        t = time.perf_counter()
+                        fn()
+                        times.append(time.perf_counter() - t)
+                    mems.append(mon.peak - mon.start)
+            rows.append((name, min(times), max(mems)))
+    total = sum(r[1] for r in rows)
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    print(f"SeeCoder-VPD forward, {args.batch} x {h}x{w} (padded {hp}x{wp}), UNet {args.unet}, SeeCoder {args.seecoder} "
+          f"({args.enhancement}), {args.dtype}, {dev}, torch {torch.__version__}; build {build_s:.1f} s")
+    print(f"{'stage':<14}{'params (M)':>12}{'time (s)':>11}{'share':>8}{'peak extra mem (MiB)':>23}")
+    keys = ["SeeCoder", "VAE", "UNet", "decoder"]
+    for (name, t, mem), k in zip(rows, keys):
+        print(f"{name:<14}{counts[k] / 1e6:>12.1f}{t:>11.2f}{t / total:>8.1%}{mem / 2**20:>23.0f}")
+    print(f"{'total':<14}{sum(counts.values()) / 1e6:>12.1f}{total:>11.2f}{1:>8.0%}")
+    print(f"per image: {total / args.batch:.2f} s; depth range of the random model "
+          f"{float(state['depth'].min()):.2f}-{float(state['depth'].max()):.2f} m")
+    return 0
