@@ -4,7 +4,9 @@ Time and peak memory of one depth prediction at 640x192 with the full-size archi
 random weights — ResNet-18 or -50 encoder-decoder + self-query head, with and without the SD
 branch (an SD 2.1-sized VAE encoder + UNet up to the tapped block; configs below, nothing is
 downloaded) — each configuration in its own subprocess, side by side, with the ratio.
-The PoseNet is not run (it is used only in training).
+The PoseNet is not run (it is used only in training). Parameter counts are those the
+prediction uses (the VAE decoder is stored but never run). Peak memory is the resident-set
+peak above the level before the timed frames (weights excluded).
 """
 from __future__ import annotations
 
@@ -44,14 +46,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sd-tap", default="up0", choices=("mid0", "up1", "up0"))
     p.add_argument("--device", default="cpu")
     p.add_argument("--record", default=None, help="also write the table to this markdown file")
+    p.add_argument("--tiny", action="store_true", help="tiny random model instead of the full-size one (smoke test)")
 
 
-def build_model(encoder: str, use_sd: bool, sd_tap: str = "up0"):
-    """Full-size DiffSQL with random weights (no download)."""
+def build_model(encoder: str, use_sd: bool, sd_tap: str = "up0", tiny: bool = False):
+    """Full-size DiffSQL with random weights (no download); ``tiny``: the make_tiny model."""
     import torch
 
     from ..methods.diffsql import DiffSQL
 
+    if tiny:
+        return DiffSQL.make_tiny(seed=0, use_sd=use_sd, sd_tap=sd_tap).eval()
     sd = None
     if use_sd:
         from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -74,8 +79,8 @@ def _worker(argv: List[str]) -> None:
     if args["threads"]:
         torch.set_num_threads(args["threads"])
     device = torch.device(args["device"])
-    model = build_model(args["encoder"], args["use_sd"], args["sd_tap"]).to(device)
-    n_depth = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("pose_net."))
+    model = build_model(args["encoder"], args["use_sd"], args["sd_tap"], args.get("tiny", False)).to(device)
+    n_depth = sum(p.numel() for n, p in model.named_parameters() if not n.startswith(("pose_net.", "sd.")))
     n_sd_used = 0
     if model.sd is not None:
         n_sd_used = sum(p.numel() for p in model.sd.vae.encoder.parameters()) + \
@@ -87,7 +92,7 @@ def _worker(argv: List[str]) -> None:
             model.predict(x)
         with peak_memory(device) as mem:
             seconds = timed(lambda: model.predict(x), device, repeats=args["repeats"])
-    print(json.dumps({"seconds": seconds, "peak_gb": mem["peak_gb"], "params_m": n_depth / 1e6,
+    print(json.dumps({"seconds": seconds, "peak_gb": mem["peak_gb"], "params_m": (n_depth + n_sd_used) / 1e6,
                       "sd_params_m": n_sd_used / 1e6}))
 
 
@@ -98,18 +103,22 @@ def run(args: argparse.Namespace) -> int:
     from .common import machine_description, run_worker
 
     encoders = [e.strip() for e in args.encoders.split(",") if e.strip()]
+    if args.tiny:
+        encoders = ["tiny"]
     rows: List[Dict] = []
     for enc in encoders:
         res = {}
         for use_sd in (False, True):
             payload = dict(encoder=enc, use_sd=use_sd, sd_tap=args.sd_tap, height=args.height, width=args.width,
-                           repeats=args.repeats, warmup=args.warmup, threads=args.threads, device=args.device)
+                           repeats=args.repeats, warmup=args.warmup, threads=args.threads, device=args.device,
+                           tiny=args.tiny)
             print(f"running {enc} {'+ SD' if use_sd else 'alone'} ...", file=sys.stderr, flush=True)
             res[use_sd] = run_worker("diffdepth.bench.diffsql", ["--worker", json.dumps(payload)])
         rows.append({"encoder": enc, "base": res[False], "sd": res[True]})
     torch.set_num_threads(args.threads or torch.get_num_threads())
     machine = machine_description(torch.device(args.device))
-    lines = [f"DiffSQL depth network, one {args.width}x{args.height} frame, fp32, random weights, "
+    lines = [f"DiffSQL depth network{' (TINY smoke-test model)' if args.tiny else ''}, one {args.width}x{args.height} frame, "
+             f"{'fp32' if args.device == 'cpu' else args.device}, random weights, "
              f"SD tap {args.sd_tap}; {machine}", "",
              "| encoder | params w/o SD (M) | s/frame w/o SD | peak GB w/o SD | params with SD (M, SD part) | "
              "s/frame with SD | peak GB with SD | time ratio | memory ratio |",

@@ -112,10 +112,13 @@ class DiffSQLTask:
             for key in ("depth", "valid"):
                 if key in sample and sample[key] is not None:
                     out[key] = np.ascontiguousarray(np.asarray(sample[key])[..., ::-1])
+            if sample.get("poses") is not None:  # mirrored world: P' = S P S with S = diag(-1, 1, 1, 1)
+                S = np.diag([-1.0, 1.0, 1.0, 1.0]).astype(np.float32)
+                out["poses"] = S @ np.asarray(sample["poses"], dtype=np.float32) @ S
         aug = color_jitter(frames, rng) if rng.random() < self.jitter else frames
         out["frames"] = torch.from_numpy(np.ascontiguousarray(frames))
         out["frames_aug"] = torch.from_numpy(np.ascontiguousarray(aug))
-        for key in ("intrinsics", "depth", "valid"):
+        for key in ("intrinsics", "depth", "valid", "poses"):
             if key in out and isinstance(out[key], np.ndarray):
                 out[key] = torch.from_numpy(np.ascontiguousarray(out[key]))
         return out
