@@ -207,3 +207,18 @@ def test_publish_is_a_rename_of_a_complete_folder(tmp_path):
     final = ckpt.publish(tmp, tmp_path / "checkpoint-5")
     assert not tmp.exists() and (final / "x" / "w.bin").read_bytes() == b"123"
     assert json.loads((final / ckpt.STATE_DIR / ckpt.STATE_FILE).read_text())["step"] == 5
+
+
+def test_run_folder_naming_and_resume_lookup(tmp_path, monkeypatch):
+    from diffdepth.commands.train import config_name, resolve_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert config_name("configs/marigold/debug.yaml") == "marigold-debug"
+    assert config_name("configs/base.yaml") == "base"
+    cfg = {"output_dir": None}
+    fresh = resolve_run_dir(cfg, "configs/marigold/debug.yaml", resume=False)
+    assert fresh.parent == Path("runs") and fresh.name.startswith("marigold-debug-")
+    (tmp_path / "runs" / "marigold-debug-20250101-000000").mkdir(parents=True)
+    (tmp_path / "runs" / "marigold-debug-20250102-000000").mkdir()
+    assert resolve_run_dir(cfg, "configs/marigold/debug.yaml", resume=True).name == "marigold-debug-20250102-000000"
+    assert resolve_run_dir({"output_dir": "x/y"}, "configs/marigold/debug.yaml", resume=True) == Path("x/y")
