@@ -303,6 +303,10 @@ class Trainer:
         v = cfg["val"]
         if v["every"] > 0 and v["data"] is not None:
             self.val_set = build_dataset(v["data"], cache, where="val.data")
+            first = self.val_set[0]
+            if "depth" not in first or not ("image" in first or "frames" in first):
+                raise ConfigError(f"val.data: its samples have keys {sorted(first)}; validation needs 'image' "
+                                  f"(or 'frames') and 'depth' — use a reader with ground truth")
             self.log(f"validation: {min(v['samples'], len(self.val_set))} samples every {v['every']} steps")
         elif v["every"] > 0:
             self.log("validation: val.every is set but val.data is not — no validation")
@@ -464,7 +468,9 @@ class Trainer:
                 pipe = DepthPipeline(model, processing_res=res, **v["predict"])
 
                 def predictor(sample):
-                    return pipe(torch.as_tensor(np.asarray(sample["image"]), dtype=torch.float32))
+                    # sequence readers give frames [T,3,H,W]; the target frame comes first
+                    image = sample["image"] if "image" in sample else np.asarray(sample["frames"])[0]
+                    return pipe(torch.as_tensor(np.asarray(image), dtype=torch.float32))
 
                 records = evaluate((self.val_set[i] for i in range(n)), predictor, protocol,
                                    alignment=v["alignment"], progress=False)
