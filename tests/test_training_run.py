@@ -209,3 +209,28 @@ def test_two_process_cpu_run_keeps_replicas_identical(tmp_path):
     assert state["replicas_identical"] == 2
     assert (final / ckpt.STATE_DIR / "random_states_0.pkl").exists()
     assert (final / ckpt.STATE_DIR / "random_states_1.pkl").exists()
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
+    import signal
+
+    cfg = load_config(RECIPE, QUIET + ["train.max_steps=10", "checkpoint.every=100", "val.every=0",
+                                       "log.images_every=0", "log.tensorboard=false"])
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.setup()
+    task = trainer.runner._task
+    calls = []
+
+    def interrupted(batch):  # pre-emption arrives during the 2nd micro-batch of step 3
+        calls.append(1)
+        if len(calls) == 6:
+            signal.raise_signal(signal.SIGTERM)
+        return task(batch)
+
+    trainer.runner._task = interrupted
+    before = signal.getsignal(signal.SIGTERM)
+    result = trainer.train()
+    assert result["step"] == 3 and result["stopped"] == "SIGTERM"
+    assert ckpt.latest_checkpoint(tmp_path / "run").name == "checkpoint-3"
+    assert ckpt.read_state(tmp_path / "run" / "checkpoint-3")["micro_batches"] == 6
+    assert signal.getsignal(signal.SIGTERM) == before  # handler restored

@@ -528,6 +528,8 @@ class Trainer:
         last_loss = float("nan")
         last_saved = None
         history = []
+        stop_reason = None
+        previous_handlers = self._install_stop_handlers()
         try:
             while self.step < max_steps:
                 factor = self.schedule(self.step)
@@ -610,14 +612,55 @@ class Trainer:
                                      ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
                     acc.wait_for_everyone()
 
-                if self.step % cfg["checkpoint"]["every"] == 0 or self.step == max_steps:
+                stop = self._stop_requested()
+                if self.step % cfg["checkpoint"]["every"] == 0 or self.step == max_steps or stop:
                     last_saved = self.save_checkpoint()
+                if stop:
+                    stop_reason = self._stop_signal or "a stop request on another process"
+                    break
         finally:
+            self._restore_handlers(previous_handlers)
             bar.close()
             self._close()
-        self.log(f"done: step {self.step}, last loss {last_loss:.4g}, checkpoint {last_saved}")
+        if stop_reason:
+            self.log(f"stopped by {stop_reason} at step {self.step}; saved {last_saved} — continue with --resume")
+        else:
+            self.log(f"done: step {self.step}, last loss {last_loss:.4g}, checkpoint {last_saved}")
         return {"step": self.step, "loss": last_loss, "history": history,
-                "checkpoint": str(last_saved) if last_saved else None}
+                "checkpoint": str(last_saved) if last_saved else None, "stopped": stop_reason}
+
+    # ------------------------------------------------------------------ graceful stop
+    def _install_stop_handlers(self) -> dict:
+        """SIGTERM/SIGUSR1 (cluster pre-emption): finish the step, save a checkpoint, exit."""
+        import signal
+        import threading
+
+        self._stop_signal = None
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum, frame):
+            self._stop_signal = signal.Signals(signum).name
+
+        previous = {}
+        for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
+            if sig is not None:
+                previous[sig] = signal.signal(sig, handler)
+        return previous
+
+    @staticmethod
+    def _restore_handlers(previous: dict) -> None:
+        import signal
+
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+    def _stop_requested(self) -> bool:
+        flag = self._stop_signal is not None
+        if self.world > 1:  # every process must agree, or the checkpoint collectives hang
+            t = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
+            flag = bool(self.accelerator.reduce(t, "sum").item() > 0)
+        return flag
 
     def _close(self) -> None:
         if self.tb is not None:
