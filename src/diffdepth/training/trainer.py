@@ -303,6 +303,7 @@ class Trainer:
         v = cfg["val"]
         if v["every"] > 0 and v["data"] is not None:
             self.val_set = build_dataset(v["data"], cache, where="val.data")
+            self.model.check_options(dict(v["predict"]))  # fail now, not at the first validation
             first = self.val_set[0]
             if "depth" not in first or not ("image" in first or "frames" in first):
                 raise ConfigError(f"val.data: its samples have keys {sorted(first)}; validation needs 'image' "
