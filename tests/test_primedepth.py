@@ -158,6 +158,20 @@ def test_fast_head_equals_diffusers_forward(tiny):
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
 
 
+def test_row_strip_head_equals_diffusers_forward(tiny, monkeypatch):
+    from diffdepth.methods.primedepth import modules
+
+    monkeypatch.setattr(modules, "STRIP_NUMEL", 0)  # every map through the strip path
+    monkeypatch.setattr(modules, "_strip_rows", lambda c, w, budget=0: 3)  # strips of 3 rows: many seams
+    for head in (tiny.depth_head, tiny.seg_head):  # seg head: resnets with and without a shortcut
+        h = torch.randn(2, 16, 5, 4)
+        with torch.no_grad():
+            slow = head(h)
+        with torch.inference_mode():
+            fast = modules.head_forward(head, h)
+        torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+
+
 def _batch(n=2, size=32, seed=0):
     g = torch.Generator().manual_seed(seed)
     depth = 1.0 + 4.0 * torch.rand(n, 1, size, size, generator=g)

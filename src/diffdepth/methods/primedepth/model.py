@@ -181,9 +181,9 @@ class PrimeDepth(DepthModel):
         peak = per_head.amax(dim=-1, keepdim=True).clamp_min(torch.finfo(maps.dtype).tiny)
         return (per_head / peak).reshape(b, c, h, w)
 
-    def refine(self, images: torch.Tensor, context: torch.Tensor,
-               generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """``images [B,3,H,W]`` in [0,1] -> refiner output ``[B,C,H/8,W/8]``.
+    def refine(self, images: Optional[torch.Tensor], context: torch.Tensor,
+               generator: Optional[torch.Generator] = None, latent: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``images [B,3,H,W]`` in [0,1] (or an SD ``latent [B,4,H/8,W/8]``) -> refiner output ``[B,C,H/8,W/8]``.
 
         The frozen SD runs without autograd; fusion and refiner record gradients when the
         caller has grad enabled (training).
@@ -193,9 +193,9 @@ class PrimeDepth(DepthModel):
         sd, plan = self.sd, self.plan
         want_grad = torch.is_grad_enabled()
         dtype = sd.dtype
-        b = images.shape[0]
+        b = (images if latent is None else latent).shape[0]
         with torch.no_grad():
-            z = sd.encode_image(images)  # [B,4,H/8,W/8]
+            z = sd.encode_image(images) if latent is None else latent.to(device=sd.device, dtype=dtype)  # [B,4,h,w]
             t = torch.full((b,), int(self.config["timestep"]), device=z.device, dtype=torch.long)
             if self.config["noise"]:
                 noise = torch.randn(z.shape, generator=generator, dtype=torch.float32,

@@ -161,7 +161,7 @@ def make_head(in_channels: int, out_channels: int, block_channels: Sequence[int]
 
 def _resnet_infer(res: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """diffusers ``ResnetBlock2D`` (no temb) with in-place activations: peak ~ input + 2 maps."""
-    h = res.nonlinearity(res.norm1(x))
+    h = F.silu(res.norm1(x), inplace=True)
     h = res.conv1(h)
     h = res.norm2(h)
     h = F.silu(h, inplace=True)
@@ -174,43 +174,154 @@ def _resnet_infer(res: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return h
 
 
-def subpixel_upsample_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """``conv(nearest_x2(x))`` for a 3x3, padding-1 conv, computed at low resolution.
-
-    Output pixel (2i+a, 2j+b) sees input rows {i-1, i} (a=0) or {i, i+1} (a=1), so each of
-    the four phases is a 2x2 convolution of ``x`` with summed 3x3 taps: 16 instead of 36
-    multiply-adds per input pixel and channel pair, and the x4 upsampled input never exists.
-    """
+def _subpixel_kernels(conv: nn.Conv2d):
+    """The four 2x2 phase kernels of ``conv(nearest_x2(.))`` for a 3x3, padding-1 conv: [(a, c, k)]."""
     w = conv.weight  # [O,I,3,3]
-    o = w.shape[0]
     # rows: phase 0 -> (w0, w1 + w2); phase 1 -> (w0 + w1, w2)
     rows = [torch.stack([w[:, :, 0], w[:, :, 1] + w[:, :, 2]], 2), torch.stack([w[:, :, 0] + w[:, :, 1], w[:, :, 2]], 2)]
-    b, _, h, wd = x.shape
-    xp = F.pad(x, (1, 1, 1, 1))  # [B,I,h+2,w+2]
-    out = x.new_empty(b, o, 2 * h, 2 * wd)
+    out = []
     for a in (0, 1):
         r = rows[a]  # [O,I,2,3]
         for c in (0, 1):
             k = (torch.stack([r[..., 0], r[..., 1] + r[..., 2]], -1) if c == 0
                  else torch.stack([r[..., 0] + r[..., 1], r[..., 2]], -1))  # [O,I,2,2]
-            src = xp[:, :, a:a + h + 1, c:c + wd + 1]
-            out[:, :, a::2, c::2] = F.conv2d(src, k, conv.bias)
+            out.append((a, c, k))
     return out
 
 
+def subpixel_upsample_conv(x: torch.Tensor, conv: nn.Conv2d, rows: Optional[int] = None) -> torch.Tensor:
+    """``conv(nearest_x2(x))`` for a 3x3, padding-1 conv, computed at low resolution.
+
+    Output pixel (2i+a, 2j+b) sees input rows {i-1, i} (a=0) or {i, i+1} (a=1), so each of
+    the four phases is a 2x2 convolution of ``x`` with summed 3x3 taps: 16 instead of 36
+    multiply-adds per input pixel and channel pair, and the x4 upsampled input never exists.
+    ``rows``: process that many input rows at a time (bounded temporaries).
+    """
+    b, _, h, wd = x.shape
+    kernels = _subpixel_kernels(conv)
+    out = x.new_empty(b, conv.out_channels, 2 * h, 2 * wd)
+    rows = rows or h
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        xs = _rows_with_halo(x, r0, r1)  # [B,I,n+2,W] (zero rows outside the image)
+        xs = F.pad(xs, (1, 1, 0, 0))
+        n = r1 - r0
+        for a, c, k in kernels:
+            out[:, :, 2 * r0 + a:2 * r1:2, c::2] = F.conv2d(xs[:, :, a:a + n + 1, c:c + wd + 1], k, conv.bias)
+    return out
+
+
+def _rows_with_halo(x: torch.Tensor, r0: int, r1: int, fn=None) -> torch.Tensor:
+    """Rows ``r0-1 .. r1`` of ``x`` (``fn`` applied), zero rows where they fall outside the image."""
+    h = x.shape[2]
+    lo, hi = max(r0 - 1, 0), min(r1 + 1, h)
+    xs = x[:, :, lo:hi]
+    if fn is not None:
+        xs = fn(xs)
+    top, bottom = lo - (r0 - 1), (r1 + 1) - hi
+    if top or bottom:
+        xs = F.pad(xs, (0, 0, top, bottom))
+    return xs
+
+
+def _gn_stats(norm: nn.GroupNorm, x: torch.Tensor):
+    b, c = x.shape[:2]
+    var, mean = torch.var_mean(x.reshape(b, norm.num_groups, -1).float(), dim=-1, unbiased=False)  # [B,G]
+    return mean, torch.rsqrt(var + norm.eps)
+
+
+def _gn_silu_apply(norm: nn.GroupNorm, stats, xs: torch.Tensor) -> torch.Tensor:
+    """``silu(group_norm(x))`` on a row strip ``xs`` with the whole map's group statistics."""
+    mean, rstd = stats
+    b, c = xs.shape[:2]
+    g = norm.num_groups
+    scale = (rstd[:, :, None] * norm.weight.reshape(1, g, c // g)).reshape(b, c, 1, 1)  # [B,C,1,1]
+    shift = norm.bias.reshape(1, c, 1, 1) - (mean[:, :, None] * rstd[:, :, None]).expand(b, g, c // g).reshape(b, c, 1, 1) \
+        * norm.weight.reshape(1, c, 1, 1)
+    y = xs * scale.to(xs.dtype) + shift.to(xs.dtype)
+    return F.silu(y, inplace=True)
+
+
+def _strip_rows(channels: int, width: int, budget: int = 24 << 20) -> int:
+    return max(4, budget // max(1, 4 * channels * width))
+
+
+def _resnet_strips(res: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``ResnetBlock2D`` in row strips: exact GroupNorm statistics of the whole map, then
+    norm -> SiLU -> 3x3 conv on strips with a one-row halo. Peak: the input, one output-sized
+    map and strip temporaries (the second conv overwrites its own input strip by strip)."""
+    b, c, h, w = x.shape
+    co = res.conv1.out_channels
+    rows = _strip_rows(max(c, co), w)
+    pad_w = (0, 0)
+    s1 = _gn_stats(res.norm1, x)
+    hid = x.new_empty(b, co, h, w)
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        xs = _rows_with_halo(x, r0, r1, lambda t: _gn_silu_apply(res.norm1, s1, t))
+        hid[:, :, r0:r1] = F.conv2d(xs, res.conv1.weight, res.conv1.bias, padding=(0, 1))
+        del xs
+    s2 = _gn_stats(res.norm2, hid)
+    target = x if res.conv_shortcut is None else hid  # where the result is written
+    saved = None  # original row r0-1 of ``hid`` once it has been overwritten
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        lo, hi = max(r0 - 1, 0), min(r1 + 1, h)
+        src = hid[:, :, lo:hi]
+        if target is hid and r0 > 0:
+            src = torch.cat([saved, hid[:, :, r0:hi]], dim=2)
+        ys = _gn_silu_apply(res.norm2, s2, src)
+        top, bottom = lo - (r0 - 1), (r1 + 1) - hi
+        if top or bottom:
+            ys = F.pad(ys, (0, 0, top, bottom))
+        out = F.conv2d(ys, res.conv2.weight, res.conv2.bias, padding=(0, 1))  # [B,co,n,W]
+        del ys, src
+        if res.conv_shortcut is not None:
+            out += res.conv_shortcut(x[:, :, r0:r1])
+        else:
+            out += x[:, :, r0:r1]
+        if res.output_scale_factor != 1.0:
+            out /= res.output_scale_factor
+        if target is hid:
+            saved = hid[:, :, r1 - 1:r1].clone()
+        target[:, :, r0:r1] = out
+    return target
+
+
+def _out_strips(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = x.shape
+    rows = _strip_rows(c, w)
+    stats = _gn_stats(head.conv_norm_out, x)
+    out = x.new_empty(b, head.conv_out.out_channels, h, w)
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        xs = _rows_with_halo(x, r0, r1, lambda t: _gn_silu_apply(head.conv_norm_out, stats, t))
+        out[:, :, r0:r1] = F.conv2d(xs, head.conv_out.weight, head.conv_out.bias, padding=(0, 1))
+    return out
+
+
+#: maps at least this large (elements) go through the row-strip path at inference
+STRIP_NUMEL = 8 << 20
+
+
 def head_forward(head: nn.Module, x: torch.Tensor, fast: bool = True) -> torch.Tensor:
-    """Run a diffusers ``Decoder`` head. ``fast``: in-place resnets and sub-pixel upsampling
-    convs (same result up to float rounding; for inference — no autograd graph is kept)."""
+    """Run a diffusers ``Decoder`` head. ``fast`` (inference only, no autograd graph): in-place
+    resnets, sub-pixel upsampling convs, and row strips for large maps, so the full-resolution
+    levels need about one input plus one output map (same result up to float rounding)."""
     if not fast or torch.is_grad_enabled():
         return head(x)
     x = head.conv_in(x)
     x = head.mid_block(x)
     for block in head.up_blocks:
         for res in block.resnets:
-            x = _resnet_infer(res, x)
+            big = x.numel() >= STRIP_NUMEL and isinstance(res.norm1, nn.GroupNorm) and res.conv1.kernel_size == (3, 3)
+            x = _resnet_strips(res, x) if big else _resnet_infer(res, x)
         if block.upsamplers is not None:
             up = block.upsamplers[0]
-            x = subpixel_upsample_conv(x, up.conv)
+            rows = _strip_rows(x.shape[1] * 4, x.shape[3] * 2) if x.numel() * 4 >= STRIP_NUMEL else None
+            x = subpixel_upsample_conv(x, up.conv, rows)
+    if x.numel() >= STRIP_NUMEL:
+        return _out_strips(head, x)
     x = head.conv_norm_out(x)
     x = F.silu(x, inplace=True)
     return head.conv_out(x)
