@@ -1,6 +1,7 @@
 """End-to-end training on the toy model: loss falls, logs, checkpoints load, exact resume
 (in-process and after a real SIGKILL mid-checkpoint), 2-process DDP on CPU (gloo)."""
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -154,6 +155,16 @@ def test_resume_reproduces_uninterrupted_weights(tmp_path):
     assert not torch.allclose(ema_a["head.weight"], weights(a)["head.weight"])
 
 
+def assert_no_corrupt_checkpoint(run: Path) -> None:
+    """Every folder named checkpoint-STEP is complete and its model loads."""
+    names = [p for p in run.iterdir() if ckpt.CHECKPOINT_RE.match(p.name)]
+    assert names
+    for p in names:
+        assert ckpt.is_complete(p), p
+        weights(p)
+        load_file(str(p / "model.safetensors"))
+
+
 def test_sigkill_during_checkpoint_then_resume_matches(tmp_path):
     overrides = QUIET + ["train.max_steps=8", "checkpoint.every=2", "checkpoint.keep_last=2", "val.every=0",
                          "log.images_every=0", "log.every=1"]
@@ -177,10 +188,23 @@ def test_sigkill_during_checkpoint_then_resume_matches(tmp_path):
     assert (run / ".checkpoint-4.tmp").exists() and not (run / "checkpoint-4").exists()
     assert [p.name for _, p in ckpt.list_checkpoints(run)] == ["checkpoint-2"]
 
+    assert_no_corrupt_checkpoint(run)
+
+    # second kill at an arbitrary (seeded random) moment of the resumed run
+    proc = subprocess.Popen(cmd + ["--resume"], env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "checkpoint-4").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(random.Random(1234).uniform(0.0, 0.6))
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert_no_corrupt_checkpoint(run)
+
     out = subprocess.run(cmd + ["--resume"], env=env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "resumed from" in out.stderr and "checkpoint-2" in out.stderr
-    assert not (run / ".checkpoint-4.tmp").exists()
+    assert "resumed from" in out.stderr or "nothing to do" in out.stderr
+    assert not list(run.glob(".checkpoint-*"))
     assert [p.name for _, p in ckpt.list_checkpoints(run)] == ["checkpoint-6", "checkpoint-8"]
 
     reference = train(load_config(cfg_file, overrides), tmp_path / "ref")
