@@ -8,9 +8,11 @@ HELP = "train or fine-tune a method from a YAML recipe (see configs/README.md)"
 EPILOG = """\
 examples:
   diffdepth train configs/marigold/debug.yaml
-  diffdepth train configs/marigold/hypersim_vkitti.yaml train.max_steps=20000 optim.lr=3e-5
-  diffdepth train configs/marigold/hypersim_vkitti.yaml --output-dir runs/mg --resume
-  accelerate launch --num_processes 8 -m diffdepth.cli train configs/marigold/hypersim_vkitti.yaml
+  diffdepth train configs/marigold/train.yaml train.max_steps=20000 optim.lr=3e-5
+  diffdepth train configs/marigold/train.yaml --output-dir runs/mg --resume
+  accelerate launch --multi_gpu --num_processes 8 -m diffdepth.cli train configs/marigold/train.yaml
+  torchrun --nproc_per_node 8 -m diffdepth.cli train configs/marigold/train.yaml
+keys, launching on several machines and resuming: configs/README.md
 """
 
 
