@@ -157,3 +157,30 @@ def test_info_lists_methods(capsys):
     out = capsys.readouterr().out
     for m in ("primedepth", "marigold", "metricgold", "seecoder-vpd", "diffsql"):
         assert m in out
+
+
+def test_unregistered_method_checkpoint_loads_by_its_recorded_class(tmp_path):
+    """A checkpoint of a method outside the registry records its class and still loads."""
+    import json
+
+    from diffdepth.registry import load_model
+
+    class_path = "_toy_methods:MeanDepth"
+    model = _toy_methods.MeanDepth(offset=2.5)
+    model.method = "not-registered"
+    model.save_pretrained(tmp_path / "c")
+    assert json.loads((tmp_path / "c" / "diffdepth.json").read_text())["target"] == class_path
+    back = load_model(checkpoint=tmp_path / "c", device="cpu")
+    assert type(back).__name__ == "MeanDepth" and float(back.offset.detach()) == 2.5
+
+
+def test_outputs_get_normal_permissions(tmp_path, toy_ckpt):
+    import os
+    import stat
+
+    img = _img(tmp_path / "x.png")
+    assert main(["predict", str(img), "--method", "test-mean", "--checkpoint", str(toy_ckpt), "--out",
+                 str(tmp_path / "o"), "--save", "npy"]) == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "o" / "x.npy").stat().st_mode) == 0o666 & ~mask

@@ -92,7 +92,9 @@ class DepthModel(nn.Module):
         from .utils import atomic_path
         from . import __version__
 
-        data = {"method": self.method, "diffdepth_version": __version__, "config": self.get_config()}
+        cls = type(self)
+        data = {"method": self.method, "target": f"{cls.__module__}:{cls.__qualname__}",
+                "diffdepth_version": __version__, "config": self.get_config()}
         if extra:
             data.update(extra)
         with atomic_path(Path(path) / CONFIG_NAME) as tmp:

@@ -71,13 +71,17 @@ def get_method(method: str) -> MethodInfo:
 
 
 def detect_method(path: Path) -> Optional[str]:
-    """Guess the method of a local checkpoint folder."""
+    """Guess the method of a local checkpoint folder (a registry id, or "module:Class")."""
     marker = path / "diffdepth.json"
     if marker.exists():
         try:
-            return json.loads(marker.read_text()).get("method")
+            data = json.loads(marker.read_text())
         except json.JSONDecodeError:
             raise CheckpointError(f"{marker} is not valid JSON — the checkpoint is corrupt") from None
+        method = data.get("method")
+        if method not in _METHODS and data.get("target"):  # a method outside the registry
+            return data["target"]
+        return method
     index = path / "model_index.json"
     if index.exists():
         try:
