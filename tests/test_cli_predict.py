@@ -184,3 +184,20 @@ def test_outputs_get_normal_permissions(tmp_path, toy_ckpt):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE((tmp_path / "o" / "x.npy").stat().st_mode) == 0o666 & ~mask
+
+
+def test_eval_passes_method_options_and_rejects_unknown_ones(tmp_path, toy_ckpt, capsys):
+    data = tmp_path / "data"
+    assert main(["synth", str(data), "--kind", "indoor", "--n", "2", "--size", "32x32", "--seed", "0"]) == 0
+    common = ["eval", "--dataset", "folder", "--data-root", str(data), "--method", "test-mean",
+              "--checkpoint", str(toy_ckpt), "--no-progress", "--processing-res", "0"]
+    assert main(common + ["--out", str(tmp_path / "e"), "--opt", "scale=3"]) == 0
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert summary["options"] == {"scale": 3}
+    from diffdepth.data.folder import FolderDepthDataset
+
+    sample = FolderDepthDataset(data)[0]
+    saved = np.load(tmp_path / "e" / "predictions" / f"{sample['name']}.npy")
+    np.testing.assert_allclose(saved, 3 * (1 + sample["image"].mean(0)), atol=1e-5)
+    assert main(common + ["--out", str(tmp_path / "e2"), "--steps", "3"]) == 2
+    assert "--steps" in capsys.readouterr().err

@@ -37,12 +37,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_third_party() -> None:
+    """Our own progress bars only: no per-shard bars from transformers/hub downloads."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as tlog
+    except ImportError:
+        return
+    tlog.disable_progress_bar()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    _quiet_third_party()
     try:
         return int(args._run(args) or 0)
     except DiffdepthError as err:
