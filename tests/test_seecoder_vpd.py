@@ -343,6 +343,24 @@ def test_convert_official_layout(tmp_path, pa):
     torch.testing.assert_close(sc2.qtransformer.init_query.weight, state["ctx.image.qtransformer.init_query.weight"])
 
 
+def test_convert_cli_and_build_with_converted_weights(tmp_path, tiny_sd_dir):
+    from safetensors.torch import save_file
+
+    from diffdepth.cli import main
+
+    state = _random_official()
+    save_file(state, str(tmp_path / "seecoder-v1-0.safetensors"))
+    assert main(["convert", "seecoder", str(tmp_path / "seecoder-v1-0.safetensors"), str(tmp_path / "conv")]) == 0
+    assert (tmp_path / "conv" / "seecoder.safetensors").is_file() and (tmp_path / "conv" / "seecoder.json").is_file()
+    model = SeeCoderVPD.build(backbone=str(tiny_sd_dir), seecoder_weights=str(tmp_path / "conv"),
+                              seecoder=dict(SEECODER_TINY), agg_dim=32, head_channels=16, deconv_filters=8)
+    torch.testing.assert_close(model.seecoder.imencoder.layers[2].blocks[1].attn.qkv.weight,
+                               state["ctx.image.imencoder.layers.2.blocks.1.attn.qkv.weight"])
+    # enhancement modules stay trainable and new, the converted SeeCoder stays frozen (paper)
+    assert all(p.requires_grad for p in model.seecoder.enhancement_parameters())
+    assert not any(p.requires_grad for p in model.seecoder.imencoder.parameters())
+
+
 def test_convert_reports_problems(tmp_path):
     from safetensors.torch import save_file
 
@@ -365,3 +383,17 @@ def test_convert_reports_problems(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError):
         convert_seecoder(str(tmp_path / "junk.safetensors"), str(tmp_path / "o3"))
+
+
+# ----------------------------------------------------------------------------- benchmark
+def test_bench_runs_on_tiny_sizes(capsys):
+    import argparse
+
+    from diffdepth.bench import seecoder_vpd as bench
+
+    p = argparse.ArgumentParser()
+    bench.add_arguments(p)
+    assert bench.run(p.parse_args(["--unet", "tiny", "--seecoder", "tiny", "--height", "32", "--width", "64"])) == 0
+    out = capsys.readouterr().out
+    for stage in ("SeeCoder", "VAE encoder", "UNet (taps)", "decoder", "total"):
+        assert stage in out

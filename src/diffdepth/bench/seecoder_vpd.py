@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
             for _, fn in stages:
                 fn()
         for name, fn in stages:
-            times, mems = [], []
+            times, cpus, mems = [], [], []
             for _ in range(max(1, args.repeats)):
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
@@ -166,20 +166,24 @@ def run(args: argparse.Namespace) -> int:
                     mems.append(torch.cuda.max_memory_allocated() - base)
                 else:
                     with _PeakRSS() as mon:
-                        t = time.perf_counter()
+                        t, c = time.perf_counter(), time.process_time()
                         fn()
                         times.append(time.perf_counter() - t)
+                        cpus.append(time.process_time() - c)
                     mems.append(mon.peak - mon.start)
-            rows.append((name, min(times), max(mems)))
+            rows.append((name, min(times), min(cpus) if cpus else float("nan"), max(mems)))
     total = sum(r[1] for r in rows)
+    total_cpu = sum(r[2] for r in rows)
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
     print(f"SeeCoder-VPD forward, {args.batch} x {h}x{w} (padded {hp}x{wp}), UNet {args.unet}, SeeCoder {args.seecoder} "
           f"({args.enhancement}), {args.dtype}, {dev}, torch {torch.__version__}; build {build_s:.1f} s")
-    print(f"{'stage':<14}{'params (M)':>12}{'time (s)':>11}{'share':>8}{'peak extra mem (MiB)':>23}")
+    print(f"{'stage':<14}{'params (M)':>12}{'wall (s)':>10}{'CPU (s)':>10}{'share':>8}{'peak extra mem (MiB)':>23}")
     keys = ["SeeCoder", "VAE", "UNet", "decoder"]
-    for (name, t, mem), k in zip(rows, keys):
-        print(f"{name:<14}{counts[k] / 1e6:>12.1f}{t:>11.2f}{t / total:>8.1%}{mem / 2**20:>23.0f}")
-    print(f"{'total':<14}{sum(counts.values()) / 1e6:>12.1f}{total:>11.2f}{1:>8.0%}")
-    print(f"per image: {total / args.batch:.2f} s; depth range of the random model "
+    for (name, t, c, mem), k in zip(rows, keys):
+        share = c / total_cpu if device.type == "cpu" else t / total
+        print(f"{name:<14}{counts[k] / 1e6:>12.1f}{t:>10.2f}{c:>10.2f}{share:>8.1%}{mem / 2**20:>23.0f}")
+    print(f"{'total':<14}{sum(counts.values()) / 1e6:>12.1f}{total:>10.2f}{total_cpu:>10.2f}{1:>8.0%}")
+    print("share: of CPU time on CPU (robust on a shared machine), of wall time on CUDA")
+    print(f"per image: {total / args.batch:.2f} s wall, {total_cpu / args.batch:.2f} s CPU; depth range of the random model "
           f"{float(state['depth'].min()):.2f}-{float(state['depth'].max()):.2f} m")
     return 0

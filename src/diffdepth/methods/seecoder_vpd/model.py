@@ -262,6 +262,7 @@ class SeeCoderVPD(DepthModel):
         from ...backbone import COMPONENTS, StableDiffusion
         from ...hub import resolve_checkpoint
 
+        seecoder_weights = overrides.pop("seecoder_weights", None)
         path = resolve_checkpoint(source)
         marker = cls.read_marker(path)
         if marker.get("method") not in (None, cls.method):
@@ -279,7 +280,16 @@ class SeeCoderVPD(DepthModel):
         if missing or unexpected:
             raise CheckpointError(f"{weights} does not match the config in diffdepth.json "
                                   f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        if seecoder_weights:
+            model._load_seecoder(seecoder_weights)
         return model.to(device=device, dtype=dtype).eval()
+
+    def _load_seecoder(self, weights) -> None:
+        if self.seecoder is None:
+            raise ConfigError("seecoder_weights given but conditioning is not 'seecoder'")
+        from .convert import load_seecoder_weights
+
+        load_seecoder_weights(self.seecoder, weights)
 
     @classmethod
     def build(cls, backbone: str = "stabilityai/stable-diffusion-2-1", seecoder_weights: Optional[str] = None,
@@ -296,11 +306,7 @@ class SeeCoderVPD(DepthModel):
         sd = StableDiffusion.from_pretrained(backbone, components=comps)
         model = cls(sd, **config)
         if seecoder_weights:
-            if model.seecoder is None:
-                raise ConfigError("seecoder_weights given but conditioning is not 'seecoder'")
-            from .convert import load_seecoder_weights
-
-            load_seecoder_weights(model.seecoder, seecoder_weights)
+            model._load_seecoder(seecoder_weights)
         return model
 
     @classmethod
@@ -308,6 +314,7 @@ class SeeCoderVPD(DepthModel):
         """Tiny random model: tiny SD (2 UNet levels, context 32) + tiny SeeCoder + small head."""
         from ...backbone import make_tiny_sd
 
+        seecoder_weights = overrides.pop("seecoder_weights", None)
         sd = make_tiny_sd(seed=seed)
         cfg = dict(seecoder=dict(SEECODER_TINY), agg_dim=32, head_channels=16, deconv_filters=8,
                    num_learned_tokens=8, max_depth=10.0, head_norm="group")
@@ -317,4 +324,7 @@ class SeeCoderVPD(DepthModel):
         cfg.update(overrides)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return cls(sd, **cfg)
+            model = cls(sd, **cfg)
+        if seecoder_weights:
+            model._load_seecoder(seecoder_weights)
+        return model
