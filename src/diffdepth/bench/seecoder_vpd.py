@@ -114,14 +114,14 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     model = build_model(args.unet, args.seecoder, args.enhancement).to(device=device, dtype=dtype)
     build_s = time.perf_counter() - t0
+    def n_params(*modules):
+        return sum(p.numel() for m in modules if m is not None for p in m.parameters())
+
     counts = {
-        "SeeCoder": sum(p.numel() for p in model.seecoder.parameters()),
-        "VAE": sum(p.numel() for p in model.sd.vae.encoder.parameters())
-        + sum(p.numel() for p in getattr(model.sd.vae, "quant_conv", None).parameters())
-        if getattr(model.sd.vae, "quant_conv", None) is not None else sum(p.numel() for p in model.sd.vae.encoder.parameters()),
-        "UNet": sum(p.numel() for p in model.sd.unet.parameters()),
-        "decoder": sum(p.numel() for p in model.aggregation.parameters()) + sum(p.numel() for p in model.decoder.parameters())
-        + sum(p.numel() for p in model.context_proj.parameters()),
+        "SeeCoder": n_params(model.seecoder),
+        "VAE": n_params(model.sd.vae.encoder, getattr(model.sd.vae, "quant_conv", None)),
+        "UNet": n_params(model.sd.unet),
+        "decoder": n_params(model.aggregation, model.decoder, model.context_proj),
     }
     h, w = args.height, args.width
     m = model.size_multiple
@@ -174,7 +174,10 @@ def run(args: argparse.Namespace) -> int:
             rows.append((name, min(times), min(cpus) if cpus else float("nan"), max(mems)))
     total = sum(r[1] for r in rows)
     total_cpu = sum(r[2] for r in rows)
-    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    if device.type == "cuda":
+        dev = torch.cuda.get_device_name(device)
+    else:
+        dev = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
     print(f"SeeCoder-VPD forward, {args.batch} x {h}x{w} (padded {hp}x{wp}), UNet {args.unet}, SeeCoder {args.seecoder} "
           f"({args.enhancement}), {args.dtype}, {dev}, torch {torch.__version__}; build {build_s:.1f} s")
     print(f"{'stage':<14}{'params (M)':>12}{'wall (s)':>10}{'CPU (s)':>10}{'share':>8}{'peak extra mem (MiB)':>23}")

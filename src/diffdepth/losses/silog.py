@@ -40,8 +40,9 @@ def silog_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | No
         raise ValueError("silog_loss: the mask selects no pixel")
     if bool((target[mask] <= 0).any()):
         raise ValueError("silog_loss: target depth must be > 0 inside the mask")
-    g = torch.where(mask, torch.log(pred.float().clamp_min(eps)) - torch.log(target.float().where(mask, torch.ones_like(target.float()))),
-                    torch.zeros_like(pred, dtype=torch.float32))
+    safe_target = torch.where(mask, target.float(), torch.ones_like(target, dtype=torch.float32))
+    g = torch.where(mask, torch.log(pred.float().clamp_min(eps)) - torch.log(safe_target),
+                    torch.zeros_like(pred, dtype=torch.float32))  # log-ratio on valid pixels, 0 elsewhere
     m = mask.float()
     if per_image:
         dims = tuple(range(1, g.ndim))
