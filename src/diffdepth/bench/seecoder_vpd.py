@@ -43,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    p.add_argument("--enhancement-ablation", action="store_true",
+                   help="also time the SeeCoder stage with enhancement none / dc / sa / dc+sa (same weights)")
 
 
 class _PeakRSS:
@@ -187,6 +189,40 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:<14}{counts[k] / 1e6:>12.1f}{t:>10.2f}{c:>10.2f}{share:>8.1%}{mem / 2**20:>23.0f}")
     print(f"{'total':<14}{sum(counts.values()) / 1e6:>12.1f}{total:>10.2f}{total_cpu:>10.2f}{1:>8.0%}")
     print("share: of CPU time on CPU (robust on a shared machine), of wall time on CUDA")
+    if args.enhancement_ablation:
+        _ablation(model, images, device, dtype, args.repeats)
     print(f"per image: {total / args.batch:.2f} s wall, {total_cpu / args.batch:.2f} s CPU; depth range of the random model "
           f"{float(state['depth'].min()):.2f}-{float(state['depth'].max()):.2f} m")
     return 0
+
+
+def _ablation(model, images, device, dtype, repeats: int) -> None:
+    """SeeCoder stage per enhancement switch, with the shared weights of ``model.seecoder``."""
+    import torch
+
+    from ..methods.seecoder_vpd import SeeCoder
+
+    base = model.get_config()["seecoder"]
+    state = model.seecoder.state_dict()
+    rows = []
+    for enh in ("none", "dc", "sa", "dc+sa"):
+        sc = SeeCoder(**dict(base, enhancement=enh))
+        sc.load_state_dict(state, strict=False)
+        sc = sc.to(device=device, dtype=dtype).eval()
+        extra = sum(p.numel() for p in sc.enhancement_parameters())
+        wall, cpu = [], []
+        with torch.inference_mode():
+            for _ in range(max(1, repeats)):
+                _sync(device)
+                t, c = time.perf_counter(), time.process_time()
+                sc(images)
+                _sync(device)
+                wall.append(time.perf_counter() - t)
+                cpu.append(time.process_time() - c)
+        rows.append((enh, extra, min(wall), min(cpu)))
+        del sc
+    ref = rows[0][3] if device.type == "cpu" else rows[0][2]
+    print(f"{'SeeCoder enhancement':<22}{'extra params (M)':>18}{'wall (s)':>10}{'CPU (s)':>10}{'vs none':>9}")
+    for enh, extra, w, c in rows:
+        val = c if device.type == "cpu" else w
+        print(f"{enh:<22}{extra / 1e6:>18.2f}{w:>10.2f}{c:>10.2f}{val / ref:>9.2f}")
