@@ -45,6 +45,17 @@ def test_processing_resolution_resizes_back_to_input_size():
     assert pred.depth[:, 50:].min() == pytest.approx(1.75, abs=1e-5)
 
 
+def test_processing_resolution_as_a_cap_only_shrinks():
+    class Capped(MeanDepth):
+        processing_res_is_cap = True
+
+    model = Capped()
+    DepthPipeline(model, processing_res=64)(np.zeros((48, 40, 3), np.float32))
+    assert model.seen_shapes[-1] == (1, 3, 48, 48)  # kept at 48x40, padded to 48x48
+    DepthPipeline(model, processing_res=64)(np.zeros((96, 80, 3), np.float32))
+    assert model.seen_shapes[-1] == (1, 3, 64, 64)  # shrunk to 64x53, padded to 64x64
+
+
 def test_inputs_in_every_form_and_batching(tmp_path):
     rng = np.random.default_rng(1)
     a = (rng.random((32, 32, 3)) * 255).astype(np.uint8)

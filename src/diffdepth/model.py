@@ -44,6 +44,8 @@ class DepthModel(nn.Module):
     min_size: int = 16
     #: default long side the pipeline resizes to (0: keep the input size)
     default_processing_res: int = 768
+    #: True: the processing resolution only caps the long side (smaller inputs keep their size)
+    processing_res_is_cap: bool = False
 
     # ------------------------------------------------------------------ inference
     def predict(self, images: torch.Tensor, **options: Any) -> DepthPrediction:  # pragma: no cover

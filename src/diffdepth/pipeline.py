@@ -91,7 +91,8 @@ class DepthPipeline:
     """Run a :class:`DepthModel` on images given as paths, PIL images, arrays or tensors.
 
     ``processing_res``: long side the images are resized to before the model (``None``:
-    the model's default; ``0``: keep each input's size). The prediction is always resized
+    the model's default; ``0``: keep each input's size). For a model with
+    ``processing_res_is_cap`` it only shrinks larger inputs (PrimeDepth caps at 1024). The prediction is always resized
     back to the input's size. ``predict_options`` go to ``model.predict`` (e.g. ``steps``,
     ``ensemble_size``) and are checked against what the method accepts.
     """
@@ -120,7 +121,7 @@ class DepthPipeline:
             raise InputError(f"{name}: image is {w}x{h} px; {self.model.method or 'this model'} needs at least "
                              f"{self.model.min_size} px on each side — upsample it or use a larger image")
         image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)  # [3,H,W]
-        if self.processing_res:
+        if self.processing_res and not (self.model.processing_res_is_cap and max(h, w) <= self.processing_res):
             size = fit_long_side(h, w, self.processing_res)
             image = resize(image[None], size)[0].clamp(0, 1)
         return Prepared(index, name, image, (h, w), rgb, meta)

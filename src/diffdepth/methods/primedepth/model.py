@@ -62,6 +62,7 @@ class PrimeDepth(DepthModel):
     output_kind = AFFINE_DISPARITY
     predict_options = frozenset({"seed", "prompt", "with_segmentation", "flip"})
     default_processing_res = 1024  # the official inference caps the long side at 1024
+    processing_res_is_cap = True   # ... and keeps smaller images at their own size
     min_size = 16
 
     def __init__(self, sd: nn.Module, *, backbone: Optional[str] = None, refiner_ratio: float = 0.5,
