@@ -1,7 +1,6 @@
 """Rigid motion, projection and view synthesis (geometry.py, DiffSQL/Monodepth2 self-supervision)."""
 import math
 
-import numpy as np
 import pytest
 import torch
 

@@ -63,7 +63,8 @@ def build_model(encoder: str, use_sd: bool, sd_tap: str = "up0", tiny: bool = Fa
 
         from ..backbone import StableDiffusion
 
-        sd = StableDiffusion(vae=AutoencoderKL(**SD21_VAE), unet=UNet2DConditionModel(**SD21_UNET), source="random-sd21")
+        sd = StableDiffusion(vae=AutoencoderKL(**SD21_VAE), unet=UNet2DConditionModel(**SD21_UNET),
+                             source="random-sd21")
     cfg = dict(FULL_CONFIG, sd_tap=sd_tap)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -117,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
         rows.append({"encoder": enc, "base": res[False], "sd": res[True]})
     torch.set_num_threads(args.threads or torch.get_num_threads())
     machine = machine_description(torch.device(args.device))
-    lines = [f"DiffSQL depth network{' (TINY smoke-test model)' if args.tiny else ''}, one {args.width}x{args.height} frame, "
+    tag = " (TINY smoke-test model)" if args.tiny else ""
+    lines = [f"DiffSQL depth network{tag}, one {args.width}x{args.height} frame, "
              f"{'fp32' if args.device == 'cpu' else args.device}, random weights, "
              f"SD tap {args.sd_tap}; {machine}", "",
              "| encoder | params w/o SD (M) | s/frame w/o SD | peak GB w/o SD | params with SD (M, SD part) | "

@@ -88,8 +88,9 @@ def min_reprojection(target: torch.Tensor, warped: Sequence[torch.Tensor],
         raise ValueError(f"min_reprojection: {len(warped)} warped but {len(sources)} un-warped sources")
     identity = torch.cat([photometric_error(s, target, alpha) for s in sources], 1)  # [B,S,H,W]
     if tie_noise:
-        noise = torch.randn(identity.shape, generator=generator, device="cpu" if generator is not None else identity.device,
-                            dtype=identity.dtype).to(identity.device)
+        where = "cpu" if generator is not None else identity.device  # a seeded generator lives on the CPU
+        noise = torch.randn(identity.shape, generator=generator, device=where, dtype=identity.dtype)
+        noise = noise.to(identity.device)
         identity = identity + noise * tie_noise
     combined = torch.cat([identity, reproj], 1)  # [B,2S,H,W]
     loss, idx = combined.min(1, keepdim=True)

@@ -20,7 +20,6 @@ SQLdepth (Wang et al. 2024).
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -50,7 +49,8 @@ def resnet_spec(spec: Union[str, dict]) -> dict:
     try:
         return dict(RESNETS[spec])
     except KeyError:
-        raise ValueError(f"unknown encoder {spec!r}; use one of {', '.join(RESNETS)}, 'tiny' or a ResNetConfig dict") from None
+        raise ValueError(f"unknown encoder {spec!r}; use one of {', '.join(RESNETS)}, 'tiny' "
+                         f"or a ResNetConfig dict") from None
 
 
 class ResNetFeatures(nn.Module):

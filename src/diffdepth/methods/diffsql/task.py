@@ -13,7 +13,7 @@ photometric term (Monodepth2's "full-resolution multi-scale").
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Sequence
 
 import numpy as np
 import torch
