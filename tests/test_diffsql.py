@@ -231,3 +231,22 @@ def test_median_scaled_abs_rel_is_scale_invariant():
     noisy = gt * (1 + 0.1 * torch.randn_like(gt).clamp(-2, 2))
     expected = median_scaled_abs_rel(noisy, gt, valid)
     assert median_scaled_abs_rel(noisy * 3, gt, valid) == pytest.approx(expected, rel=1e-4)
+
+
+def test_full_size_architecture_builds_with_sd21_channels():
+    """The benchmark's full-size model (SD 2.1-sized VAE/UNet, ResNet-50), built on the meta device."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from diffdepth.backbone import StableDiffusion
+    from diffdepth.bench.diffsql import FULL_CONFIG, SD21_UNET, SD21_VAE
+
+    with torch.device("meta"):
+        sd = StableDiffusion(vae=AutoencoderKL(**SD21_VAE), unet=UNet2DConditionModel(**SD21_UNET))
+        m = DiffSQL(sd=sd, encoder="resnet50", pose_encoder="resnet18", **FULL_CONFIG)
+    assert m.size_multiple == 64  # 640x192 is a valid input
+    chans = [(f.local.in_channels, f.glob.in_channels) for f in m.sd_branch.fusions]
+    assert chans == [(320, 320), (1280, 1280), (1280, 1280)]
+    assert m.context.shape == (1, 77, 1024)
+    assert m.encoder.channels == [64, 256, 512, 1024, 2048]
+    # the SD features join the stride-16 skip of the decoder: 1024 (ResNet-50 layer3) + 64 (SD) + 256 (from below)
+    assert m.decoder.up16.net[0].in_channels == 256 + 1024 + 64
