@@ -102,15 +102,22 @@ def worker(size: int, repeats: int, device: str, dtype: str, channels_last: bool
         out = forward(z)
     assert out.shape[-1] == size and torch.isfinite(out).all()
     del out
+    import time
+
+    cpu0 = time.process_time()
     seconds = timed(lambda: forward(z), dev, repeats=repeats)
+    cpu_s = (time.process_time() - cpu0) / max(1, repeats)  # all threads: robust to other load on the machine
     t = torch.ones(1, dtype=torch.long, device=dev)
 
     def unet_step():
         with torch.inference_mode():
             sd.unet(z, t, encoder_hidden_states=ctx, return_dict=False)
 
+    cpu0 = time.process_time()
     unet_seconds = timed(unet_step, dev, repeats=1)
-    return {"seconds": seconds, "peak_gb": mem["peak_gb"], "unet_step_s": unet_seconds,
+    unet_cpu_s = time.process_time() - cpu0
+    return {"seconds": seconds, "cpu_s": cpu_s, "peak_gb": mem["peak_gb"], "unet_step_s": unet_seconds,
+            "unet_step_cpu_s": unet_cpu_s, "threads": torch.get_num_threads(),
             "params_total_m": n_params / 1e6, "params_primedepth_m": n_ours / 1e6}
 
 
@@ -134,8 +141,8 @@ def run(args: argparse.Namespace) -> int:
           f"{r0['params_total_m']:.0f} M parameters ({r0['params_primedepth_m']:.0f} M PrimeDepth); "
           f"{machine_description(dev)}")
     print(f"| size | ours s | official s | speed-up | ours forward peak GB | official GB | memory ratio | "
-          f"UNet step s | Marigold {args.steps}x{args.members} est. s | Marigold / ours |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          f"UNet step s | Marigold {args.steps}x{args.members} est. s | Marigold / ours | ours CPU s | UNet step CPU s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     results = []
     for size, r in rows:
         off_s, off_gb = OFFICIAL.get(size, (None, None))
@@ -143,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
         sp = f"{off_s / r['seconds']:.2f}×" if off_s else "–"
         mr = f"{off_gb / max(r['peak_gb'], 1e-3):.2f}×" if off_gb else "–"
         print(f"| {size}² | {r['seconds']:.2f} | {off_s if off_s else '–'} | {sp} | {r['peak_gb']:.2f} | "
-              f"{off_gb if off_gb else '–'} | {mr} | {r['unet_step_s']:.2f} | {mg:.0f} | {mg / r['seconds']:.0f}× |")
+              f"{off_gb if off_gb else '–'} | {mr} | {r['unet_step_s']:.2f} | {mg:.0f} | {mg / r['seconds']:.0f}× | "
+              f"{r.get('cpu_s', float('nan')):.1f} | {r.get('unet_step_cpu_s', float('nan')):.1f} |")
         results.append({"size": size, **r, "official_s": off_s, "official_peak_gb": off_gb, "marigold_est_s": mg})
     if args.json:
         from pathlib import Path
