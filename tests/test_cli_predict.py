@@ -104,17 +104,34 @@ def test_method_options_are_checked(tmp_path, toy_ckpt, capsys):
     assert rc == 2 and "bogus" in capsys.readouterr().err
 
 
-def test_ensemble_with_external_folder(tmp_path, toy_ckpt):
+def test_ensemble_with_external_folder(tmp_path, capsys):
+    class MeanDisparity(_toy_methods.MeanDepth):
+        method = "test-mean-disparity"
+        output_kind = "affine_invariant_disparity"
+
+    from diffdepth.registry import MethodInfo, register
+
+    register(MethodInfo("test-mean-disparity", "test_cli_predict:MeanDisparity", None, "", "test only"))
+    globals()["MeanDisparity"] = MeanDisparity
+    ckpt = tmp_path / "ckpt"
+    MeanDisparity().save_pretrained(ckpt)
     img = _img(tmp_path / "x.png")
     ext = tmp_path / "ext"
     ext.mkdir()
-    rng = np.random.default_rng(0)
-    np.save(ext / "x.npy", rng.random((32, 32)).astype(np.float32))
-    rc = main(["predict", str(img), "--method", "test-mean", "--checkpoint", str(toy_ckpt), "--out",
+    gradient = np.tile(np.linspace(1, 2, 32, dtype=np.float32), (32, 1))
+    np.save(ext / "x.npy", 1.0 / gradient)  # a depth map ...
+    (ext / "kind.txt").write_text("affine_invariant_depth\n")  # ... so it is inverted before aligning
+    rc = main(["predict", str(img), "--method", "test-mean-disparity", "--checkpoint", str(ckpt), "--out",
                str(tmp_path / "o"), "--save", "npy", "--ensemble-with", str(ext)])
     assert rc == 0
-    # our map is constant, so the least-squares-aligned external map is that constant too
+    # our map is constant, so the external disparity aligned to it is that constant too
     np.testing.assert_allclose(np.load(tmp_path / "o" / "x.npy"), 1 + 128 / 255, atol=1e-5)
+    # affine depth outputs cannot be averaged this way: the image is reported, not written
+    ck2 = tmp_path / "ck2"
+    _toy_methods.MeanDepth().save_pretrained(ck2)
+    rc = main(["predict", str(img), "--method", "test-mean", "--checkpoint", str(ck2), "--out",
+               str(tmp_path / "o2"), "--save", "npy", "--ensemble-with", str(ext)])
+    assert rc == 1 and "affine-invariant disparities" in capsys.readouterr().err
 
 
 def test_video_gives_colour_video_and_npz(tmp_path, toy_ckpt):

@@ -245,23 +245,23 @@ def _predict_video(pipe, job: Job, out_root: Path, args) -> None:
 
 
 def _external_ensembler(folder: str):
-    """Average our disparity with another model's aligned prediction (PrimeDepth + Depth Anything)."""
-    import numpy as np
+    """Average our disparity with another model's prediction at the same relative path.
 
-    from ..methods.ensemble import ensemble_with_external
+    PrimeDepth's paper averages its disparity with Depth Anything's; the external map is
+    inverted if its ``kind.txt`` says depth, aligned to ours by least squares, then averaged.
+    """
+    from ..methods.primedepth.ensemble import ensemble_with, external_kind_of, find_external, read_external
+    from ..types import AFFINE_DISPARITY, DepthPrediction
 
     root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise InputError(f"--ensemble-with {folder}: no such folder")
+    kind = external_kind_of(root)
 
     def apply(rel: Path, pred):
-        file = root / rel.with_suffix(".npy")
-        if not file.exists():
-            raise InputError(f"--ensemble-with: {file} is missing (expected a .npy at the input's relative path)")
-        try:
-            external = np.load(file)
-        except (OSError, ValueError) as err:
-            raise InputError(f"--ensemble-with: cannot read {file}: {err}") from None
-        return ensemble_with_external(pred, external)
+        if pred.kind != AFFINE_DISPARITY:
+            raise InputError(f"--ensemble-with averages affine-invariant disparities; this method gives {pred.kind}")
+        external = read_external(find_external(root, str(rel)))
+        return DepthPrediction(ensemble_with(pred.depth, external, kind), pred.kind, pred.uncertainty, pred.extras)
 
+    if not root.is_dir():
+        raise InputError(f"--ensemble-with {folder}: no such folder")
     return apply
