@@ -207,6 +207,23 @@ def test_convert_round_trip(official, tmp_path):
     assert torch.equal(a.extras["segmentation"], b.extras["segmentation"])
 
 
+def test_official_checkpoint_folder_is_converted_once_on_load(official, tmp_path, monkeypatch, capsys):
+    """A folder holding the official .ckpt (the hub default) loads: converted once into the cache."""
+    model, ckpt, tmp = official
+    monkeypatch.setenv("DIFFDEPTH_CACHE", str(tmp_path / "cache"))
+    hub_like = tmp_path / "hub"
+    hub_like.mkdir()
+    (hub_like / ckpt.name).symlink_to(ckpt)
+    kw = dict(sd_config=str(tmp / "sd-config"), convert_options=TINY)
+    loaded = PrimeDepth.from_pretrained(hub_like, **kw)
+    assert "converting official PrimeDepth checkpoint" in capsys.readouterr().err
+    x = torch.rand(1, 3, 32, 32)
+    assert torch.equal(model.predict(x, seed=1).depth, loaded.predict(x, seed=1).depth)
+    PrimeDepth.from_pretrained(hub_like, **kw)  # second time: from the cache
+    assert "converting" not in capsys.readouterr().err
+    assert len(list((tmp_path / "cache" / "converted").iterdir())) == 1
+
+
 def test_convert_reports_missing(official, tmp_path):
     _, ckpt, tmp = official
     state = load_checkpoint_tensors(ckpt)

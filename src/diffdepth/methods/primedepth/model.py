@@ -358,11 +358,12 @@ class PrimeDepth(DepthModel):
         from ...backbone import StableDiffusion
         from ...hub import resolve_checkpoint
 
-        path = resolve_checkpoint(source)
+        path = resolve_checkpoint(source, allow_patterns=["*.ckpt", "*.json", "*.safetensors", "*/*"])
         official = _official_file(path)
-        if official is not None:
-            raise CheckpointError(f"{official} is an official PrimeDepth checkpoint — convert it first: "
-                                  f"`diffdepth convert primedepth-official {official} OUT`, then --checkpoint OUT")
+        sd_config = overrides.pop("sd_config", "stabilityai/stable-diffusion-2-1")
+        convert_options = overrides.pop("convert_options", {})
+        if official is not None:  # e.g. the hub default CVL-Heidelberg/PrimeDepth
+            path = converted_official(official, sd_config, **convert_options)
         marker = cls.read_marker(path)
         if marker.get("method") != cls.method:
             raise CheckpointError(f"{path} holds a {marker.get('method')!r} model, not primedepth")
@@ -415,6 +416,32 @@ def _context_tokens(sd) -> int:
     if te is not None:
         return int(te.config.max_position_embeddings)
     return 77
+
+
+def converted_official(official: Path, sd_config: str = "stabilityai/stable-diffusion-2-1", **options: Any) -> Path:
+    """Convert an official ``.ckpt`` once into the cache and return the converted folder.
+
+    The cache entry is keyed by the file's name, size and modification time
+    (``$DIFFDEPTH_CACHE`` or ``~/.cache/diffdepth``, under ``converted/``) and written
+    atomically, so an interrupted conversion is simply redone next time.
+    """
+    import os
+    import sys
+
+    from ...utils import atomic_dir
+    from .convert import convert_official
+
+    st = official.stat()
+    root = Path(os.environ.get("DIFFDEPTH_CACHE", Path.home() / ".cache" / "diffdepth"))
+    out = root / "converted" / f"primedepth-{official.stem}-{st.st_size}-{st.st_mtime_ns}"
+    if not (out / "diffdepth.json").exists():
+        print(f"converting official PrimeDepth checkpoint {official} -> {out} (once)", file=sys.stderr)
+        with atomic_dir(out) as tmp:
+            report = convert_official(str(official), str(tmp), sd_config=sd_config, **options)
+        if report.get("unmapped") or report.get("missing"):
+            print(f"  unmapped keys: {len(report.get('unmapped', []))}, missing: {len(report.get('missing', []))} "
+                  f"(`diffdepth convert primedepth-official` lists them)", file=sys.stderr)
+    return out
 
 
 def _official_file(path: Path) -> Optional[Path]:
