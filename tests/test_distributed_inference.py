@@ -15,13 +15,21 @@ from diffdepth.cli import main
 TESTS = Path(__file__).parent
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _torchrun(args, tmp_path):
     launcher = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     if launcher is None:
         pytest.skip("torchrun not installed next to this python")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    cmd = [launcher, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
+    cmd = [launcher, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
            "-m", "diffdepth.cli", *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -21,6 +21,7 @@ Typical use in a batch command::
 """
 from __future__ import annotations
 
+import atexit
 import os
 from datetime import timedelta
 from typing import Any, List, Sequence, TypeVar
@@ -96,7 +97,28 @@ def init(timeout_s: float = 1800.0) -> bool:
     if backend == "nccl":
         torch.cuda.set_device(local_rank())
     tdist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    atexit.register(_shutdown)
     return True
+
+
+def _shutdown() -> None:
+    """Wait for every process, then tear the group down before the interpreter exits.
+
+    A gloo group left to interpreter shutdown can abort a process ("terminate called
+    without an active exception") while its peer is still finishing, failing the launch.
+    """
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized():
+        try:  # bounded: a peer that crashed must not keep this process alive
+            if tdist.get_backend() == "gloo":
+                tdist.monitored_barrier(timeout=timedelta(seconds=60))
+            else:
+                tdist.barrier()
+        except Exception:
+            pass
+        finally:
+            tdist.destroy_process_group()
 
 
 def shard_indices(n: int, mode: str = "contiguous", rank_: int | None = None,
