@@ -253,7 +253,7 @@ def test_diode_reader_uses_file_mask(tmp_path):
 def test_make3d_reader_mat_and_crops(tmp_path):
     from scipy.io import savemat
 
-    img = _rgb(tmp_path / "Test134/img-10.21op2-p-139t000.jpg", 16, 8)
+    _rgb(tmp_path / "Test134/img-10.21op2-p-139t000.jpg", 16, 8)
     grid = np.zeros((55, 305, 4), np.float64)
     grid[:, :, 3] = np.arange(55)[:, None] + np.arange(305)[None, :] / 1000.0 + 1.0
     (tmp_path / "Gridlaserdata").mkdir()

@@ -1,5 +1,4 @@
 """PrimeDepth on tiny random models: layout, preimage fusion, inference, training, save/load, ensembling."""
-import copy
 import hashlib
 
 import numpy as np

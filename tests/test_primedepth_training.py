@@ -1,6 +1,5 @@
 """PrimeDepth learns: a short debug training on synthetic scenes beats a constant depth on held-out scenes,
 and the command-line path make-tiny -> predict -> train (debug recipe) -> eval runs end to end."""
-import json
 from pathlib import Path
 
 import numpy as np

@@ -1,7 +1,5 @@
 """Training engine pieces: schedules (hand values), optimizer groups, EMA, data mixing, checkpoint folders."""
 import json
-import math
-import os
 import sys
 from pathlib import Path
 

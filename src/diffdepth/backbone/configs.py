@@ -9,20 +9,20 @@ from typing import Optional
 
 import torch
 
-SD21_UNET = dict(
-    sample_size=96, in_channels=4, out_channels=4, layers_per_block=2,
-    block_out_channels=(320, 640, 1280, 1280),
+SD21_UNET = dict(  # stabilityai/stable-diffusion-2-1 unet/config.json
+    sample_size=96, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True, freq_shift=0,
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
-    norm_num_groups=32, flip_sin_to_cos=True, freq_shift=0,
+    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, downsample_padding=1, mid_block_scale_factor=1,
+    act_fn="silu", norm_num_groups=32, norm_eps=1e-5, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
+    use_linear_projection=True, upcast_attention=True,
 )
-SD15_UNET = dict(SD21_UNET, sample_size=64, cross_attention_dim=768, attention_head_dim=8, use_linear_projection=False)
-SD_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, sample_size=768, layers_per_block=2,
-    block_out_channels=(128, 256, 512, 512),
+SD15_UNET = dict(SD21_UNET, sample_size=64, cross_attention_dim=768, attention_head_dim=8,
+                 use_linear_projection=False, upcast_attention=False)
+SD_VAE = dict(  # vae/config.json (same for SD 1.5 and 2.1)
+    in_channels=3, out_channels=3, latent_channels=4, sample_size=768, layers_per_block=2, act_fn="silu",
     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    norm_num_groups=32, scaling_factor=0.18215,
+    block_out_channels=(128, 256, 512, 512), norm_num_groups=32, scaling_factor=0.18215,
 )
 SD_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                     clip_sample=False, steps_offset=1, timestep_spacing="leading")

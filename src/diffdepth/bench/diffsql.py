@@ -15,22 +15,10 @@ import json
 import sys
 from typing import Dict, List
 
+from ..backbone.configs import SD21_UNET, SD_VAE as SD21_VAE  # noqa: F401 (tests import them here)
+
 HELP = "DiffSQL depth network with vs without the SD branch: time and peak memory per 640x192 frame"
 
-#: SD 2.1 UNet / VAE configurations (diffusers ``UNet2DConditionModel`` / ``AutoencoderKL`` arguments)
-SD21_UNET = dict(
-    sample_size=96, in_channels=4, out_channels=4, layers_per_block=2,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
-)
-SD21_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, sample_size=768, layers_per_block=2,
-    block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    scaling_factor=0.18215,
-)
 #: DiffSQL head at 640x192 (SQLdepth-like defaults, REFERENCE.md)
 FULL_CONFIG = dict(decoder_features=256, model_dim=64, num_queries=64, num_bins=128, patch_size=16,
                    vit_layers=4, vit_heads=4, sd_width=64, sd_tap="up0")

@@ -26,23 +26,13 @@ import threading
 import time
 from contextlib import contextmanager
 
+from ..backbone.configs import SD21_UNET as _SD21_UNET, SD_VAE
+
 HELP = "Marigold at SD 2.1 size: one trailing step vs 50 steps x 10 members (time, peak memory)"
 
-#: Stable Diffusion 2.1 architecture (stabilityai/stable-diffusion-2-1 unet/ and vae/ configs);
-#: conv_in already widened to 8 channels as Marigold does
-SD21_UNET = dict(
-    sample_size=96, in_channels=8, out_channels=4, center_input_sample=False, flip_sin_to_cos=True, freq_shift=0,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, downsample_padding=1, mid_block_scale_factor=1,
-    act_fn="silu", norm_num_groups=32, norm_eps=1e-5, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
-    use_linear_projection=True, upcast_attention=True,
-)
-SD21_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=768, act_fn="silu",
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512), norm_num_groups=32, scaling_factor=0.18215,
-)
+#: Stable Diffusion 2.1 architecture with conv_in already widened to 8 channels as Marigold does
+SD21_UNET = dict(_SD21_UNET, in_channels=8)
+SD21_VAE = SD_VAE
 SD21_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                       prediction_type="v_prediction", set_alpha_to_one=False, steps_offset=1, clip_sample=False,
                       timestep_spacing="trailing")

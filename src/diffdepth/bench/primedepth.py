@@ -125,7 +125,6 @@ def worker(size: int, repeats: int, device: str, dtype: str, channels_last: bool
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from ..utils import parse_device
     from .common import machine_description, run_worker

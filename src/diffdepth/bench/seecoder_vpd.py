@@ -18,17 +18,10 @@ import platform
 import threading
 import time
 
+from ..backbone.configs import SD15_UNET, SD21_UNET, SD_VAE
+
 HELP = "SeeCoder-VPD: time/peak memory per image split into SeeCoder / VAE / UNet / decoder"
 
-SD21_UNET = dict(sample_size=96, in_channels=4, out_channels=4, layers_per_block=2,
-                 block_out_channels=(320, 640, 1280, 1280),
-                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-                 cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True)
-SD15_UNET = dict(SD21_UNET, cross_attention_dim=768, attention_head_dim=8, use_linear_projection=False)
-SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
-              down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-              block_out_channels=(128, 256, 512, 512), sample_size=768, scaling_factor=0.18215)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -79,7 +72,6 @@ class _PeakRSS:
 
 
 def build_model(unet: str = "sd21", seecoder: str = "large", enhancement: str = "dc+sa"):
-    import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from ..backbone import StableDiffusion, make_tiny_sd

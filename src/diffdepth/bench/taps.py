@@ -61,7 +61,6 @@ def worker(size: int, variant: str, repeats: int, device: str, dtype: str, arch:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from ..utils import parse_device
     from .common import machine_description, run_worker

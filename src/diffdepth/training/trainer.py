@@ -27,7 +27,6 @@ never change the training random stream.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import random
 import sys

@@ -14,9 +14,7 @@ CLIP embedding. Inference: DDIM (η = 0) from Gaussian noise, optional ensemblin
 """
 from __future__ import annotations
 
-import copy
 import json
-import math
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -25,9 +23,9 @@ from torch import nn
 
 from ...errors import CheckpointError, ConfigError, InputError
 from ...model import DepthModel
-from ...types import AFFINE_DEPTH, METRIC_DEPTH, DepthPrediction
+from ...types import DepthPrediction
 from .ensemble import REDUCTIONS, ensemble_affine, ensemble_log
-from .normalizers import AffineNormalizer, LogNormalizer, make_normalizer
+from .normalizers import AffineNormalizer, LogNormalizer
 from .schedule import SPACINGS, NoiseSchedule
 
 #: diffusers DDIM config keys we keep from a checkpoint's scheduler (everything the sampler reads)

@@ -13,7 +13,7 @@ averaged. The result is an affine-invariant disparity in the scale of ``pred_dis
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 import torch

@@ -23,7 +23,9 @@ checked without instantiating an 866 M parameter UNet.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional
+
+from ...backbone.configs import SD21_UNET, SD_VAE
 
 
 def largest_divisor(n: int, at_most: int) -> int:
@@ -193,26 +195,10 @@ def make_plan(config: Mapping[str, Any], ratio: float = 0.5, use_features: bool 
                 per_head=per_head, block_in=block_in)
 
 
-#: diffusers UNet config of Stable Diffusion 2.1 (stabilityai/stable-diffusion-2-1, unet/config.json);
-#: used by the channel-table test and the benchmark, so nothing is downloaded.
-SD21_UNET_CONFIG: Dict[str, Any] = {
-    "act_fn": "silu", "attention_head_dim": [5, 10, 20, 20], "block_out_channels": [320, 640, 1280, 1280],
-    "center_input_sample": False, "cross_attention_dim": 1024,
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    "downsample_padding": 1, "dual_cross_attention": False, "flip_sin_to_cos": True, "freq_shift": 0,
-    "in_channels": 4, "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32,
-    "num_class_embeds": None, "only_cross_attention": False, "out_channels": 4, "sample_size": 96,
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    "use_linear_projection": True, "upcast_attention": True,
-}
-
-#: diffusers VAE config of Stable Diffusion 2.1 (vae/config.json)
-SD21_VAE_CONFIG: Dict[str, Any] = {
-    "act_fn": "silu", "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32,
-    "sample_size": 768, "scaling_factor": 0.18215,
-}
+#: diffusers UNet / VAE configs of Stable Diffusion 2.1, for the channel-table test and the
+#: benchmark (nothing is downloaded); one definition in diffdepth.backbone.configs
+SD21_UNET_CONFIG: Dict[str, Any] = dict(SD21_UNET)
+SD21_VAE_CONFIG: Dict[str, Any] = dict(SD_VAE)
 
 #: the official PrimeDepth options (configs/inference.yaml of vislearn/PrimeDepth)
 OFFICIAL_OPTIONS: Dict[str, Any] = {

@@ -7,7 +7,7 @@ All modules are tensor in / tensor out.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -253,7 +253,6 @@ def _resnet_strips(res: nn.Module, x: torch.Tensor) -> torch.Tensor:
     b, c, h, w = x.shape
     co = res.conv1.out_channels
     rows = _strip_rows(max(c, co), w)
-    pad_w = (0, 0)
     s1 = _gn_stats(res.norm1, x)
     hid = x.new_empty(b, co, h, w)
     for r0 in range(0, h, rows):

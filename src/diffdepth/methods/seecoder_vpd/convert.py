@@ -26,7 +26,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 import torch
 

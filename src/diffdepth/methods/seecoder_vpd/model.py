@@ -20,9 +20,8 @@ The VAE and text encoder are always frozen.
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F

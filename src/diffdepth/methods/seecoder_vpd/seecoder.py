@@ -29,7 +29,7 @@ so the official checkpoint loads by name; the new enhancement modules live under
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -15,7 +15,7 @@ pixels with ``min_depth < d <= max_depth`` (``max_depth`` defaults to the model'
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
