@@ -90,6 +90,28 @@ class DepthModel(nn.Module):
         self.write_marker(path)
         return path
 
+    def save_with_backbone(self, path: Union[str, Path], sd_components: Optional[list] = None) -> Path:
+        """Layout for methods built around a ``StableDiffusion`` attribute ``sd``.
+
+        The SD parts go to diffusers subfolders (``vae/``, ``unet/`` ...), every other
+        tensor to ``model.safetensors``, the config to ``diffdepth.json``; each file is
+        written atomically. ``sd_components``: which SD parts (default: all present).
+        """
+        from safetensors.torch import save_file
+
+        from .utils import atomic_path
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        sd = getattr(self, "sd", None)
+        if sd is not None:
+            sd.save_pretrained(path, components=sd_components)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith("sd.")}
+        with atomic_path(path / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp))
+        self.write_marker(path)
+        return path
+
     def write_marker(self, path: Union[str, Path], extra: Optional[dict] = None) -> None:
         from .utils import atomic_path
         from . import __version__

@@ -181,20 +181,8 @@ class DiffSQL(DepthModel):
     def save_pretrained(self, path: Union[str, Path]) -> Path:
         """``diffdepth.json`` + ``model.safetensors`` (everything but SD) + SD ``vae/``, ``unet/``
         (and ``scheduler/``) as diffusers subfolders, so one folder is self-contained."""
-        from safetensors.torch import save_file
-
-        from ...utils import atomic_path
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        if self.sd is not None:
-            parts = [c for c in SD_PARTS if getattr(self.sd, c, None) is not None]
-            self.sd.save_pretrained(path, components=parts)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith("sd.")}
-        with atomic_path(path / WEIGHTS_NAME) as tmp:
-            save_file(state, str(tmp))
-        self.write_marker(path)
-        return path
+        parts = [c for c in SD_PARTS if getattr(self.sd, c, None) is not None] if self.sd is not None else None
+        return self.save_with_backbone(path, sd_components=parts)
 
     @classmethod
     def from_pretrained(cls, source: Union[str, Path], device: Optional[torch.device] = None,

@@ -240,18 +240,7 @@ class SeeCoderVPD(DepthModel):
     def save_pretrained(self, path: Union[str, Path]) -> Path:
         """``diffdepth.json`` + ``model.safetensors`` (SeeCoder, projection, head, tokens) +
         the SD components as diffusers subfolders (UNet included: it is fine-tuned)."""
-        from safetensors.torch import save_file
-
-        from ...utils import atomic_path
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.sd.save_pretrained(path)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith("sd.")}
-        with atomic_path(path / WEIGHTS_NAME) as tmp:
-            save_file(state, str(tmp))
-        self.write_marker(path)
-        return path
+        return self.save_with_backbone(path)
 
     @classmethod
     def from_pretrained(cls, source: Union[str, Path], device: Optional[torch.device] = None,
