@@ -112,6 +112,26 @@ class DepthModel(nn.Module):
         self.write_marker(path)
         return path
 
+    def load_weights_beside_backbone(self, weights: Union[str, Path]) -> None:
+        """Load a safetensors file holding every tensor but the ``sd.`` backbone; keys must match.
+
+        The counterpart of :meth:`save_with_backbone` (whose SD parts are loaded from the
+        diffusers subfolders separately).
+        """
+        from safetensors.torch import load_file
+
+        weights = Path(weights)
+        if not weights.exists():
+            raise CheckpointError(f"{weights.parent} has no {weights.name} — the checkpoint is incomplete")
+        state = load_file(str(weights))
+        own = {k for k in self.state_dict() if not k.startswith("sd.")}
+        missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
+        if missing or unexpected:
+            raise CheckpointError(f"{weights} does not match the config in {CONFIG_NAME} ({len(missing)} missing "
+                                  f"e.g. {missing[:2]}, {len(unexpected)} unexpected e.g. {unexpected[:2]}) — "
+                                  f"do not override architecture options when loading")
+        self.load_state_dict(state, strict=False)
+
     def write_marker(self, path: Union[str, Path], extra: Optional[dict] = None) -> None:
         from .utils import atomic_path
         from . import __version__

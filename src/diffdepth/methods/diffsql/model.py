@@ -187,7 +187,6 @@ class DiffSQL(DepthModel):
     @classmethod
     def from_pretrained(cls, source: Union[str, Path], device: Optional[torch.device] = None,
                         dtype: Optional[torch.dtype] = None, **overrides: Any) -> "DiffSQL":
-        from safetensors.torch import load_file
 
         from ...hub import resolve_checkpoint
 
@@ -205,18 +204,7 @@ class DiffSQL(DepthModel):
                 raise CheckpointError(f"{path} has no vae/ and unet/ folders but its config uses the SD branch")
             sd = StableDiffusion.from_pretrained(path, components=parts)
         model = cls(sd=sd, **config)
-        weights = path / WEIGHTS_NAME
-        if not weights.exists():
-            raise CheckpointError(f"{path} has no {WEIGHTS_NAME}")
-        state = load_file(str(weights))
-        own = {k for k in model.state_dict() if not k.startswith("sd.")}
-        missing = sorted(own - set(state))
-        unexpected = sorted(set(state) - own)
-        if missing or unexpected:
-            raise CheckpointError(f"{weights} does not match the diffsql config ({len(missing)} missing e.g. "
-                                  f"{missing[:2]}, {len(unexpected)} unexpected e.g. {unexpected[:2]}) — "
-                                  f"do not override architecture options when loading")
-        model.load_state_dict(state, strict=False)
+        model.load_weights_beside_backbone(path / WEIGHTS_NAME)
         return model.to(device=device, dtype=dtype).eval()
 
     @classmethod

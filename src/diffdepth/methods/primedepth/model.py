@@ -353,7 +353,6 @@ class PrimeDepth(DepthModel):
     @classmethod
     def from_pretrained(cls, source: Union[str, Path], device: Optional[torch.device] = None,
                         dtype: Optional[torch.dtype] = None, **overrides: Any) -> "PrimeDepth":
-        from safetensors.torch import load_file
 
         from ...backbone import StableDiffusion
         from ...hub import resolve_checkpoint
@@ -367,19 +366,13 @@ class PrimeDepth(DepthModel):
         marker = cls.read_marker(path)
         if marker.get("method") != cls.method:
             raise CheckpointError(f"{path} holds a {marker.get('method')!r} model, not primedepth")
-        weights = path / WEIGHTS
-        if not weights.exists():
+        if not (path / WEIGHTS).exists():  # before the (slow) SD load
             raise CheckpointError(f"{path} has no {WEIGHTS} — the checkpoint is incomplete")
         captioner = overrides.pop("captioner", None)
         config = {**marker.get("config", {}), **overrides}
         sd = StableDiffusion.from_pretrained(path)
         model = cls(sd, captioner=captioner, **config)
-        state = load_file(str(weights))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("sd.")]
-        if missing or unexpected:
-            raise CheckpointError(f"{weights} does not match the config in diffdepth.json "
-                                  f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        model.load_weights_beside_backbone(path / WEIGHTS)
         return model.to(device=device, dtype=dtype).eval()
 
     @classmethod

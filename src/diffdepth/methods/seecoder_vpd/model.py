@@ -245,7 +245,6 @@ class SeeCoderVPD(DepthModel):
     @classmethod
     def from_pretrained(cls, source: Union[str, Path], device: Optional[torch.device] = None,
                         dtype: Optional[torch.dtype] = None, **overrides: Any) -> "SeeCoderVPD":
-        from safetensors.torch import load_file
 
         from ...backbone import COMPONENTS, StableDiffusion
         from ...hub import resolve_checkpoint
@@ -259,15 +258,7 @@ class SeeCoderVPD(DepthModel):
         components = [c for c in COMPONENTS if (path / c).is_dir()]
         sd = StableDiffusion.from_pretrained(path, components=components)
         model = cls(sd, **config)
-        weights = path / WEIGHTS_NAME
-        if not weights.exists():
-            raise CheckpointError(f"{path} has no {WEIGHTS_NAME} — re-save the model with save_pretrained")
-        state = load_file(str(weights))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("sd.")]
-        if missing or unexpected:
-            raise CheckpointError(f"{weights} does not match the config in diffdepth.json "
-                                  f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        model.load_weights_beside_backbone(path / WEIGHTS_NAME)
         if seecoder_weights:
             model._load_seecoder(seecoder_weights)
         return model.to(device=device, dtype=dtype).eval()
