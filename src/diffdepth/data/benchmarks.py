@@ -263,10 +263,9 @@ class BenchmarkDataset:
 
 
 # ---------------------------------------------------------------------------- NYUv2
-class NYUv2(BenchmarkDataset):
-    """NYUv2 Eigen test split (654) in Marigold's extracted layout; depth = raw, mm → m."""
+class _MillimetrePngPairs(BenchmarkDataset):
+    """Split lines ``<rgb> <depth> ...`` with depth as uint16 PNG in millimetres."""
 
-    split_key = "nyuv2"
     min_fields = 2
 
     def _load(self, line: SplitLine) -> dict:
@@ -274,6 +273,12 @@ class NYUv2(BenchmarkDataset):
         image = read_rgb(self.root / rgb, line)
         d = read_png_depth(self.root / depth, 1000.0, line)
         return _sample(_stem(rgb), rgb, image, d)
+
+
+class NYUv2(_MillimetrePngPairs):
+    """NYUv2 Eigen test split (654) in Marigold's extracted layout; depth = raw, mm → m."""
+
+    split_key = "nyuv2"
 
 
 class NYUv2Labeled(BenchmarkDataset):
@@ -542,17 +547,10 @@ class ETH3D(BenchmarkDataset):
         return _sample(_stem(rgb), rgb, image, depth)
 
 
-class ScanNet(BenchmarkDataset):
+class ScanNet(_MillimetrePngPairs):
     """ScanNet 800 sampled validation frames (Marigold): uint16 PNG, millimetres."""
 
     split_key = "scannet"
-    min_fields = 2
-
-    def _load(self, line: SplitLine) -> dict:
-        rgb, depth = line.fields[0], line.fields[1]
-        image = read_rgb(self.root / rgb, line)
-        d = read_png_depth(self.root / depth, 1000.0, line)
-        return _sample(_stem(rgb), rgb, image, d)
 
 
 class DIODE(BenchmarkDataset):
