@@ -242,23 +242,27 @@ class StableDiffusion(nn.Module):
     def _level_scale(self, level: int) -> int:
         return self.latent_factor * 2 ** level
 
-    def encoder_layers(self) -> List[Dict]:
-        """One entry per encoder resnet (``down_blocks.i.resnets.j``) in execution order."""
+    def _resnet_layers(self, prefix: str, sampler: str, level_of) -> List[Dict]:
+        """One entry per resnet of ``down_blocks``/``up_blocks`` in execution order."""
         layers = []
-        for i, block in enumerate(self.unet.down_blocks):
+        for i, block in enumerate(getattr(self.unet, prefix)):
             n = len(block.resnets)
+            attentions = getattr(block, "attentions", None)
+            samplers = getattr(block, sampler, None)
             for j, res in enumerate(block.resnets):
-                has_attn = hasattr(block, "attentions") and block.attentions is not None and len(block.attentions) > j
-                down = getattr(block, "downsamplers", None)
                 layers.append({
                     "index": len(layers), "block": i,
-                    "resnet": f"down_blocks.{i}.resnets.{j}",
-                    "attention": f"down_blocks.{i}.attentions.{j}" if has_attn else None,
-                    "downsampler": f"down_blocks.{i}.downsamplers.0" if (down and j == n - 1) else None,
+                    "resnet": f"{prefix}.{i}.resnets.{j}",
+                    "attention": f"{prefix}.{i}.attentions.{j}" if attentions is not None and len(attentions) > j else None,
+                    sampler[:-1]: f"{prefix}.{i}.{sampler}.0" if (samplers and j == n - 1) else None,
                     "in_channels": res.conv1.in_channels, "out_channels": res.conv2.out_channels,
-                    "scale": self._level_scale(i),
+                    "scale": self._level_scale(level_of(i)),
                 })
         return layers
+
+    def encoder_layers(self) -> List[Dict]:
+        """One entry per encoder resnet (``down_blocks.i.resnets.j``) in execution order."""
+        return self._resnet_layers("down_blocks", "downsamplers", lambda i: i)
 
     def mid_layers(self) -> List[Dict]:
         block = self.unet.mid_block
@@ -270,20 +274,7 @@ class StableDiffusion(nn.Module):
     def decoder_layers(self) -> List[Dict]:
         """One entry per decoder resnet (``up_blocks.i.resnets.j``) in execution order (12 for SD)."""
         levels = len(self.unet.up_blocks)
-        layers = []
-        for i, block in enumerate(self.unet.up_blocks):
-            for j, res in enumerate(block.resnets):
-                has_attn = hasattr(block, "attentions") and block.attentions is not None and len(block.attentions) > j
-                up = getattr(block, "upsamplers", None)
-                layers.append({
-                    "index": len(layers), "block": i,
-                    "resnet": f"up_blocks.{i}.resnets.{j}",
-                    "attention": f"up_blocks.{i}.attentions.{j}" if has_attn else None,
-                    "upsampler": f"up_blocks.{i}.upsamplers.0" if (up and j == len(block.resnets) - 1) else None,
-                    "in_channels": res.conv1.in_channels, "out_channels": res.conv2.out_channels,
-                    "scale": self._level_scale(levels - 1 - i),
-                })
-        return layers
+        return self._resnet_layers("up_blocks", "upsamplers", lambda i: levels - 1 - i)
 
     def transformer_info(self, name: str) -> Dict:
         """Heads, channels and image-relative scale of a transformer (attention) module."""
@@ -297,7 +288,7 @@ class StableDiffusion(nn.Module):
         else:
             scale = self._level_scale(len(self.unet.down_blocks) - 1)
         return {"heads": attn.heads, "channels": attn.inner_dim if hasattr(attn, "inner_dim") else attn.to_q.out_features,
-                "scale": scale, "context_tokens": None}
+                "scale": scale}
 
 
 class _quiet_transformers:
@@ -323,5 +314,4 @@ def _diffusers_version() -> str:
 
 
 def _library_of(obj) -> str:
-    mod = type(obj).__module__.split(".")[0]
-    return mod if mod in ("diffusers", "transformers") else mod
+    return type(obj).__module__.split(".")[0]
