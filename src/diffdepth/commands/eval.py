@@ -49,14 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: the model's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g = parser.add_argument_group("method options for --method (only those the method accepts)")
-    g.add_argument("--steps", type=int, default=None, help="denoising steps (marigold/metricgold)")
-    g.add_argument("--ensemble-size", type=int, default=None, help="ensemble members (marigold/metricgold)")
-    g.add_argument("--seed", type=int, default=None, help="random seed for noise")
-    g.add_argument("--prompt", default=None, help="text prompt (primedepth)")
-    g.add_argument("--flip", action="store_true", default=None, help="test-time flip averaging")
-    g.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other method option (YAML-typed value); repeatable")
+    from .predict import add_method_options
+
+    add_method_options(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
 
 
@@ -106,11 +101,9 @@ def run(args: argparse.Namespace) -> int:
 
         model = diffdepth.load_model(args.method, args.checkpoint, device=args.device, dtype=args.dtype)
         res = args.processing_res if args.processing_res is not None else protocol.processing_res
-        from .predict import _parse_opts
+        from .predict import method_options
 
-        options = {k: getattr(args, k) for k in ("steps", "ensemble_size", "seed", "prompt", "flip")
-                   if getattr(args, k) is not None}
-        options.update(_parse_opts(args.opt))
+        options = method_options(args)
         pipe = DepthPipeline(model, processing_res=res, **options)
 
         def predict(sample):

@@ -17,6 +17,29 @@ HELP = "predict depth for images, folders (recursive), globs or videos"
 METHOD_OPTIONS = ("steps", "ensemble_size", "seed", "prompt", "reduction", "flip", "scale", "timestep_spacing")
 
 
+def add_method_options(p: argparse.ArgumentParser):
+    """The method-option flags shared by ``predict`` and ``eval``; returns their group."""
+    g = p.add_argument_group("method options (only those the method accepts)")
+    g.add_argument("--steps", type=int, default=None, help="denoising steps (marigold/metricgold)")
+    g.add_argument("--ensemble-size", type=int, default=None, help="ensemble members (marigold/metricgold)")
+    g.add_argument("--seed", type=int, default=None, help="random seed for noise")
+    g.add_argument("--prompt", default=None, help="text prompt (primedepth; default empty)")
+    g.add_argument("--reduction", default=None, choices=["median", "mean"], help="ensemble reduction")
+    g.add_argument("--timestep-spacing", default=None, choices=["leading", "trailing"], help="DDIM spacing")
+    g.add_argument("--flip", action="store_true", default=None, help="test-time horizontal flip averaging")
+    g.add_argument("--scale", type=float, default=None, help="multiply relative depth by a known factor (diffsql)")
+    g.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other method option (YAML-typed value); repeatable")
+    return g
+
+
+def method_options(args: argparse.Namespace) -> Dict[str, object]:
+    """The method options the user set (flags + ``--opt``), for ``DepthPipeline``."""
+    options = {name: getattr(args, name) for name in METHOD_OPTIONS if getattr(args, name) is not None}
+    options.update(_parse_opts(args.opt))
+    return options
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image/video files, folders (searched recursively) or globs")
     p.add_argument("--method", default=None, help="method id (default: from the checkpoint, else marigold); see `diffdepth info`")
@@ -30,17 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them)")
-    g = p.add_argument_group("method options (only those the method accepts)")
-    g.add_argument("--steps", type=int, default=None, help="denoising steps (marigold/metricgold)")
-    g.add_argument("--ensemble-size", type=int, default=None, help="ensemble members (marigold/metricgold)")
-    g.add_argument("--seed", type=int, default=None, help="random seed for noise")
-    g.add_argument("--prompt", default=None, help="text prompt (primedepth; default empty)")
-    g.add_argument("--reduction", default=None, choices=["median", "mean"], help="ensemble reduction")
-    g.add_argument("--timestep-spacing", default=None, choices=["leading", "trailing"], help="DDIM spacing")
-    g.add_argument("--flip", action="store_true", default=None, help="test-time horizontal flip averaging")
-    g.add_argument("--scale", type=float, default=None, help="multiply relative depth by a known factor (diffsql)")
-    g.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other method option (YAML-typed value); repeatable")
+    g = add_method_options(p)
     g.add_argument("--ensemble-with", default=None, metavar="DIR",
                    help="average (aligned disparities) with another model's .npy predictions at the same relative paths")
     e = p.add_argument_group("export")
@@ -66,7 +79,7 @@ def _split_glob(pattern: str) -> Path:
     return Path(*base) if base else Path(".")
 
 
-def collect_inputs(inputs: List[str], exts: Tuple[str, ...]) -> Tuple[List[Job], List[Tuple[str, str]]]:
+def collect_inputs(inputs: List[str]) -> Tuple[List[Job], List[Tuple[str, str]]]:
     """Expand files, folders and globs into jobs with output paths mirroring the inputs."""
     from ..io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
@@ -129,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
 
     formats = parse_formats(args.save)
     out_root = Path(args.out).expanduser()
-    jobs, failures = collect_inputs(args.inputs, ())
+    jobs, failures = collect_inputs(args.inputs)
     # unique output names: two inputs must never write the same files
     seen: Dict[Path, Path] = {}
     unique: List[Job] = []
@@ -142,8 +155,7 @@ def run(args: argparse.Namespace) -> int:
         unique.append(job)
     jobs = distributed.shard(unique)
 
-    options = {name: getattr(args, name) for name in METHOD_OPTIONS if getattr(args, name) is not None}
-    options.update(_parse_opts(args.opt))
+    options = method_options(args)
     if "seg" in formats:
         options["with_segmentation"] = True
 
