@@ -59,6 +59,15 @@ def expand_conv_in(unet: nn.Module, copies: int = 2) -> nn.Module:
     return unet
 
 
+#: named sets of inference defaults (``preset=`` / ``--preset``). Explicit options override them; they
+#: override the checkpoint's defaults. Papers: Marigold v1.0 (Ke et al. 2024, Sec. 4.1) and MetricGold
+#: (arXiv 2411.10886, "Method Summary"): DDIM 50 steps, 10 seeds aggregated; the spacing is the SD 2
+#: scheduler's "leading" (t = 981 ... 1 with steps_offset 1), which neither paper states. Garcia et al.
+#: 2024 / Marigold v1-1: one "trailing" step (t = 999).
+PAPER = {"steps": 50, "timestep_spacing": "leading", "ensemble_size": 10}
+FAST = {"steps": 1, "timestep_spacing": "trailing", "ensemble_size": 1}
+
+
 def _scheduler_dict(scheduler: Any) -> dict:
     cfg = dict(getattr(scheduler, "config", scheduler) or {})
     out = {k: cfg[k] for k in SCHEDULER_KEYS if k in cfg}
@@ -70,7 +79,9 @@ class LatentDepthModel(DepthModel):
 
     normalizer_name: str = "affine"
     predict_options = frozenset({"steps", "ensemble_size", "seed", "reduction", "timestep_spacing", "batch_size",
-                                 "video_blend"})
+                                 "video_blend", "preset"})
+    #: preset name -> (description, options); subclasses list theirs (shown by ``diffdepth info``)
+    presets: dict[str, tuple[str, dict]] = {}
 
     def __init__(self, unet: nn.Module, vae: nn.Module, text_encoder: Optional[nn.Module], tokenizer: Any,
                  scheduler: Any, *, default_denoising_steps: int = 4, default_processing_resolution: int = 768,
@@ -202,6 +213,13 @@ class LatentDepthModel(DepthModel):
     # ------------------------------------------------------------------ inference
     def _resolve(self, options: dict) -> dict:
         cfg = self.config
+        preset = options.get("preset")
+        if preset is not None:
+            if preset not in self.presets:
+                raise InputError(f"unknown --preset {preset!r} for {self.method}; use one of "
+                                 f"{', '.join(self.presets) or 'none'}")
+            given = {k: v for k, v in options.items() if v is not None}
+            options = {**self.presets[preset][1], **given}
         steps = options.get("steps") or cfg["default_denoising_steps"]
         ensemble = options.get("ensemble_size") or cfg["default_ensemble_size"]
         spacing = options.get("timestep_spacing") or cfg["timestep_spacing"] or self.schedule.timestep_spacing
@@ -221,7 +239,7 @@ class LatentDepthModel(DepthModel):
             raise InputError(f"video_blend must be in [0, 1], got {blend}")
         return {"steps": int(steps), "ensemble_size": int(ensemble), "timestep_spacing": spacing,
                 "reduction": reduction, "batch_size": int(batch), "seed": options.get("seed"),
-                "video_blend": blend}
+                "video_blend": blend, "preset": preset}
 
     def initial_latents(self, shape, seed: Optional[int] = None,
                         generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -294,14 +312,18 @@ class LatentDepthModel(DepthModel):
         """images [B,3,H,W] in [0,1] -> depth [B,1,H,W] ([0,1] for marigold, metres for metricgold).
 
         Options: steps, ensemble_size, seed, reduction (median|mean), timestep_spacing
-        (leading|trailing|linspace), batch_size (members per UNet call), video_blend (video only).
+        (leading|trailing|linspace), batch_size (members per UNet call), video_blend (video only),
+        preset (a name from ``presets``: defaults for steps/spacing/ensemble_size that the
+        other options override).
         """
         self.check_options(options)
         o = self._resolve(options)
         with torch.inference_mode():
-            return self.run(images, steps=o["steps"], ensemble_size=o["ensemble_size"],
+            pred = self.run(images, steps=o["steps"], ensemble_size=o["ensemble_size"],
                             timestep_spacing=o["timestep_spacing"], reduction=o["reduction"],
                             batch_size=o["batch_size"], seed=o["seed"])
+        pred.extras.update(timestep_spacing=o["timestep_spacing"], preset=o["preset"])
+        return pred
 
     def video_step(self, images: torch.Tensor, state: Any = None, **options: Any):
         """Temporally consistent frames: every frame starts from one shared noise latent ε, blended
