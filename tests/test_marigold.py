@@ -74,12 +74,11 @@ def test_log_normalizer_round_trip_hand_values_and_clipping():
         LogNormalizer(d_min=5.0, d_max=1.0)
 
 
-def test_log_normalizer_against_hand_values_in_a_saved_metricgold(tmp_path):
+def test_log_normalizer_against_hand_values_in_a_saved_metricgold(tiny_metric, tmp_path):
     """MetricGold's d' = 2 log(d/d_min)/log(d_max/d_min) - 1 and its inverse, at d_min/d_max =
     0.5/20 m read back from a saved checkpoint. Hand values (log 40 = 3.68888): d and d_min·d_max/d
     = 10/d map to ∓x, e.g. 1 m -> -1 + 2 log 2/log 40 = -0.62420 and 10 m -> +0.62420."""
-    model = MetricGoldDepth.make_tiny(seed=0, d_min=0.5, d_max=20.0)
-    model.save_pretrained(tmp_path / "mg")
+    tiny_metric.save_pretrained(tmp_path / "mg")
     norm = MetricGoldDepth.from_pretrained(tmp_path / "mg").normalizer
     assert (norm.d_min, norm.d_max) == (0.5, 20.0)
     d = torch.tensor([0.5, 1.0, 2.0, math.sqrt(10.0), 5.0, 10.0, 20.0]).view(1, 1, 1, 7)
