@@ -117,3 +117,12 @@ def test_preset_in_predict_and_eval_cli(tmp_path, monkeypatch):
                  "mg", "--out", "ev", "--no-progress", "--preset", "fast"]) == 0
     summary = json.loads(Path("ev/summary.json").read_text())
     assert summary["options"]["preset"] == "fast"
+
+
+def test_preset_is_refused_by_methods_without_presets():
+    from _toy_methods import MeanDepth
+
+    from diffdepth import DepthPipeline
+
+    with pytest.raises(InputError, match=r"--preset do not apply to method 'test-mean'"):
+        DepthPipeline(MeanDepth(), preset="paper")
