@@ -74,6 +74,32 @@ def test_log_normalizer_round_trip_hand_values_and_clipping():
         LogNormalizer(d_min=5.0, d_max=1.0)
 
 
+def test_log_normalizer_against_hand_values_in_a_saved_metricgold(tiny_metric, tmp_path):
+    """MetricGold's d' = 2 log(d/d_min)/log(d_max/d_min) - 1 and its inverse, at d_min/d_max =
+    0.5/20 m read back from a saved checkpoint. Hand values (log 40 = 3.68888): d and d_min·d_max/d
+    = 10/d map to ∓x, e.g. 1 m -> -1 + 2 log 2/log 40 = -0.62420 and 10 m -> +0.62420."""
+    tiny_metric.save_pretrained(tmp_path / "mg")
+    norm = MetricGoldDepth.from_pretrained(tmp_path / "mg").normalizer
+    assert (norm.d_min, norm.d_max) == (0.5, 20.0)
+    d = torch.tensor([0.5, 1.0, 2.0, math.sqrt(10.0), 5.0, 10.0, 20.0]).view(1, 1, 1, 7)
+    x = norm.encode(d).flatten()
+    hand = torch.tensor([-1.0, -0.6241964, -0.2483927, 0.0, 0.2483927, 0.6241964, 1.0])
+    assert (x - hand).abs().max().item() <= 1e-6
+    # outside the range (and exactly at its ends) the encoding saturates at ±1, never beyond
+    out = torch.tensor([1e-3, 0.4999, 0.5, 20.0, 20.001, 1e4]).view(1, 1, 1, 6)
+    assert norm.encode(out).flatten().tolist() == [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]
+    # depths no sensor saw: zero, negative, NaN and inf are invalid -> -1 (d_min) unless a mask says otherwise
+    bad = torch.tensor([0.0, -2.0, float("nan"), float("inf"), 3.0]).view(1, 1, 1, 5)
+    assert norm.encode(bad).flatten().tolist()[:4] == [-1.0] * 4
+    # inverse: d_min·(d_max/d_min)^((x+1)/2) -> 0.5, 1.25743, 3.16228, 7.95271, 20 m; beyond ±1 clipped
+    xs = torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0, -1.5, 3.0])
+    metres = torch.tensor([0.5, 1.2574334, 3.1622777, 7.9527073, 20.0, 0.5, 20.0])
+    assert torch.allclose(norm.decode(xs), metres, rtol=1e-6, atol=0)
+    # round trip inside the range; outside it returns the nearest end
+    grid = torch.logspace(-2, 3, 41).view(1, 1, 1, 41)  # 0.01 m ... 1 km
+    assert torch.allclose(norm.decode(norm.encode(grid)), grid.clamp(0.5, 20.0), rtol=2e-6, atol=0)
+
+
 # ---------------------------------------------------------------------------------------- schedule / DDIM
 def test_betas_match_diffusers_including_zero_terminal_snr():
     from diffusers import DDPMScheduler
@@ -161,7 +187,7 @@ def test_conv_in_expansion_keeps_the_unet_output():
 def test_only_the_unet_trains(tiny):
     names = {n.split(".")[0] for n, p in tiny.named_parameters() if p.requires_grad}
     assert names == {"unet"}
-    assert tiny.size_multiple == 16 and tiny.latent_factor == 8
+    assert tiny.size_multiple == 1 and tiny.min_size == 16 and tiny.latent_factor == 8  # the model pads itself
 
 
 def test_ensemble_recovers_known_map_from_scaled_and_shifted_copies():
@@ -273,8 +299,8 @@ def test_predict_options_and_errors(tiny, tiny_metric):
         tiny.predict(x, reduction="max")
     with pytest.raises(InputError):
         tiny.predict(x, timestep_spacing="sideways")
-    with pytest.raises(InputError):
-        tiny.predict(torch.rand(1, 3, 30, 32))
+    # any size: padded bottom/right to the VAE factor inside, cropped back (diffusers' convention)
+    assert tiny.predict(torch.rand(1, 3, 30, 33), seed=0).depth.shape == (1, 1, 30, 33)
 
 
 def test_video_step_blends_shared_noise_with_previous_latent(tiny):

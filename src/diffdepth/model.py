@@ -46,6 +46,10 @@ class DepthModel(nn.Module):
     default_processing_res: int = 768
     #: True: the processing resolution only caps the long side (smaller inputs keep their size)
     processing_res_is_cap: bool = False
+    #: how the pipeline resizes: "default" rounds the processed sides and antialiases any shrink;
+    #: "marigold" is diffusers' MarigoldDepthPipeline: sides floored (side·res // long side) and the
+    #: prediction resized back without antialiasing
+    resize_convention: str = "default"
 
     # ------------------------------------------------------------------ inference
     def predict(self, images: torch.Tensor, **options: Any) -> DepthPrediction:  # pragma: no cover

@@ -51,20 +51,27 @@ def _to_float_rgb(x: ImageInput, name: str) -> Tuple[np.ndarray, Any]:
     return to_float_rgb(x, name=name), None
 
 
-def fit_long_side(height: int, width: int, long_side: int) -> Tuple[int, int]:
-    """Size with the long side equal to ``long_side`` and the aspect ratio kept (rounded)."""
+def fit_long_side(height: int, width: int, long_side: int, floor: bool = False) -> Tuple[int, int]:
+    """Size with the long side equal to ``long_side`` and the aspect ratio kept: sides rounded, or
+    floored (``side * long_side // max(height, width)``, diffusers' Marigold ``resize_to_max_edge``)."""
+    if floor:
+        m = max(height, width)
+        return max(1, height * long_side // m), max(1, width * long_side // m)
     scale = long_side / max(height, width)
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def resize(x: torch.Tensor, size: Tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
-    """Resize ``[B,C,h,w]``; antialiased when shrinking, exact no-op when the size matches."""
+def resize(x: torch.Tensor, size: Tuple[int, int], mode: str = "bilinear",
+           antialias: Optional[bool] = None) -> torch.Tensor:
+    """Resize ``[B,C,h,w]``; antialiased when shrinking (or as ``antialias`` says), exact no-op
+    when the size matches."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     if mode == "nearest":
         return F.interpolate(x, size=size, mode="nearest")
-    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
-    return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=shrink)
+    if antialias is None:
+        antialias = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=antialias)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> Tuple[torch.Tensor, Tuple[int, int, int, int]]:
@@ -110,6 +117,10 @@ class DepthPipeline:
 
     # ------------------------------------------------------------------ preparation
     @property
+    def _marigold_resize(self) -> bool:
+        return getattr(self.model, "resize_convention", "default") == "marigold"
+
+    @property
     def _param(self) -> torch.Tensor:
         return next(self.model.parameters())
 
@@ -122,7 +133,7 @@ class DepthPipeline:
                              f"{self.model.min_size} px on each side — upsample it or use a larger image")
         image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)  # [3,H,W]
         if self.processing_res and not (self.model.processing_res_is_cap and max(h, w) <= self.processing_res):
-            size = fit_long_side(h, w, self.processing_res)
+            size = fit_long_side(h, w, self.processing_res, floor=self._marigold_resize)
             image = resize(image[None], size)[0].clamp(0, 1)
         return Prepared(index, name, image, (h, w), rgb, meta)
 
@@ -158,7 +169,7 @@ class DepthPipeline:
             if t is None:
                 return None
             t = unpad(t[i:i + 1].float(), pads)
-            t = resize(t, size, mode=mode)
+            t = resize(t, size, mode=mode, antialias=False if self._marigold_resize else None)
             return t[0, 0].cpu().numpy().astype(np.float32)
 
         extras = {}

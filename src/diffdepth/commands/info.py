@@ -35,4 +35,14 @@ def run(args: argparse.Namespace) -> int:
         mark = " (default)" if m.id == DEFAULT_METHOD else ""
         print(f"  {m.id:13s} {m.output_kind:27s} checkpoint: {m.default_checkpoint or '- (train or convert one)'}{mark}")
         print(f"  {'':13s} {m.summary}")
+        for name, (text, values) in _presets(m).items():
+            print(f"  {'':13s} --preset {name}: {text} ({', '.join(f'{k}={v}' for k, v in values.items())})")
     return 0
+
+
+def _presets(info) -> dict:
+    """The method's named inference presets (its class's ``presets``; none if it cannot be imported)."""
+    try:
+        return dict(getattr(info.load_class(), "presets", None) or {})
+    except Exception:  # a broken optional method must not break `info`
+        return {}

@@ -14,7 +14,8 @@ from ..errors import InputError
 HELP = "predict depth for images, folders (recursive), globs or videos"
 
 # CLI flag -> predict option name (the method says which it accepts)
-METHOD_OPTIONS = ("steps", "ensemble_size", "seed", "prompt", "reduction", "flip", "scale", "timestep_spacing")
+METHOD_OPTIONS = ("steps", "ensemble_size", "seed", "prompt", "reduction", "flip", "scale", "timestep_spacing",
+                  "preset")
 
 
 def add_method_options(p: argparse.ArgumentParser):
@@ -26,6 +27,9 @@ def add_method_options(p: argparse.ArgumentParser):
     g.add_argument("--prompt", default=None, help="text prompt (primedepth; default empty)")
     g.add_argument("--reduction", default=None, choices=["median", "mean"], help="ensemble reduction")
     g.add_argument("--timestep-spacing", default=None, choices=["leading", "trailing"], help="DDIM spacing")
+    g.add_argument("--preset", default=None, metavar="NAME",
+                   help="named inference defaults, e.g. paper or fast (marigold/metricgold; listed by `diffdepth info`); "
+                        "the flags above override it")
     g.add_argument("--flip", action="store_true", default=None, help="test-time horizontal flip averaging")
     g.add_argument("--scale", type=float, default=None, help="multiply relative depth by a known factor (diffsql)")
     g.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",

@@ -3,7 +3,7 @@ with two depth normalisers. See :mod:`.model` for the papers and equations."""
 from __future__ import annotations
 
 from ...types import AFFINE_DEPTH, METRIC_DEPTH
-from .model import LatentDepthModel, expand_conv_in
+from .model import FAST, PAPER, LatentDepthModel, expand_conv_in
 from .normalizers import AffineNormalizer, LogNormalizer
 
 
@@ -13,6 +13,12 @@ class MarigoldDepth(LatentDepthModel):
     method = "marigold"
     output_kind = AFFINE_DEPTH
     normalizer_name = "affine"
+    presets = {
+        "paper": ("the CVPR 2024 paper and marigold-depth-v1-0", PAPER),
+        "paper-v1-1": ("marigold-depth-v1-1's setting for academic comparison",
+                       {**FAST, "ensemble_size": 10}),
+        "fast": ("Garcia et al. 2024's single trailing step", FAST),
+    }
 
 
 class MetricGoldDepth(LatentDepthModel):
@@ -21,6 +27,10 @@ class MetricGoldDepth(LatentDepthModel):
     method = "metricgold"
     output_kind = METRIC_DEPTH
     normalizer_name = "log"
+    presets = {
+        "paper": ("the paper's inference (DDIM; members: median in log space)", PAPER),
+        "fast": ("Garcia et al. 2024's single trailing step (e2e.yaml's default)", FAST),
+    }
 
 
 __all__ = ["MarigoldDepth", "MetricGoldDepth", "LatentDepthModel", "AffineNormalizer", "LogNormalizer",

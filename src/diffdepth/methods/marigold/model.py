@@ -59,6 +59,15 @@ def expand_conv_in(unet: nn.Module, copies: int = 2) -> nn.Module:
     return unet
 
 
+#: named sets of inference defaults (``preset=`` / ``--preset``). Explicit options override them; they
+#: override the checkpoint's defaults. Papers: Marigold v1.0 (Ke et al. 2024, Sec. 4.1) and MetricGold
+#: (arXiv 2411.10886, "Method Summary"): DDIM 50 steps, 10 seeds aggregated; the spacing is the SD 2
+#: scheduler's "leading" (t = 981 ... 1 with steps_offset 1), which neither paper states. Garcia et al.
+#: 2024 / Marigold v1-1: one "trailing" step (t = 999).
+PAPER = {"steps": 50, "timestep_spacing": "leading", "ensemble_size": 10}
+FAST = {"steps": 1, "timestep_spacing": "trailing", "ensemble_size": 1}
+
+
 def _scheduler_dict(scheduler: Any) -> dict:
     cfg = dict(getattr(scheduler, "config", scheduler) or {})
     out = {k: cfg[k] for k in SCHEDULER_KEYS if k in cfg}
@@ -70,7 +79,12 @@ class LatentDepthModel(DepthModel):
 
     normalizer_name: str = "affine"
     predict_options = frozenset({"steps", "ensemble_size", "seed", "reduction", "timestep_spacing", "batch_size",
-                                 "video_blend"})
+                                 "video_blend", "preset"})
+    #: preset name -> (description, options); subclasses list theirs (shown by ``diffdepth info``)
+    presets: dict[str, tuple[str, dict]] = {}
+    #: size inputs and outputs as diffusers' MarigoldDepthPipeline does (floored sides, no
+    #: antialiasing of the output); the padding is done in :meth:`run`
+    resize_convention = "marigold"
 
     def __init__(self, unet: nn.Module, vae: nn.Module, text_encoder: Optional[nn.Module], tokenizer: Any,
                  scheduler: Any, *, default_denoising_steps: int = 4, default_processing_resolution: int = 768,
@@ -122,8 +136,11 @@ class LatentDepthModel(DepthModel):
                            {"q_low": self.normalizer.q_low, "q_high": self.normalizer.q_high})
         vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.latent_factor = vae_factor
-        self.size_multiple = vae_factor * 2 ** (len(unet.config.block_out_channels) - 1)
-        self.min_size = self.size_multiple
+        # The model pads its own input (bottom/right, replicate, to the VAE factor) and crops the
+        # members before ensembling, as diffusers' MarigoldDepthPipeline does; so the pipeline pads
+        # nothing. The UNet takes latents of any size (diffusers forwards the upsample sizes).
+        self.size_multiple = 1
+        self.min_size = vae_factor * 2 ** (len(unet.config.block_out_channels) - 1)
         self.default_processing_res = int(default_processing_resolution)
         self._empty: Optional[torch.Tensor] = None
         # Marigold trains the UNet only; the VAE and the text encoder stay frozen.
@@ -202,6 +219,13 @@ class LatentDepthModel(DepthModel):
     # ------------------------------------------------------------------ inference
     def _resolve(self, options: dict) -> dict:
         cfg = self.config
+        preset = options.get("preset")
+        if preset is not None:
+            if preset not in self.presets:
+                raise InputError(f"unknown --preset {preset!r} for {self.method}; use one of "
+                                 f"{', '.join(self.presets) or 'none'}")
+            given = {k: v for k, v in options.items() if v is not None}
+            options = {**self.presets[preset][1], **given}
         steps = options.get("steps") or cfg["default_denoising_steps"]
         ensemble = options.get("ensemble_size") or cfg["default_ensemble_size"]
         spacing = options.get("timestep_spacing") or cfg["timestep_spacing"] or self.schedule.timestep_spacing
@@ -221,7 +245,12 @@ class LatentDepthModel(DepthModel):
             raise InputError(f"video_blend must be in [0, 1], got {blend}")
         return {"steps": int(steps), "ensemble_size": int(ensemble), "timestep_spacing": spacing,
                 "reduction": reduction, "batch_size": int(batch), "seed": options.get("seed"),
-                "video_blend": blend}
+                "video_blend": blend, "preset": preset}
+
+    def latent_shape(self, n: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """Depth latents for n members of an H×W image: [n, 4, ⌈H/f⌉, ⌈W/f⌉] (f = ``latent_factor``)."""
+        f = self.latent_factor
+        return n, int(self.vae.config.latent_channels), -(-int(height) // f), -(-int(width) // f)
 
     def initial_latents(self, shape, seed: Optional[int] = None,
                         generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -243,22 +272,25 @@ class LatentDepthModel(DepthModel):
             latents: Optional[torch.Tensor] = None, return_latents: bool = False):
         """The whole inference: encode, E seeded DDIM runs per image, decode, ensemble.
 
-        ``images`` [N,3,H,W] in [0,1] (sides multiples of ``latent_factor``). Members are ordered
-        image-major (image 0's E members first) and processed ``batch_size`` at a time (0: all).
-        ``latents`` [N·E,4,h,w] replaces the random initial latents. Returns a DepthPrediction
-        (and the final latents [N·E,4,h,w] when ``return_latents``).
+        ``images`` [N,3,H,W] in [0,1], any size: replicate-padded at the bottom and right to
+        multiples of ``latent_factor`` (diffusers' ``MarigoldImageProcessor.pad_image``), and the
+        members are cropped back to H×W before ensembling. Members are ordered image-major (image
+        0's E members first) and processed ``batch_size`` at a time (0: all). ``latents``
+        [N·E,4,h,w] (h, w = ⌈H/f⌉, ⌈W/f⌉, see :meth:`latent_shape`) replaces the random initial
+        latents. Returns a DepthPrediction (and the final latents when ``return_latents``).
         """
         if images.dim() != 4 or images.shape[1] != 3:
             raise InputError(f"images must be [B,3,H,W], got {tuple(images.shape)}")
         H, W = images.shape[-2:]
-        if H % self.latent_factor or W % self.latent_factor:
-            raise InputError(f"image sides {H}x{W} must be multiples of {self.latent_factor} (the pipeline pads them)")
+        ph, pw = -H % self.latent_factor, -W % self.latent_factor
+        if ph or pw:
+            images = torch.nn.functional.pad(images, (0, pw, 0, ph), mode="replicate")
         N, E = images.shape[0], int(ensemble_size)
         steps = int(steps or self.config["default_denoising_steps"])
         spacing = timestep_spacing or self.config["timestep_spacing"] or self.schedule.timestep_spacing
         timesteps = self.schedule.timesteps(steps, spacing)
         bs = int(batch_size) if batch_size else N * E
-        lat_shape = (N * E, int(self.vae.config.latent_channels), H // self.latent_factor, W // self.latent_factor)
+        lat_shape = self.latent_shape(N * E, H, W)
 
         image_latent = torch.cat([self.encode_image(images[i:i + bs]) for i in range(0, N, bs)])  # [N,4,h,w]
         image_latent = image_latent.repeat_interleave(E, dim=0)  # [N*E,4,h,w]
@@ -269,8 +301,8 @@ class LatentDepthModel(DepthModel):
         latents = latents.to(device=self.device, dtype=self.dtype)
         final = torch.cat([self.denoise(image_latent[i:i + bs], latents[i:i + bs], timesteps)
                            for i in range(0, N * E, bs)])  # [N*E,4,h,w]
-        members = torch.cat([self.decode_depth(final[i:i + bs]) for i in range(0, N * E, bs)])  # [N*E,1,H,W]
-        members = members.float()
+        members = torch.cat([self.decode_depth(final[i:i + bs]) for i in range(0, N * E, bs)])  # [N*E,1,H+ph,W+pw]
+        members = members[..., :H, :W].float()  # [N*E,1,H,W]: the padding never enters the ensemble
 
         uncertainty = None
         if E == 1:
@@ -294,14 +326,18 @@ class LatentDepthModel(DepthModel):
         """images [B,3,H,W] in [0,1] -> depth [B,1,H,W] ([0,1] for marigold, metres for metricgold).
 
         Options: steps, ensemble_size, seed, reduction (median|mean), timestep_spacing
-        (leading|trailing|linspace), batch_size (members per UNet call), video_blend (video only).
+        (leading|trailing|linspace), batch_size (members per UNet call), video_blend (video only),
+        preset (a name from ``presets``: defaults for steps/spacing/ensemble_size that the
+        other options override).
         """
         self.check_options(options)
         o = self._resolve(options)
         with torch.inference_mode():
-            return self.run(images, steps=o["steps"], ensemble_size=o["ensemble_size"],
+            pred = self.run(images, steps=o["steps"], ensemble_size=o["ensemble_size"],
                             timestep_spacing=o["timestep_spacing"], reduction=o["reduction"],
                             batch_size=o["batch_size"], seed=o["seed"])
+        pred.extras.update(timestep_spacing=o["timestep_spacing"], preset=o["preset"])
+        return pred
 
     def video_step(self, images: torch.Tensor, state: Any = None, **options: Any):
         """Temporally consistent frames: every frame starts from one shared noise latent ε, blended
@@ -311,9 +347,7 @@ class LatentDepthModel(DepthModel):
         """
         self.check_options(options)
         o = self._resolve(options)
-        N = images.shape[0]
-        shape = (N, int(self.vae.config.latent_channels),
-                 images.shape[-2] // self.latent_factor, images.shape[-1] // self.latent_factor)
+        shape = self.latent_shape(images.shape[0], images.shape[-2], images.shape[-1])
         with torch.inference_mode():
             if not state or tuple(state["noise"].shape) != shape:
                 state = {"noise": self.initial_latents(shape, seed=o["seed"]), "latent": None}
