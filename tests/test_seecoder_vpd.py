@@ -227,6 +227,130 @@ def test_save_load_round_trip(tiny_sd, tmp_path):
     assert isinstance(loaded, SeeCoderVPD)
 
 
+# ----------------------------------------------------------------------------- SD 1.5 default (issue 19)
+def test_default_backbone_is_sd15_and_make_tiny_is_sd15_shaped(tmp_path):
+    import inspect
+    import json
+
+    from diffdepth.cli import main
+
+    assert inspect.signature(SeeCoderVPD.build).parameters["backbone"].default == "runwayml/stable-diffusion-v1-5"
+    assert main(["make-tiny", str(tmp_path / "m"), "--method", "seecoder-vpd"]) == 0
+    unet_cfg = json.loads((tmp_path / "m" / "unet" / "config.json").read_text())
+    sched = json.loads((tmp_path / "m" / "scheduler" / "scheduler_config.json").read_text())
+    # SD 1.5's conventions: 1x1-conv projections, a fixed head count, epsilon, four levels (taps 1/64..1/8)
+    assert unet_cfg["use_linear_projection"] is False and unet_cfg["attention_head_dim"] == 2
+    assert sched["prediction_type"] == "epsilon" and len(unet_cfg["block_out_channels"]) == 4
+    model = SeeCoderVPD.from_pretrained(tmp_path / "m")
+    # context width = SeeCoder's width: no projection (no weights saved for one)
+    assert unet_cfg["cross_attention_dim"] == model.config["seecoder"]["dim"]
+    assert isinstance(model.context_proj, torch.nn.Identity)
+    from safetensors.torch import load_file
+
+    assert not any(k.startswith("context_proj") for k in load_file(str(tmp_path / "m" / "model.safetensors")))
+    assert model.tap_scales == [64, 32, 16, 8] and model.aggregation.target_scale == 32
+    # SD 2.x shape: the 32 -> 48 projection is there
+    sd21 = SeeCoderVPD.make_tiny(arch="sd21")
+    assert isinstance(sd21.context_proj, torch.nn.Linear) and sd21.context_proj.out_features == 48
+    assert sd21.sd.unet.config.use_linear_projection is True
+
+
+def test_context_projection_switch(tiny_sd):
+    # auto (null): projection only when the widths differ
+    assert isinstance(build(tiny_sd).context_proj, torch.nn.Identity)
+    forced = build(tiny_sd, context_projection=True)
+    assert isinstance(forced.context_proj, torch.nn.Linear) and forced.context_proj.weight.shape == (32, 32)
+    with pytest.raises(ConfigError, match="context_projection"):
+        build(tiny_sd, seecoder={"dim": 16}, context_projection=False)
+    with pytest.raises(ConfigError, match="context_projection"):
+        build(tiny_sd, context_projection="yes")
+
+
+def test_unet_from_scratch_switch(tiny_sd_dir):
+    from diffdepth.backbone import StableDiffusion
+
+    kw = dict(seecoder=dict(SEECODER_TINY), agg_dim=32, head_channels=16, deconv_filters=8, conditioning="learned",
+              num_learned_tokens=4)
+    ref = StableDiffusion.from_pretrained(tiny_sd_dir, components=["unet"]).unet.state_dict()
+    tuned = SeeCoderVPD.build(backbone=str(tiny_sd_dir), **kw)
+    torch.manual_seed(3)
+    scratch = SeeCoderVPD.build(backbone=str(tiny_sd_dir), unet_init="scratch", **kw)
+    assert scratch.config["unet_init"] == "scratch" and tuned.config["unet_init"] == "pretrained"
+    for k, v in tuned.sd.unet.state_dict().items():
+        torch.testing.assert_close(v, ref[k])  # VPD-style: the backbone's UNet is fine-tuned
+    s = scratch.sd.unet.state_dict()
+    assert s.keys() == ref.keys() and all(s[k].shape == ref[k].shape for k in ref)
+    weights = [k for k in ref if k.endswith(".weight") and ref[k].ndim > 1]
+    assert all(not torch.equal(s[k], ref[k]) for k in weights)  # every conv/linear re-initialised
+    assert all(p.requires_grad for n, p in scratch.sd.unet.named_parameters() if "conv_out" not in n
+               and "conv_norm_out" not in n)
+    with pytest.raises(ConfigError, match="unet_init"):
+        SeeCoderVPD.make_tiny(unet_init="random")
+
+
+def test_checkpoint_saved_before_the_new_switches_still_loads(tiny_sd, tmp_path):
+    import json
+
+    model = build(tiny_sd, conditioning="seecoder", seecoder={"dim": 16}).eval()
+    x = torch.rand(1, 3, 32, 32)
+    before = model.predict(x).depth
+    model.save_pretrained(tmp_path / "old")
+    marker = tmp_path / "old" / "diffdepth.json"
+    meta = json.loads(marker.read_text())
+    for key in ("context_projection", "unet_init"):  # what an older diffdepth wrote
+        meta["config"].pop(key)
+    marker.write_text(json.dumps(meta))
+    again = SeeCoderVPD.from_pretrained(tmp_path / "old")
+    assert isinstance(again.context_proj, torch.nn.Linear)  # 16 -> 32 projection, as it was saved
+    torch.testing.assert_close(again.predict(x).depth, before)
+
+
+# ----------------------------------------------------------------------------- VPD's crop of the aggregated map
+def _shake_head(model, seed=0):
+    """Move the head off its near-zero init so border effects are large enough to see."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in list(model.aggregation.modules()) + list(model.decoder.modules()):
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / m.weight[0].numel()) ** 0.5)
+
+
+@pytest.mark.parametrize("size", [(480, 480), (352, 704)])  # VPD's NYUv2 crop; the KITTI training crop
+def test_aggregated_map_is_cropped_before_the_decoder_as_vpd(size):
+    import torch.nn.functional as F
+
+    h, w = size
+    model = SeeCoderVPD.make_tiny(conditioning="learned", num_learned_tokens=4, head_norm="batch")
+    _shake_head(model)
+    x = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(1))
+    m = model.size_multiple
+    hp, wp = -(-h // m) * m, -(-w // m) * m
+    assert (hp, wp) != (h, w)  # both sizes are padded (480 -> 512, 352 -> 384)
+    seen = []
+    model.decoder.register_forward_pre_hook(lambda mod, args: seen.append(tuple(args[0].shape[-2:])))
+    for train in (True, False):  # train: BatchNorm uses batch statistics, so padded cells would enter them
+        model.train(train)
+        with torch.no_grad():
+            out = model(x)
+            # independent computation: taps of the padded image, aggregated map of the padded image,
+            # then VPD's crop to ceil(h/32) x ceil(w/32) cells, decoder, final crop
+            z = model.sd.encode_image(F.pad(x, (0, wp - w, 0, hp - h), value=0.5))
+            pre = model.sd.taps(z, t=1, context=model.context(x), outputs=model.taps)
+            full = model.aggregation([pre.outputs[n] for n in model.taps], (hp, wp))
+            assert full.shape[-2:] == (hp // 32, wp // 32)
+            unpadded = full[..., :-(-h // 32), :-(-w // 32)]
+            expected = model.decoder(unpadded)[..., :h, :w]
+            decoded_padded = model.decoder(full)[..., :h, :w]  # what the model did before (issue 19)
+        assert seen[0] == (-(-h // 32), -(-w // 32))
+        seen.clear()
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        # the padded cell changes the border band: the crop matters
+        assert (out - decoded_padded).abs()[..., h - 8:, :].max() > 1e-3
+        if not train:  # eval: the padded cell reaches only the last ~ (receptive field) rows/cols
+            torch.testing.assert_close(out[..., : h - 48, : w - 48], decoded_padded[..., : h - 48, : w - 48],
+                                       atol=1e-5, rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------- conversion
 def official_layout(embed, depths, heads, window, dim, enc_layers, enc_ff, q_layers, q_ff, n_queries, pa=False):
     """Key names and shapes of Prompt-Free Diffusion's SeeCoder state dict (``ctx.image.`` prefix),

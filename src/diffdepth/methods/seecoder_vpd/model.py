@@ -14,8 +14,14 @@ Switches (constructor arguments, saved in ``diffdepth.json``):
 ``conditioning`` seecoder | text (CLIP text of ``prompt``) | learned (``num_learned_tokens``
 tokens); ``seecoder.enhancement`` none | dc | sa | dc+sa; ``train_seecoder`` enhancement
 (paper: Swin and SeeCoder frozen, DC+SA trainable) | decoder | all | none; ``train_unet``
-(paper: yes, at a small learning-rate multiplier set by the recipe on ``sd.unet.``).
-The VAE and text encoder are always frozen.
+(paper: yes, at a small learning-rate multiplier set by the recipe on ``sd.unet.``);
+``unet_init`` pretrained (VPD: fine-tune the backbone's UNet) | scratch (same architecture,
+random init: the paper's "trained from scratch"); ``context_projection`` null (auto: a learned
+linear map only when SeeCoder's 768 differs from the UNet's context, e.g. 1024 for SD 2.x) |
+true | false. The default backbone is SD 1.5 (``runwayml/stable-diffusion-v1-5`` family), as
+VPD: context 768 = SeeCoder's width, so no projection.
+The VAE and text encoder are always frozen. Padded inputs: the aggregated 1/32 map is cropped
+to ceil(h/32) x ceil(w/32) cells before the decoder, as VPD does (see :meth:`SeeCoderVPD.head`).
 """
 from __future__ import annotations
 
@@ -49,6 +55,9 @@ SEECODER_TINY: dict = dict(
 CONDITIONINGS = ("seecoder", "text", "learned")
 TRAIN_SEECODER = ("enhancement", "decoder", "all", "none")
 SEECODER_WEIGHTS = "seecoder.safetensors"
+UNET_INITS = ("pretrained", "scratch")
+#: VPD (and so SeeCoder-VPD) runs on SD 1.5, whose 768-wide context is SeeCoder's own width.
+DEFAULT_BACKBONE = "runwayml/stable-diffusion-v1-5"
 
 
 class SeeCoderVPD(DepthModel):
@@ -62,7 +71,8 @@ class SeeCoderVPD(DepthModel):
                  prompt: str = "a photo of a street scene", num_learned_tokens: int = 148,
                  max_depth: float = 80.0, agg_dim: int = 1536, num_deconv: int = 3, deconv_filters: int = 32,
                  head_channels: int = 192, head_norm: str = "batch", train_seecoder: str = "enhancement",
-                 train_unet: bool = True, timestep: int = 1):
+                 train_unet: bool = True, timestep: int = 1, context_projection: Optional[bool] = None,
+                 unet_init: str = "pretrained"):
         super().__init__()
         if conditioning not in CONDITIONINGS:
             raise ConfigError(f"conditioning={conditioning!r} is not one of {', '.join(CONDITIONINGS)}")
@@ -70,6 +80,10 @@ class SeeCoderVPD(DepthModel):
             raise ConfigError(f"train_seecoder={train_seecoder!r} is not one of {', '.join(TRAIN_SEECODER)}")
         if not max_depth > 0:
             raise ConfigError(f"max_depth={max_depth} must be > 0")
+        if unet_init not in UNET_INITS:
+            raise ConfigError(f"unet_init={unet_init!r} is not one of {', '.join(UNET_INITS)}")
+        if context_projection not in (None, True, False):
+            raise ConfigError(f"context_projection={context_projection!r} must be true, false or null (auto)")
         sc_cfg = dict(SEECODER_LARGE, **(seecoder or {}))
         unknown = set(sc_cfg) - set(SEECODER_LARGE)
         if unknown:
@@ -79,7 +93,8 @@ class SeeCoderVPD(DepthModel):
                            num_learned_tokens=int(num_learned_tokens), max_depth=float(max_depth),
                            agg_dim=int(agg_dim), num_deconv=int(num_deconv), deconv_filters=int(deconv_filters),
                            head_channels=int(head_channels), head_norm=head_norm, train_seecoder=train_seecoder,
-                           train_unet=bool(train_unet), timestep=int(timestep))
+                           train_unet=bool(train_unet), timestep=int(timestep),
+                           context_projection=context_projection, unet_init=unet_init)
         self.sd = sd
         self.size_multiple = int(sd.size_multiple)
         ctx_dim = int(sd.unet.config.cross_attention_dim)
@@ -90,8 +105,13 @@ class SeeCoderVPD(DepthModel):
         self.learned_tokens = None
         if conditioning == "seecoder":
             self.seecoder = SeeCoder(**sc_cfg)
-            if sc_cfg["dim"] != ctx_dim:
-                self.context_proj = nn.Linear(sc_cfg["dim"], ctx_dim)
+            if context_projection is False and sc_cfg["dim"] != ctx_dim:
+                raise ConfigError(
+                    f"context_projection=false but SeeCoder gives {sc_cfg['dim']}-wide tokens and the UNet's context "
+                    f"is {ctx_dim} wide (SD 2.x: 1024) — use an SD 1.5-family backbone (context 768) or set "
+                    "context_projection: true")
+            if context_projection or (context_projection is None and sc_cfg["dim"] != ctx_dim):
+                self.context_proj = nn.Linear(sc_cfg["dim"], ctx_dim)  # random init: trained with the head
         elif conditioning == "learned":
             self.learned_tokens = nn.Parameter(torch.randn(int(num_learned_tokens), ctx_dim) * 0.02)
         elif sd.text_encoder is None or sd.tokenizer is None:
@@ -185,9 +205,21 @@ class SeeCoderVPD(DepthModel):
         t = self.config["timestep"]
         pre = self.sd.taps(z, t=t, context=ctx, outputs=self.taps, stop_after=self.taps[-1])
         feats = [pre.outputs[n] for n in self.taps]  # [B,C_i,H'/s_i,W'/s_i]
+        return self.head(feats, (h, w))
+
+    def head(self, feats: list, size: tuple[int, int]) -> torch.Tensor:
+        """UNet taps of the padded input -> depth [B,1,h,w] for the unpadded ``size`` = (h, w).
+
+        As VPD: the aggregated 1/S map of the padded input (its GroupNorm over the whole map) is
+        cropped to ceil(h/S) x ceil(w/S) cells before the decoder, so cells made of padding never
+        reach the decoder or its BatchNorm statistics."""
+        h, w = size
+        s = self.aggregation.target_scale
+        m = self.size_multiple
         dtype = next(self.decoder.parameters()).dtype
-        x = self.aggregation([f.to(dtype) for f in feats], padded.shape[-2:])  # [B,agg,H'/32,W'/32]
-        depth = self.decoder(x)  # [B,1,H',W']
+        x = self.aggregation([f.to(dtype) for f in feats], (-(-h // m) * m, -(-w // m) * m))  # [B,agg,H'/S,W'/S]
+        x = x[..., :-(-h // s), :-(-w // s)]  # [B,agg,ceil(h/S),ceil(w/S)]
+        depth = self.decoder(x)  # [B,1,ceil(h/S)*S,ceil(w/S)*S]
         return depth[..., :h, :w]
 
     # ------------------------------------------------------------------ inference
@@ -271,30 +303,54 @@ class SeeCoderVPD(DepthModel):
         load_seecoder_weights(self.seecoder, weights)
 
     @classmethod
-    def build(cls, backbone: str = "stabilityai/stable-diffusion-2-1", seecoder_weights: Optional[str] = None,
+    def build(cls, backbone: str = DEFAULT_BACKBONE, seecoder_weights: Optional[str] = None,
               **config: Any) -> "SeeCoderVPD":
-        """New model around a pretrained SD (hub id or diffusers folder).
+        """New model around a pretrained SD (hub id or diffusers folder; default SD 1.5 as VPD).
 
         ``seecoder_weights``: the output of ``diffdepth convert seecoder`` (a safetensors file
         or a folder holding ``seecoder.safetensors``) or the official
         ``seecoder-v1-0.safetensors`` itself; omitted, SeeCoder starts random.
+        ``unet_init="scratch"``: the UNet keeps the backbone's architecture but starts from
+        diffusers' random initialisation (the paper's "trained from scratch"); the default
+        ``pretrained`` fine-tunes the backbone's UNet as VPD does.
         """
         from ...backbone import StableDiffusion
 
         comps = ["vae", "unet"] + (["text_encoder", "tokenizer"] if config.get("conditioning") == "text" else [])
         sd = StableDiffusion.from_pretrained(backbone, components=comps)
+        if config.get("unet_init", "pretrained") == "scratch":
+            sd.unet = cls.fresh_unet(sd.unet)
         model = cls(sd, **config)
         if seecoder_weights:
             model._load_seecoder(seecoder_weights)
         return model
 
+    @staticmethod
+    def fresh_unet(unet):
+        """A UNet of ``unet``'s architecture with diffusers' random initialisation (same dtype/device)."""
+        from diffusers import UNet2DConditionModel
+
+        p = next(unet.parameters())
+        return UNet2DConditionModel.from_config(unet.config).to(device=p.device, dtype=p.dtype)
+
     @classmethod
     def make_tiny(cls, seed: int = 0, **overrides: Any) -> "SeeCoderVPD":
-        """Tiny random model: tiny SD (2 UNet levels, context 32) + tiny SeeCoder + small head."""
+        """Tiny random model shaped like the default: a 4-level tiny SD 1.5 (conv projections,
+        epsilon, context 32 = the tiny SeeCoder's width, so no projection; taps at 1/64..1/8 and
+        aggregation at 1/32 as VPD) + tiny SeeCoder + small head. ``arch="sd21"``: the SD 2.x
+        shape instead (linear projections, context 48, so SeeCoder's tokens are projected)."""
         from ...backbone import make_tiny_sd
 
         seecoder_weights = overrides.pop("seecoder_weights", None)
-        sd = make_tiny_sd(seed=seed)
+        arch = overrides.pop("arch", "sd15")
+        if arch not in ("sd15", "sd21"):
+            raise ConfigError(f"arch={arch!r} must be 'sd15' (default) or 'sd21'")
+        sd = make_tiny_sd(seed=seed, arch=arch, cross_attention_dim=32 if arch == "sd15" else 48,
+                          block_out_channels=(16, 16, 32, 32))
+        if overrides.get("unet_init") == "scratch":  # tiny UNets are random anyway; keep the code path
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + 1)
+                sd.unet = cls.fresh_unet(sd.unet)
         cfg = dict(seecoder=dict(SEECODER_TINY), agg_dim=32, head_channels=16, deconv_filters=8,
                    num_learned_tokens=8, max_depth=10.0, head_norm="group")
         sc = overrides.pop("seecoder", None)
