@@ -291,17 +291,19 @@ def test_unet_from_scratch_switch(tiny_sd_dir):
 def test_checkpoint_saved_before_the_new_switches_still_loads(tiny_sd, tmp_path):
     import json
 
-    model = build(tiny_sd, conditioning="seecoder", seecoder={"dim": 16}).eval()
+    # what older code built: scaled latents, projection whenever the widths differ
+    model = build(tiny_sd, conditioning="seecoder", seecoder={"dim": 16}, scale_latents=True).eval()
     x = torch.rand(1, 3, 32, 32)
     before = model.predict(x).depth
     model.save_pretrained(tmp_path / "old")
     marker = tmp_path / "old" / "diffdepth.json"
     meta = json.loads(marker.read_text())
-    for key in ("context_projection", "unet_init"):  # what an older diffdepth wrote
+    for key in ("context_projection", "unet_init", "scale_latents", "scene_classes"):  # what an older diffdepth wrote
         meta["config"].pop(key)
     marker.write_text(json.dumps(meta))
     again = SeeCoderVPD.from_pretrained(tmp_path / "old")
     assert isinstance(again.context_proj, torch.nn.Linear)  # 16 -> 32 projection, as it was saved
+    assert again.config["scale_latents"] is True
     torch.testing.assert_close(again.predict(x).depth, before)
 
 
@@ -334,7 +336,7 @@ def test_aggregated_map_is_cropped_before_the_decoder_as_vpd(size):
             out = model(x)
             # independent computation: taps of the padded image, aggregated map of the padded image,
             # then VPD's crop to ceil(h/32) x ceil(w/32) cells, decoder, final crop
-            z = model.sd.encode_image(F.pad(x, (0, wp - w, 0, hp - h), value=0.5))
+            z = model.sd.encode_image(F.pad(x, (0, wp - w, 0, hp - h), value=0.5)) / model.sd.scaling_factor  # VPD: unscaled
             pre = model.sd.taps(z, t=1, context=model.context(x), outputs=model.taps)
             full = model.aggregation([pre.outputs[n] for n in model.taps], (hp, wp))
             assert full.shape[-2:] == (hp // 32, wp // 32)
