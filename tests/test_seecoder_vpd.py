@@ -523,3 +523,78 @@ def test_bench_runs_on_tiny_sizes(capsys):
     out = capsys.readouterr().out
     for stage in ("SeeCoder", "VAE encoder", "UNet (taps)", "decoder", "total"):
         assert stage in out
+
+
+# ----------------------------------------------------------------------------- VPD's published depth model
+VPD_FIXTURE = __import__("pathlib").Path(__file__).parent / "fixtures" / "vpd"
+# diffusers configs equal to the tiny ldm configs of the fixture (ldm_configs.json)
+VPD_TINY_UNET = dict(sample_size=32, in_channels=4, out_channels=4, layers_per_block=2,
+                     block_out_channels=[32, 32, 32, 32],
+                     down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+                     up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, cross_attention_dim=32,
+                     attention_head_dim=2, use_linear_projection=False, norm_num_groups=32)
+VPD_TINY_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+                    block_out_channels=[32] * 4, down_block_types=["DownEncoderBlock2D"] * 4,
+                    up_block_types=["UpDecoderBlock2D"] * 4, norm_num_groups=32)
+
+
+def test_merge_permutation_by_hand():
+    from diffdepth.methods.seecoder_vpd.convert_vpd import merge_permutation
+
+    # our taps 1/64 (4 ch), 1/32 (4), 1/16 (2), 1/8 (2); VPD concatenates 1/8, 1/16, 1/32, 1/64
+    p = merge_permutation([64, 32, 16, 8], [4, 4, 2, 2])
+    assert p.tolist() == [8, 9, 10, 11, 4, 5, 6, 7, 2, 3, 0, 1]
+    maps = {s: torch.randn(1, c, 3, 3) for s, c in ((64, 4), (32, 4), (16, 2), (8, 2))}
+    w = torch.randn(5, 12, 1, 1)
+    vpd = torch.nn.functional.conv2d(torch.cat([maps[s] for s in (8, 16, 32, 64)], 1), w)
+    ours = torch.nn.functional.conv2d(torch.cat([maps[s] for s in (64, 32, 16, 8)], 1), w[:, p])
+    torch.testing.assert_close(ours, vpd)
+
+
+def test_convert_vpd_equals_vpds_own_code(tmp_path):
+    """The fixture holds a tiny VPD checkpoint and VPDDepth.forward's output computed by VPD's code
+    (tests/fixtures/vpd/README.md); the converted model must reproduce it from the image."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from diffdepth.cli import main
+    from diffdepth.methods.seecoder_vpd.convert_vpd import NYU_SCENES
+
+    (tmp_path / "unet.json").write_text(json.dumps(VPD_TINY_UNET))
+    (tmp_path / "vae.json").write_text(json.dumps(VPD_TINY_VAE))
+    out = tmp_path / "vpd"
+    assert main(["convert", "vpd", str(VPD_FIXTURE / "vpd_tiny.ckpt"), str(out),
+                 "--opt", f"unet_config={tmp_path / 'unet.json'}", "--opt", f"vae_config={tmp_path / 'vae.json'}"]) == 0
+    model = SeeCoderVPD.from_pretrained(out)
+    cfg = model.get_config()
+    assert cfg["conditioning"] == "scene" and cfg["scale_latents"] is False and cfg["scene_classes"] == NYU_SCENES
+    assert (cfg["agg_dim"], cfg["deconv_filters"], cfg["head_channels"], cfg["head_norm"]) == (64, 8, 16, "batch")
+    io = load_file(str(VPD_FIXTURE / "vpd_tiny_io.safetensors"))
+    x = io["image_uint8"].float() / 255.0  # [2,3,352,352]
+    ids = io["class_ids"]
+    names = [NYU_SCENES[i] for i in ids.tolist()]
+    pred = model.predict(x, scene=names).depth
+    torch.testing.assert_close(pred, io["pred_d"], atol=5e-5, rtol=1e-5)
+    # per-image scenes matter: swapping them changes the prediction
+    assert (model.predict(x, scene=names[::-1]).depth - io["pred_d"]).abs().max() > 1e-3
+    with pytest.raises(InputError, match="scene"):
+        model.predict(x)
+    with pytest.raises(InputError, match="not one of"):
+        model.predict(x, scene="garage")
+
+
+def test_convert_vpd_refuses_bad_input(tmp_path):
+    from diffdepth.methods.seecoder_vpd.convert_vpd import convert_vpd
+
+    torch.save({"model": {"encoder.layer1.0.weight": torch.zeros(1)}}, tmp_path / "other.ckpt")
+    with pytest.raises(CheckpointError, match="not a VPD depth checkpoint"):
+        convert_vpd(str(tmp_path / "other.ckpt"), str(tmp_path / "o"))
+    state = torch.load(VPD_FIXTURE / "vpd_tiny.ckpt", weights_only=True)["model"]
+    state.pop("encoder.gamma")
+    state["encoder.extra.weight"] = torch.zeros(2)
+    torch.save({"model": state}, tmp_path / "broken.ckpt")
+    with pytest.raises(CheckpointError, match="1 unmapped, 1 missing"):
+        convert_vpd(str(tmp_path / "broken.ckpt"), str(tmp_path / "o"), unet_config=VPD_TINY_UNET,
+                    vae_config=VPD_TINY_VAE)
+    assert not (tmp_path / "o").exists()  # no partial output
