@@ -115,6 +115,7 @@ SWITCHES = [dict(conditioning="seecoder", seecoder={"enhancement": e}, train_see
                                                     enumerate(("enhancement", "decoder", "all", "none")))]
 SWITCHES += [dict(conditioning=c, train_unet=u) for c in ("text", "learned") for u in (True, False)]
 SWITCHES += [dict(conditioning="seecoder", seecoder={"dim": 16, "fea2d_pos": True})]  # projection 16 -> 32, SeeCoder-PA
+SWITCHES += [dict(conditioning="scene", scene_classes=["a", "b", "c"], scale_latents=s) for s in (False, True)]
 
 
 def _expected_trainable(model, cfg):
@@ -146,7 +147,8 @@ def test_every_switch_builds_runs_forward_backward_and_freezes(tiny_sd):
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         assert trainable == _expected_trainable(model, cfg), cfg
         task = model.make_training_task()
-        out = task({"image": x, "depth": target, "valid": torch.ones_like(target, dtype=torch.bool)})
+        out = task({"image": x, "depth": target, "valid": torch.ones_like(target, dtype=torch.bool),
+                    "scene": ["c", "a"]})  # used by conditioning 'scene' only
         assert torch.isfinite(out["loss"]), cfg
         out["loss"].backward()
         for n, p in model.named_parameters():
@@ -598,3 +600,23 @@ def test_convert_vpd_refuses_bad_input(tmp_path):
         convert_vpd(str(tmp_path / "broken.ckpt"), str(tmp_path / "o"), unet_config=VPD_TINY_UNET,
                     vae_config=VPD_TINY_VAE)
     assert not (tmp_path / "o").exists()  # no partial output
+
+
+def test_convert_vpd_maps_every_key_of_the_full_size_layout():
+    """Key names and shapes of VPD's NYUv2 model (SD 1.5, VPD's own constructor, dumped by
+    tests/fixtures/vpd/make_layout.py) map onto SD 1.5 + our head with nothing left over."""
+    import json
+
+    from diffdepth.methods.seecoder_vpd.convert_vpd import build_vpd_model
+
+    shapes = json.loads((VPD_FIXTURE / "vpd_nyu_layout.json").read_text())
+    with torch.device("meta"):
+        state = {k: torch.empty(s, dtype=torch.int64 if k.endswith("num_batches_tracked") else torch.float32)
+                 for k, s in shapes.items()}
+        model, report = build_vpd_model(state)  # strict: raises on any unmapped / missing / mis-shaped key
+    assert not report["unmapped"] and not report["missing"] and not report["mismatched"]
+    assert all(k.startswith(("sd.unet.conv_norm_out", "sd.unet.conv_out", "sd.vae.decoder.")) for k in report["ignored"])
+    assert model.tap_scales == [64, 32, 16, 8] and model.vpd_taps(model.sd)[1] == [1280, 1280, 640, 320]
+    cfg = model.get_config()
+    assert (cfg["agg_dim"], cfg["num_deconv"], cfg["deconv_filters"], cfg["head_channels"]) == (1536, 3, 32, 192)
+    assert model.scene_embeddings.shape == (27, 768) and isinstance(model.context_proj, torch.nn.Identity)
