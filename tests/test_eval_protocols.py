@@ -45,6 +45,21 @@ def test_kitti_crops_on_known_shapes():
     assert kb_crop_box(100, 200) is None
 
 
+def test_kitti_eigen_garg_protocol_as_vpd_evaluates():
+    """VPD / ECoDepth ``cropping_img``: KB crop, then the Garg fractions on the 352x1216 ground truth,
+    valid where 1e-3 < gt < 80 (strict)."""
+    p = get_protocol("kitti_eigen_garg")
+    assert (p.reader, p.crop, p.min_depth, p.max_depth, p.num_samples) == ("KittiEigen", "kitti_garg", 1e-3, 80.0, 652)
+    assert p.alignment == "auto" and p.processing_res == 0
+    depth = np.full((352, 1216), 10.0)
+    # int(.40810811*352)=143, int(.99189189*352)=349, int(.03594771*1216)=43, int(.96405229*1216)=1172
+    assert _box(p.eval_mask(depth))[:4] == (143, 349, 43, 1172)
+    depth[200, 100], depth[200, 101], depth[200, 102], depth[200, 103] = 5e-4, 2e-3, 80.0, 79.99
+    mask = p.eval_mask(depth)
+    assert mask[200, 100:104].tolist() == [False, True, False, True]
+    assert not mask[142, 600] and mask[143, 600] and mask[348, 600] and not mask[349, 600]
+
+
 def test_make3d_crops_on_real_shapes():
     assert B.make3d_image_rows(2272, 1704) == (710, 1562)
     assert B.make3d_depth_rows(55) == (17, 38)

@@ -115,6 +115,7 @@ SWITCHES = [dict(conditioning="seecoder", seecoder={"enhancement": e}, train_see
                                                     enumerate(("enhancement", "decoder", "all", "none")))]
 SWITCHES += [dict(conditioning=c, train_unet=u) for c in ("text", "learned") for u in (True, False)]
 SWITCHES += [dict(conditioning="seecoder", seecoder={"dim": 16, "fea2d_pos": True})]  # projection 16 -> 32, SeeCoder-PA
+SWITCHES += [dict(conditioning="scene", scene_classes=["a", "b", "c"], scale_latents=s) for s in (False, True)]
 
 
 def _expected_trainable(model, cfg):
@@ -146,7 +147,8 @@ def test_every_switch_builds_runs_forward_backward_and_freezes(tiny_sd):
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         assert trainable == _expected_trainable(model, cfg), cfg
         task = model.make_training_task()
-        out = task({"image": x, "depth": target, "valid": torch.ones_like(target, dtype=torch.bool)})
+        out = task({"image": x, "depth": target, "valid": torch.ones_like(target, dtype=torch.bool),
+                    "scene": ["c", "a"]})  # used by conditioning 'scene' only
         assert torch.isfinite(out["loss"]), cfg
         out["loss"].backward()
         for n, p in model.named_parameters():
@@ -225,6 +227,132 @@ def test_save_load_round_trip(tiny_sd, tmp_path):
 
     loaded = load_model(checkpoint=tmp_path / "ckpt", device="cpu")
     assert isinstance(loaded, SeeCoderVPD)
+
+
+# ----------------------------------------------------------------------------- SD 1.5 default (issue 19)
+def test_default_backbone_is_sd15_and_make_tiny_is_sd15_shaped(tmp_path):
+    import inspect
+    import json
+
+    from diffdepth.cli import main
+
+    assert inspect.signature(SeeCoderVPD.build).parameters["backbone"].default == "runwayml/stable-diffusion-v1-5"
+    assert main(["make-tiny", str(tmp_path / "m"), "--method", "seecoder-vpd"]) == 0
+    unet_cfg = json.loads((tmp_path / "m" / "unet" / "config.json").read_text())
+    sched = json.loads((tmp_path / "m" / "scheduler" / "scheduler_config.json").read_text())
+    # SD 1.5's conventions: 1x1-conv projections, a fixed head count, epsilon, four levels (taps 1/64..1/8)
+    assert unet_cfg["use_linear_projection"] is False and unet_cfg["attention_head_dim"] == 2
+    assert sched["prediction_type"] == "epsilon" and len(unet_cfg["block_out_channels"]) == 4
+    model = SeeCoderVPD.from_pretrained(tmp_path / "m")
+    # context width = SeeCoder's width: no projection (no weights saved for one)
+    assert unet_cfg["cross_attention_dim"] == model.config["seecoder"]["dim"]
+    assert isinstance(model.context_proj, torch.nn.Identity)
+    from safetensors.torch import load_file
+
+    assert not any(k.startswith("context_proj") for k in load_file(str(tmp_path / "m" / "model.safetensors")))
+    assert model.tap_scales == [64, 32, 16, 8] and model.aggregation.target_scale == 32
+    # SD 2.x shape: the 32 -> 48 projection is there
+    sd21 = SeeCoderVPD.make_tiny(arch="sd21")
+    assert isinstance(sd21.context_proj, torch.nn.Linear) and sd21.context_proj.out_features == 48
+    assert sd21.sd.unet.config.use_linear_projection is True
+
+
+def test_context_projection_switch(tiny_sd):
+    # auto (null): projection only when the widths differ
+    assert isinstance(build(tiny_sd).context_proj, torch.nn.Identity)
+    forced = build(tiny_sd, context_projection=True)
+    assert isinstance(forced.context_proj, torch.nn.Linear) and forced.context_proj.weight.shape == (32, 32)
+    with pytest.raises(ConfigError, match="context_projection"):
+        build(tiny_sd, seecoder={"dim": 16}, context_projection=False)
+    with pytest.raises(ConfigError, match="context_projection"):
+        build(tiny_sd, context_projection="yes")
+
+
+def test_unet_from_scratch_switch(tiny_sd_dir):
+    from diffdepth.backbone import StableDiffusion
+
+    kw = dict(seecoder=dict(SEECODER_TINY), agg_dim=32, head_channels=16, deconv_filters=8, conditioning="learned",
+              num_learned_tokens=4)
+    ref = StableDiffusion.from_pretrained(tiny_sd_dir, components=["unet"]).unet.state_dict()
+    tuned = SeeCoderVPD.build(backbone=str(tiny_sd_dir), **kw)
+    torch.manual_seed(3)
+    scratch = SeeCoderVPD.build(backbone=str(tiny_sd_dir), unet_init="scratch", **kw)
+    assert scratch.config["unet_init"] == "scratch" and tuned.config["unet_init"] == "pretrained"
+    for k, v in tuned.sd.unet.state_dict().items():
+        torch.testing.assert_close(v, ref[k])  # VPD-style: the backbone's UNet is fine-tuned
+    s = scratch.sd.unet.state_dict()
+    assert s.keys() == ref.keys() and all(s[k].shape == ref[k].shape for k in ref)
+    weights = [k for k in ref if k.endswith(".weight") and ref[k].ndim > 1]
+    assert all(not torch.equal(s[k], ref[k]) for k in weights)  # every conv/linear re-initialised
+    assert all(p.requires_grad for n, p in scratch.sd.unet.named_parameters() if "conv_out" not in n
+               and "conv_norm_out" not in n)
+    with pytest.raises(ConfigError, match="unet_init"):
+        SeeCoderVPD.make_tiny(unet_init="random")
+
+
+def test_checkpoint_saved_before_the_new_switches_still_loads(tiny_sd, tmp_path):
+    import json
+
+    # what older code built: scaled latents, projection whenever the widths differ
+    model = build(tiny_sd, conditioning="seecoder", seecoder={"dim": 16}, scale_latents=True).eval()
+    x = torch.rand(1, 3, 32, 32)
+    before = model.predict(x).depth
+    model.save_pretrained(tmp_path / "old")
+    marker = tmp_path / "old" / "diffdepth.json"
+    meta = json.loads(marker.read_text())
+    for key in ("context_projection", "unet_init", "scale_latents", "scene_classes"):  # what an older diffdepth wrote
+        meta["config"].pop(key)
+    marker.write_text(json.dumps(meta))
+    again = SeeCoderVPD.from_pretrained(tmp_path / "old")
+    assert isinstance(again.context_proj, torch.nn.Linear)  # 16 -> 32 projection, as it was saved
+    assert again.config["scale_latents"] is True
+    torch.testing.assert_close(again.predict(x).depth, before)
+
+
+# ----------------------------------------------------------------------------- VPD's crop of the aggregated map
+def _shake_head(model, seed=0):
+    """Move the head off its near-zero init so border effects are large enough to see."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in list(model.aggregation.modules()) + list(model.decoder.modules()):
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / m.weight[0].numel()) ** 0.5)
+
+
+@pytest.mark.parametrize("size", [(480, 480), (352, 704)])  # VPD's NYUv2 crop; the KITTI training crop
+def test_aggregated_map_is_cropped_before_the_decoder_as_vpd(size):
+    import torch.nn.functional as F
+
+    h, w = size
+    model = SeeCoderVPD.make_tiny(conditioning="learned", num_learned_tokens=4, head_norm="batch")
+    _shake_head(model)
+    x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(1))
+    m = model.size_multiple
+    hp, wp = -(-h // m) * m, -(-w // m) * m
+    assert (hp, wp) != (h, w)  # both sizes are padded (480 -> 512, 352 -> 384)
+    seen = []
+    model.decoder.register_forward_pre_hook(lambda mod, args: seen.append(tuple(args[0].shape[-2:])))
+    for train in (True, False):  # train: BatchNorm uses batch statistics, so padded cells would enter them
+        model.train(train)
+        with torch.no_grad():
+            out = model(x)
+            # independent computation: taps of the padded image, aggregated map of the padded image,
+            # then VPD's crop to ceil(h/32) x ceil(w/32) cells, decoder, final crop
+            z = model.sd.encode_image(F.pad(x, (0, wp - w, 0, hp - h), value=0.5)) / model.sd.scaling_factor  # VPD: unscaled
+            pre = model.sd.taps(z, t=1, context=model.context(x), outputs=model.taps)
+            full = model.aggregation([pre.outputs[n] for n in model.taps], (hp, wp))
+            assert full.shape[-2:] == (hp // 32, wp // 32)
+            unpadded = full[..., :-(-h // 32), :-(-w // 32)]
+            expected = model.decoder(unpadded)[..., :h, :w]
+            decoded_padded = model.decoder(full)[..., :h, :w]  # what the model did before (issue 19)
+        assert seen[0] == (-(-h // 32), -(-w // 32))
+        seen.clear()
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        # the padded cell changes the border band: the crop matters
+        assert (out - decoded_padded).abs()[..., h - 8:, :].max() > 1e-3
+        if not train:  # eval: the padded cell reaches only the last ~ (receptive field) rows/cols
+            torch.testing.assert_close(out[..., : h - 48, : w - 48], decoded_padded[..., : h - 48, : w - 48],
+                                       atol=1e-5, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- conversion
@@ -397,3 +525,98 @@ def test_bench_runs_on_tiny_sizes(capsys):
     out = capsys.readouterr().out
     for stage in ("SeeCoder", "VAE encoder", "UNet (taps)", "decoder", "total"):
         assert stage in out
+
+
+# ----------------------------------------------------------------------------- VPD's published depth model
+VPD_FIXTURE = __import__("pathlib").Path(__file__).parent / "fixtures" / "vpd"
+# diffusers configs equal to the tiny ldm configs of the fixture (ldm_configs.json)
+VPD_TINY_UNET = dict(sample_size=32, in_channels=4, out_channels=4, layers_per_block=2,
+                     block_out_channels=[32, 32, 32, 32],
+                     down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+                     up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, cross_attention_dim=32,
+                     attention_head_dim=2, use_linear_projection=False, norm_num_groups=32)
+VPD_TINY_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+                    block_out_channels=[32] * 4, down_block_types=["DownEncoderBlock2D"] * 4,
+                    up_block_types=["UpDecoderBlock2D"] * 4, norm_num_groups=32)
+
+
+def test_merge_permutation_by_hand():
+    from diffdepth.methods.seecoder_vpd.convert_vpd import merge_permutation
+
+    # our taps 1/64 (4 ch), 1/32 (4), 1/16 (2), 1/8 (2); VPD concatenates 1/8, 1/16, 1/32, 1/64
+    p = merge_permutation([64, 32, 16, 8], [4, 4, 2, 2])
+    assert p.tolist() == [8, 9, 10, 11, 4, 5, 6, 7, 2, 3, 0, 1]
+    maps = {s: torch.randn(1, c, 3, 3) for s, c in ((64, 4), (32, 4), (16, 2), (8, 2))}
+    w = torch.randn(5, 12, 1, 1)
+    vpd = torch.nn.functional.conv2d(torch.cat([maps[s] for s in (8, 16, 32, 64)], 1), w)
+    ours = torch.nn.functional.conv2d(torch.cat([maps[s] for s in (64, 32, 16, 8)], 1), w[:, p])
+    torch.testing.assert_close(ours, vpd)
+
+
+def test_convert_vpd_equals_vpds_own_code(tmp_path):
+    """The fixture holds a tiny VPD checkpoint and VPDDepth.forward's output computed by VPD's code
+    (tests/fixtures/vpd/README.md); the converted model must reproduce it from the image."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from diffdepth.cli import main
+    from diffdepth.methods.seecoder_vpd.convert_vpd import NYU_SCENES
+
+    (tmp_path / "unet.json").write_text(json.dumps(VPD_TINY_UNET))
+    (tmp_path / "vae.json").write_text(json.dumps(VPD_TINY_VAE))
+    out = tmp_path / "vpd"
+    assert main(["convert", "vpd", str(VPD_FIXTURE / "vpd_tiny.ckpt"), str(out),
+                 "--opt", f"unet_config={tmp_path / 'unet.json'}", "--opt", f"vae_config={tmp_path / 'vae.json'}"]) == 0
+    model = SeeCoderVPD.from_pretrained(out)
+    cfg = model.get_config()
+    assert cfg["conditioning"] == "scene" and cfg["scale_latents"] is False and cfg["scene_classes"] == NYU_SCENES
+    assert (cfg["agg_dim"], cfg["deconv_filters"], cfg["head_channels"], cfg["head_norm"]) == (64, 8, 16, "batch")
+    io = load_file(str(VPD_FIXTURE / "vpd_tiny_io.safetensors"))
+    x = io["image_uint8"].float() / 255.0  # [2,3,352,352]
+    ids = io["class_ids"]
+    names = [NYU_SCENES[i] for i in ids.tolist()]
+    pred = model.predict(x, scene=names).depth
+    torch.testing.assert_close(pred, io["pred_d"], atol=5e-5, rtol=1e-5)
+    # per-image scenes matter: swapping them changes the prediction
+    assert (model.predict(x, scene=names[::-1]).depth - io["pred_d"]).abs().max() > 1e-3
+    with pytest.raises(InputError, match="scene"):
+        model.predict(x)
+    with pytest.raises(InputError, match="not one of"):
+        model.predict(x, scene="garage")
+
+
+def test_convert_vpd_refuses_bad_input(tmp_path):
+    from diffdepth.methods.seecoder_vpd.convert_vpd import convert_vpd
+
+    torch.save({"model": {"encoder.layer1.0.weight": torch.zeros(1)}}, tmp_path / "other.ckpt")
+    with pytest.raises(CheckpointError, match="not a VPD depth checkpoint"):
+        convert_vpd(str(tmp_path / "other.ckpt"), str(tmp_path / "o"))
+    state = torch.load(VPD_FIXTURE / "vpd_tiny.ckpt", weights_only=True)["model"]
+    state.pop("encoder.gamma")
+    state["encoder.extra.weight"] = torch.zeros(2)
+    torch.save({"model": state}, tmp_path / "broken.ckpt")
+    with pytest.raises(CheckpointError, match="1 unmapped, 1 missing"):
+        convert_vpd(str(tmp_path / "broken.ckpt"), str(tmp_path / "o"), unet_config=VPD_TINY_UNET,
+                    vae_config=VPD_TINY_VAE)
+    assert not (tmp_path / "o").exists()  # no partial output
+
+
+def test_convert_vpd_maps_every_key_of_the_full_size_layout():
+    """Key names and shapes of VPD's NYUv2 model (SD 1.5, VPD's own constructor, dumped by
+    tests/fixtures/vpd/make_layout.py) map onto SD 1.5 + our head with nothing left over."""
+    import json
+
+    from diffdepth.methods.seecoder_vpd.convert_vpd import build_vpd_model
+
+    shapes = json.loads((VPD_FIXTURE / "vpd_nyu_layout.json").read_text())
+    with torch.device("meta"):
+        state = {k: torch.empty(s, dtype=torch.int64 if k.endswith("num_batches_tracked") else torch.float32)
+                 for k, s in shapes.items()}
+        model, report = build_vpd_model(state)  # strict: raises on any unmapped / missing / mis-shaped key
+    assert not report["unmapped"] and not report["missing"] and not report["mismatched"]
+    assert all(k.startswith(("sd.unet.conv_norm_out", "sd.unet.conv_out", "sd.vae.decoder.")) for k in report["ignored"])
+    assert model.tap_scales == [64, 32, 16, 8] and model.vpd_taps(model.sd)[1] == [1280, 1280, 640, 320]
+    cfg = model.get_config()
+    assert (cfg["agg_dim"], cfg["num_deconv"], cfg["deconv_filters"], cfg["head_channels"]) == (1536, 3, 32, 192)
+    assert model.scene_embeddings.shape == (27, 768) and isinstance(model.context_proj, torch.nn.Identity)

@@ -82,3 +82,31 @@ def test_cli_make_tiny_predict(tmp_path):
     depth = np.load(out / "a.npy")
     assert depth.shape == (40, 70) and np.isfinite(depth).all()
     assert 0 < depth.min() and depth.max() < 10.0  # tiny model: sigmoid x 10 m
+
+
+def test_recipes_validate_with_vpd_protocols_and_use_vpds_schedule():
+    """kitti.yaml / nyu.yaml: the paper's evaluation protocol, VPD's lr schedule over 25 epochs."""
+    from pathlib import Path
+
+    from diffdepth.evaluation import get_protocol
+    from diffdepth.training.config import load_config
+    from diffdepth.training.schedules import schedule_from_config
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "seecoder-vpd"
+    for name, frames, protocol in (("kitti.yaml", 23158, "kitti_eigen_garg"), ("nyu.yaml", 24231, "nyuv2")):
+        cfg = load_config(root / name)
+        assert cfg["val"]["protocol"] == protocol and cfg["val"]["alignment"] == "none", name
+        p = get_protocol(protocol)
+        assert (p.min_depth, p.crop) == ((1e-3, "kitti_garg") if protocol == "kitti_eigen_garg" else (1e-3, "nyu_eigen"))
+        assert cfg["model"]["backbone"] == "runwayml/stable-diffusion-v1-5"
+        assert cfg["train"]["effective_batch_size"] == 24
+        per_epoch = frames // 24  # VPD's loader drops the last partial batch
+        assert cfg["train"]["max_steps"] == 25 * per_epoch, name
+        assert cfg["schedule"]["decay_steps"] == 2 * per_epoch * (25 // 2), name
+        f = schedule_from_config(cfg)
+        lr = cfg["optim"]["lr"]
+        assert lr == 5e-4 and lr * f(0) == pytest.approx(3e-5 + 4.7e-4 * (1 / (per_epoch * 12)) ** 0.9)
+        assert f(per_epoch * 12 - 1) == pytest.approx(1.0)  # peak after 12 of 25 epochs (epochs // 2)
+        assert lr * f(per_epoch * 24 - 1) == pytest.approx(3e-5) and lr * f(cfg["train"]["max_steps"] - 1) == pytest.approx(3e-5)
+        assert cfg["optim"]["weight_decay"] == 0.1 and cfg["optim"]["no_decay_1d"] is True
+        assert cfg["optim"]["lr_multipliers"] == {"sd.unet.": 0.01}

@@ -42,6 +42,26 @@ def test_polynomial_constant_multistep_hand_values():
     assert lr_factor(5, "polynomial", max_steps=1000, decay_steps=10) == pytest.approx(0.01 + 0.99 * 0.5)
 
 
+def test_vpd_schedule_matches_vpd_training_loop():
+    """VPD depth/train.py: global_step counts batches from 1, half = iterations * (epochs // 2);
+    lr = (max-min)(g/half)^0.9 + min before the peak, max(min, (min-max)(g/half-1)^0.9 + max) after."""
+    max_lr, min_lr, iterations, epochs = 5e-4, 3e-5, 10, 5
+    half = iterations * (epochs // 2)  # 20: the peak; floor from 40 on, flat for the last epoch
+
+    def vpd(global_step):  # transcribed from VPD's loop
+        if global_step < half:
+            return (max_lr - min_lr) * (global_step / iterations / (epochs // 2)) ** 0.9 + min_lr
+        return max(min_lr, (min_lr - max_lr) * (global_step / iterations / (epochs // 2) - 1) ** 0.9 + max_lr)
+
+    ours = [max_lr * lr_factor(s, "vpd", max_steps=iterations * epochs, decay_steps=2 * half,
+                                final_ratio=min_lr / max_lr, power=0.9) for s in range(iterations * epochs)]
+    assert ours == pytest.approx([vpd(s + 1) for s in range(iterations * epochs)], rel=1e-12)
+    f = lambda s: lr_factor(s, "vpd", max_steps=50, decay_steps=40, final_ratio=0.06, power=0.9)  # noqa: E731
+    assert f(9) == pytest.approx(0.06 + 0.94 * 0.5 ** 0.9)  # g = 10 = half of the rise
+    assert f(19) == pytest.approx(1.0) and f(29) == pytest.approx(1 - 0.94 * 0.5 ** 0.9)
+    assert f(39) == pytest.approx(0.06) and f(49) == pytest.approx(0.06)
+
+
 def test_onecycle_matches_hand_values_and_torch():
     total = 20
     f = lambda s: lr_factor(s, "onecycle", max_steps=total, pct_start=0.25)  # noqa: E731

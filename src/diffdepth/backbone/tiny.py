@@ -56,11 +56,20 @@ def make_tiny_tokenizer(max_length: int = 77):
 
 
 def make_tiny_sd(seed: int = 0, cross_attention_dim: int = 32, prediction_type: str = "v_prediction",
-                 block_out_channels=(32, 64), frozen: bool = True) -> StableDiffusion:
-    """Random tiny SD (~1 M parameters) with SD 2.1's layout conventions (linear projections)."""
+                 block_out_channels=(32, 64), frozen: bool = True, arch: str = "sd21") -> StableDiffusion:
+    """Random tiny SD (~1 M parameters) with SD 2.1's layout conventions (linear projections).
+
+    ``arch="sd15"``: SD 1.5's conventions instead — 1x1-conv projections in the transformers,
+    a fixed head count (2) on every level and epsilon prediction (``prediction_type`` ignored).
+    """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    if arch not in ("sd21", "sd15"):
+        raise ValueError(f"arch={arch!r} must be 'sd21' or 'sd15'")
+    sd15 = arch == "sd15"
+    if sd15:
+        prediction_type = "epsilon"
     levels = len(block_out_channels)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -70,8 +79,9 @@ def make_tiny_sd(seed: int = 0, cross_attention_dim: int = 32, prediction_type: 
             down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
             cross_attention_dim=cross_attention_dim,
-            attention_head_dim=tuple(max(1, c // 16) for c in block_out_channels),  # heads (diffusers naming), head dim 16
-            use_linear_projection=True, norm_num_groups=8,
+            # heads (diffusers naming): SD 2.1 fixes the head dim (16 here), SD 1.5 the head count
+            attention_head_dim=2 if sd15 else tuple(max(1, c // 16) for c in block_out_channels),
+            use_linear_projection=not sd15, norm_num_groups=8,
         )
         vae = AutoencoderKL(
             in_channels=3, out_channels=3, latent_channels=4, sample_size=64, layers_per_block=1,

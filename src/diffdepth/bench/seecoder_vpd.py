@@ -137,8 +137,7 @@ def run(args: argparse.Namespace) -> int:
         state["feats"] = [pre.outputs[n] for n in model.taps]
 
     def decoder():
-        x = model.aggregation(state["feats"], padded.shape[-2:])
-        state["depth"] = model.decoder(x)[..., :h, :w]
+        state["depth"] = model.head(state["feats"], (h, w))
 
     stages = [("SeeCoder", seecoder), ("VAE encoder", vae), ("UNet (taps)", unet), ("decoder", decoder)]
     rows = []

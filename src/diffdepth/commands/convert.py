@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 import importlib
 
-HELP = "convert published weights: primedepth-official CKPT OUT | seecoder SAFETENSORS OUT"
+HELP = "convert published weights: primedepth-official CKPT OUT | seecoder SAFETENSORS OUT | vpd CKPT OUT"
 
 CONVERTERS = {
     "primedepth-official": "diffdepth.methods.primedepth.convert:convert_official",
     "seecoder": "diffdepth.methods.seecoder_vpd.convert:convert_seecoder",
+    "vpd": "diffdepth.methods.seecoder_vpd.convert_vpd:convert_vpd",
 }
 
 

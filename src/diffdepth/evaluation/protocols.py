@@ -16,6 +16,8 @@ Crops on known shapes (all row/column ranges are half-open ``[start, stop)``):
 * ``kitti_garg``: rows ``int(0.40810811·H):int(0.99189189·H)``, cols
   ``int(0.03594771·W):int(0.96405229·W)`` (Garg et al. 2016, as in Monodepth2 / Marigold).
 
+``kitti_eigen_garg`` (VPD/ECoDepth ``--kitti_crop garg_crop --do_kb_crop``, metric models) is
+``kitti_eigen``'s data with the Garg crop and 1e-3–80 m (metric predictions: no alignment).
 For ``kitti_eigen`` (Marigold) the crop fractions apply to the KB-cropped 352×1216 frame;
 for ``kitti_mono2`` (Monodepth2) to the full-resolution Velodyne ground truth.
 """
@@ -161,6 +163,9 @@ PROTOCOLS: Dict[str, Protocol] = {p.name: p for p in [
     _P("kitti_eigen", "KITTI Eigen test split as used by Marigold: 697 listed / 652 with "
        "ground truth (uint16/256), KB crop 352x1216, Eigen crop mask", "KittiEigen",
        "eigen_test_files_with_gt", 652, 1e-5, 80.0, crop="kitti_eigen", processing_res=0),
+    _P("kitti_eigen_garg", "KITTI Eigen test split (652 with ground truth) as VPD / ECoDepth / BTS "
+       "evaluate supervised models: KB crop 352x1216, Garg crop mask, 1e-3-80 m (metric: no alignment)",
+       "KittiEigen", "eigen_test_files_with_gt", 652, 1e-3, 80.0, crop="kitti_garg", processing_res=0),
     _P("kitti_mono2", "KITTI Eigen test split (697) in the Monodepth2 protocol: ground truth "
        "projected from Velodyne scans, Garg crop, median scaling", "KittiVelodyne",
        "eigen/test_files", 697, 1e-3, 80.0, crop="kitti_garg", alignment="median"),

@@ -20,6 +20,11 @@ the schedule proper runs over ``s = step - warmup_steps`` for
   ``1/(div_factor * final_div_factor)`` at step ``decay_steps - 1`` (cosine or linear).
 * ``multistep``: ``gamma ** (number of milestones <= step)`` (Monodepth2/DiffSQL:
   ×0.1 at epoch 15).
+* ``vpd`` (VPD's ``depth/train.py``, also ECoDepth's; no warm-up): with ``g = step + 1``
+  (VPD counts from 1), ``r = final_ratio`` (VPD: min_lr/max_lr = 3e-5/5e-4) and
+  ``P = decay_steps / 2`` (VPD: iterations per epoch × (epochs // 2)):
+  ``r + (1 − r)(g/P) ** power`` for ``g < P``, then ``max(r, 1 − (1 − r)(g/P − 1) ** power)``
+  (VPD: power 0.9) — up to the peak, down to the floor ``r`` at ``decay_steps``, then flat.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from typing import Optional, Sequence
 
 from ..errors import ConfigError
 
-SCHEDULES = ("constant", "exponential", "polynomial", "onecycle", "multistep")
+SCHEDULES = ("constant", "exponential", "polynomial", "onecycle", "multistep", "vpd")
 
 
 def _anneal(start: float, end: float, pct: float, how: str) -> float:
@@ -57,6 +62,13 @@ def lr_factor(step: int, name: str = "constant", *, max_steps: int = 1, warmup_s
         if step <= up_end:
             return _anneal(initial, 1.0, step / up_end if up_end > 0 else 1.0, anneal)
         return _anneal(1.0, final, (step - up_end) / (down_end - up_end), anneal)
+    if name == "vpd":
+        if total < 2:
+            raise ConfigError("schedule vpd needs decay_steps (or train.max_steps) >= 2")
+        g, peak, r = (step + 1) / (total / 2.0), 1.0, float(final_ratio)
+        if g < peak:
+            return r + (1.0 - r) * g ** power
+        return max(r, 1.0 - (1.0 - r) * (g - 1.0) ** power)
     if warmup_steps > 0 and step < warmup_steps:
         return step / warmup_steps
     if name == "constant":

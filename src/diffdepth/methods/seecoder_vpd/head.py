@@ -8,6 +8,12 @@ fused by 1x1 conv + GroupNorm + ReLU (1536 ch); then 3 x (transposed conv x2, 32
 ReLU) -> 3x3 conv + BN + ReLU -> bilinear x2 up to full resolution -> 3x3 conv, ReLU, 3x3
 conv -> 1 channel -> sigmoid x max_depth.
 
+Like VPD (``VPDDepth.forward``: 480 -> 512 zero padding, the aggregated 16 x 16 map cropped
+to 15 x 15), the model crops the aggregated map of the padded input to ``ceil(h/32) x
+ceil(w/32)`` cells before the decoder (``SeeCoderVPD.head``), so padding-only cells never reach
+the decoder or its BatchNorm statistics; the aggregation's GroupNorm sees the whole padded map,
+as in VPD.
+
 Here the tap list, their channels and scales come from the UNet config, the aggregation
 scale is the second-coarsest tap scale (1/32 for SD) and the number of bilinear x2 steps
 is whatever remains after the transposed convolutions, so a tiny UNet uses the same code.

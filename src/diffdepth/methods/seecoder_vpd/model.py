@@ -12,10 +12,20 @@ dilated convolutions and spatial attention. Pipeline::
 
 Switches (constructor arguments, saved in ``diffdepth.json``):
 ``conditioning`` seecoder | text (CLIP text of ``prompt``) | learned (``num_learned_tokens``
-tokens); ``seecoder.enhancement`` none | dc | sa | dc+sa; ``train_seecoder`` enhancement
+tokens) | scene (VPD's depth model: one token per image, the stored CLIP embedding of the
+image's scene class among ``scene_classes`` refined by VPD's text adapter, ``e + gamma * MLP(e)``;
+the class is given per call, ``scene=NAME``); ``seecoder.enhancement`` none | dc | sa | dc+sa; ``train_seecoder`` enhancement
 (paper: Swin and SeeCoder frozen, DC+SA trainable) | decoder | all | none; ``train_unet``
-(paper: yes, at a small learning-rate multiplier set by the recipe on ``sd.unet.``).
-The VAE and text encoder are always frozen.
+(paper: yes, at a small learning-rate multiplier set by the recipe on ``sd.unet.``);
+``unet_init`` pretrained (VPD: fine-tune the backbone's UNet) | scratch (same architecture,
+random init: the paper's "trained from scratch"); ``context_projection`` null (auto: a learned
+linear map only when SeeCoder's 768 differs from the UNet's context, e.g. 1024 for SD 2.x) |
+true | false. The default backbone is SD 1.5 (``runwayml/stable-diffusion-v1-5`` family), as
+VPD: context 768 = SeeCoder's width, so no projection. ``scale_latents`` false (VPD feeds the
+UNet the VAE posterior mode unscaled, ``encoder_vq.encode(x).mode()``) | true (x 0.18215, the
+diffusers convention; what checkpoints saved before this switch used, and still use on load).
+The VAE and text encoder are always frozen. Padded inputs: the aggregated 1/32 map is cropped
+to ceil(h/32) x ceil(w/32) cells before the decoder, as VPD does (see :meth:`SeeCoderVPD.head`).
 """
 from __future__ import annotations
 
@@ -46,15 +56,18 @@ SEECODER_TINY: dict = dict(
     dim=32, encoder_layers=2, encoder_heads=4, encoder_ff=32, query_layers=3, query_heads=4, query_ff=32,
     gn_groups=8)
 
-CONDITIONINGS = ("seecoder", "text", "learned")
+CONDITIONINGS = ("seecoder", "text", "learned", "scene")
 TRAIN_SEECODER = ("enhancement", "decoder", "all", "none")
 SEECODER_WEIGHTS = "seecoder.safetensors"
+UNET_INITS = ("pretrained", "scratch")
+#: VPD (and so SeeCoder-VPD) runs on SD 1.5, whose 768-wide context is SeeCoder's own width.
+DEFAULT_BACKBONE = "runwayml/stable-diffusion-v1-5"
 
 
 class SeeCoderVPD(DepthModel):
     method = "seecoder-vpd"
     output_kind = METRIC_DEPTH
-    predict_options = frozenset({"flip", "sliding_windows"})
+    predict_options = frozenset({"flip", "sliding_windows", "scene"})
     min_size = 32
     default_processing_res = 0  # metric model: keep the input resolution (KITTI 352x1216)
 
@@ -62,7 +75,9 @@ class SeeCoderVPD(DepthModel):
                  prompt: str = "a photo of a street scene", num_learned_tokens: int = 148,
                  max_depth: float = 80.0, agg_dim: int = 1536, num_deconv: int = 3, deconv_filters: int = 32,
                  head_channels: int = 192, head_norm: str = "batch", train_seecoder: str = "enhancement",
-                 train_unet: bool = True, timestep: int = 1):
+                 train_unet: bool = True, timestep: int = 1, context_projection: Optional[bool] = None,
+                 unet_init: str = "pretrained", scale_latents: bool = False,
+                 scene_classes: Optional[list] = None):
         super().__init__()
         if conditioning not in CONDITIONINGS:
             raise ConfigError(f"conditioning={conditioning!r} is not one of {', '.join(CONDITIONINGS)}")
@@ -70,6 +85,10 @@ class SeeCoderVPD(DepthModel):
             raise ConfigError(f"train_seecoder={train_seecoder!r} is not one of {', '.join(TRAIN_SEECODER)}")
         if not max_depth > 0:
             raise ConfigError(f"max_depth={max_depth} must be > 0")
+        if unet_init not in UNET_INITS:
+            raise ConfigError(f"unet_init={unet_init!r} is not one of {', '.join(UNET_INITS)}")
+        if context_projection not in (None, True, False):
+            raise ConfigError(f"context_projection={context_projection!r} must be true, false or null (auto)")
         sc_cfg = dict(SEECODER_LARGE, **(seecoder or {}))
         unknown = set(sc_cfg) - set(SEECODER_LARGE)
         if unknown:
@@ -79,7 +98,10 @@ class SeeCoderVPD(DepthModel):
                            num_learned_tokens=int(num_learned_tokens), max_depth=float(max_depth),
                            agg_dim=int(agg_dim), num_deconv=int(num_deconv), deconv_filters=int(deconv_filters),
                            head_channels=int(head_channels), head_norm=head_norm, train_seecoder=train_seecoder,
-                           train_unet=bool(train_unet), timestep=int(timestep))
+                           train_unet=bool(train_unet), timestep=int(timestep),
+                           context_projection=context_projection, unet_init=unet_init,
+                           scale_latents=bool(scale_latents),
+                           scene_classes=[str(c) for c in scene_classes] if scene_classes else None)
         self.sd = sd
         self.size_multiple = int(sd.size_multiple)
         ctx_dim = int(sd.unet.config.cross_attention_dim)
@@ -90,10 +112,22 @@ class SeeCoderVPD(DepthModel):
         self.learned_tokens = None
         if conditioning == "seecoder":
             self.seecoder = SeeCoder(**sc_cfg)
-            if sc_cfg["dim"] != ctx_dim:
-                self.context_proj = nn.Linear(sc_cfg["dim"], ctx_dim)
+            if context_projection is False and sc_cfg["dim"] != ctx_dim:
+                raise ConfigError(
+                    f"context_projection=false but SeeCoder gives {sc_cfg['dim']}-wide tokens and the UNet's context "
+                    f"is {ctx_dim} wide (SD 2.x: 1024) — use an SD 1.5-family backbone (context 768) or set "
+                    "context_projection: true")
+            if context_projection or (context_projection is None and sc_cfg["dim"] != ctx_dim):
+                self.context_proj = nn.Linear(sc_cfg["dim"], ctx_dim)  # random init: trained with the head
         elif conditioning == "learned":
             self.learned_tokens = nn.Parameter(torch.randn(int(num_learned_tokens), ctx_dim) * 0.02)
+        elif conditioning == "scene":
+            if not scene_classes:
+                raise ConfigError("conditioning='scene' needs scene_classes (the scene names, e.g. VPD's 27 NYUv2 ones)")
+            # VPD: CLIP text embeddings of the classes (a buffer: set by `diffdepth convert vpd` or by the user)
+            self.register_buffer("scene_embeddings", torch.zeros(len(scene_classes), ctx_dim))
+            self.text_adapter = nn.Sequential(nn.Linear(ctx_dim, ctx_dim), nn.GELU(), nn.Linear(ctx_dim, ctx_dim))
+            self.text_gamma = nn.Parameter(torch.full((ctx_dim,), 1e-4))
         elif sd.text_encoder is None or sd.tokenizer is None:
             raise ConfigError("conditioning='text' needs a Stable Diffusion with text_encoder and tokenizer")
 
@@ -158,10 +192,39 @@ class SeeCoderVPD(DepthModel):
         return self
 
     # ------------------------------------------------------------------ forward
-    def context(self, images: torch.Tensor) -> torch.Tensor:
+    def scene_ids(self, scene, batch: int) -> torch.Tensor:
+        """``scene`` (a name, an index, or one per image) -> class indices [batch] (conditioning 'scene')."""
+        names = self.config["scene_classes"] or []
+        if scene is None:
+            raise InputError("conditioning 'scene' (VPD) needs each image's scene class: pass scene=NAME "
+                             f"(--opt scene=NAME), one of {', '.join(names)}")
+        if isinstance(scene, torch.Tensor):
+            ids = scene.long().reshape(-1).tolist()
+        else:
+            items = [scene] if isinstance(scene, (str, int)) else list(scene)
+            ids = []
+            for item in items:
+                if isinstance(item, str) and not item.isdigit():
+                    if item not in names:
+                        raise InputError(f"scene={item!r} is not one of {', '.join(names)}")
+                    ids.append(names.index(item))
+                else:
+                    ids.append(int(item))
+        if any(not 0 <= i < len(names) for i in ids):
+            raise InputError(f"scene index out of range 0..{len(names) - 1}: {ids}")
+        if len(ids) == 1:
+            ids = ids * batch
+        if len(ids) != batch:
+            raise InputError(f"{len(ids)} scene classes for {batch} images")
+        return torch.tensor(ids, dtype=torch.long, device=self.scene_embeddings.device)
+
+    def context(self, images: torch.Tensor, scene=None) -> torch.Tensor:
         """Cross-attention context [B,T,D_unet] for images [B,3,H,W] in [0,1]."""
         b = images.shape[0]
         cond = self.config["conditioning"]
+        if cond == "scene":  # VPD TextAdapterDepth: e + gamma * fc(e), one token per image
+            e = self.scene_embeddings[self.scene_ids(scene, b)]  # [B,D]
+            return (e + self.text_gamma * self.text_adapter(e)).unsqueeze(1)  # [B,1,D]
         if cond == "seecoder":
             tokens = self.seecoder(images)  # [B,148,dim]
             return self.context_proj(tokens)  # [B,148,D_unet]
@@ -170,8 +233,9 @@ class SeeCoderVPD(DepthModel):
         with torch.no_grad():
             return self.sd.encode_prompt([self.config["prompt"]], batch_size=b)  # [B,77,D_unet]
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images [B,3,H,W] in [0,1] (any size) -> metric depth [B,1,H,W] in (0, max_depth)."""
+    def forward(self, images: torch.Tensor, scene=None) -> torch.Tensor:
+        """images [B,3,H,W] in [0,1] (any size) -> metric depth [B,1,H,W] in (0, max_depth).
+        ``scene``: the scene class(es) for conditioning 'scene' (ignored otherwise)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise InputError(f"expected images [B,3,H,W], got {tuple(images.shape)}")
         h, w = images.shape[-2:]
@@ -180,18 +244,32 @@ class SeeCoderVPD(DepthModel):
         # pad like VPD (zeros in [-1,1], i.e. 0.5 here) so the UNet levels divide evenly
         padded = F.pad(images, (0, pw, 0, ph), value=0.5) if (ph or pw) else images
         with torch.no_grad():
-            z = self.sd.encode_image(padded)  # [B,4,H'/8,W'/8]
-        ctx = self.context(images)
+            z = self.sd.encode_image(padded)  # [B,4,H'/8,W'/8] x the VAE scaling factor
+            if not self.config["scale_latents"]:
+                z = z / self.sd.scaling_factor  # VPD: encoder_vq.encode(x).mode(), unscaled
+        ctx = self.context(images, scene)
         t = self.config["timestep"]
         pre = self.sd.taps(z, t=t, context=ctx, outputs=self.taps, stop_after=self.taps[-1])
         feats = [pre.outputs[n] for n in self.taps]  # [B,C_i,H'/s_i,W'/s_i]
+        return self.head(feats, (h, w))
+
+    def head(self, feats: list, size: tuple[int, int]) -> torch.Tensor:
+        """UNet taps of the padded input -> depth [B,1,h,w] for the unpadded ``size`` = (h, w).
+
+        As VPD: the aggregated 1/S map of the padded input (its GroupNorm over the whole map) is
+        cropped to ceil(h/S) x ceil(w/S) cells before the decoder, so cells made of padding never
+        reach the decoder or its BatchNorm statistics."""
+        h, w = size
+        s = self.aggregation.target_scale
+        m = self.size_multiple
         dtype = next(self.decoder.parameters()).dtype
-        x = self.aggregation([f.to(dtype) for f in feats], padded.shape[-2:])  # [B,agg,H'/32,W'/32]
-        depth = self.decoder(x)  # [B,1,H',W']
+        x = self.aggregation([f.to(dtype) for f in feats], (-(-h // m) * m, -(-w // m) * m))  # [B,agg,H'/S,W'/S]
+        x = x[..., :-(-h // s), :-(-w // s)]  # [B,agg,ceil(h/S),ceil(w/S)]
+        depth = self.decoder(x)  # [B,1,ceil(h/S)*S,ceil(w/S)*S]
         return depth[..., :h, :w]
 
     # ------------------------------------------------------------------ inference
-    def predict(self, images: torch.Tensor, flip: bool = False, sliding_windows: int = 0,
+    def predict(self, images: torch.Tensor, flip: bool = False, sliding_windows: int = 0, scene=None,
                 **options: Any) -> DepthPrediction:
         """Metric depth in metres. ``flip``: average with the prediction of the mirrored image.
         ``sliding_windows=n`` (n >= 2, wide images): n square H x H windows at equal steps
@@ -211,19 +289,21 @@ class SeeCoderVPD(DepthModel):
                 acc = images.new_zeros(b, 1, h, w)
                 count = images.new_zeros(1, 1, 1, w)
                 crops = torch.cat([images[..., s:s + h] for s in starts], dim=0)  # [n*B,3,h,h]
-                pred = self._predict_flip(crops, flip)
+                ids = self.scene_ids(scene, b).repeat(n) if self.config["conditioning"] == "scene" else None
+                pred = self._predict_flip(crops, flip, ids)
                 for i, s in enumerate(starts):
                     acc[..., s:s + h] += pred[i * b:(i + 1) * b]
                     count[..., s:s + h] += 1
                 depth = acc / count.clamp_min(1)
             else:
-                depth = self._predict_flip(images, flip)
+                ids = self.scene_ids(scene, b) if self.config["conditioning"] == "scene" else None
+                depth = self._predict_flip(images, flip, ids)
         return DepthPrediction(depth=depth.float(), kind=self.output_kind)
 
-    def _predict_flip(self, images: torch.Tensor, flip: bool) -> torch.Tensor:
+    def _predict_flip(self, images: torch.Tensor, flip: bool, scene=None) -> torch.Tensor:
         if not flip:
-            return self(images)
-        both = self(torch.cat([images, images.flip(-1)], dim=0))  # [2B,1,H,W]
+            return self(images, scene)
+        both = self(torch.cat([images, images.flip(-1)], dim=0), None if scene is None else scene.repeat(2))
         b = images.shape[0]
         return 0.5 * (both[:b] + both[b:].flip(-1))
 
@@ -255,6 +335,7 @@ class SeeCoderVPD(DepthModel):
         if marker.get("method") not in (None, cls.method):
             raise CheckpointError(f"{path} is a {marker.get('method')!r} checkpoint, not {cls.method!r}")
         config = {**marker.get("config", {}), **overrides}
+        config.setdefault("scale_latents", True)  # saved before the switch existed: latents were scaled
         components = [c for c in COMPONENTS if (path / c).is_dir()]
         sd = StableDiffusion.from_pretrained(path, components=components)
         model = cls(sd, **config)
@@ -271,30 +352,54 @@ class SeeCoderVPD(DepthModel):
         load_seecoder_weights(self.seecoder, weights)
 
     @classmethod
-    def build(cls, backbone: str = "stabilityai/stable-diffusion-2-1", seecoder_weights: Optional[str] = None,
+    def build(cls, backbone: str = DEFAULT_BACKBONE, seecoder_weights: Optional[str] = None,
               **config: Any) -> "SeeCoderVPD":
-        """New model around a pretrained SD (hub id or diffusers folder).
+        """New model around a pretrained SD (hub id or diffusers folder; default SD 1.5 as VPD).
 
         ``seecoder_weights``: the output of ``diffdepth convert seecoder`` (a safetensors file
         or a folder holding ``seecoder.safetensors``) or the official
         ``seecoder-v1-0.safetensors`` itself; omitted, SeeCoder starts random.
+        ``unet_init="scratch"``: the UNet keeps the backbone's architecture but starts from
+        diffusers' random initialisation (the paper's "trained from scratch"); the default
+        ``pretrained`` fine-tunes the backbone's UNet as VPD does.
         """
         from ...backbone import StableDiffusion
 
         comps = ["vae", "unet"] + (["text_encoder", "tokenizer"] if config.get("conditioning") == "text" else [])
         sd = StableDiffusion.from_pretrained(backbone, components=comps)
+        if config.get("unet_init", "pretrained") == "scratch":
+            sd.unet = cls.fresh_unet(sd.unet)
         model = cls(sd, **config)
         if seecoder_weights:
             model._load_seecoder(seecoder_weights)
         return model
 
+    @staticmethod
+    def fresh_unet(unet):
+        """A UNet of ``unet``'s architecture with diffusers' random initialisation (same dtype/device)."""
+        from diffusers import UNet2DConditionModel
+
+        p = next(unet.parameters())
+        return UNet2DConditionModel.from_config(unet.config).to(device=p.device, dtype=p.dtype)
+
     @classmethod
     def make_tiny(cls, seed: int = 0, **overrides: Any) -> "SeeCoderVPD":
-        """Tiny random model: tiny SD (2 UNet levels, context 32) + tiny SeeCoder + small head."""
+        """Tiny random model shaped like the default: a 4-level tiny SD 1.5 (conv projections,
+        epsilon, context 32 = the tiny SeeCoder's width, so no projection; taps at 1/64..1/8 and
+        aggregation at 1/32 as VPD) + tiny SeeCoder + small head. ``arch="sd21"``: the SD 2.x
+        shape instead (linear projections, context 48, so SeeCoder's tokens are projected)."""
         from ...backbone import make_tiny_sd
 
         seecoder_weights = overrides.pop("seecoder_weights", None)
-        sd = make_tiny_sd(seed=seed)
+        arch = overrides.pop("arch", "sd15")
+        if arch not in ("sd15", "sd21"):
+            raise ConfigError(f"arch={arch!r} must be 'sd15' (default) or 'sd21'")
+        sd = make_tiny_sd(seed=seed, arch=arch, cross_attention_dim=32 if arch == "sd15" else 48,
+                          block_out_channels=(16, 16, 32, 32))
+        if overrides.get("unet_init") == "scratch":  # tiny UNets are random anyway; keep the code path
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + 1)
+                sd.unet = cls.fresh_unet(sd.unet)
         cfg = dict(seecoder=dict(SEECODER_TINY), agg_dim=32, head_channels=16, deconv_filters=8,
                    num_learned_tokens=8, max_depth=10.0, head_norm="group")
         sc = overrides.pop("seecoder", None)

@@ -90,7 +90,7 @@ class SeeCoderVPDTask:
         valid = batch.get("valid")
         valid = (depth > 0) if valid is None else valid.to(param.device).bool()
         valid = valid & (depth > self.min_depth) & (depth <= self.max_depth)
-        pred = self.model(image).float()  # [B,1,H,W] metres
+        pred = self.model(image, batch.get("scene")).float()  # [B,1,H,W] metres (scene: VPD conditioning)
         if not bool(valid.any()):  # nothing to learn from: zero loss that still touches the graph
             return {"loss": pred.sum() * 0.0, "logs": {"valid_fraction": 0.0}}
         loss = silog_loss(pred, depth, valid, self.silog_lambda, self.per_image)
