@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Optional, Union
+from typing import Any, ClassVar, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -46,6 +46,10 @@ class DepthModel(nn.Module):
     default_processing_res: int = 768
     #: True: the processing resolution only caps the long side (smaller inputs keep their size)
     processing_res_is_cap: bool = False
+    #: ``(H, W)`` the network was trained at and is always fed (Monodepth2 family, e.g. (192, 640)):
+    #: the pipeline resizes every input to exactly this size (aspect ratio not kept, no padding)
+    #: unless a processing resolution is given explicitly; ``None``: keep the aspect ratio and pad
+    fixed_input_size: Optional[Tuple[int, int]] = None
 
     # ------------------------------------------------------------------ inference
     def predict(self, images: torch.Tensor, **options: Any) -> DepthPrediction:  # pragma: no cover
