@@ -160,6 +160,24 @@ def test_save_load_round_trip(tiny, tmp_path):
 
     with pytest.raises(CheckpointError):
         DiffSQL.from_pretrained(tmp_path / "ck", queries="none")  # architecture override -> clear error
+    # a checkpoint from before input_size / sd_tap_point keeps its padded input and its tap
+    import json
+
+    marker = json.loads((tmp_path / "ck" / "diffdepth.json").read_text())
+    assert marker["config"]["input_size"] == [192, 640] and marker["config"]["sd_tap_point"] == "before_upsampler"
+    for key in ("input_size", "sd_tap_point"):
+        del marker["config"][key]
+    (tmp_path / "ck" / "diffdepth.json").write_text(json.dumps(marker))
+    old = DiffSQL.from_pretrained(tmp_path / "ck")
+    assert old.fixed_input_size is None and old.get_config()["sd_tap_point"] == "before_upsampler"
+    # ... even where `auto` would now choose the upsampler's output (16 tokens < 32 queries)
+    m = DiffSQL.make_tiny(seed=0, input_size=[64, 64], num_queries=32, sd_tap_point="before_upsampler")
+    m.save_pretrained(tmp_path / "ck2")
+    marker = json.loads((tmp_path / "ck2" / "diffdepth.json").read_text())
+    del marker["config"]["sd_tap_point"]
+    (tmp_path / "ck2" / "diffdepth.json").write_text(json.dumps(marker))
+    back2 = DiffSQL.from_pretrained(tmp_path / "ck2")
+    assert back2.get_config()["sd_tap_point"] == "before_upsampler" and back2.fixed_input_size == (64, 64)
 
 
 # ------------------------------------------------------------------ training task

@@ -133,8 +133,8 @@ def test_resize_in_disparity_by_hand():
     depth_space = resize_prediction(np.array([[1.0, 4.0]]), (1, 4), "bilinear")[0]
     np.testing.assert_allclose(depth_space, [1.0, 1.75, 3.25, 4.0], rtol=1e-12)
     # affine-invariant depth has no meaningful inverse: resized as it is
-    np.testing.assert_allclose(resize_prediction(np.array([[1.0, 4.0]]), (1, 4), "disparity", "affine_invariant_depth")[0],
-                               depth_space)
+    affine = resize_prediction(np.array([[1.0, 4.0]]), (1, 4), "disparity", "affine_invariant_depth")[0]
+    np.testing.assert_allclose(affine, depth_space)
     # a non-positive depth is disparity 0 and never becomes inf / nan
     bad = resize_prediction(np.array([[0.0, 0.0], [2.0, 2.0]]), (2, 2), "disparity", "relative_depth")
     np.testing.assert_array_equal(bad, [[0.0, 0.0], [2.0, 2.0]])

@@ -113,8 +113,9 @@ def run(args: argparse.Namespace) -> int:
             image = np.ascontiguousarray(np.asarray(sample["image"], dtype=np.float32).transpose(1, 2, 0))  # [H,W,3]
             return pipe([image])[0]
 
+        input_size = getattr(pipe, "input_size", None)  # the model's exact input size, when it has one
         info.update(method=args.method, checkpoint=str(args.checkpoint), processing_res=res,
-                    input_size=list(pipe.input_size) if pipe.input_size else None, options=options,
+                    input_size=list(input_size) if input_size else None, options=options,
                     predictions=str(out / "predictions"))
         records = evaluate(samples, predict, protocol, args.alignment, kind=args.kind,
                            save_dir=out / "predictions", progress=not args.no_progress and distributed.is_main(),

@@ -247,7 +247,11 @@ class DiffSQL(DepthModel):
         marker = cls.read_marker(path)
         if marker.get("method") not in (None, cls.method):
             raise CheckpointError(f"{path} is a {marker.get('method')!r} checkpoint, not {cls.method!r}")
-        config = {**marker.get("config", {}), **overrides, "pretrained_encoder": False}
+        saved = dict(marker.get("config", {}))
+        # checkpoints written before these switches existed: padded long-side input, up0 before its upsampler
+        saved.setdefault("input_size", None)
+        saved.setdefault("sd_tap_point", "before_upsampler")
+        config = {**saved, **overrides, "pretrained_encoder": False}
         sd = None
         if config.get("use_sd", True):
             from ...backbone import StableDiffusion
