@@ -77,11 +77,9 @@ def test_training_triplets_are_resized_to_the_input_size_with_their_intrinsics(t
     assert tuple(out["frames"].shape) == (3, 3, 192, 640) and tuple(out["frames_aug"].shape) == (3, 3, 192, 640)
     assert tuple(out["depth"].shape) == (3, 1, 192, 640)
     sx, sy = 640 / 1242, 192 / 375
-    # scale_intrinsics: fx, cx by W'/W and fy, cy by H'/H with pixel centres kept ((c + 0.5) s - 0.5)
-    np.testing.assert_allclose(out["intrinsics"][0, 0], 721.5 * sx, rtol=1e-5)
-    np.testing.assert_allclose(out["intrinsics"][1, 1], 721.5 * sy, rtol=1e-5)
-    assert out["intrinsics"][0, 2] == pytest.approx((609.6 + 0.5) * sx - 0.5, abs=0.51)
-    assert out["intrinsics"][1, 2] == pytest.approx((172.9 + 0.5) * sy - 0.5, abs=0.51)
+    # first row by W'/W, second by H'/H (Monodepth2: K normalised by the frame, times the network size)
+    expected = np.array([[721.5 * sx, 0, 609.6 * sx], [0, 721.5 * sy, 172.9 * sy], [0, 0, 1]])
+    np.testing.assert_allclose(np.asarray(out["intrinsics"]), expected, rtol=1e-6)
 
 
 # ------------------------------------------------------------------ 2. flip post-processing
