@@ -160,6 +160,24 @@ def test_save_load_round_trip(tiny, tmp_path):
 
     with pytest.raises(CheckpointError):
         DiffSQL.from_pretrained(tmp_path / "ck", queries="none")  # architecture override -> clear error
+    # a checkpoint from before input_size / sd_tap_point keeps its padded input and its tap
+    import json
+
+    marker = json.loads((tmp_path / "ck" / "diffdepth.json").read_text())
+    assert marker["config"]["input_size"] == [192, 640] and marker["config"]["sd_tap_point"] == "before_upsampler"
+    for key in ("input_size", "sd_tap_point"):
+        del marker["config"][key]
+    (tmp_path / "ck" / "diffdepth.json").write_text(json.dumps(marker))
+    old = DiffSQL.from_pretrained(tmp_path / "ck")
+    assert old.fixed_input_size is None and old.get_config()["sd_tap_point"] == "before_upsampler"
+    # ... even where `auto` would now choose the upsampler's output (16 tokens < 32 queries)
+    m = DiffSQL.make_tiny(seed=0, input_size=[64, 64], num_queries=32, sd_tap_point="before_upsampler")
+    m.save_pretrained(tmp_path / "ck2")
+    marker = json.loads((tmp_path / "ck2" / "diffdepth.json").read_text())
+    del marker["config"]["sd_tap_point"]
+    (tmp_path / "ck2" / "diffdepth.json").write_text(json.dumps(marker))
+    back2 = DiffSQL.from_pretrained(tmp_path / "ck2")
+    assert back2.get_config()["sd_tap_point"] == "before_upsampler" and back2.fixed_input_size == (64, 64)
 
 
 # ------------------------------------------------------------------ training task
@@ -206,8 +224,10 @@ def test_task_loss_and_gradients(tiny):
         tiny.eval()
 
 
-def test_transform_shares_flip_and_jitter_across_the_triplet(tiny):
-    task = DiffSQLTask(tiny, jitter=1.0, flip=1.0)
+def test_transform_shares_flip_and_jitter_across_the_triplet():
+    from types import SimpleNamespace
+
+    task = DiffSQLTask(SimpleNamespace(fixed_input_size=None), jitter=1.0, flip=1.0)  # 8x8 kept as is
     base = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32)
     frames = np.stack([base, base, base])  # identical frames must stay identical after jitter
     frames[1, :, :, :4] = 0.3  # ... except a region of frame -1
@@ -250,3 +270,78 @@ def test_full_size_architecture_builds_with_sd21_channels():
     assert m.encoder.channels == [64, 256, 512, 1024, 2048]
     # the SD features join the stride-16 skip of the decoder: 1024 (ResNet-50 layer3) + 64 (SD) + 256 (from below)
     assert m.decoder.up16.net[0].in_channels == 256 + 1024 + 64
+
+
+# ------------------------------------------------------------------ "Up Block (0)" tap point; Eq. 7 queries
+def test_up0_token_counts_on_sd21_at_640x192_pick_the_upsampler_output():
+    from diffusers import UNet2DConditionModel
+
+    from diffdepth.bench.diffsql import SD21_UNET
+    from diffdepth.methods.diffsql.networks import resolve_tap_point, tap_token_grid
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SD21_UNET)
+    latent = (192 // 8, 640 // 8)
+    assert tap_token_grid(unet, "mid0", latent) == (3, 10)
+    assert tap_token_grid(unet, "up0", latent) == (3, 10)  # 30 tokens at 1/64 ...
+    assert tap_token_grid(unet, "up0", latent, after_upsampler=True) == (6, 20)  # ... 120 at 1/32
+    assert tap_token_grid(unet, "up1", latent) == (6, 20)
+    assert resolve_tap_point(unet, "up0", "auto", 64, (192, 640)) == "after_upsampler"  # 30 < 64 queries
+    assert resolve_tap_point(unet, "up0", "auto", 30, (192, 640)) == "before_upsampler"
+    assert resolve_tap_point(unet, "up1", "auto", 64, (192, 640)) == "before_upsampler"  # 120 >= 64
+    assert resolve_tap_point(unet, "mid0", "auto", 64, (192, 640)) == "before_upsampler"  # nothing to choose
+    assert sd_stage_paths(unet, "up0", after_upsampler=True)[-1] == ("decoder", "up_blocks.0.upsamplers.0",
+                                                                      "mid_block.attentions.0")
+    with pytest.raises(ValueError, match="no up-sampler"):
+        resolve_tap_point(unet, "up3", "after_upsampler", 64, (192, 640))
+
+
+def test_full_size_model_taps_up0_after_its_upsampler_by_default():
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from diffdepth.backbone import StableDiffusion
+    from diffdepth.bench.diffsql import FULL_CONFIG, SD21_UNET, SD21_VAE
+
+    with torch.device("meta"):
+        sd = StableDiffusion(vae=AutoencoderKL(**SD21_VAE), unet=UNet2DConditionModel(**SD21_UNET))
+        m = DiffSQL(sd=sd, encoder="resnet18", pose_encoder="resnet18", **{**FULL_CONFIG, "sd_tap": "up0"})
+    assert m.get_config()["sd_tap_point"] == "after_upsampler" and m.fixed_input_size == (192, 640)
+    assert m.sd_branch.stages[-1][1] == "up_blocks.0.upsamplers.0" and m.sd_branch.stop_after == "up_blocks.0"
+    assert (m.sd_branch.fusions[-1].local.in_channels, m.sd_branch.fusions[-1].glob.in_channels) == (1280, 1280)
+
+
+def test_tiny_tap_point_auto_follows_the_query_count():
+    x = torch.rand(1, 3, 64, 64)  # latent 8x8, up0 of the tiny UNet at 4x4 before its upsampler, 8x8 after
+    few = DiffSQL.make_tiny(seed=0, input_size=[64, 64], num_queries=16).eval()
+    many = DiffSQL.make_tiny(seed=0, input_size=[64, 64], num_queries=32).eval()
+    assert few.get_config()["sd_tap_point"] == "before_upsampler"  # 16 tokens >= 16 queries
+    assert many.get_config()["sd_tap_point"] == "after_upsampler"  # 16 < 32: the 64 tokens after
+    with torch.no_grad():
+        assert few.sd_features(x)[1].shape[1] == 16 and many.sd_features(x)[1].shape[1] == 64
+        assert torch.isfinite(many(x)["depth"]).all()
+    forced = DiffSQL.make_tiny(seed=0, input_size=[64, 64], num_queries=32, sd_tap_point="before_upsampler")
+    assert forced.get_config()["sd_tap_point"] == "before_upsampler"
+    with pytest.raises(ConfigError, match="no up-sampler"):
+        DiffSQL.make_tiny(seed=0, sd_tap="up1", sd_tap_point="after_upsampler")  # the last up block has none
+    with pytest.raises(ConfigError, match="sd_tap_point"):
+        DiffSQL.make_tiny(seed=0, sd_tap_point="middle")
+
+
+def test_cost_volume_queries_eq7_reading_switch():
+    """Eq. 7 as printed builds V from Q_dynamic (rank up to K; tokens enter only through g);
+    the default builds it from Q_output of Eq. 6, whose rank is at most the token count L."""
+    torch.manual_seed(0)
+    k, e, n_tokens = 8, 16, 3
+    out_head = SelfQueryHead(dim=e, num_queries=k, num_bins=6, queries="fixed", cost_queries="output")
+    dyn_head = SelfQueryHead(dim=e, num_queries=k, num_bins=6, queries="fixed", cost_queries="dynamic")
+    dyn_head.load_state_dict(out_head.state_dict())
+    tokens = torch.randn(1, n_tokens, e)
+    q, q_out = out_head.make_queries(tokens)
+    assert torch.linalg.matrix_rank(q_out[0]) <= n_tokens < k == torch.linalg.matrix_rank(q[0])
+    s = torch.randn(1, e, 5, 6)
+    other = torch.randn(1, n_tokens, e)
+    # fixed queries + Eq. 7 as printed: V = Q_base · S does not depend on the tokens at all
+    assert torch.allclose(dyn_head(s, tokens)["depth"], dyn_head(s, other)["depth"])
+    assert not torch.allclose(out_head(s, tokens)["depth"], out_head(s, other)["depth"])
+    with pytest.raises(ConfigError, match="cost_queries"):
+        DiffSQL.make_tiny(seed=0, cost_queries="input")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Optional, Union
+from typing import Any, ClassVar, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -50,6 +50,10 @@ class DepthModel(nn.Module):
     #: "marigold" is diffusers' MarigoldDepthPipeline: sides floored (side·res // long side) and the
     #: prediction resized back without antialiasing
     resize_convention: str = "default"
+    #: ``(H, W)`` the network was trained at and is always fed (Monodepth2 family, e.g. (192, 640)):
+    #: the pipeline resizes every input to exactly this size (aspect ratio not kept, no padding)
+    #: unless a processing resolution is given explicitly; ``None``: keep the aspect ratio and pad
+    fixed_input_size: Optional[Tuple[int, int]] = None
 
     # ------------------------------------------------------------------ inference
     def predict(self, images: torch.Tensor, **options: Any) -> DepthPrediction:  # pragma: no cover

@@ -1,8 +1,9 @@
 """Images in any form -> batches -> model -> :class:`DepthPrediction` at each input's size.
 
 The pipeline owns everything around the tensor-in/tensor-out model (DESIGN.md,
-principle 1): reading, the processing resolution (long side), padding to the multiple
-the model needs, batching, un-padding and resizing back. Methods never see a file.
+principle 1): reading, the processing resolution (long side) or the model's exact input
+size, padding to the multiple the model needs, batching, un-padding and resizing back.
+Methods never see a file.
 """
 from __future__ import annotations
 
@@ -16,7 +17,11 @@ import torch.nn.functional as F
 
 from .errors import InputError
 from .model import DepthModel
-from .types import DepthPrediction
+from .types import METRIC_DEPTH, RELATIVE_DEPTH, DepthPrediction
+
+#: how predicted depth is resized back to the input size: in depth, or as its inverse
+#: (disparity: bilinear on 1/depth, then inverted — Monodepth2's evaluation)
+RESIZE_SPACES = ("depth", "disparity")
 
 ImageInput = Union[str, Path, np.ndarray, torch.Tensor, Any]  # Any: PIL.Image.Image
 
@@ -94,24 +99,61 @@ def unpad(x: torch.Tensor, pads: Tuple[int, int, int, int]) -> torch.Tensor:
     return x[..., top:h - bottom, left:w - right]
 
 
+def resize_depth(x: torch.Tensor, size: Tuple[int, int], space: str = "depth",
+                 antialias: Optional[bool] = None) -> torch.Tensor:
+    """Resize depth ``[B,1,h,w]`` bilinearly, in depth or in disparity space.
+
+    ``space="disparity"``: resize ``1/x`` and invert the result (Monodepth2's evaluation);
+    non-positive depths count as disparity 0 and come back as depth 0.
+    """
+    if space == "depth" or tuple(x.shape[-2:]) == tuple(size):
+        return resize(x, size, antialias=antialias)
+    if space != "disparity":
+        raise ValueError(f"resize space must be one of {', '.join(RESIZE_SPACES)}, got {space!r}")
+    disp = torch.where(x > 0, 1.0 / x.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
+    disp = resize(disp, size, antialias=antialias)
+    return torch.where(disp > 0, 1.0 / disp.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(disp))
+
+
 class DepthPipeline:
     """Run a :class:`DepthModel` on images given as paths, PIL images, arrays or tensors.
 
     ``processing_res``: long side the images are resized to before the model (``None``:
-    the model's default; ``0``: keep each input's size). For a model with
-    ``processing_res_is_cap`` it only shrinks larger inputs (PrimeDepth caps at 1024). The prediction is always resized
-    back to the input's size. ``predict_options`` go to ``model.predict`` (e.g. ``steps``,
-    ``ensemble_size``) and are checked against what the method accepts.
+    the model's default; ``0``: keep each input's size), the aspect ratio kept and the
+    result padded to ``model.size_multiple``. For a model with ``processing_res_is_cap`` it
+    only shrinks larger inputs (PrimeDepth caps at 1024). ``input_size=(H, W)``: resize every
+    input to exactly this size instead (no padding); by default a model's
+    ``fixed_input_size`` is used when no ``processing_res`` is given (DiffSQL: 640×192, as
+    Monodepth2 and SQLdepth feed their networks). The prediction is always resized back to
+    the input's size, in ``resize_space`` (``depth``, or ``disparity``: relative and metric
+    depth are resized as their inverse, as Monodepth2 evaluates; other kinds as they are). ``predict_options`` go to
+    ``model.predict`` (e.g. ``steps``, ``ensemble_size``) and are checked against what the
+    method accepts.
     """
 
     def __init__(self, model: DepthModel, processing_res: Optional[int] = None, batch_size: int = 1,
-                 **predict_options: Any):
+                 input_size: Optional[Sequence[int]] = None, resize_space: str = "depth", **predict_options: Any):
         if batch_size < 1:
             raise InputError(f"batch size must be >= 1, got {batch_size}")
         if processing_res is not None and processing_res < 0:
             raise InputError(f"processing resolution must be >= 0, got {processing_res}")
+        if resize_space not in RESIZE_SPACES:
+            raise InputError(f"resize space must be one of {', '.join(RESIZE_SPACES)}, got {resize_space!r}")
+        if input_size is not None and processing_res is not None:
+            raise InputError(f"give either a processing resolution ({processing_res}) or an exact input size "
+                             f"({tuple(input_size)}), not both")
+        if input_size is None and processing_res is None:
+            input_size = getattr(model, "fixed_input_size", None)
+        if input_size is not None:
+            input_size = tuple(int(v) for v in input_size)
+            m = int(model.size_multiple)
+            if len(input_size) != 2 or min(input_size) < 1 or input_size[0] % m or input_size[1] % m:
+                raise InputError(f"input size {input_size} must be (H, W) with both sides multiples of {m} "
+                                 f"(the model's size multiple)")
         self.model = model
+        self.input_size: Optional[Tuple[int, int]] = input_size
         self.processing_res = model.default_processing_res if processing_res is None else processing_res
+        self.resize_space = resize_space
         self.batch_size = batch_size
         self.predict_options = model.check_options({k: v for k, v in predict_options.items() if v is not None})
 
@@ -132,7 +174,9 @@ class DepthPipeline:
             raise InputError(f"{name}: image is {w}x{h} px; {self.model.method or 'this model'} needs at least "
                              f"{self.model.min_size} px on each side — upsample it or use a larger image")
         image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)  # [3,H,W]
-        if self.processing_res and not (self.model.processing_res_is_cap and max(h, w) <= self.processing_res):
+        if self.input_size is not None:  # exactly the model's size: aspect ratio not kept, nothing padded
+            image = resize(image[None], self.input_size)[0].clamp(0, 1)
+        elif self.processing_res and not (self.model.processing_res_is_cap and max(h, w) <= self.processing_res):
             size = fit_long_side(h, w, self.processing_res, floor=self._marigold_resize)
             image = resize(image[None], size)[0].clamp(0, 1)
         return Prepared(index, name, image, (h, w), rgb, meta)
@@ -165,11 +209,13 @@ class DepthPipeline:
         return results, video_state
 
     def _finish(self, pred: DepthPrediction, i: int, pads, size) -> DepthPrediction:
-        def back(t: Optional[torch.Tensor], mode: str = "bilinear") -> Optional[np.ndarray]:
+        def back(t: Optional[torch.Tensor], mode: str = "bilinear", space: str = "depth") -> Optional[np.ndarray]:
             if t is None:
                 return None
             t = unpad(t[i:i + 1].float(), pads)
-            t = resize(t, size, mode=mode, antialias=False if self._marigold_resize else None)
+            antialias = False if self._marigold_resize else None
+            t = (resize_depth(t, size, space, antialias=antialias) if mode == "bilinear"
+                 else resize(t, size, mode=mode, antialias=antialias))
             return t[0, 0].cpu().numpy().astype(np.float32)
 
         extras = {}
@@ -178,7 +224,10 @@ class DepthPipeline:
                 extras[key] = back(value, "nearest" if not value.is_floating_point() or key == "segmentation" else "bilinear")
             else:
                 extras[key] = value
-        return DepthPrediction(back(pred.depth), pred.kind, back(pred.uncertainty), extras)
+        # only depth up to scale (relative, metric) is resized as its inverse: an affine-invariant
+        # depth has an unknown shift (its inverse means nothing), a disparity is resized as it is
+        space = self.resize_space if pred.kind in (RELATIVE_DEPTH, METRIC_DEPTH) else "depth"
+        return DepthPrediction(back(pred.depth, space=space), pred.kind, back(pred.uncertainty), extras)
 
     def iter_predictions(self, inputs: Iterable[ImageInput], on_error: Optional[Callable[[int, Any, Exception], None]] = None,
                          names: Optional[Sequence[str]] = None) -> Iterator[Tuple[Prepared, DepthPrediction]]:

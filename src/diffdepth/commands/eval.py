@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-depth", type=float, default=None, metavar="M", help="override the dataset's max depth")
     parser.add_argument("--max-samples", type=int, default=None, metavar="N", help="evaluate only the first N samples")
     parser.add_argument("--processing-res", type=int, default=None, metavar="N",
-                        help="long side the model runs at (0 = native; default: the protocol's, else the model's)")
+                        help="long side the model runs at, aspect ratio kept (0 = native; default: the protocol's, "
+                             "else the model's fixed input size (DiffSQL: 640x192) or its default long side)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: the model's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -104,13 +105,17 @@ def run(args: argparse.Namespace) -> int:
         from .predict import method_options
 
         options = method_options(args)
-        pipe = DepthPipeline(model, processing_res=res, **options)
+        # the Monodepth2-family protocols map predictions back to the frame in disparity space
+        space = "disparity" if protocol.pred_resize == "disparity" else "depth"
+        pipe = DepthPipeline(model, processing_res=res, resize_space=space, **options)
 
         def predict(sample):
             image = np.ascontiguousarray(np.asarray(sample["image"], dtype=np.float32).transpose(1, 2, 0))  # [H,W,3]
             return pipe([image])[0]
 
-        info.update(method=args.method, checkpoint=str(args.checkpoint), processing_res=res, options=options,
+        input_size = getattr(pipe, "input_size", None)  # the model's exact input size, when it has one
+        info.update(method=args.method, checkpoint=str(args.checkpoint), processing_res=res,
+                    input_size=list(input_size) if input_size else None, options=options,
                     predictions=str(out / "predictions"))
         records = evaluate(samples, predict, protocol, args.alignment, kind=args.kind,
                            save_dir=out / "predictions", progress=not args.no_progress and distributed.is_main(),

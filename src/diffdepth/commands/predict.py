@@ -52,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save", default="npy,png16,color",
                    help="comma list of npy,png16,color,side,ply,uncertainty,seg (default: npy,png16,color)")
     p.add_argument("--processing-res", type=int, default=None,
-                   help="long side the model sees (default: the method's; 0 = native size)")
+                   help="long side the model sees, aspect ratio kept (default: the method's — DiffSQL: exactly "
+                        "its fixed input size, 640x192; 0 = native size)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])

@@ -90,6 +90,9 @@ CROPS: Dict[str, Callable[[Tuple[int, int]], np.ndarray]] = {
 
 
 # ---------------------------------------------------------------------------- protocol
+PRED_RESIZES = ("bilinear", "nearest", "disparity")
+
+
 @dataclass(frozen=True)
 class Protocol:
     """How one benchmark is scored.
@@ -101,7 +104,14 @@ class Protocol:
     ``processing_res``: long side a model runs at (0 = native size, ``None`` = the
     model's default). ``alignment``: default alignment (``auto`` = from the prediction
     kind). ``fit_max_res``: Marigold's ``--alignment_max_res``. ``pred_resize``: how a
-    prediction of another size is resized to the ground truth.
+    prediction of another size is resized to the ground truth (``bilinear``, ``nearest``, or
+    ``disparity``: relative/metric depth resized bilinearly as its inverse, then inverted —
+    Monodepth2's ``cv2.resize(pred_disp)`` then ``1 / pred_disp``; a model run by the
+    evaluation maps its output back to the frame the same way).
+
+    The Monodepth2-family protocols (``kitti_mono2``, ``kitti_mono2_improved``, ``make3d``)
+    leave ``processing_res`` unset, so a model with a ``fixed_input_size`` (DiffSQL:
+    640×192) is fed exactly that size, as Monodepth2 and SQLdepth evaluate.
     """
 
     name: str
@@ -123,6 +133,8 @@ class Protocol:
     def __post_init__(self):
         if self.crop is not None and self.crop not in CROPS:
             raise ValueError(f"unknown crop {self.crop!r}; use one of {', '.join(CROPS)}")
+        if self.pred_resize not in PRED_RESIZES:
+            raise ValueError(f"unknown pred_resize {self.pred_resize!r}; use one of {', '.join(PRED_RESIZES)}")
 
     def with_overrides(self, **changes) -> "Protocol":
         """A copy with some fields changed (``None`` values are ignored)."""
@@ -168,11 +180,11 @@ PROTOCOLS: Dict[str, Protocol] = {p.name: p for p in [
        "KittiEigen", "eigen_test_files_with_gt", 652, 1e-3, 80.0, crop="kitti_garg", processing_res=0),
     _P("kitti_mono2", "KITTI Eigen test split (697) in the Monodepth2 protocol: ground truth "
        "projected from Velodyne scans, Garg crop, median scaling", "KittiVelodyne",
-       "eigen/test_files", 697, 1e-3, 80.0, crop="kitti_garg", alignment="median"),
+       "eigen/test_files", 697, 1e-3, 80.0, crop="kitti_garg", alignment="median", pred_resize="disparity"),
     _P("kitti_mono2_improved", "KITTI Eigen benchmark split (652) with the improved ground "
        "truth of the KITTI depth benchmark (uint16/256), gt > 0, median scaling",
        "KittiImprovedGT", "eigen_benchmark/test_files", 652, 1e-3, 80.0,
-       gt_min=0.0, gt_max=math.inf, alignment="median"),
+       gt_min=0.0, gt_max=math.inf, alignment="median", pred_resize="disparity"),
     _P("eth3d", "ETH3D (454), float32 raw 4032x6048 depth, inf = invalid", "ETH3D",
        "eth3d_filename_list", 454, 1e-5, math.inf, processing_res=756, fit_max_res=1024),
     _P("scannet", "ScanNet 800 sampled validation frames, uint16 mm", "ScanNet",

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..types import AFFINE_DEPTH, DepthPrediction, check_kind
+from ..types import AFFINE_DEPTH, METRIC_DEPTH, RELATIVE_DEPTH, DepthPrediction, check_kind
 from ..utils import atomic_path
 from .alignment import align, finalize_depth, resolve_alignment
 from .metrics import HIGHER_IS_BETTER, METRIC_NAMES, compute_metrics
@@ -86,9 +86,21 @@ class PredictionFolder:
         return pred, self.kind
 
 
-def resize_prediction(pred: np.ndarray, shape, mode: str = "bilinear") -> np.ndarray:
-    """Resize [h,w] → ``shape`` (torch ``interpolate``, ``align_corners=False`` for bilinear)."""
+def resize_prediction(pred: np.ndarray, shape, mode: str = "bilinear", kind: Optional[str] = None) -> np.ndarray:
+    """Resize [h,w] → ``shape`` (torch ``interpolate``, ``align_corners=False`` for bilinear).
+
+    ``mode="disparity"`` (Monodepth2's evaluation): a relative or metric depth is resized
+    bilinearly as its inverse and inverted back (non-positive depth → disparity 0 → depth 0);
+    other kinds (``kind``) are resized bilinearly as they are.
+    """
     t = torch.as_tensor(np.ascontiguousarray(pred), dtype=torch.float64)[None, None]  # [1,1,h,w]
+    if mode == "disparity":
+        if kind in (RELATIVE_DEPTH, METRIC_DEPTH):
+            disp = torch.where(t > 0, 1.0 / torch.where(t > 0, t, torch.ones_like(t)), torch.zeros_like(t))
+            disp = torch.nn.functional.interpolate(disp, size=tuple(shape), mode="bilinear", align_corners=False)
+            t = torch.where(disp > 0, 1.0 / torch.where(disp > 0, disp, torch.ones_like(disp)), torch.zeros_like(disp))
+            return t[0, 0].numpy()
+        mode = "bilinear"
     if mode == "bilinear":
         t = torch.nn.functional.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False)
     elif mode == "nearest":
@@ -135,7 +147,7 @@ def evaluate_sample(sample: dict, pred, kind: str, protocol: Protocol,
         rec.status, rec.message = "bad_prediction", str(err)
         return rec
     if p.shape != gt.shape:
-        p = resize_prediction(p, gt.shape, protocol.pred_resize)
+        p = resize_prediction(p, gt.shape, protocol.pred_resize, kind)
         rec.resized = True
     method = resolve_alignment(alignment or protocol.alignment, kind)
     rec.alignment = method
@@ -203,7 +215,7 @@ def evaluate(samples: Iterable[dict], predictor: Union[PathLike, Callable, Predi
                         p = _to_2d(pred)
                         resized = p.shape != gt.shape
                         if resized:
-                            p = resize_prediction(p, gt.shape, protocol.pred_resize)
+                            p = resize_prediction(p, gt.shape, protocol.pred_resize, k)
                         pred = p.astype(np.float32)
                         with atomic_path(Path(save_dir) / f"{sample['name']}.npy") as tmp:
                             np.save(tmp, pred)

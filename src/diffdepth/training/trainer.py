@@ -465,7 +465,8 @@ class Trainer:
             self.ema.swap(model)
         try:
             with isolated_rng():
-                pipe = DepthPipeline(model, processing_res=res, **v["predict"])
+                space = "disparity" if protocol.pred_resize == "disparity" else "depth"
+                pipe = DepthPipeline(model, processing_res=res, resize_space=space, **v["predict"])
 
                 def predictor(sample):
                     # sequence readers give frames [T,3,H,W]; the target frame comes first

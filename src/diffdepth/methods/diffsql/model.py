@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +19,11 @@ import torch.nn.functional as F
 from ...errors import CheckpointError, ConfigError, InputError
 from ...model import WEIGHTS_NAME, DepthModel
 from ...types import RELATIVE_DEPTH, DepthPrediction
-from .networks import (QUERY_MODES, SD_TAPS, DepthDecoder, PatchTokens, PoseNet, ResNetFeatures, SDFeatureBranch,
-                       SelfQueryHead)
+from .networks import (COST_QUERIES, QUERY_MODES, SD_TAPS, TAP_POINTS, DepthDecoder, PatchTokens, PoseNet,
+                       ResNetFeatures, SDFeatureBranch, SelfQueryHead, resolve_tap_point)
+
+#: Monodepth2 / SQLdepth's KITTI input size (H, W): every image is resized to exactly this
+KITTI_INPUT_SIZE = (192, 640)
 
 #: the tiny configuration used by make_tiny (tests, ``diffdepth make-tiny``)
 TINY_CONFIG = dict(encoder="tiny", pose_encoder="tiny", sd_width=16, decoder_features=32, model_dim=16,
@@ -30,6 +33,24 @@ TINY_CONFIG = dict(encoder="tiny", pose_encoder="tiny", sd_width=16, decoder_fea
 SD_PARTS = ("vae", "unet", "scheduler")
 
 
+def post_process_disparity(disp: torch.Tensor, disp_flipped: torch.Tensor) -> torch.Tensor:
+    """Monodepth's flip post-processing (``batch_post_process_disparity`` of Monodepth2).
+
+    ``disp`` [..., W]: disparity of the image; ``disp_flipped``: disparity of the mirrored
+    image, mirrored back. With ``x = linspace(0, 1, W)`` over the columns,
+    ``l = 1 − clip(20 (x − 0.05), 0, 1)`` (1 on the left 5 %, ramping to 0 at 10 %) and ``r``
+    its mirror: ``out = r·disp + l·disp_flipped + (1 − l − r)·(disp + disp_flipped)/2`` — the
+    left border from the mirrored prediction only (it saw that border with context), the right
+    border from the original, the plain mean in the middle.
+    """
+    w = disp.shape[-1]
+    x = torch.linspace(0, 1, w, dtype=torch.float64, device=disp.device)
+    left = (1.0 - torch.clamp(20 * (x - 0.05), 0, 1)).to(disp.dtype)
+    right = torch.flip(left, dims=[0])
+    mean = 0.5 * (disp + disp_flipped)
+    return right * disp + left * disp_flipped + (1.0 - left - right) * mean
+
+
 class DiffSQL(DepthModel):
     """DiffSQL depth network + PoseNet.
 
@@ -37,11 +58,19 @@ class DiffSQL(DepthModel):
 
     * ``encoder`` / ``pose_encoder``: ``resnet18`` | ``resnet50`` | ``tiny`` | a ``ResNetConfig`` dict;
       ``pretrained_encoder``: load ImageNet weights from the hub (online only) at construction.
+    * ``input_size``: ``(H, W)`` the network is trained at and always fed (default 192×640, as
+      Monodepth2 / SQLdepth: the pipeline resizes to exactly this, no padding, and the training
+      task resizes triplets and intrinsics to it); ``None``: any size, long side 640, padded.
     * ``use_sd``: the SD feature branch on/off (paper Table 4); ``sd_tap``: ``mid0`` | ``up1`` |
-      ``up0`` (Table 5); ``sd_timestep``: UNet timestep of the one pass (no noise added);
+      ``up0`` (Table 5); ``sd_tap_point``: for an up-block tap, its last res-block
+      (``before_upsampler``) or its up-sampler's output (``after_upsampler``, twice the
+      resolution); ``auto`` (default) takes the first whose token count at ``input_size`` is at
+      least ``num_queries`` (SD 2.1 ``up0`` at 640×192: 30 tokens before, 120 after -> after)
+      and is stored resolved; ``sd_timestep``: UNet timestep of the one pass (no noise added);
       ``sd_width``: fusion width; ``train_sd``: fine-tune the UNet too (default frozen).
     * ``queries``: ``none`` | ``fixed`` | ``dynamic`` (Table 6); ``cost_queries``: ``output`` | ``dynamic``
-      (which queries build the self-cost volume, see :class:`SelfQueryHead`); ``num_queries`` (K),
+      (which queries build the self-cost volume of Eq. 7: Q_output of Eq. 6, default, or Q_dynamic
+      of Eq. 3 as printed; see :class:`SelfQueryHead`); ``num_queries`` (K, fixed),
       ``num_bins`` (D), ``model_dim`` (E), ``patch_size``, ``vit_layers``, ``vit_heads`` (token
       encoder used when ``use_sd`` is off); ``min_depth`` / ``max_depth``: the bin range.
     * ``decoder_features``: widest decoder width; ``scales``: number of supervised scales
@@ -60,12 +89,22 @@ class DiffSQL(DepthModel):
                  sd_width: int = 64, train_sd: bool = False, decoder_features: int = 256, model_dim: int = 64,
                  num_queries: int = 64, num_bins: int = 128, queries: str = "dynamic", cost_queries: str = "output",
                  patch_size: int = 16, vit_layers: int = 4, vit_heads: int = 4, min_depth: float = 0.1,
-                 max_depth: float = 100.0, scales: int = 1, pose_width: int = 256, sd_source: Optional[str] = None):
+                 max_depth: float = 100.0, scales: int = 1, pose_width: int = 256, sd_source: Optional[str] = None,
+                 input_size: Optional[Sequence[int]] = KITTI_INPUT_SIZE, sd_tap_point: str = "auto"):
         super().__init__()
         if sd_tap not in SD_TAPS:
             raise ConfigError(f"diffsql: sd_tap must be one of {', '.join(SD_TAPS)}, got {sd_tap!r}")
+        if sd_tap_point not in TAP_POINTS:
+            raise ConfigError(f"diffsql: sd_tap_point must be one of {', '.join(TAP_POINTS)}, got {sd_tap_point!r}")
         if queries not in QUERY_MODES:
             raise ConfigError(f"diffsql: queries must be one of {', '.join(QUERY_MODES)}, got {queries!r}")
+        if cost_queries not in COST_QUERIES:
+            raise ConfigError(f"diffsql: cost_queries must be one of {', '.join(COST_QUERIES)}, got {cost_queries!r}")
+        if input_size is not None:
+            if not (isinstance(input_size, (list, tuple)) and len(input_size) == 2
+                    and all(isinstance(v, int) and v > 0 for v in input_size)):
+                raise ConfigError(f"diffsql: input_size must be [H, W] (positive integers) or null, got {input_size!r}")
+            input_size = (int(input_size[0]), int(input_size[1]))
         if not 1 <= int(scales) <= 4:
             raise ConfigError(f"diffsql: scales must be 1..4, got {scales}")
         if use_sd and sd is None:
@@ -77,7 +116,9 @@ class DiffSQL(DepthModel):
                            num_queries=int(num_queries), num_bins=int(num_bins), queries=queries,
                            cost_queries=cost_queries, patch_size=int(patch_size), vit_layers=int(vit_layers),
                            vit_heads=int(vit_heads), min_depth=float(min_depth), max_depth=float(max_depth),
-                           scales=int(scales), pose_width=int(pose_width), sd_source=sd_source)
+                           scales=int(scales), pose_width=int(pose_width), sd_source=sd_source,
+                           input_size=list(input_size) if input_size is not None else None, sd_tap_point=sd_tap_point)
+        self.fixed_input_size = input_size
         self.use_sd = bool(use_sd)
         self.queries = queries
         self.num_scales = int(scales)
@@ -95,11 +136,21 @@ class DiffSQL(DepthModel):
                 part.requires_grad_(False)
             if train_sd:
                 sd.unet.requires_grad_(True)
-            self.sd_branch = SDFeatureBranch(sd.unet, sd_tap, width=sd_width, token_dim=model_dim)
-            extra = sd_width
             self.size_multiple = math.lcm(32, int(sd.size_multiple))
+            try:  # stored resolved, so a checkpoint keeps its architecture whatever the defaults become
+                point = resolve_tap_point(sd.unet, sd_tap, sd_tap_point, num_queries,
+                                          input_size or KITTI_INPUT_SIZE, int(sd.latent_factor))
+            except ValueError as err:
+                raise ConfigError(f"diffsql: {err}") from None
+            self.config["sd_tap_point"] = point
+            self.sd_branch = SDFeatureBranch(sd.unet, sd_tap, width=sd_width, token_dim=model_dim,
+                                             after_upsampler=point == "after_upsampler")
+            extra = sd_width
         else:
             self.size_multiple = 32
+        if input_size is not None and (input_size[0] % self.size_multiple or input_size[1] % self.size_multiple):
+            raise ConfigError(f"diffsql: input_size {list(input_size)} must have sides that are multiples of "
+                              f"{self.size_multiple} (SD branch {'on' if self.use_sd else 'off'})")
         self.decoder = DepthDecoder(self.encoder.channels, features=decoder_features, out_channels=model_dim,
                                     extra_channels=extra, scales=scales)
         self.tokens = None
@@ -156,8 +207,9 @@ class DiffSQL(DepthModel):
     @torch.inference_mode()
     def predict(self, images: torch.Tensor, **options: Any) -> DepthPrediction:
         """Relative (scale-ambiguous) depth. ``scale`` multiplies it by a known factor (e.g. the
-        median ratio measured once against a range sensor); ``flip`` averages with the prediction
-        of the mirrored image (in disparity, as Monodepth2's post-processing)."""
+        median ratio measured once against a range sensor); ``flip`` combines it with the
+        prediction of the mirrored image in disparity with Monodepth2's edge ramps
+        (:func:`post_process_disparity`)."""
         self.check_options(options)
         scale = options.get("scale", None)
         scale = 1.0 if scale is None else float(scale)
@@ -168,7 +220,8 @@ class DiffSQL(DepthModel):
         depth = self.depth_full(x)
         if options.get("flip"):
             flipped = self.depth_full(torch.flip(x, dims=[-1]))
-            depth = 2.0 / (1.0 / depth + 1.0 / torch.flip(flipped, dims=[-1]))
+            disp = post_process_disparity(1.0 / depth, 1.0 / torch.flip(flipped, dims=[-1]))
+            depth = 1.0 / disp
         return DepthPrediction(depth=(depth * scale).float(), kind=self.output_kind)
 
     # ------------------------------------------------------------------ training
@@ -194,7 +247,11 @@ class DiffSQL(DepthModel):
         marker = cls.read_marker(path)
         if marker.get("method") not in (None, cls.method):
             raise CheckpointError(f"{path} is a {marker.get('method')!r} checkpoint, not {cls.method!r}")
-        config = {**marker.get("config", {}), **overrides, "pretrained_encoder": False}
+        saved = dict(marker.get("config", {}))
+        # checkpoints written before these switches existed: padded long-side input, up0 before its upsampler
+        saved.setdefault("input_size", None)
+        saved.setdefault("sd_tap_point", "before_upsampler")
+        config = {**saved, **overrides, "pretrained_encoder": False}
         sd = None
         if config.get("use_sd", True):
             from ...backbone import StableDiffusion

@@ -38,7 +38,12 @@ IMAGENET_IDS = {"resnet18": "microsoft/resnet-18", "resnet34": "microsoft/resnet
 TINY_RESNET = dict(embedding_size=8, hidden_sizes=[8, 16, 16, 32], depths=[1, 1, 1, 1], layer_type="basic")
 
 SD_TAPS = ("mid0", "up1", "up0")
+#: where an up-block tap reads its local map: ``auto`` (the first with at least as many tokens
+#: as queries), the block's last res-block (before its upsampler) or the upsampler's output
+TAP_POINTS = ("auto", "before_upsampler", "after_upsampler")
 QUERY_MODES = ("none", "fixed", "dynamic")
+#: which queries build the self-cost volume (Eq. 7): Q_output (Eq. 6) or Q_dynamic (Eq. 3)
+COST_QUERIES = ("output", "dynamic")
 
 
 def resnet_spec(spec: Union[str, dict]) -> dict:
@@ -167,18 +172,68 @@ class _PairFusion(nn.Module):
         return self.reduce(torch.cat([self.local(local), self.glob(glob)], 1))
 
 
-def sd_stage_paths(unet: nn.Module, tap: str = "up0") -> List[Tuple[str, str, str]]:
+def _has_upsampler(unet: nn.Module, tap: str) -> bool:
+    if not tap.startswith("up"):
+        return False
+    i = int(tap[2:])
+    return i < len(unet.up_blocks) and bool(getattr(unet.up_blocks[i], "upsamplers", None))
+
+
+def tap_token_grid(unet: nn.Module, tap: str, latent_size: Tuple[int, int],
+                   after_upsampler: bool = False) -> Tuple[int, int]:
+    """Grid ``(h, w)`` of the tap stage's map (its token count is ``h·w``) for a latent of ``latent_size``.
+
+    The mid block runs at the latent size halved once per down-sampler; up block ``i`` at the
+    mid size doubled once per up-sampler of the blocks before it, and once more after its own
+    up-sampler. SD 2.1 at 640×192 (latent 80×24): ``up0`` 10×3 = 30 tokens before its
+    up-sampler, 20×6 = 120 after.
+    """
+    h, w = int(latent_size[0]), int(latent_size[1])
+    for block in unet.down_blocks:
+        if getattr(block, "downsamplers", None):
+            h, w = (h + 1) // 2, (w + 1) // 2  # stride-2 conv with padding 1
+    if tap == "mid0":
+        return h, w
+    i = int(tap[2:])
+    ups = sum(1 for block in unet.up_blocks[:i] if getattr(block, "upsamplers", None))
+    if after_upsampler:
+        ups += 1
+    return h * 2 ** ups, w * 2 ** ups
+
+
+def resolve_tap_point(unet: nn.Module, tap: str, point: str, num_queries: int,
+                      input_size: Tuple[int, int], latent_factor: int = 8) -> str:
+    """``auto`` -> ``before_upsampler`` if the block's own map has at least ``num_queries`` tokens
+    at ``input_size`` (else ``after_upsampler``); taps without an up-sampler are ``before_upsampler``."""
+    if point not in TAP_POINTS:
+        raise ValueError(f"sd_tap_point must be one of {', '.join(TAP_POINTS)}, got {point!r}")
+    if not _has_upsampler(unet, tap):
+        if point == "after_upsampler":
+            raise ValueError(f"sd_tap {tap!r} has no up-sampler; sd_tap_point after_upsampler applies to the up "
+                             f"blocks that have one")
+        return "before_upsampler"
+    if point != "auto":
+        return point
+    latent = (int(input_size[0]) // latent_factor, int(input_size[1]) // latent_factor)
+    h, w = tap_token_grid(unet, tap, latent)
+    return "before_upsampler" if h * w >= int(num_queries) else "after_upsampler"
+
+
+def sd_stage_paths(unet: nn.Module, tap: str = "up0", after_upsampler: bool = False) -> List[Tuple[str, str, str]]:
     """UNet module paths ``(stage, local, global)`` for DiffSQL's feature fusion.
 
     encoder: the first down block (latent resolution h/8) — its last res-block (local) and
     transformer (global); mid: the mid block's last res-block and its transformer; decoder
-    (``tap`` = up0/up1): that up block's last res-block and transformer. A block without a
+    (``tap`` = up0/up1): that up block's last res-block (or, ``after_upsampler``, its
+    up-sampler's output at twice the resolution) and transformer. A block without a
     transformer (SD 2.1's ``up_blocks.0`` is a plain UpBlock2D) borrows the closest transformer
     executed before it (the mid block's). ``tap = mid0`` stops after the mid block.
     Everything is read from the UNet, so SD 2.1 and the tiny UNet are the same code.
     """
     if tap not in SD_TAPS:
         raise ValueError(f"sd_tap must be one of {', '.join(SD_TAPS)}, got {tap!r}")
+    if after_upsampler and not _has_upsampler(unet, tap):
+        raise ValueError(f"sd_tap {tap!r} has no up-sampler to tap after")
 
     def last_attention(block, prefix):
         attn = getattr(block, "attentions", None)
@@ -203,7 +258,7 @@ def sd_stage_paths(unet: nn.Module, tap: str = "up0") -> List[Tuple[str, str, st
         if i >= len(unet.up_blocks):
             raise ValueError(f"sd_tap {tap!r}: the UNet has only {len(unet.up_blocks)} up blocks")
         block = unet.up_blocks[i]
-        local = f"up_blocks.{i}.resnets.{len(block.resnets) - 1}"
+        local = f"up_blocks.{i}.upsamplers.0" if after_upsampler else f"up_blocks.{i}.resnets.{len(block.resnets) - 1}"
         glob = last_attention(block, f"up_blocks.{i}")
         for j in range(i - 1, -1, -1):  # no transformer here: the closest one executed before
             if glob is not None:
@@ -218,6 +273,8 @@ def _module_channels(unet: nn.Module, path: str) -> int:
     module = unet.get_submodule(path)
     if hasattr(module, "conv2"):  # ResnetBlock2D
         return int(module.conv2.out_channels)
+    if ".upsamplers." in path:  # Upsample2D
+        return int(module.out_channels)
     cfg = getattr(module, "config", None)  # Transformer2DModel
     if cfg is not None:
         return int(getattr(cfg, "out_channels", None) or cfg.in_channels)
@@ -232,10 +289,12 @@ class SDFeatureBranch(nn.Module):
     the self-query layer. The UNet itself is not a submodule here (the model owns ``sd``).
     """
 
-    def __init__(self, unet: nn.Module, tap: str = "up0", width: int = 64, token_dim: int = 64):
+    def __init__(self, unet: nn.Module, tap: str = "up0", width: int = 64, token_dim: int = 64,
+                 after_upsampler: bool = False):
         super().__init__()
         self.tap = tap
-        self.stages = sd_stage_paths(unet, tap)
+        self.after_upsampler = bool(after_upsampler)
+        self.stages = sd_stage_paths(unet, tap, after_upsampler)
         self.fusions = nn.ModuleList([_PairFusion(_module_channels(unet, loc), _module_channels(unet, glo), width)
                                       for _, loc, glo in self.stages])
         self.merge = nn.Sequential(nn.Conv2d(width * len(self.stages), width, 1), nn.GELU())
@@ -253,10 +312,9 @@ class SDFeatureBranch(nn.Module):
 
     @property
     def stop_after(self) -> str:
-        _, loc, glo = self.stages[-1]
         if self.tap == "mid0":
             return "mid_block"
-        return loc.rsplit(".resnets.", 1)[0]  # the up block
+        return f"up_blocks.{int(self.tap[2:])}"  # the up block (its up-sampler included)
 
     def forward(self, taps: Dict[str, torch.Tensor], latent_size: Tuple[int, int]):
         maps = []
@@ -299,9 +357,11 @@ class SelfQueryHead(nn.Module):
     1. g = mean_L H (Eq. 1); g' = f_adjust(g) (Eq. 2, a linear layer = 1x1 conv on a vector);
     2. Q = Q_base + g' (Eq. 3, ``dynamic``) or Q = Q_base (``fixed``); K queries;
     3. A = softmax_L(Q Hᵀ) (Eqs. 4-5); Q_out = A H (Eq. 6);
-    4. V = Q_c · S, the self-cost volume [B,K,h,w] (Eq. 7). ``cost_queries="output"`` uses
-       Q_c = Q_out (the selected, content-dependent queries — otherwise Eq. 6 would be unused);
-       ``"dynamic"`` uses Q_c = Q as Eq. 7 is printed;
+    4. V = Q_c · S, the self-cost volume [B,K,h,w] (Eq. 7). ``cost_queries="output"`` (default)
+       uses Q_c = Q_out (the selected, content-dependent queries — otherwise Eq. 6 would be
+       unused; as SQLdepth, whose cost volume is built from the transformer's outputs), whose
+       rank is at most L (the token count); ``"dynamic"`` uses Q_c = Q as Eq. 7 is printed
+       (rank up to K, the tokens enter only through g). K is fixed in both readings;
     5. b = MLP(Σ_{pixels} softmax(V_i) S) (Eq. 8), widths = (relu(b)+0.1)/Σ (SQLdepth's "linear"
        normalisation) -> positive, summing to 1; bin centres c_i = d_min + (d_max − d_min)
        (b_i/2 + Σ_{j<i} b_j) (Eq. 11);
@@ -316,8 +376,8 @@ class SelfQueryHead(nn.Module):
         super().__init__()
         if queries not in QUERY_MODES:
             raise ValueError(f"queries must be one of {', '.join(QUERY_MODES)}, got {queries!r}")
-        if cost_queries not in ("output", "dynamic"):
-            raise ValueError(f"cost_queries must be 'output' or 'dynamic', got {cost_queries!r}")
+        if cost_queries not in COST_QUERIES:
+            raise ValueError(f"cost_queries must be one of {', '.join(COST_QUERIES)}, got {cost_queries!r}")
         if not 0 < min_depth < max_depth:
             raise ValueError(f"need 0 < min_depth < max_depth, got {min_depth}, {max_depth}")
         self.queries = queries

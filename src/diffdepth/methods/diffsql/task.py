@@ -95,12 +95,21 @@ class DiffSQLTask:
 
     # ------------------------------------------------------------------ augmentation
     def transform(self, sample: Dict[str, Any], rng) -> Dict[str, Any]:
-        """Flip (frames, intrinsics, depth) and colour-jitter a triplet with one set of random
-        parameters; the jittered copy goes to ``frames_aug`` (network input), ``frames`` stays
-        clean for the losses (Monodepth2)."""
+        """Resize to the model's ``fixed_input_size`` (frames, intrinsics, depth; a no-op when the
+        reader already gives that size), then flip and colour-jitter a triplet with one set of
+        random parameters; the jittered copy goes to ``frames_aug`` (network input), ``frames``
+        stays clean for the losses (Monodepth2)."""
         if "frames" not in sample:
             raise InputError("diffsql training needs frame sequences (samples with 'frames'); use a "
                              "kitti_raw / video_folder / synth kind: sequence dataset")
+        size = getattr(self.model, "fixed_input_size", None)
+        if size is not None and tuple(np.shape(sample["frames"])[-2:]) != tuple(size):
+            # the network is trained at exactly its input size (Monodepth2: 640x192, resized, not
+            # cropped or padded); intrinsics are scaled with the frames
+            from ...data.folder import resize_sample
+
+            sample = resize_sample({k: (np.asarray(v) if isinstance(v, torch.Tensor) else v)
+                                    for k, v in sample.items()}, size)
         out = dict(sample)
         frames = np.asarray(sample["frames"], dtype=np.float32)  # [T,3,H,W]
         if rng.random() < self.flip:
