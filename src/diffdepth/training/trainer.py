@@ -417,6 +417,9 @@ class Trainer:
             finally:
                 if self.ema is not None:
                     self.ema.swap(self.model)
+            if not (tmp / ckpt.STATE_DIR).is_dir():
+                raise TrainingError(f"{type(self.model).__name__}.save_pretrained replaced the checkpoint folder "
+                                    f"and deleted its {ckpt.STATE_DIR}/; it must write into the folder it is given")
             ckpt.write_state_file(tmp, {
                 "step": self.step, "micro_batches": self.micro, "seed": self.cfg["seed"],
                 "world_size": self.world, "batch_size": self.batch_size, "grad_accum_steps": self.accum,
