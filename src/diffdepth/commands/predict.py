@@ -7,7 +7,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ..errors import InputError
 
@@ -59,7 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e = p.add_argument_group("export")
     e.add_argument("--focal", type=float, default=None, help="focal length in pixels for the PLY point cloud")
     e.add_argument("--fov", type=float, default=None, help="horizontal field of view in degrees for the PLY")
-    e.add_argument("--cmap", default="Spectral", help="colour map for color/side outputs (Spectral, turbo, inferno, gray)")
+    from ..io.colormaps import COLORMAPS
+
+    e.add_argument("--cmap", default="Spectral", type=str.lower, choices=sorted(COLORMAPS), metavar="NAME",
+                   help=f"colour map for color/side outputs: {', '.join(sorted(COLORMAPS))} (default: spectral)")
 
 
 @dataclass
@@ -79,13 +82,29 @@ def _split_glob(pattern: str) -> Path:
     return Path(*base) if base else Path(".")
 
 
-def collect_inputs(inputs: List[str]) -> Tuple[List[Job], List[Tuple[str, str]]]:
-    """Expand files, folders and globs into jobs with output paths mirroring the inputs."""
+def collect_inputs(inputs: List[str], out_root: Optional[Path] = None,
+                   skipped: Optional[Dict[str, int]] = None) -> Tuple[List[Job], List[Tuple[str, str]]]:
+    """Expand files, folders and globs into jobs with output paths mirroring the inputs.
+
+    Folders and globs never yield files of an output folder (``out_root``, or any folder
+    holding a ``predictions.json``) nor ground-truth maps (``X_depth.png`` beside ``X.png``);
+    ``skipped`` counts what was left out and why.
+    """
     from ..io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+    from ..io.sidecar import excluded_input
 
     jobs: List[Job] = []
     failures: List[Tuple[str, str]] = []
     known = tuple(IMAGE_EXTENSIONS) + tuple(VIDEO_EXTENSIONS)
+    skipped = skipped if skipped is not None else {}
+    cache: Dict[Path, bool] = {}
+
+    def keep(f: Path) -> bool:
+        reason = excluded_input(f, out_root, cache)
+        if reason:
+            skipped[reason] = skipped.get(reason, 0) + 1
+        return reason is None
+
     for text in inputs:
         path = Path(text).expanduser()
         if path.is_dir():
@@ -93,12 +112,16 @@ def collect_inputs(inputs: List[str]) -> Tuple[List[Job], List[Tuple[str, str]]]
                            and not any(part.startswith(".") for part in f.relative_to(path).parts))
             if not found:
                 failures.append((text, "folder holds no image or video files"))
-            jobs += [Job(f, f.relative_to(path).with_suffix("")) for f in found]
+            kept = [f for f in found if keep(f)]
+            if found and not kept:
+                failures.append((text, "folder holds only outputs of diffdepth (predictions.json) or ground-truth maps"))
+            jobs += [Job(f, f.relative_to(path).with_suffix("")) for f in kept]
         elif path.is_file():
             jobs.append(Job(path, Path(path.stem)))
         elif glob.has_magic(text):
             base = _split_glob(text)
             found = sorted(Path(f) for f in glob.glob(text, recursive=True) if Path(f).is_file())
+            found = [f for f in found if f.suffix.lower() not in known or keep(f)]
             if not found:
                 failures.append((text, "pattern matches no file"))
             for f in found:
@@ -130,54 +153,153 @@ def _parse_opts(items: List[str]) -> Dict[str, object]:
     return out
 
 
+def check_options(args: argparse.Namespace) -> set:
+    """Every option checked before any input is read or model loaded; returns the output formats."""
+    from ..io.export import parse_formats
+
+    formats = parse_formats(args.save)
+    if not formats:
+        raise InputError("--save is empty; name at least one of npy,png16,color,side,ply,uncertainty,seg")
+    out_root = Path(args.out).expanduser()
+    if out_root.exists() and not out_root.is_dir():
+        raise InputError(f"--out {args.out} is a file; name a folder (it is created if missing)")
+    if args.focal is not None and args.fov is not None:
+        raise InputError("--focal and --fov both set; give one (focal length in pixels, or field of view in degrees)")
+    if args.focal is not None and not args.focal > 0:
+        raise InputError(f"--focal must be > 0 pixels, got {args.focal}")
+    if args.fov is not None and not 0 < args.fov < 180:
+        raise InputError(f"--fov must be between 0 and 180 degrees, got {args.fov}")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.processing_res is not None and args.processing_res < 0:
+        raise InputError(f"--processing-res must be >= 0 (0 = native), got {args.processing_res}")
+    for name in ("steps", "ensemble_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.ensemble_with and not Path(args.ensemble_with).expanduser().is_dir():
+        raise InputError(f"--ensemble-with {args.ensemble_with}: no such folder")
+    from ..utils import parse_device, parse_dtype
+
+    parse_device(args.device)
+    parse_dtype(args.dtype)
+    return formats
+
+
+def check_method_outputs(method: str, options: Dict[str, object], formats: set) -> None:
+    """Method options and outputs the method cannot give, named before its model is loaded."""
+    from ..registry import get_method
+
+    cls = get_method(method).load_class()
+    accepted = getattr(cls, "predict_options", None)
+    if accepted is None:
+        return
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        allowed = ", ".join(sorted(accepted - {"with_segmentation"})) or "none"
+        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        raise InputError(f"method {method} does not take {flags} (it takes: {allowed})")
+    if "seg" in formats and "with_segmentation" not in accepted:
+        raise InputError(f"--save seg: method {method} has no segmentation head (primedepth has one)")
+    if "uncertainty" in formats and "ensemble_size" in accepted:  # otherwise told after the first image
+        if "ensemble_size" in options and int(options["ensemble_size"]) < 2:
+            raise InputError(f"--save uncertainty needs an ensemble of at least 2 members; "
+                             f"got --ensemble-size {options['ensemble_size']}")
+
+
+def run_settings(args: argparse.Namespace, method: str, checkpoint, options: Dict[str, object]) -> dict:
+    """What determines the predicted values of a run (recorded in predictions.json; a change recomputes)."""
+    from ..io.sidecar import checkpoint_identity
+
+    opts = {k: v for k, v in options.items() if k != "with_segmentation"}
+    opts.update(processing_res=args.processing_res, dtype=args.dtype)
+    if args.ensemble_with:
+        opts["ensemble_with"] = str(Path(args.ensemble_with).expanduser().resolve())
+    return {"method": method, "checkpoint": checkpoint_identity(str(checkpoint)), "options": opts}
+
+
+VIDEO_OUTPUTS = {"mp4": "_depth.mp4", "npz": ".npz", "side": "_side.mp4"}
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .. import distributed
     from ..errors import DiffdepthError
     from ..io import VIDEO_EXTENSIONS
-    from ..io.export import parse_formats, output_path, save_outputs
+    from ..io.export import output_path, save_outputs
+    from ..io.sidecar import OutputIndex
     from ..pipeline import DepthPipeline
-    from ..registry import load_model
+    from ..registry import load_model, resolve_method
 
-    formats = parse_formats(args.save)
+    formats = check_options(args)
     out_root = Path(args.out).expanduser()
-    jobs, failures = collect_inputs(args.inputs)
+    method, checkpoint = resolve_method(args.method, args.checkpoint)
+    skipped: Dict[str, int] = {}
+    jobs, failures = collect_inputs(args.inputs, out_root, skipped)
+    for reason, count in sorted(skipped.items()):
+        print(f"left out {count} file(s) of the input folders: {reason}", file=sys.stderr)
     # unique output names: two inputs must never write the same files
     seen: Dict[Path, Path] = {}
     unique: List[Job] = []
     for job in jobs:
         job.rel = _safe_rel(job.rel)
         if job.rel in seen:
-            failures.append((str(job.source), f"its outputs would collide with those of {seen[job.rel]}; predict it separately"))
+            if seen[job.rel].resolve() != job.source.resolve():  # the same file named twice is one input
+                failures.append((str(job.source), f"its outputs would collide with those of {seen[job.rel]}; "
+                                                  f"predict it separately"))
             continue
         seen[job.rel] = job.source
         unique.append(job)
     jobs = distributed.shard(unique)
 
     options = method_options(args)
+    check_method_outputs(method, options, formats)
     if "seg" in formats:
         options["with_segmentation"] = True
+    index = OutputIndex(out_root, run_settings(args, method, checkpoint, options),
+                        render={"color": {"cmap": args.cmap}, "side": {"cmap": args.cmap},
+                                "ply": {"focal": args.focal, "fov": args.fov}, "mp4": {"cmap": args.cmap}})
+    image_formats = sorted(formats)
+    video_formats = ["mp4", "npz"] + (["side"] if "side" in formats else [])
+    ignored_for_video = sorted(formats & {"png16", "ply", "uncertainty", "seg"})
 
-    if not args.overwrite:  # outputs all present: nothing to compute
-        todo = []
-        for job in jobs:
-            base = out_root / job.rel
-            is_video = job.source.suffix.lower() in VIDEO_EXTENSIONS
-            wanted = [base.with_name(base.name + "_depth.mp4"), base.with_name(base.name + ".npz")] if is_video else \
-                [output_path(base, f) for f in formats if f not in ("uncertainty", "seg")]
-            if wanted and all(p.exists() for p in wanted):
-                continue
+    # what each input still needs: missing files, files made with other settings, unrecorded files
+    todo: List[Job] = []
+    needs: Dict[Path, List[str]] = {}
+    for job in jobs:
+        base = out_root / job.rel
+        is_video = job.source.suffix.lower() in VIDEO_EXTENSIONS
+        if is_video:
+            paths = {f: base.with_name(base.name + VIDEO_OUTPUTS[f]) for f in video_formats}
+        else:
+            paths = {f: output_path(base, f) for f in image_formats}
+        want = list(paths) if args.overwrite else index.missing(job.rel.as_posix(), paths, paths)
+        if want:
+            needs[job.rel] = want
             todo.append(job)
+    if not args.overwrite:
+        changed = index.settings_changed()
+        if changed is not None and todo:
+            print(f"{out_root} holds outputs made with other settings ({_describe_change(changed, index.settings)}); "
+                  f"recomputing them", file=sys.stderr)
         kept = len(jobs) - len(todo)
         if kept:
             print(f"{kept} input(s) already have all outputs in {out_root} (use --overwrite to redo)", file=sys.stderr)
-        jobs = todo
+    jobs = todo
+    if ignored_for_video and any(j.source.suffix.lower() in VIDEO_EXTENSIONS for j in jobs):
+        print(f"note: --save {','.join(ignored_for_video)} applies to images only; videos get NAME_depth.mp4, "
+              f"NAME.npz (and NAME_side.mp4 with side)", file=sys.stderr)
 
     if not jobs:
         return _finish(failures, 0)
 
-    model = load_model(args.method, args.checkpoint, device=args.device, dtype=args.dtype)
+    model = load_model(method, checkpoint, device=args.device, dtype=args.dtype)
+    if "uncertainty" in formats and "ensemble_size" in model.predict_options and "ensemble_size" not in options:
+        members = int((getattr(model, "config", None) or {}).get("default_ensemble_size", 1))
+        if members < 2:
+            raise InputError(f"--save uncertainty needs an ensemble; this checkpoint predicts {members} member(s) "
+                             f"by default — add --ensemble-size N (N >= 2)")
     pipe = DepthPipeline(model, processing_res=args.processing_res, batch_size=args.batch_size, **options)
     ensemble = _external_ensembler(args.ensemble_with) if args.ensemble_with else None
 
@@ -186,37 +308,53 @@ def run(args: argparse.Namespace) -> int:
     done = 0
     start = time.perf_counter()
 
-    def on_error(index, source, err):
-        failures.append((str(images[index].source), str(err)))
-        bar.write(f"skipped {images[index].source}: {err}")
+    def on_error(index_, source, err):
+        failures.append((str(images[index_].source), str(err)))
+        bar.write(_skipped(images[index_].source, err), file=sys.stderr)
 
-    with tqdm(total=len(images), unit="img", desc="predict", disable=None, file=sys.stderr) as bar:
-        stream = pipe.iter_predictions([j.source for j in images], on_error=on_error)
-        while True:
+    try:
+        with tqdm(total=len(images), unit="img", desc="predict", disable=None, file=sys.stderr) as bar:
+            stream = pipe.iter_predictions([j.source for j in images], on_error=on_error)
+            while True:
+                try:
+                    item, pred = next(stream)
+                except StopIteration:
+                    break
+                job = images[item.index]
+                try:
+                    if ensemble is not None:
+                        pred = ensemble(job.rel, pred)
+                    meta = item.meta
+                    res = save_outputs(out_root / job.rel, pred, item.rgb, needs[job.rel], overwrite=True,
+                                       focal=args.focal, fov=args.fov, exif_focal_px=getattr(meta, "focal_px", None),
+                                       cmap=args.cmap)
+                    index.record(job.rel.as_posix(), [f for f in needs[job.rel] if f not in res.unavailable],
+                                 pred.kind)
+                    done += 1
+                    if res.unavailable:  # the same for every image: stop rather than fail each
+                        stream.close()
+                        raise InputError(f"--save {','.join(res.unavailable)}: this method gives no "
+                                         f"{' or '.join(res.unavailable)} ({_unavailable_hint(res.unavailable)}); "
+                                         f"drop it from --save")
+                except InputError as err:
+                    if str(err).startswith("--save"):
+                        raise
+                    failures.append((str(job.source), str(err)))
+                    bar.write(_skipped(job.source, err), file=sys.stderr)
+                except DiffdepthError as err:
+                    failures.append((str(job.source), str(err)))
+                    bar.write(_skipped(job.source, err), file=sys.stderr)
+                bar.update(1)
+        for job in videos:
             try:
-                item, pred = next(stream)
-            except StopIteration:
-                break
-            job = images[item.index]
-            try:
-                if ensemble is not None:
-                    pred = ensemble(job.rel, pred)
-                meta = item.meta
-                save_outputs(out_root / job.rel, pred, item.rgb, formats, overwrite=args.overwrite,
-                             focal=args.focal, fov=args.fov, exif_focal_px=getattr(meta, "focal_px", None),
-                             cmap=args.cmap)
+                kind = _predict_video(pipe, job, out_root, args, needs[job.rel])
+                index.record(job.rel.as_posix(), needs[job.rel], kind)
                 done += 1
             except DiffdepthError as err:
                 failures.append((str(job.source), str(err)))
-                bar.write(f"skipped {job.source}: {err}")
-            bar.update(1)
-    for job in videos:
-        try:
-            _predict_video(pipe, job, out_root, args)
-            done += 1
-        except DiffdepthError as err:
-            failures.append((str(job.source), str(err)))
-            print(f"skipped {job.source}: {err}", file=sys.stderr)
+                print(_skipped(job.source, err), file=sys.stderr)
+    finally:
+        index.flush()
     elapsed = time.perf_counter() - start
     if done:
         print(f"wrote depth for {done} input(s) to {out_root} in {elapsed:.1f} s ({done / max(elapsed, 1e-9):.2f} img/s)",
@@ -224,17 +362,42 @@ def run(args: argparse.Namespace) -> int:
     return _finish(failures, done)
 
 
+def _skipped(source: Path, err: Exception) -> str:
+    """``skipped SOURCE: message``, naming the path once when the message already does."""
+    text = str(err)
+    return f"skipped: {text}" if str(source) in text else f"skipped {source}: {text}"
+
+
+def _unavailable_hint(names: List[str]) -> str:
+    hints = {"uncertainty": "uncertainty comes from an ensemble: marigold/metricgold with --ensemble-size N >= 2",
+             "seg": "seg needs a method with a segmentation head, e.g. primedepth"}
+    return "; ".join(hints[n] for n in names if n in hints)
+
+
+def _describe_change(old: dict, new: dict) -> str:
+    parts = []
+    for key in ("method", "checkpoint"):
+        if old.get(key) != new.get(key):
+            parts.append(f"{key} {old.get(key)} -> {new.get(key)}")
+    a, b = old.get("options") or {}, new.get("options") or {}
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            parts.append(f"{key} {a.get(key)} -> {b.get(key)}")
+    return ", ".join(parts) or "settings changed"
+
+
 def _finish(failures, done) -> int:
     if failures:
         print(f"{len(failures)} input(s) failed:", file=sys.stderr)
         for source, reason in failures:
-            print(f"  {source}: {reason}", file=sys.stderr)
+            print(f"  {reason}" if source in reason else f"  {source}: {reason}", file=sys.stderr)
         return 1
     return 0
 
 
-def _predict_video(pipe, job: Job, out_root: Path, args) -> None:
-    """Frames in order through the method's temporal hook -> colourised mp4 + per-frame .npz.
+def _predict_video(pipe, job: Job, out_root: Path, args, formats=("mp4", "npz")) -> str:
+    """Frames in order through the method's temporal hook -> colourised mp4 + per-frame .npz
+    (+ ``NAME_side.mp4``, RGB beside depth, with ``side``); returns the kind.
 
     The colour range is shared by all frames (no flicker), so frames are coloured at the end.
     """
@@ -245,22 +408,34 @@ def _predict_video(pipe, job: Job, out_root: Path, args) -> None:
 
     fps, n, _, _ = video_info(job.source)
     base = out_root / job.rel
-    depths, kind = [], None
-    for pred in tqdm(pipe.video(iter_video_frames(job.source)), total=n, unit="frame",
+    depths, kind, rgbs = [], None, [] if "side" in formats else None
+
+    def frames():
+        for frame in iter_video_frames(job.source):
+            if rgbs is not None:
+                rgbs.append(np.round(frame * 255).astype(np.uint8))
+            yield frame
+
+    for pred in tqdm(pipe.video(frames()), total=n, unit="frame",
                      desc=job.source.name, disable=None, file=sys.stderr):
         kind = pred.kind
         depths.append(pred.depth)
     if not depths:
         raise InputError(f"{job.source}: the video has no frames")
-    save_depth_video(base.with_name(base.name + "_depth.mp4"), depths, kind, fps, cmap=args.cmap)
-    save_npz_frames(base.with_name(base.name + ".npz"), np.stack(depths), kind, fps)
+    if "mp4" in formats:
+        save_depth_video(base.with_name(base.name + "_depth.mp4"), depths, kind, fps, cmap=args.cmap)
+    if "side" in formats:
+        save_depth_video(base.with_name(base.name + "_side.mp4"), depths, kind, fps, cmap=args.cmap, rgb_frames=rgbs)
+    if "npz" in formats:
+        save_npz_frames(base.with_name(base.name + ".npz"), np.stack(depths), kind, fps)
+    return kind
 
 
 def _external_ensembler(folder: str):
     """Average our disparity with another model's prediction at the same relative path.
 
     PrimeDepth's paper averages its disparity with Depth Anything's; the external map is
-    inverted if its ``kind.txt`` says depth, aligned to ours by least squares, then averaged.
+    inverted if its recorded kind (predictions.json or kind.txt) says depth, aligned to ours by least squares, then averaged.
     """
     from ..methods.primedepth.ensemble import ensemble_with, external_kind_of, find_external, read_external
     from ..types import AFFINE_DISPARITY, DepthPrediction
