@@ -67,7 +67,8 @@ def test_predict_then_eval_predictions_equals_eval_method(tmp_path, method, caps
     assert main(["make-tiny", str(ckpt), "--method", method]) == 0
     scenes = tmp_path / "scenes"
     assert main(["synth", str(scenes), "--kind", "indoor", "--n", "2", "--size", "32x40", "--quiet"]) == 0
-    common = ["--processing-res", "32", "--device", "cpu"] + (["--seed", "0"] if method != "diffsql" else [])
+    seeded = "seed" in registry.get_method(method).load_class().predict_options
+    common = ["--processing-res", "32", "--device", "cpu"] + (["--seed", "0"] if seeded else [])
     preds = tmp_path / "preds"
     assert main(["predict", str(scenes), "--checkpoint", str(ckpt), "--out", str(preds), "--save", "npy",
                  *common]) == 0
@@ -278,3 +279,18 @@ def test_written_files_follow_the_umask(tmp_path):
         assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) == 0o644
     finally:
         os.umask(old)
+
+
+# ----------------------------------------------------------------------------- item 6/10: train starts
+def test_train_errors_name_recipe_keys_and_a_failed_start_leaves_no_run_folder(tmp_path, capsys):
+    recipe = "configs/marigold/debug.yaml"
+    root = os.path.join(os.path.dirname(__file__), "..", recipe)
+    run = tmp_path / "run"
+    assert main(["train", root, "--output-dir", str(run), "data.train=[{type: hypersim, root: null}]"]) == 2
+    err = capsys.readouterr().err
+    assert "data.train.0.root is not set" in err and "NoneType" not in err
+    assert not run.exists()
+    assert main(["train", root, "--output-dir", str(run), "model.tiny=false", "model.backbone=nobody/no-such-sd"]) == 2
+    err = capsys.readouterr().err
+    assert "model.backbone=PATH" in err and "--checkpoint" not in err
+    assert not run.exists()
