@@ -277,6 +277,11 @@ def test_written_files_follow_the_umask(tmp_path):
         with atomic_path(tmp_path / "w.safetensors") as t:
             save_file({"a": torch.zeros(2)}, str(t))
         assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) == 0o644
+        from diffdepth.backbone import make_tiny_sd
+
+        make_tiny_sd(seed=0).save_pretrained(tmp_path / "sd")  # the API, outside any atomic folder
+        for p in (tmp_path / "sd").rglob("*.safetensors"):
+            assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
     finally:
         os.umask(old)
 
