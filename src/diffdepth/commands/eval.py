@@ -85,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     info = {"data_root": str(Path(args.data_root).expanduser()),
-            "split_file": str(args.split_file) if args.split_file else "published",
+            "split_file": str(args.split_file) if args.split_file else (
+                "published" if getattr(dataset, "split_key", None) else None),  # None: every sample of the folder
             "split_listed": getattr(dataset, "num_listed", len(dataset)),
             "alignment": args.alignment or protocol.alignment}
     if args.predictions is not None:

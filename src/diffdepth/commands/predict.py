@@ -222,15 +222,11 @@ VIDEO_OUTPUTS = {"mp4": "_depth.mp4", "npz": ".npz", "side": "_side.mp4"}
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from .. import distributed
-    from ..errors import DiffdepthError
     from ..io import VIDEO_EXTENSIONS
-    from ..io.export import output_path, save_outputs
+    from ..io.export import output_path
     from ..io.sidecar import OutputIndex
-    from ..pipeline import DepthPipeline
-    from ..registry import load_model, resolve_method
+    from ..registry import resolve_method
 
     formats = check_options(args)
     out_root = Path(args.out).expanduser()
@@ -238,7 +234,8 @@ def run(args: argparse.Namespace) -> int:
     skipped: Dict[str, int] = {}
     jobs, failures = collect_inputs(args.inputs, out_root, skipped)
     for reason, count in sorted(skipped.items()):
-        print(f"left out {count} file(s) of the input folders: {reason}", file=sys.stderr)
+        if distributed.is_main():
+            print(f"left out {count} file(s) of the input folders: {reason}", file=sys.stderr)
     # unique output names: two inputs must never write the same files
     seen: Dict[Path, Path] = {}
     unique: List[Job] = []
@@ -259,7 +256,8 @@ def run(args: argparse.Namespace) -> int:
         options["with_segmentation"] = True
     index = OutputIndex(out_root, run_settings(args, method, checkpoint, options),
                         render={"color": {"cmap": args.cmap}, "side": {"cmap": args.cmap},
-                                "ply": {"focal": args.focal, "fov": args.fov}, "mp4": {"cmap": args.cmap}})
+                                "ply": {"focal": args.focal, "fov": args.fov}, "mp4": {"cmap": args.cmap}},
+                        writer=distributed.is_main())
     image_formats = sorted(formats)
     video_formats = ["mp4", "npz"] + (["side"] if "side" in formats else [])
     ignored_for_video = sorted(formats & {"png16", "ply", "uncertainty", "seg"})
@@ -278,21 +276,58 @@ def run(args: argparse.Namespace) -> int:
         if want:
             needs[job.rel] = want
             todo.append(job)
+    kept = len(jobs) - len(todo)
+    changed = index.settings_changed()
+    jobs = todo
+    stats = {"images": 0, "videos": 0, "frames": 0, "seconds": 0.0}
+    if jobs:
+        if ignored_for_video and any(j.source.suffix.lower() in VIDEO_EXTENSIONS for j in jobs):
+            print(f"note: --save {','.join(ignored_for_video)} applies to images only; videos get NAME_depth.mp4, "
+                  f"NAME.npz (and NAME_side.mp4 with side)", file=sys.stderr)
+        try:
+            _run_jobs(args, jobs, needs, method, checkpoint, options, formats, out_root, index, failures, stats)
+        finally:
+            index.flush()
+    # one summary for all processes (under torchrun/accelerate each handled its shard)
+    per_rank = distributed.gather_objects((kept, bool(jobs), stats, failures, index.new))
+    if not distributed.is_main():
+        return 1 if failures else 0
+    index.merge([r[4] for r in per_rank[1:]])
+    index.flush()
+    kept = sum(r[0] for r in per_rank)
+    failures = [f for r in per_rank for f in r[3]]
+    total = {k: sum(r[2][k] for r in per_rank) for k in stats}
+    seconds = max(r[2]["seconds"] for r in per_rank)
     if not args.overwrite:
-        changed = index.settings_changed()
-        if changed is not None and todo:
+        if changed is not None and any(r[1] for r in per_rank):
             print(f"{out_root} holds outputs made with other settings ({_describe_change(changed, index.settings)}); "
-                  f"recomputing them", file=sys.stderr)
-        kept = len(jobs) - len(todo)
+                  f"recomputed them", file=sys.stderr)
         if kept:
             print(f"{kept} input(s) already have all outputs in {out_root} (use --overwrite to redo)", file=sys.stderr)
-    jobs = todo
-    if ignored_for_video and any(j.source.suffix.lower() in VIDEO_EXTENSIONS for j in jobs):
-        print(f"note: --save {','.join(ignored_for_video)} applies to images only; videos get NAME_depth.mp4, "
-              f"NAME.npz (and NAME_side.mp4 with side)", file=sys.stderr)
+    if total["images"] or total["videos"]:
+        rate = []
+        if total["images"]:
+            rate.append(f"{total['images']} image(s)")
+        if total["videos"]:
+            rate.append(f"{total['videos']} video(s), {total['frames']} frames")
+        n = total["images"] + total["frames"]
+        print(f"wrote depth for {' and '.join(rate)} to {out_root} in {seconds:.1f} s "
+              f"({n / max(seconds, 1e-9):.2f} {'frames' if total['frames'] else 'img'}/s)", file=sys.stderr)
+    return _finish(failures, total["images"] + total["videos"])
 
-    if not jobs:
-        return _finish(failures, 0)
+
+class _StopRun(InputError):
+    """An error that is the same for every input: the run stops instead of failing each."""
+
+
+def _run_jobs(args, jobs, needs, method, checkpoint, options, formats, out_root, index, failures, stats) -> None:
+    from tqdm import tqdm
+
+    from ..errors import DiffdepthError
+    from ..io import VIDEO_EXTENSIONS
+    from ..io.export import save_outputs
+    from ..pipeline import DepthPipeline
+    from ..registry import load_model
 
     model = load_model(method, checkpoint, device=args.device, dtype=args.dtype)
     if "uncertainty" in formats and "ensemble_size" in model.predict_options and "ensemble_size" not in options:
@@ -305,61 +340,50 @@ def run(args: argparse.Namespace) -> int:
 
     images = [j for j in jobs if j.source.suffix.lower() not in VIDEO_EXTENSIONS]
     videos = [j for j in jobs if j.source.suffix.lower() in VIDEO_EXTENSIONS]
-    done = 0
     start = time.perf_counter()
 
     def on_error(index_, source, err):
         failures.append((str(images[index_].source), str(err)))
         bar.write(_skipped(images[index_].source, err), file=sys.stderr)
 
-    try:
-        with tqdm(total=len(images), unit="img", desc="predict", disable=None, file=sys.stderr) as bar:
-            stream = pipe.iter_predictions([j.source for j in images], on_error=on_error)
-            while True:
-                try:
-                    item, pred = next(stream)
-                except StopIteration:
-                    break
-                job = images[item.index]
-                try:
-                    if ensemble is not None:
-                        pred = ensemble(job.rel, pred)
-                    meta = item.meta
-                    res = save_outputs(out_root / job.rel, pred, item.rgb, needs[job.rel], overwrite=True,
-                                       focal=args.focal, fov=args.fov, exif_focal_px=getattr(meta, "focal_px", None),
-                                       cmap=args.cmap)
-                    index.record(job.rel.as_posix(), [f for f in needs[job.rel] if f not in res.unavailable],
-                                 pred.kind)
-                    done += 1
-                    if res.unavailable:  # the same for every image: stop rather than fail each
-                        stream.close()
-                        raise InputError(f"--save {','.join(res.unavailable)}: this method gives no "
-                                         f"{' or '.join(res.unavailable)} ({_unavailable_hint(res.unavailable)}); "
-                                         f"drop it from --save")
-                except InputError as err:
-                    if str(err).startswith("--save"):
-                        raise
-                    failures.append((str(job.source), str(err)))
-                    bar.write(_skipped(job.source, err), file=sys.stderr)
-                except DiffdepthError as err:
-                    failures.append((str(job.source), str(err)))
-                    bar.write(_skipped(job.source, err), file=sys.stderr)
-                bar.update(1)
-        for job in videos:
+    with tqdm(total=len(images), unit="img", desc="predict", disable=None, file=sys.stderr) as bar:
+        stream = pipe.iter_predictions([j.source for j in images], on_error=on_error)
+        while True:
             try:
-                kind = _predict_video(pipe, job, out_root, args, needs[job.rel])
-                index.record(job.rel.as_posix(), needs[job.rel], kind)
-                done += 1
+                item, pred = next(stream)
+            except StopIteration:
+                break
+            job = images[item.index]
+            try:
+                if ensemble is not None:
+                    pred = ensemble(job.rel, pred)
+                meta = item.meta
+                res = save_outputs(out_root / job.rel, pred, item.rgb, needs[job.rel], overwrite=True,
+                                   focal=args.focal, fov=args.fov, exif_focal_px=getattr(meta, "focal_px", None),
+                                   cmap=args.cmap)
+                index.record(job.rel.as_posix(), [f for f in needs[job.rel] if f not in res.unavailable], pred.kind)
+                stats["images"] += 1
+                if res.unavailable:
+                    stream.close()
+                    raise _StopRun(f"--save {','.join(res.unavailable)}: this method gives no "
+                                   f"{' or '.join(res.unavailable)} ({_unavailable_hint(res.unavailable)}); "
+                                   f"drop it from --save")
+            except _StopRun:
+                raise
             except DiffdepthError as err:
                 failures.append((str(job.source), str(err)))
-                print(_skipped(job.source, err), file=sys.stderr)
-    finally:
-        index.flush()
-    elapsed = time.perf_counter() - start
-    if done:
-        print(f"wrote depth for {done} input(s) to {out_root} in {elapsed:.1f} s ({done / max(elapsed, 1e-9):.2f} img/s)",
-              file=sys.stderr)
-    return _finish(failures, done)
+                bar.write(_skipped(job.source, err), file=sys.stderr)
+            bar.update(1)
+    for job in videos:
+        try:
+            kind, n = _predict_video(pipe, job, out_root, args, needs[job.rel])
+            index.record(job.rel.as_posix(), needs[job.rel], kind)
+            stats["videos"] += 1
+            stats["frames"] += n
+        except DiffdepthError as err:
+            failures.append((str(job.source), str(err)))
+            print(_skipped(job.source, err), file=sys.stderr)
+    stats["seconds"] = time.perf_counter() - start
 
 
 def _skipped(source: Path, err: Exception) -> str:
@@ -395,9 +419,9 @@ def _finish(failures, done) -> int:
     return 0
 
 
-def _predict_video(pipe, job: Job, out_root: Path, args, formats=("mp4", "npz")) -> str:
+def _predict_video(pipe, job: Job, out_root: Path, args, formats=("mp4", "npz")) -> Tuple[str, int]:
     """Frames in order through the method's temporal hook -> colourised mp4 + per-frame .npz
-    (+ ``NAME_side.mp4``, RGB beside depth, with ``side``); returns the kind.
+    (+ ``NAME_side.mp4``, RGB beside depth, with ``side``); returns the kind and the frame count.
 
     The colour range is shared by all frames (no flicker), so frames are coloured at the end.
     """
@@ -428,7 +452,7 @@ def _predict_video(pipe, job: Job, out_root: Path, args, formats=("mp4", "npz"))
         save_depth_video(base.with_name(base.name + "_side.mp4"), depths, kind, fps, cmap=args.cmap, rgb_frames=rgbs)
     if "npz" in formats:
         save_npz_frames(base.with_name(base.name + ".npz"), np.stack(depths), kind, fps)
-    return kind
+    return kind, len(depths)
 
 
 def _external_ensembler(folder: str):

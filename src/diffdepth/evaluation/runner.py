@@ -177,7 +177,8 @@ def evaluate(samples: Iterable[dict], predictor: Union[PathLike, Callable, Predi
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc=f"eval {protocol.name}", unit="img", dynamic_ncols=True)
+        bar = tqdm(total=total, desc=f"eval {protocol.name}", unit="img", dynamic_ncols=True,
+                   disable=None)  # no bar in redirected logs, as predict
     try:
         for sample in samples:
             gt = np.asarray(sample["depth"]).reshape(np.shape(sample["depth"])[-2:])

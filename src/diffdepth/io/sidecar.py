@@ -116,8 +116,11 @@ class OutputIndex:
     ``render``: per output format, what else determines the file (e.g. the colour map).
     """
 
-    def __init__(self, folder: PathLike, settings: dict, render: Optional[Dict[str, dict]] = None):
+    def __init__(self, folder: PathLike, settings: dict, render: Optional[Dict[str, dict]] = None,
+                 writer: bool = True):
         self.folder = Path(folder)
+        self.writer = writer  # one process writes the file; the others hand their records to it (merge)
+        self.new: Dict[str, dict] = {}  # what this process recorded: {rel: {format: file id}}, kind
         self.settings = settings
         self.sid = fingerprint(settings)
         self.render = render or {}
@@ -144,6 +147,17 @@ class OutputIndex:
         entry = self.data["entries"].setdefault(rel, {})
         for f in formats:
             entry[f] = self.file_id(f)
+        self.new[rel] = {"files": {f: self.file_id(f) for f in formats}, "kind": kind}
+        self._take(kind)
+
+    def merge(self, records: Iterable[Dict[str, dict]]) -> None:
+        """Add what other processes recorded (their :attr:`new`)."""
+        for new in records:
+            for rel, rec in new.items():
+                self.data["entries"].setdefault(rel, {}).update(rec["files"])
+                self._take(rec["kind"])
+
+    def _take(self, kind: str) -> None:
         self.data["settings"][self.sid] = {**self.settings, "kind": kind}
         self.data["settings_id"] = self.sid
         self.data["kind"] = kind
@@ -154,7 +168,7 @@ class OutputIndex:
             self.flush()
 
     def flush(self) -> None:
-        if self._dirty:
+        if self._dirty and self.writer:
             # kind/units describe the newest outputs; files made otherwise carry another settings id
             write_sidecar(self.folder, self.data)
             self._dirty = False
