@@ -299,3 +299,39 @@ def test_train_errors_name_recipe_keys_and_a_failed_start_leaves_no_run_folder(t
     err = capsys.readouterr().err
     assert "model.backbone=PATH" in err and "--checkpoint" not in err
     assert not run.exists()
+
+
+# ----------------------------------------------------------------------------- items 7/10: video, eval logs
+def test_video_side_by_side_and_a_note_for_image_only_outputs(tmp_path, toy_ckpt, capsys):
+    from diffdepth.io.video import VideoWriter, video_info
+
+    clip = tmp_path / "in" / "clip.mp4"
+    clip.parent.mkdir()
+    with VideoWriter(clip, fps=8) as vw:
+        for i in range(3):
+            vw.write(np.full((32, 48, 3), 60 * i, np.uint8))
+    out = tmp_path / "out"
+    assert main(["predict", str(clip), *_toy(toy_ckpt, out, "--save", "npy,png16,side")]) == 0
+    err = capsys.readouterr().err
+    assert "--save png16 applies to images only" in err
+    _, n, w, h = video_info(out / "clip_side.mp4")
+    assert (n, w, h) == (3, 96, 32)  # RGB | depth
+    assert (out / "clip_depth.mp4").exists() and (out / "clip.npz").exists()
+    assert "1 video(s), 3 frames" in err and "frames/s" in err
+
+
+def test_eval_folder_summary_names_no_published_split_and_logs_no_bar(tmp_path, capsys):
+    scenes = tmp_path / "scenes"
+    assert main(["synth", str(scenes), "--kind", "indoor", "--n", "2", "--size", "24x32", "--quiet"]) == 0
+    from diffdepth.io.sidecar import write_sidecar
+
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    for name in ("indoor_00000", "indoor_00001"):
+        np.save(preds / f"{name}.npy", np.ones((24, 32), np.float32))
+    write_sidecar(preds, {"kind": "affine_invariant_depth"})
+    capsys.readouterr()
+    assert main(["eval", "--dataset", "folder", "--data-root", str(scenes), "--predictions", str(preds),
+                 "--out", str(tmp_path / "ev")]) == 0  # progress on, but stderr is no terminal
+    assert "eval folder" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "ev" / "summary.json").read_text())["split_file"] is None
