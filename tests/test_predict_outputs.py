@@ -335,3 +335,45 @@ def test_eval_folder_summary_names_no_published_split_and_logs_no_bar(tmp_path, 
                  "--out", str(tmp_path / "ev")]) == 0  # progress on, but stderr is no terminal
     assert "eval folder" not in capsys.readouterr().err
     assert json.loads((tmp_path / "ev" / "summary.json").read_text())["split_file"] is None
+
+
+# ----------------------------------------------------------------------------- what users of the anchors expect
+def test_colour_range_grayscale_seg_ids_and_ply_options(tmp_path, toy_ckpt):
+    from diffdepth.io.export import read_ply
+
+    img = tmp_path / "half.png"
+    arr = np.zeros((32, 32, 3), np.uint8)
+    arr[:, 16:] = 255  # depth 1 (left) and 2 (right)
+    Image.fromarray(arr).save(img)
+    out = tmp_path / "o"
+    assert main(["predict", str(img), *_toy(toy_ckpt, out, "--save", "color,seg_ids,ply", "--grayscale",
+                                             "--vmin", "0", "--vmax", "4", "--ply-stride", "2",
+                                             "--ply-max-depth", "1.5")]) == 0
+    grey = np.asarray(Image.open(out / "half_color.png"))
+    # depth d maps to n = d/4; near = 1 - n is drawn bright: 1 -> 191, 2 -> 128
+    assert grey[0, 0].tolist() == [191] * 3 and grey[0, -1].tolist() == [128] * 3
+    ids = np.asarray(Image.open(out / "half_seg_ids.png"))
+    assert ids.dtype == np.uint8 and ids[0, 0] == 0 and ids[0, -1] == 1
+    ply = read_ply(out / "half.ply")
+    assert len(ply.points) == 16 * 8  # every 2nd pixel of the 16 near columns; the far half (2 > 1.5) left out
+    assert main(["predict", str(img), *_toy(toy_ckpt, out, "--save", "color", "--cmap", "gray",
+                                             "--percentiles", "0,100")]) == 0
+    grey = np.asarray(Image.open(out / "half_color.png"))
+    assert grey[0, 0].tolist() == [255] * 3 and grey[0, -1].tolist() == [0] * 3
+
+
+def test_video_frame_selection(tmp_path, toy_ckpt):
+    from diffdepth.io.video import VideoWriter
+
+    clip = tmp_path / "clip.mp4"
+    with VideoWriter(clip, fps=12) as vw:
+        for i in range(6):
+            vw.write(np.full((32, 32, 3), 40 * i, np.uint8))
+    out = tmp_path / "o"
+    assert main(["predict", str(clip), *_toy(toy_ckpt, out, "--start-frame", "1", "--frame-stride", "2")]) == 0
+    z = np.load(out / "clip.npz")
+    assert z["depth"].shape[0] == 3 and float(z["fps"]) == pytest.approx(6.0)
+    # frames 1, 3, 5 (flat grey 40*i, lossy codec): depth 1 + grey/255
+    np.testing.assert_allclose(z["depth"].mean(axis=(1, 2)), [1 + 40 * i / 255 for i in (1, 3, 5)], atol=0.03)
+    assert main(["predict", str(clip), *_toy(toy_ckpt, out, "--max-frames", "2")]) == 0  # new selection: redone
+    assert np.load(out / "clip.npz")["depth"].shape[0] == 2

@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="local folder or hub id (default: the method's published weights)")
     p.add_argument("--out", default="depth_out", help="output folder; the tree mirrors the inputs (default: depth_out)")
     p.add_argument("--save", default="npy,png16,color",
-                   help="comma list of npy,png16,color,side,ply,uncertainty,seg (default: npy,png16,color)")
+                   help="comma list of npy,png16,color,side,ply,uncertainty,seg,seg_ids (default: npy,png16,color)")
     p.add_argument("--processing-res", type=int, default=None,
                    help="long side the model sees (default: the method's; 0 = native size)")
     p.add_argument("--batch-size", type=int, default=1)
@@ -63,6 +63,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     e.add_argument("--cmap", default="Spectral", type=str.lower, choices=sorted(COLORMAPS), metavar="NAME",
                    help=f"colour map for color/side outputs: {', '.join(sorted(COLORMAPS))} (default: spectral)")
+    e.add_argument("--grayscale", action="store_true", help="grey colour images (same as --cmap gray)")
+    e.add_argument("--vmin", type=float, default=None, help="fixed colour range start (model units)")
+    e.add_argument("--vmax", type=float, default=None, help="fixed colour range end (model units)")
+    e.add_argument("--percentiles", default=None, metavar="LO,HI",
+                   help="colour range from these percentiles of the valid values (default: 2,98)")
+    e.add_argument("--ply-stride", type=int, default=1, metavar="N", help="PLY: keep every N-th pixel per direction")
+    e.add_argument("--ply-max-depth", type=float, default=None, metavar="D",
+                   help="PLY: leave out points farther than D (metres for metric methods)")
+    v = p.add_argument_group("video")
+    v.add_argument("--start-frame", type=int, default=0, metavar="N", help="first frame (0-based)")
+    v.add_argument("--end-frame", type=int, default=None, metavar="N", help="stop before this frame")
+    v.add_argument("--frame-stride", type=int, default=1, metavar="N", help="every N-th frame (output fps / N)")
+    v.add_argument("--max-frames", type=int, default=None, metavar="N", help="at most N frames")
 
 
 @dataclass
@@ -179,6 +192,26 @@ def check_options(args: argparse.Namespace) -> set:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.ensemble_with and not Path(args.ensemble_with).expanduser().is_dir():
         raise InputError(f"--ensemble-with {args.ensemble_with}: no such folder")
+    if getattr(args, "grayscale", False):
+        args.cmap = "gray"
+    if args.vmin is not None and args.vmax is not None and not args.vmin < args.vmax:
+        raise InputError(f"--vmin {args.vmin} must be below --vmax {args.vmax}")
+    if isinstance(args.percentiles, str):
+        try:
+            lo, hi = (float(x) for x in args.percentiles.split(","))
+        except ValueError:
+            raise InputError(f"--percentiles expects LO,HI (e.g. 2,98), got {args.percentiles!r}") from None
+        if not 0 <= lo < hi <= 100:
+            raise InputError(f"--percentiles needs 0 <= LO < HI <= 100, got {args.percentiles}")
+        args.percentiles = (lo, hi)
+    for name in ("ply_stride", "frame_stride", "max_frames"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.ply_max_depth is not None and not args.ply_max_depth > 0:
+        raise InputError(f"--ply-max-depth must be > 0, got {args.ply_max_depth}")
+    if args.start_frame < 0 or (args.end_frame is not None and args.end_frame <= args.start_frame):
+        raise InputError(f"--start-frame {args.start_frame} / --end-frame {args.end_frame}: need 0 <= start < end")
     from ..utils import parse_device, parse_dtype
 
     parse_device(args.device)
@@ -199,8 +232,8 @@ def check_method_outputs(method: str, options: Dict[str, object], formats: set) 
         allowed = ", ".join(sorted(accepted - {"with_segmentation"})) or "none"
         flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
         raise InputError(f"method {method} does not take {flags} (it takes: {allowed})")
-    if "seg" in formats and "with_segmentation" not in accepted:
-        raise InputError(f"--save seg: method {method} has no segmentation head (primedepth has one)")
+    if formats & {"seg", "seg_ids"} and "with_segmentation" not in accepted:
+        raise InputError(f"--save {','.join(sorted(formats & {'seg', 'seg_ids'}))}: method {method} has no segmentation head (primedepth has one)")
     if "uncertainty" in formats and "ensemble_size" in accepted:  # otherwise told after the first image
         if "ensemble_size" in options and int(options["ensemble_size"]) < 2:
             raise InputError(f"--save uncertainty needs an ensemble of at least 2 members; "
@@ -216,6 +249,14 @@ def run_settings(args: argparse.Namespace, method: str, checkpoint, options: Dic
     if args.ensemble_with:
         opts["ensemble_with"] = str(Path(args.ensemble_with).expanduser().resolve())
     return {"method": method, "checkpoint": checkpoint_identity(str(checkpoint)), "options": opts}
+
+
+def _render_settings(args: argparse.Namespace) -> Dict[str, dict]:
+    """Per output format, the export options its file depends on (a change redraws only it)."""
+    colour = {"cmap": args.cmap, "vmin": args.vmin, "vmax": args.vmax, "percentiles": args.percentiles}
+    frames = {"start": args.start_frame, "end": args.end_frame, "stride": args.frame_stride, "max": args.max_frames}
+    return {"color": colour, "side": {**colour, **frames}, "mp4": {**colour, **frames}, "npz": frames,
+            "ply": {"focal": args.focal, "fov": args.fov, "stride": args.ply_stride, "max_depth": args.ply_max_depth}}
 
 
 VIDEO_OUTPUTS = {"mp4": "_depth.mp4", "npz": ".npz", "side": "_side.mp4"}
@@ -252,15 +293,14 @@ def run(args: argparse.Namespace) -> int:
 
     options = method_options(args)
     check_method_outputs(method, options, formats)
-    if "seg" in formats:
+    if formats & {"seg", "seg_ids"}:
         options["with_segmentation"] = True
     index = OutputIndex(out_root, run_settings(args, method, checkpoint, options),
-                        render={"color": {"cmap": args.cmap}, "side": {"cmap": args.cmap},
-                                "ply": {"focal": args.focal, "fov": args.fov}, "mp4": {"cmap": args.cmap}},
+                        render=_render_settings(args),
                         writer=distributed.is_main())
     image_formats = sorted(formats)
     video_formats = ["mp4", "npz"] + (["side"] if "side" in formats else [])
-    ignored_for_video = sorted(formats & {"png16", "ply", "uncertainty", "seg"})
+    ignored_for_video = sorted(formats & {"png16", "ply", "uncertainty", "seg", "seg_ids"})
 
     # what each input still needs: missing files, files made with other settings, unrecorded files
     todo: List[Job] = []
@@ -360,7 +400,8 @@ def _run_jobs(args, jobs, needs, method, checkpoint, options, formats, out_root,
                 meta = item.meta
                 res = save_outputs(out_root / job.rel, pred, item.rgb, needs[job.rel], overwrite=True,
                                    focal=args.focal, fov=args.fov, exif_focal_px=getattr(meta, "focal_px", None),
-                                   cmap=args.cmap)
+                                   cmap=args.cmap, vmin=args.vmin, vmax=args.vmax, percentiles=args.percentiles,
+                                   ply_stride=args.ply_stride, ply_max_depth=args.ply_max_depth)
                 index.record(job.rel.as_posix(), [f for f in needs[job.rel] if f not in res.unavailable], pred.kind)
                 stats["images"] += 1
                 if res.unavailable:
@@ -428,14 +469,18 @@ def _predict_video(pipe, job: Job, out_root: Path, args, formats=("mp4", "npz"))
     import numpy as np
     from tqdm import tqdm
 
-    from ..io.video import iter_video_frames, save_depth_video, save_npz_frames, video_info
+    from ..io.video import (iter_video_frames, save_depth_video, save_npz_frames, select_frames, selected_count,
+                            video_depth_range, video_info)
 
     fps, n, _, _ = video_info(job.source)
+    pick = dict(start=args.start_frame, end=args.end_frame, stride=args.frame_stride, max_frames=args.max_frames)
+    n = selected_count(n, **pick)
+    fps = fps / args.frame_stride
     base = out_root / job.rel
     depths, kind, rgbs = [], None, [] if "side" in formats else None
 
     def frames():
-        for frame in iter_video_frames(job.source):
+        for frame in select_frames(iter_video_frames(job.source), **pick):
             if rgbs is not None:
                 rgbs.append(np.round(frame * 255).astype(np.uint8))
             yield frame
@@ -445,11 +490,16 @@ def _predict_video(pipe, job: Job, out_root: Path, args, formats=("mp4", "npz"))
         kind = pred.kind
         depths.append(pred.depth)
     if not depths:
-        raise InputError(f"{job.source}: the video has no frames")
+        raise InputError(f"{job.source}: no frames (the video is empty or --start-frame is past its end)")
+    rng = None
+    if args.vmin is not None or args.vmax is not None or args.percentiles is not None:
+        auto = video_depth_range(depths, kind, percentiles=args.percentiles)
+        rng = (args.vmin if args.vmin is not None else auto[0], args.vmax if args.vmax is not None else auto[1])
     if "mp4" in formats:
-        save_depth_video(base.with_name(base.name + "_depth.mp4"), depths, kind, fps, cmap=args.cmap)
+        save_depth_video(base.with_name(base.name + "_depth.mp4"), depths, kind, fps, cmap=args.cmap, value_range=rng)
     if "side" in formats:
-        save_depth_video(base.with_name(base.name + "_side.mp4"), depths, kind, fps, cmap=args.cmap, rgb_frames=rgbs)
+        save_depth_video(base.with_name(base.name + "_side.mp4"), depths, kind, fps, cmap=args.cmap, rgb_frames=rgbs,
+                         value_range=rng)
     if "npz" in formats:
         save_npz_frames(base.with_name(base.name + ".npz"), np.stack(depths), kind, fps)
     return kind, len(depths)
