@@ -377,3 +377,34 @@ def test_video_frame_selection(tmp_path, toy_ckpt):
     np.testing.assert_allclose(z["depth"].mean(axis=(1, 2)), [1 + 40 * i / 255 for i in (1, 3, 5)], atol=0.03)
     assert main(["predict", str(clip), *_toy(toy_ckpt, out, "--max-frames", "2")]) == 0  # new selection: redone
     assert np.load(out / "clip.npz")["depth"].shape[0] == 2
+
+
+# ----------------------------------------------------------------------------- item 8: native resolution
+def test_attention_maps_are_computed_on_bounded_query_chunks(monkeypatch):
+    """PrimeDepth's regional/token attention maps never need the full N x N block: with a small
+    budget every block is within it, and the depth is the same as in one block."""
+    import torch
+
+    from diffdepth.backbone import taps
+    from diffdepth.methods.primedepth import PrimeDepth
+
+    model = PrimeDepth.make_tiny(seed=0).eval()
+    x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(taps, "ATTENTION_CHUNK_BYTES", 1 << 62)
+    with torch.no_grad():
+        whole = model.predict(x).depth
+    blocks = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, *a, **kw):
+        if v.shape[-1] != q.shape[-1] or v.stride(-2) == 0:  # a map (values = regions / identity), not the UNet's
+            blocks.append(q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] * 4 * 3)
+        return sdpa(q, k, v, *a, **kw)
+
+    budget = 64 * 1024
+    monkeypatch.setattr(taps, "ATTENTION_CHUNK_BYTES", budget)
+    monkeypatch.setattr(taps.F, "scaled_dot_product_attention", spy)
+    with torch.no_grad():
+        chunked = model.predict(x).depth
+    assert blocks and max(blocks) <= budget
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
