@@ -408,3 +408,12 @@ def test_attention_maps_are_computed_on_bounded_query_chunks(monkeypatch):
         chunked = model.predict(x).depth
     assert blocks and max(blocks) <= budget
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_eval_with_every_prediction_missing_fails(tmp_path, capsys):
+    scenes = tmp_path / "scenes"
+    assert main(["synth", str(scenes), "--kind", "indoor", "--n", "2", "--size", "24x32", "--quiet"]) == 0
+    (tmp_path / "empty").mkdir()
+    assert main(["eval", "--dataset", "folder", "--data-root", str(scenes), "--predictions", str(tmp_path / "empty"),
+                 "--kind", "metric_depth", "--out", str(tmp_path / "ev"), "--no-progress"]) == 1
+    assert "no sample could be evaluated" in capsys.readouterr().err
