@@ -70,9 +70,11 @@ def test_two_process_predict_writes_every_output_once(tmp_path):
     proc = _torchrun(["predict", str(src), "--method", "_toy_methods:MeanDepth", "--checkpoint", str(ckpt),
                       "--out", str(tmp_path / "out"), "--save", "npy"], tmp_path)
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert written == [f"{i}.npy" for i in range(5)]
-    # each process reports its own share: 3 + 2 images
-    counts = sorted(int(line.split()[3]) for line in proc.stderr.splitlines() if line.startswith("wrote depth for"))
-    assert counts == [2, 3]
+    assert written == [f"{i}.npy" for i in range(5)] + ["predictions.json"]
+    # one summary for both processes (3 + 2 images), and one record listing every output
+    counts = [int(line.split()[3]) for line in proc.stderr.splitlines() if line.startswith("wrote depth for")]
+    assert counts == [5]
+    record = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert sorted(record["entries"]) == [str(i) for i in range(5)]
     for i in range(5):
         np.testing.assert_allclose(np.load(tmp_path / "out" / f"{i}.npy"), 1 + 40 * i / 255, atol=1e-5)

@@ -199,7 +199,9 @@ def test_eval_with_method_saves_predictions_that_rescore_identically(dataset, tm
                      "--processing-res", "0"]) == 0
     assert calls["processing_res"] == 0
     first = json.loads((out / "summary.json").read_text())
-    assert (out / "predictions/kind.txt").read_text().strip() == "affine_invariant_disparity"
+    record = json.loads((out / "predictions/predictions.json").read_text())
+    assert (record["kind"], record["units"], record["method"]) == ("affine_invariant_disparity", "relative disparity",
+                                                                 "marigold")
     assert (out / "predictions/sub/b.npy").is_file() and first["alignments"] == ["lsq-disparity"]
     again = tmp_path / "rescore"
     assert cli.main(["eval", "--dataset", "folder", "--data-root", str(root), "--predictions",

@@ -106,9 +106,13 @@ def test_preset_in_predict_and_eval_cli(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Image.fromarray((np.random.default_rng(0).random((24, 40, 3)) * 255).astype(np.uint8)).save("photo.png")
     assert main(["make-tiny", "mg", "--method", "metricgold"]) == 0
+    # one member: no uncertainty to give, refused before any output is written
     assert main(["predict", "photo.png", "--checkpoint", "mg", "--out", "fast", "--save", "npy,uncertainty",
+                 "--processing-res", "32", "--preset", "fast"]) == 2
+    assert not Path("fast/photo.npy").exists()
+    assert main(["predict", "photo.png", "--checkpoint", "mg", "--out", "fast", "--save", "npy",
                  "--processing-res", "32", "--preset", "fast"]) == 0
-    assert not Path("fast/photo_uncertainty.npy").exists()  # one member: no uncertainty
+    assert Path("fast/photo.npy").exists()
     assert main(["predict", "photo.png", "--checkpoint", "mg", "--out", "paper", "--save", "npy,uncertainty",
                  "--processing-res", "32", "--preset", "paper", "--steps", "3", "--seed", "0"]) == 0
     assert np.load("paper/photo_uncertainty.npy").max() > 0  # 10 members

@@ -81,3 +81,37 @@ def test_cli_make_tiny_predict_train_eval(tmp_path):
                  "--checkpoint", str(ckpt), "--out", str(tmp_path / "eval"), "--device", "cpu", "--no-progress"]) == 0
     assert any((tmp_path / "eval").rglob("*.csv")) or any((tmp_path / "eval").rglob("*.json"))
     assert final.exists()
+
+
+def test_debug_recipe_stopped_then_resumed_reaches_the_uninterrupted_weights(tmp_path):
+    """`diffdepth train configs/primedepth/debug.yaml` stopped at step 2 and resumed with --resume ends
+    at the same weights as one run of 4 steps (the checkpoint keeps model and training state together)."""
+    from safetensors.torch import load_file
+
+    from diffdepth.cli import main
+    from diffdepth.training import checkpoint as ckpt
+
+    recipe = str(ROOT / "configs/primedepth/debug.yaml")
+    common = ["val.every=0", "checkpoint.every=2", "checkpoint.keep_last=0", "log.images_every=0",
+              "data.train.0.n=8"]
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", recipe, *common, "train.max_steps=4", "--output-dir", str(tmp_path / "full")]) == 0
+        part = tmp_path / "part"
+        assert main(["train", recipe, *common, "train.max_steps=2", "--output-dir", str(part)]) == 0
+        assert (part / "checkpoint-2" / ckpt.STATE_DIR / "trainable.safetensors").exists()
+        assert (part / "checkpoint-2" / "primedepth.safetensors").exists()
+        assert main(["train", recipe, *common, "train.max_steps=4", "--output-dir", str(part), "--resume"]) == 0
+    finally:
+        torch.set_num_threads(n)
+    for name in ("training_state/trainable.safetensors", "primedepth.safetensors"):
+        a = load_file(str(tmp_path / "full" / "checkpoint-4" / name))
+        b = load_file(str(part / "checkpoint-4" / name))
+        assert a.keys() == b.keys() and a
+        for k in a:
+            assert torch.allclose(a[k].double(), b[k].double(), atol=1e-6, rtol=0), (name, k)
+    # and the two runs really moved away from the step-2 weights (the comparison is not vacuous)
+    mid = load_file(str(part / "checkpoint-2" / "primedepth.safetensors"))
+    end = load_file(str(part / "checkpoint-4" / "primedepth.safetensors"))
+    assert any(not torch.equal(mid[k], end[k]) for k in mid)

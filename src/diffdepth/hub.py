@@ -1,11 +1,16 @@
 """Resolve a checkpoint given as a local folder or a Hugging Face hub id."""
 from __future__ import annotations
 
+import contextvars
 import os
 from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import CheckpointError
+
+#: how the command at hand takes a local checkpoint instead of a hub id (``train`` sets its own)
+LOCAL_HINT = contextvars.ContextVar("diffdepth_local_checkpoint_hint",
+                                    default="pass a local folder with --checkpoint PATH")
 
 
 def is_local(source: str | os.PathLike) -> bool:
@@ -42,6 +47,6 @@ def resolve_checkpoint(
         reason = type(err).__name__
         raise CheckpointError(
             f"could not download {text} from the Hugging Face hub ({reason}; offline?) — "
-            f"pass a local folder with --checkpoint PATH (e.g. one made by `diffdepth make-tiny`)"
+            f"{LOCAL_HINT.get()} (e.g. one made by `diffdepth make-tiny`)"
         ) from None
     return Path(local)

@@ -105,23 +105,49 @@ def load_model(method: Optional[str] = None, checkpoint: Union[str, Path, None] 
     """
     from .utils import parse_device, parse_dtype
 
+    method, checkpoint = resolve_method(method, checkpoint)
+    cls = get_method(method).load_class()
+    return cls.from_pretrained(checkpoint, device=parse_device(device), dtype=parse_dtype(dtype), **kwargs)
+
+
+def _looks_local(text: str) -> bool:
+    """A path rather than a hub id (``owner/name``): starts with . / ~, or has a drive or deeper nesting."""
+    return text.startswith((".", "/", "~", "\\")) or text.count("/") > 1 or "\\" in text or text.endswith("/") \
+        or (len(text) > 1 and text[1] == ":")
+
+
+def resolve_method(method: Optional[str], checkpoint: Union[str, Path, None]) -> tuple:
+    """(method id, checkpoint) that :func:`load_model` will load, without loading anything:
+    the method from the checkpoint's marker when not given, the method's published weights
+    when no checkpoint is given. Errors name the real cause (a missing local folder, a
+    training run folder instead of one of its checkpoints, ...)."""
     if checkpoint is None:
         method = method or DEFAULT_METHOD
         checkpoint = get_method(method).default_checkpoint
         if checkpoint is None:
             raise InputError(f"method {method!r} has no published checkpoint — pass --checkpoint PATH "
                              f"(train one, or `diffdepth make-tiny DIR --method {method}` for a smoke test)")
+        return method, checkpoint
     local = Path(checkpoint).expanduser()
     if local.exists():
         found = detect_method(local)
+        if found is None and local.is_dir():
+            runs = sorted((int(p.name.split("-")[1]), p) for p in local.glob("checkpoint-*")
+                          if p.is_dir() and p.name.split("-")[1].isdigit())
+            if runs:
+                raise CheckpointError(f"{local} is a training run folder, not a checkpoint — pass one of its "
+                                      f"checkpoints, e.g. --checkpoint {runs[-1][1]}")
         if method is None:
             if found is None:
-                raise CheckpointError(f"cannot tell which method {local} belongs to — pass --method")
+                raise CheckpointError(f"cannot tell which method {local} belongs to (no diffdepth.json, "
+                                      f"model_index.json or .ckpt in it) — pass --method")
             method = found
         elif (found is not None and found != method and ":" not in method
               and not {found, method} <= {"marigold", "metricgold"}):
             raise CheckpointError(f"{local} is a {found!r} checkpoint, not {method!r} — drop --method or fix it")
+    elif _looks_local(str(checkpoint)):
+        raise InputError(f"checkpoint {checkpoint}: no such file or folder")
     elif method is None:
-        raise InputError("pass --method when --checkpoint is a hub id")
-    cls = get_method(method).load_class()
-    return cls.from_pretrained(checkpoint, device=parse_device(device), dtype=parse_dtype(dtype), **kwargs)
+        raise InputError(f"pass --method when --checkpoint is a hub id ({checkpoint} is not a local folder)")
+    get_method(method)
+    return method, checkpoint

@@ -20,6 +20,23 @@ def _umask() -> int:
     os.umask(mask)
     return mask
 
+def apply_umask(path: PathLike) -> None:
+    """Give ``path`` (and, for a folder, everything under it) the permissions a plain ``open``
+    would: 0666/0777 minus the user's umask. Writers such as safetensors create 0600 files,
+    which colleagues on a shared cluster could not read."""
+    mask = _umask()
+    path = Path(path)
+    if path.is_dir():
+        os.chmod(path, 0o777 & ~mask)
+        for dirpath, dirnames, filenames in os.walk(path):
+            for d in dirnames:
+                os.chmod(os.path.join(dirpath, d), 0o777 & ~mask)
+            for f in filenames:
+                os.chmod(os.path.join(dirpath, f), 0o666 & ~mask)
+    elif path.exists():
+        os.chmod(path, 0o666 & ~mask)
+
+
 _DTYPES = {
     "fp32": torch.float32, "float32": torch.float32,
     "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
@@ -68,9 +85,9 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp_path
+        apply_umask(tmp_path)  # mkstemp (and safetensors, which rewrites the file) make 0600
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -86,9 +103,9 @@ def atomic_dir(path: PathLike, overwrite: bool = True) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
     try:
         yield tmp
+        apply_umask(tmp)  # mkdtemp makes 0700, safetensors 0600
         if path.exists():
             if not overwrite:
                 raise FileExistsError(f"{path} exists")

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..hub import resolve_checkpoint
+from ..utils import apply_umask
 from .taps import Preimage, _Stop, tapped
 
 DEFAULT_SD = "stabilityai/stable-diffusion-2-1"
@@ -93,6 +94,7 @@ class StableDiffusion(nn.Module):
                     part.save_pretrained(path / name, safe_serialization=True)
             else:
                 part.save_pretrained(path / name)
+            apply_umask(path / name)  # safetensors writes 0600; follow the user's umask
         if model_index:
             index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": _diffusers_version()}
             for name in COMPONENTS:

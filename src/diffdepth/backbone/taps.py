@@ -81,6 +81,29 @@ def token_attention(q: torch.Tensor, k: torch.Tensor, scale: Optional[float] = N
     return F.scaled_dot_product_attention(q, k, eye, scale=scale)
 
 
+#: bytes one attention-probability block may take; larger query sets are processed in chunks
+ATTENTION_CHUNK_BYTES = 256 * 2**20
+
+
+def over_query_chunks(fn, q: torch.Tensor, k: torch.Tensor, *args, budget: Optional[int] = None,
+                      **kwargs) -> torch.Tensor:
+    """``fn(q, k, ...)`` (softmax over keys per query: rows are independent) on query chunks whose
+    ``[B, H, chunk, M]`` score block stays within ``budget`` bytes. SDPA falls back to its math
+    kernel (a full ``N x M`` matrix) when the value width differs from the head width (regional
+    maps with R*R != head_dim); chunking keeps native-resolution inputs from needing O(N^2) memory."""
+    budget = ATTENTION_CHUNK_BYTES if budget is None else budget
+    b, heads, n, _ = q.shape
+    per_query = b * heads * k.shape[-2] * max(q.element_size(), 4) * 3  # scores, softmax, temporaries
+    chunk = max(1, budget // per_query)
+    if chunk >= n:
+        return fn(q, k, *args, **kwargs)
+    return torch.cat([fn(q[:, :, i:i + chunk], k, *args, **kwargs) for i in range(0, n, chunk)], dim=2)
+
+
+def _regional_rows(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, scale: Optional[float]) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, w.expand(q.shape[0], q.shape[1], *w.shape), scale=scale)
+
+
 def _to_map(probs: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """``[B, H, N, C]`` -> ``[B, H*C, h, w]`` (head-major channels)."""
     b, heads, n, c = probs.shape
@@ -142,10 +165,13 @@ class TapAttnProcessor:
         if self.hw is not None:
             h, w = self.hw
             if self.mode == "self":
-                fn = regional_attention_naive if self.reference else regional_attention
-                probs = fn(q, k, h, w, self.regions, scale=scale)
+                if self.reference:
+                    probs = regional_attention_naive(q, k, h, w, self.regions, scale=scale)
+                else:
+                    weights = region_weights(h, w, self.regions, dtype=q.dtype, device=q.device)  # [N, R*R]
+                    probs = over_query_chunks(_regional_rows, q, k, weights, scale)
             else:
-                probs = token_attention(q, k, scale=scale)
+                probs = over_query_chunks(token_attention, q, k, scale=scale)
             self.sink[self.name] = _to_map(probs, h, w)
 
         if spatial:

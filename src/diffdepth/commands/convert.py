@@ -31,7 +31,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{args.src}: no such file")
     module, _, name = CONVERTERS[args.kind].partition(":")
     convert = getattr(importlib.import_module(module), name)
-    report = convert(args.src, args.out, **_parse_opts(args.opt))
+    from ..utils import atomic_dir
+
+    with atomic_dir(Path(args.out).expanduser()) as tmp:  # the folder appears complete or not at all
+        report = convert(args.src, str(tmp), **_parse_opts(args.opt))
     unmapped, missing = report.get("unmapped", []), report.get("missing", [])
     print(f"converted {args.src} -> {args.out}")
     print(f"  unmapped source keys: {len(unmapped)}" + "".join(f"\n    {k}" for k in unmapped[:50]))

@@ -12,8 +12,8 @@ examples:
   diffdepth eval --dataset folder --data-root synth/ --predictions preds/ --kind metric_depth --out runs/synth
 
 Predictions folder: one float32 .npy per sample at PRED_DIR/<name>.npy, <name> = the
-sample's image path relative to --data-root without its extension; kind.txt (optional)
-names the kind. Outputs: OUT/summary.json, OUT/summary.md, OUT/per_sample.csv
+sample's image path relative to --data-root without its extension; predictions.json
+(written by `diffdepth predict`/`eval`) or kind.txt names the kind. Outputs: OUT/summary.json, OUT/summary.md, OUT/per_sample.csv
 (+ OUT/predictions/ when a model is run).
 """
 
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how predictions are aligned to the ground truth (default: the protocol's, "
                              "usually auto = from the prediction kind)")
     parser.add_argument("--kind", choices=DEPTH_KINDS, default=None,
-                        help="what saved predictions mean (default: PRED_DIR/kind.txt, else affine_invariant_depth)")
+                        help="what saved predictions mean (default: recorded in PRED_DIR/predictions.json or kind.txt)")
     parser.add_argument("--crop", choices=("nyu_eigen", "kitti_eigen", "kitti_garg", "none"), default=None,
                         help="override the protocol's evaluation crop")
     parser.add_argument("--min-depth", type=float, default=None, metavar="M", help="override the dataset's min depth")
@@ -86,12 +86,16 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     info = {"data_root": str(Path(args.data_root).expanduser()),
-            "split_file": str(args.split_file) if args.split_file else "published",
+            "split_file": str(args.split_file) if args.split_file else (
+                "published" if getattr(dataset, "split_key", None) else None),  # None: every sample of the folder
             "split_listed": getattr(dataset, "num_listed", len(dataset)),
             "alignment": args.alignment or protocol.alignment}
     if args.predictions is not None:
         predictor = PredictionFolder(args.predictions, args.kind)
         info.update(predictions=str(predictor.folder), kind=predictor.kind)
+        if predictor.kind_source == "default":
+            print(f"note: {predictor.folder} records no kind (no predictions.json or kind.txt); reading the "
+                  f"predictions as {predictor.kind} — pass --kind if they are something else", file=sys.stderr)
         records = evaluate(samples, predictor, protocol, args.alignment,
                            progress=not args.no_progress and distributed.is_main(), total=len(mine))
     else:
@@ -119,8 +123,9 @@ def run(args: argparse.Namespace) -> int:
                     predictions=str(out / "predictions"))
         records = evaluate(samples, predict, protocol, args.alignment, kind=args.kind,
                            save_dir=out / "predictions", progress=not args.no_progress and distributed.is_main(),
-                           total=len(mine))
-        distributed.barrier()  # every process has written its predictions (and kind.txt)
+                           total=len(mine), record={"method": args.method, "checkpoint": args.checkpoint,
+                                                    "options": {**options, "processing_res": res}})
+        distributed.barrier()  # every process has written its predictions (and predictions.json)
         info["kind"] = read_kind_file(out / "predictions")
 
     records = distributed.unshard(distributed.gather_objects(records), n)

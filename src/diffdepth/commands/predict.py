@@ -7,7 +7,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ..errors import InputError
 
@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="local folder or hub id (default: the method's published weights)")
     p.add_argument("--out", default="depth_out", help="output folder; the tree mirrors the inputs (default: depth_out)")
     p.add_argument("--save", default="npy,png16,color",
-                   help="comma list of npy,png16,color,side,ply,uncertainty,seg (default: npy,png16,color)")
+                   help="comma list of npy,png16,color,side,ply,uncertainty,seg,seg_ids (default: npy,png16,color)")
     p.add_argument("--processing-res", type=int, default=None,
                    help="long side the model sees, aspect ratio kept (default: the method's — DiffSQL: exactly "
                         "its fixed input size, 640x192; 0 = native size)")
@@ -64,7 +64,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e = p.add_argument_group("export")
     e.add_argument("--focal", type=float, default=None, help="focal length in pixels for the PLY point cloud")
     e.add_argument("--fov", type=float, default=None, help="horizontal field of view in degrees for the PLY")
-    e.add_argument("--cmap", default="Spectral", help="colour map for color/side outputs (Spectral, turbo, inferno, gray)")
+    from ..io.colormaps import COLORMAPS
+
+    e.add_argument("--cmap", default="Spectral", type=str.lower, choices=sorted(COLORMAPS), metavar="NAME",
+                   help=f"colour map for color/side outputs: {', '.join(sorted(COLORMAPS))} (default: spectral)")
+    e.add_argument("--grayscale", action="store_true", help="grey colour images (same as --cmap gray)")
+    e.add_argument("--vmin", type=float, default=None, help="fixed colour range start (model units)")
+    e.add_argument("--vmax", type=float, default=None, help="fixed colour range end (model units)")
+    e.add_argument("--percentiles", default=None, metavar="LO,HI",
+                   help="colour range from these percentiles of the valid values (default: 2,98)")
+    e.add_argument("--ply-stride", type=int, default=1, metavar="N", help="PLY: keep every N-th pixel per direction")
+    e.add_argument("--ply-max-depth", type=float, default=None, metavar="D",
+                   help="PLY: leave out points farther than D (metres for metric methods)")
+    v = p.add_argument_group("video")
+    v.add_argument("--start-frame", type=int, default=0, metavar="N", help="first frame (0-based)")
+    v.add_argument("--end-frame", type=int, default=None, metavar="N", help="stop before this frame")
+    v.add_argument("--frame-stride", type=int, default=1, metavar="N", help="every N-th frame (output fps / N)")
+    v.add_argument("--max-frames", type=int, default=None, metavar="N", help="at most N frames")
 
 
 @dataclass
@@ -84,13 +100,29 @@ def _split_glob(pattern: str) -> Path:
     return Path(*base) if base else Path(".")
 
 
-def collect_inputs(inputs: List[str]) -> Tuple[List[Job], List[Tuple[str, str]]]:
-    """Expand files, folders and globs into jobs with output paths mirroring the inputs."""
+def collect_inputs(inputs: List[str], out_root: Optional[Path] = None,
+                   skipped: Optional[Dict[str, int]] = None) -> Tuple[List[Job], List[Tuple[str, str]]]:
+    """Expand files, folders and globs into jobs with output paths mirroring the inputs.
+
+    Folders and globs never yield files of an output folder (``out_root``, or any folder
+    holding a ``predictions.json``) nor ground-truth maps (``X_depth.png`` beside ``X.png``);
+    ``skipped`` counts what was left out and why.
+    """
     from ..io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+    from ..io.sidecar import excluded_input
 
     jobs: List[Job] = []
     failures: List[Tuple[str, str]] = []
     known = tuple(IMAGE_EXTENSIONS) + tuple(VIDEO_EXTENSIONS)
+    skipped = skipped if skipped is not None else {}
+    cache: Dict[Path, bool] = {}
+
+    def keep(f: Path) -> bool:
+        reason = excluded_input(f, out_root, cache)
+        if reason:
+            skipped[reason] = skipped.get(reason, 0) + 1
+        return reason is None
+
     for text in inputs:
         path = Path(text).expanduser()
         if path.is_dir():
@@ -98,12 +130,16 @@ def collect_inputs(inputs: List[str]) -> Tuple[List[Job], List[Tuple[str, str]]]
                            and not any(part.startswith(".") for part in f.relative_to(path).parts))
             if not found:
                 failures.append((text, "folder holds no image or video files"))
-            jobs += [Job(f, f.relative_to(path).with_suffix("")) for f in found]
+            kept = [f for f in found if keep(f)]
+            if found and not kept:
+                failures.append((text, "folder holds only outputs of diffdepth (predictions.json) or ground-truth maps"))
+            jobs += [Job(f, f.relative_to(path).with_suffix("")) for f in kept]
         elif path.is_file():
             jobs.append(Job(path, Path(path.stem)))
         elif glob.has_magic(text):
             base = _split_glob(text)
             found = sorted(Path(f) for f in glob.glob(text, recursive=True) if Path(f).is_file())
+            found = [f for f in found if f.suffix.lower() not in known or keep(f)]
             if not found:
                 failures.append((text, "pattern matches no file"))
             for f in found:
@@ -135,65 +171,229 @@ def _parse_opts(items: List[str]) -> Dict[str, object]:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .. import distributed
-    from ..errors import DiffdepthError
-    from ..io import VIDEO_EXTENSIONS
-    from ..io.export import parse_formats, output_path, save_outputs
-    from ..pipeline import DepthPipeline
-    from ..registry import load_model
+def check_options(args: argparse.Namespace) -> set:
+    """Every option checked before any input is read or model loaded; returns the output formats."""
+    from ..io.export import parse_formats
 
     formats = parse_formats(args.save)
+    if not formats:
+        raise InputError("--save is empty; name at least one of npy,png16,color,side,ply,uncertainty,seg")
     out_root = Path(args.out).expanduser()
-    jobs, failures = collect_inputs(args.inputs)
+    if out_root.exists() and not out_root.is_dir():
+        raise InputError(f"--out {args.out} is a file; name a folder (it is created if missing)")
+    if args.focal is not None and args.fov is not None:
+        raise InputError("--focal and --fov both set; give one (focal length in pixels, or field of view in degrees)")
+    if args.focal is not None and not args.focal > 0:
+        raise InputError(f"--focal must be > 0 pixels, got {args.focal}")
+    if args.fov is not None and not 0 < args.fov < 180:
+        raise InputError(f"--fov must be between 0 and 180 degrees, got {args.fov}")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.processing_res is not None and args.processing_res < 0:
+        raise InputError(f"--processing-res must be >= 0 (0 = native), got {args.processing_res}")
+    for name in ("steps", "ensemble_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.ensemble_with and not Path(args.ensemble_with).expanduser().is_dir():
+        raise InputError(f"--ensemble-with {args.ensemble_with}: no such folder")
+    if getattr(args, "grayscale", False):
+        args.cmap = "gray"
+    if args.vmin is not None and args.vmax is not None and not args.vmin < args.vmax:
+        raise InputError(f"--vmin {args.vmin} must be below --vmax {args.vmax}")
+    if isinstance(args.percentiles, str):
+        try:
+            lo, hi = (float(x) for x in args.percentiles.split(","))
+        except ValueError:
+            raise InputError(f"--percentiles expects LO,HI (e.g. 2,98), got {args.percentiles!r}") from None
+        if not 0 <= lo < hi <= 100:
+            raise InputError(f"--percentiles needs 0 <= LO < HI <= 100, got {args.percentiles}")
+        args.percentiles = (lo, hi)
+    for name in ("ply_stride", "frame_stride", "max_frames"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.ply_max_depth is not None and not args.ply_max_depth > 0:
+        raise InputError(f"--ply-max-depth must be > 0, got {args.ply_max_depth}")
+    if args.start_frame < 0 or (args.end_frame is not None and args.end_frame <= args.start_frame):
+        raise InputError(f"--start-frame {args.start_frame} / --end-frame {args.end_frame}: need 0 <= start < end")
+    from ..utils import parse_device, parse_dtype
+
+    parse_device(args.device)
+    parse_dtype(args.dtype)
+    return formats
+
+
+def check_method_outputs(method: str, options: Dict[str, object], formats: set) -> None:
+    """Method options and outputs the method cannot give, named before its model is loaded."""
+    from ..registry import get_method
+
+    cls = get_method(method).load_class()
+    accepted = getattr(cls, "predict_options", None)
+    if accepted is None:
+        return
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        allowed = ", ".join(sorted(accepted - {"with_segmentation"})) or "none"
+        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        raise InputError(f"method {method} does not take {flags} (it takes: {allowed})")
+    if formats & {"seg", "seg_ids"} and "with_segmentation" not in accepted:
+        raise InputError(f"--save {','.join(sorted(formats & {'seg', 'seg_ids'}))}: method {method} has no segmentation head (primedepth has one)")
+    if "uncertainty" in formats and "ensemble_size" in accepted:  # otherwise told after the first image
+        if "ensemble_size" in options and int(options["ensemble_size"]) < 2:
+            raise InputError(f"--save uncertainty needs an ensemble of at least 2 members; "
+                             f"got --ensemble-size {options['ensemble_size']}")
+
+
+def run_settings(args: argparse.Namespace, method: str, checkpoint, options: Dict[str, object]) -> dict:
+    """What determines the predicted values of a run (recorded in predictions.json; a change recomputes)."""
+    from ..io.sidecar import checkpoint_identity
+
+    opts = {k: v for k, v in options.items() if k != "with_segmentation"}
+    opts.update(processing_res=args.processing_res, dtype=args.dtype)
+    if args.ensemble_with:
+        opts["ensemble_with"] = str(Path(args.ensemble_with).expanduser().resolve())
+    return {"method": method, "checkpoint": checkpoint_identity(str(checkpoint)), "options": opts}
+
+
+def _render_settings(args: argparse.Namespace) -> Dict[str, dict]:
+    """Per output format, the export options its file depends on (a change redraws only it)."""
+    colour = {"cmap": args.cmap, "vmin": args.vmin, "vmax": args.vmax, "percentiles": args.percentiles}
+    frames = {"start": args.start_frame, "end": args.end_frame, "stride": args.frame_stride, "max": args.max_frames}
+    return {"color": colour, "side": {**colour, **frames}, "mp4": {**colour, **frames}, "npz": frames,
+            "ply": {"focal": args.focal, "fov": args.fov, "stride": args.ply_stride, "max_depth": args.ply_max_depth}}
+
+
+VIDEO_OUTPUTS = {"mp4": "_depth.mp4", "npz": ".npz", "side": "_side.mp4"}
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import distributed
+    from ..io import VIDEO_EXTENSIONS
+    from ..io.export import output_path
+    from ..io.sidecar import OutputIndex
+    from ..registry import resolve_method
+
+    formats = check_options(args)
+    out_root = Path(args.out).expanduser()
+    method, checkpoint = resolve_method(args.method, args.checkpoint)
+    skipped: Dict[str, int] = {}
+    jobs, failures = collect_inputs(args.inputs, out_root, skipped)
+    for reason, count in sorted(skipped.items()):
+        if distributed.is_main():
+            print(f"left out {count} file(s) of the input folders: {reason}", file=sys.stderr)
     # unique output names: two inputs must never write the same files
     seen: Dict[Path, Path] = {}
     unique: List[Job] = []
     for job in jobs:
         job.rel = _safe_rel(job.rel)
         if job.rel in seen:
-            failures.append((str(job.source), f"its outputs would collide with those of {seen[job.rel]}; predict it separately"))
+            if seen[job.rel].resolve() != job.source.resolve():  # the same file named twice is one input
+                failures.append((str(job.source), f"its outputs would collide with those of {seen[job.rel]}; "
+                                                  f"predict it separately"))
             continue
         seen[job.rel] = job.source
         unique.append(job)
     jobs = distributed.shard(unique)
 
     options = method_options(args)
-    if "seg" in formats:
+    check_method_outputs(method, options, formats)
+    if formats & {"seg", "seg_ids"}:
         options["with_segmentation"] = True
+    index = OutputIndex(out_root, run_settings(args, method, checkpoint, options),
+                        render=_render_settings(args),
+                        writer=distributed.is_main())
+    image_formats = sorted(formats)
+    video_formats = ["mp4", "npz"] + (["side"] if "side" in formats else [])
+    ignored_for_video = sorted(formats & {"png16", "ply", "uncertainty", "seg", "seg_ids"})
 
-    if not args.overwrite:  # outputs all present: nothing to compute
-        todo = []
-        for job in jobs:
-            base = out_root / job.rel
-            is_video = job.source.suffix.lower() in VIDEO_EXTENSIONS
-            wanted = [base.with_name(base.name + "_depth.mp4"), base.with_name(base.name + ".npz")] if is_video else \
-                [output_path(base, f) for f in formats if f not in ("uncertainty", "seg")]
-            if wanted and all(p.exists() for p in wanted):
-                continue
+    # what each input still needs: missing files, files made with other settings, unrecorded files
+    todo: List[Job] = []
+    needs: Dict[Path, List[str]] = {}
+    for job in jobs:
+        base = out_root / job.rel
+        is_video = job.source.suffix.lower() in VIDEO_EXTENSIONS
+        if is_video:
+            paths = {f: base.with_name(base.name + VIDEO_OUTPUTS[f]) for f in video_formats}
+        else:
+            paths = {f: output_path(base, f) for f in image_formats}
+        want = list(paths) if args.overwrite else index.missing(job.rel.as_posix(), paths, paths)
+        if want:
+            needs[job.rel] = want
             todo.append(job)
-        kept = len(jobs) - len(todo)
+    kept = len(jobs) - len(todo)
+    changed = index.settings_changed()
+    jobs = todo
+    stats = {"images": 0, "videos": 0, "frames": 0, "seconds": 0.0}
+    if jobs:
+        if ignored_for_video and any(j.source.suffix.lower() in VIDEO_EXTENSIONS for j in jobs):
+            print(f"note: --save {','.join(ignored_for_video)} applies to images only; videos get NAME_depth.mp4, "
+                  f"NAME.npz (and NAME_side.mp4 with side)", file=sys.stderr)
+        try:
+            _run_jobs(args, jobs, needs, method, checkpoint, options, formats, out_root, index, failures, stats)
+        finally:
+            index.flush()
+    # one summary for all processes (under torchrun/accelerate each handled its shard)
+    per_rank = distributed.gather_objects((kept, bool(jobs), stats, failures, index.new))
+    if not distributed.is_main():
+        return 1 if failures else 0
+    index.merge([r[4] for r in per_rank[1:]])
+    index.flush()
+    kept = sum(r[0] for r in per_rank)
+    failures = [f for r in per_rank for f in r[3]]
+    total = {k: sum(r[2][k] for r in per_rank) for k in stats}
+    seconds = max(r[2]["seconds"] for r in per_rank)
+    if not args.overwrite:
+        if changed is not None and any(r[1] for r in per_rank):
+            print(f"{out_root} holds outputs made with other settings ({_describe_change(changed, index.settings)}); "
+                  f"recomputed them", file=sys.stderr)
         if kept:
             print(f"{kept} input(s) already have all outputs in {out_root} (use --overwrite to redo)", file=sys.stderr)
-        jobs = todo
+    if total["images"] or total["videos"]:
+        rate = []
+        if total["images"]:
+            rate.append(f"{total['images']} image(s)")
+        if total["videos"]:
+            rate.append(f"{total['videos']} video(s), {total['frames']} frames")
+        n = total["images"] + total["frames"]
+        print(f"wrote depth for {' and '.join(rate)} to {out_root} in {seconds:.1f} s "
+              f"({n / max(seconds, 1e-9):.2f} {'frames' if total['frames'] else 'img'}/s)", file=sys.stderr)
+    return _finish(failures, total["images"] + total["videos"])
 
-    if not jobs:
-        return _finish(failures, 0)
 
-    model = load_model(args.method, args.checkpoint, device=args.device, dtype=args.dtype)
+class _StopRun(InputError):
+    """An error that is the same for every input: the run stops instead of failing each."""
+
+
+def _run_jobs(args, jobs, needs, method, checkpoint, options, formats, out_root, index, failures, stats) -> None:
+    from tqdm import tqdm
+
+    from ..errors import DiffdepthError
+    from ..io import VIDEO_EXTENSIONS
+    from ..io.export import save_outputs
+    from ..pipeline import DepthPipeline
+    from ..registry import load_model
+
+    model = load_model(method, checkpoint, device=args.device, dtype=args.dtype)
+    if "uncertainty" in formats and "ensemble_size" in model.predict_options and "ensemble_size" not in options:
+        members = int((getattr(model, "config", None) or {}).get("default_ensemble_size", 1))
+        preset = getattr(model, "presets", {}).get(options.get("preset"))
+        if preset is not None:
+            members = int(preset[1].get("ensemble_size", members))
+        if members < 2:
+            source = f"--preset {options['preset']}" if preset is not None else "this checkpoint"
+            raise InputError(f"--save uncertainty needs an ensemble; {source} predicts {members} member(s) "
+                             f"by default — add --ensemble-size N (N >= 2)")
     pipe = DepthPipeline(model, processing_res=args.processing_res, batch_size=args.batch_size, **options)
     ensemble = _external_ensembler(args.ensemble_with) if args.ensemble_with else None
 
     images = [j for j in jobs if j.source.suffix.lower() not in VIDEO_EXTENSIONS]
     videos = [j for j in jobs if j.source.suffix.lower() in VIDEO_EXTENSIONS]
-    done = 0
     start = time.perf_counter()
 
-    def on_error(index, source, err):
-        failures.append((str(images[index].source), str(err)))
-        bar.write(f"skipped {images[index].source}: {err}")
+    def on_error(index_, source, err):
+        failures.append((str(images[index_].source), str(err)))
+        bar.write(_skipped(images[index_].source, err), file=sys.stderr)
 
     with tqdm(total=len(images), unit="img", desc="predict", disable=None, file=sys.stderr) as bar:
         stream = pipe.iter_predictions([j.source for j in images], on_error=on_error)
@@ -207,65 +407,118 @@ def run(args: argparse.Namespace) -> int:
                 if ensemble is not None:
                     pred = ensemble(job.rel, pred)
                 meta = item.meta
-                save_outputs(out_root / job.rel, pred, item.rgb, formats, overwrite=args.overwrite,
-                             focal=args.focal, fov=args.fov, exif_focal_px=getattr(meta, "focal_px", None),
-                             cmap=args.cmap)
-                done += 1
+                res = save_outputs(out_root / job.rel, pred, item.rgb, needs[job.rel], overwrite=True,
+                                   focal=args.focal, fov=args.fov, exif_focal_px=getattr(meta, "focal_px", None),
+                                   cmap=args.cmap, vmin=args.vmin, vmax=args.vmax, percentiles=args.percentiles,
+                                   ply_stride=args.ply_stride, ply_max_depth=args.ply_max_depth)
+                index.record(job.rel.as_posix(), [f for f in needs[job.rel] if f not in res.unavailable], pred.kind)
+                stats["images"] += 1
+                if res.unavailable:
+                    stream.close()
+                    raise _StopRun(f"--save {','.join(res.unavailable)}: this method gives no "
+                                   f"{' or '.join(res.unavailable)} ({_unavailable_hint(res.unavailable)}); "
+                                   f"drop it from --save")
+            except _StopRun:
+                raise
             except DiffdepthError as err:
                 failures.append((str(job.source), str(err)))
-                bar.write(f"skipped {job.source}: {err}")
+                bar.write(_skipped(job.source, err), file=sys.stderr)
             bar.update(1)
     for job in videos:
         try:
-            _predict_video(pipe, job, out_root, args)
-            done += 1
+            kind, n = _predict_video(pipe, job, out_root, args, needs[job.rel])
+            index.record(job.rel.as_posix(), needs[job.rel], kind)
+            stats["videos"] += 1
+            stats["frames"] += n
         except DiffdepthError as err:
             failures.append((str(job.source), str(err)))
-            print(f"skipped {job.source}: {err}", file=sys.stderr)
-    elapsed = time.perf_counter() - start
-    if done:
-        print(f"wrote depth for {done} input(s) to {out_root} in {elapsed:.1f} s ({done / max(elapsed, 1e-9):.2f} img/s)",
-              file=sys.stderr)
-    return _finish(failures, done)
+            print(_skipped(job.source, err), file=sys.stderr)
+    stats["seconds"] = time.perf_counter() - start
+
+
+def _skipped(source: Path, err: Exception) -> str:
+    """``skipped SOURCE: message``, naming the path once when the message already does."""
+    text = str(err)
+    return f"skipped: {text}" if str(source) in text else f"skipped {source}: {text}"
+
+
+def _unavailable_hint(names: List[str]) -> str:
+    hints = {"uncertainty": "uncertainty comes from an ensemble: marigold/metricgold with --ensemble-size N >= 2",
+             "seg": "seg needs a method with a segmentation head, e.g. primedepth"}
+    return "; ".join(hints[n] for n in names if n in hints)
+
+
+def _describe_change(old: dict, new: dict) -> str:
+    parts = []
+    for key in ("method", "checkpoint"):
+        if old.get(key) != new.get(key):
+            parts.append(f"{key} {old.get(key)} -> {new.get(key)}")
+    a, b = old.get("options") or {}, new.get("options") or {}
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            parts.append(f"{key} {a.get(key)} -> {b.get(key)}")
+    return ", ".join(parts) or "settings changed"
 
 
 def _finish(failures, done) -> int:
     if failures:
         print(f"{len(failures)} input(s) failed:", file=sys.stderr)
         for source, reason in failures:
-            print(f"  {source}: {reason}", file=sys.stderr)
+            print(f"  {reason}" if source in reason else f"  {source}: {reason}", file=sys.stderr)
         return 1
     return 0
 
 
-def _predict_video(pipe, job: Job, out_root: Path, args) -> None:
-    """Frames in order through the method's temporal hook -> colourised mp4 + per-frame .npz.
+def _predict_video(pipe, job: Job, out_root: Path, args, formats=("mp4", "npz")) -> Tuple[str, int]:
+    """Frames in order through the method's temporal hook -> colourised mp4 + per-frame .npz
+    (+ ``NAME_side.mp4``, RGB beside depth, with ``side``); returns the kind and the frame count.
 
     The colour range is shared by all frames (no flicker), so frames are coloured at the end.
     """
     import numpy as np
     from tqdm import tqdm
 
-    from ..io.video import iter_video_frames, save_depth_video, save_npz_frames, video_info
+    from ..io.video import (iter_video_frames, save_depth_video, save_npz_frames, select_frames, selected_count,
+                            video_depth_range, video_info)
 
     fps, n, _, _ = video_info(job.source)
+    pick = dict(start=args.start_frame, end=args.end_frame, stride=args.frame_stride, max_frames=args.max_frames)
+    n = selected_count(n, **pick)
+    fps = fps / args.frame_stride
     base = out_root / job.rel
-    depths, kind = [], None
-    for pred in tqdm(pipe.video(iter_video_frames(job.source)), total=n, unit="frame",
+    depths, kind, rgbs = [], None, [] if "side" in formats else None
+
+    def frames():
+        for frame in select_frames(iter_video_frames(job.source), **pick):
+            if rgbs is not None:
+                rgbs.append(np.round(frame * 255).astype(np.uint8))
+            yield frame
+
+    for pred in tqdm(pipe.video(frames()), total=n, unit="frame",
                      desc=job.source.name, disable=None, file=sys.stderr):
         kind = pred.kind
         depths.append(pred.depth)
     if not depths:
-        raise InputError(f"{job.source}: the video has no frames")
-    save_depth_video(base.with_name(base.name + "_depth.mp4"), depths, kind, fps, cmap=args.cmap)
-    save_npz_frames(base.with_name(base.name + ".npz"), np.stack(depths), kind, fps)
+        raise InputError(f"{job.source}: no frames (the video is empty or --start-frame is past its end)")
+    rng = None
+    if args.vmin is not None or args.vmax is not None or args.percentiles is not None:
+        auto = video_depth_range(depths, kind, percentiles=args.percentiles)
+        rng = (args.vmin if args.vmin is not None else auto[0], args.vmax if args.vmax is not None else auto[1])
+    if "mp4" in formats:
+        save_depth_video(base.with_name(base.name + "_depth.mp4"), depths, kind, fps, cmap=args.cmap, value_range=rng)
+    if "side" in formats:
+        save_depth_video(base.with_name(base.name + "_side.mp4"), depths, kind, fps, cmap=args.cmap, rgb_frames=rgbs,
+                         value_range=rng)
+    if "npz" in formats:
+        save_npz_frames(base.with_name(base.name + ".npz"), np.stack(depths), kind, fps)
+    return kind, len(depths)
 
 
 def _external_ensembler(folder: str):
     """Average our disparity with another model's prediction at the same relative path.
 
     PrimeDepth's paper averages its disparity with Depth Anything's; the external map is
-    inverted if its ``kind.txt`` says depth, aligned to ours by least squares, then averaged.
+    inverted if its recorded kind (predictions.json or kind.txt) says depth, aligned to ours by least squares, then averaged.
     """
     from ..methods.primedepth.ensemble import ensemble_with, external_kind_of, find_external, read_external
     from ..types import AFFINE_DISPARITY, DepthPrediction

@@ -798,7 +798,7 @@ def _progress(total: int, desc: str, enabled: bool):
     try:
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+        return tqdm(total=total, desc=desc, disable=None if enabled else True, leave=False)  # None: off when not a terminal
     except ImportError:  # pragma: no cover
         return None
 

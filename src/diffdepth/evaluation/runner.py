@@ -27,7 +27,6 @@ from .metrics import HIGHER_IS_BETTER, METRIC_NAMES, compute_metrics
 from .protocols import Protocol
 
 PathLike = Union[str, os.PathLike]
-KIND_FILE = "kind.txt"
 
 #: record statuses; only "ok" records enter the means
 STATUSES = ("ok", "empty_mask", "missing_prediction", "bad_prediction", "alignment_failed")
@@ -50,24 +49,28 @@ class SampleRecord:
 
 # ---------------------------------------------------------------------------- predictions
 def read_kind_file(folder: PathLike) -> Optional[str]:
-    path = Path(folder) / KIND_FILE
-    if not path.is_file():
-        return None
-    kind = path.read_text().strip()
-    try:
-        return check_kind(kind)
-    except ValueError as err:
-        raise InputError(f"{path}: {err}") from None
+    """The kind a predictions folder records (``predictions.json``, or a bare ``kind.txt``)."""
+    from ..io.sidecar import prediction_kind
+
+    return prediction_kind(folder)
 
 
 class PredictionFolder:
-    """Saved predictions: ``<folder>/<sample name>.npy`` (float32 [H,W]) + optional ``kind.txt``."""
+    """Saved predictions: ``<folder>/<sample name>.npy`` (float32 [H,W]) + the folder's record of
+    their kind (``predictions.json`` from ``diffdepth predict``/``eval``, or ``kind.txt``).
+    ``kind_source`` says where the kind came from (``--kind``, the file, or ``default``)."""
 
     def __init__(self, folder: PathLike, kind: Optional[str] = None):
         self.folder = Path(folder).expanduser()
         if not self.folder.is_dir():
             raise InputError(f"predictions folder {self.folder} does not exist — check --predictions")
-        self.kind = check_kind(kind) if kind else (read_kind_file(self.folder) or AFFINE_DEPTH)
+        recorded = read_kind_file(self.folder)
+        if kind:
+            self.kind, self.kind_source = check_kind(kind), "--kind"
+        elif recorded:
+            self.kind, self.kind_source = recorded, "recorded"
+        else:
+            self.kind, self.kind_source = AFFINE_DEPTH, "default"
 
     def path(self, name: str) -> Path:
         return self.folder / f"{name}.npy"
@@ -166,14 +169,15 @@ def evaluate_sample(sample: dict, pred, kind: str, protocol: Protocol,
 def evaluate(samples: Iterable[dict], predictor: Union[PathLike, Callable, PredictionFolder],
              protocol: Protocol, alignment: Optional[str] = None, *, kind: Optional[str] = None,
              save_dir: Optional[PathLike] = None, progress: bool = True,
-             total: Optional[int] = None) -> List[SampleRecord]:
+             total: Optional[int] = None, record: Optional[dict] = None) -> List[SampleRecord]:
     """Score every sample; returns one :class:`SampleRecord` per sample, in order.
 
     ``predictor`` is a predictions folder (path or :class:`PredictionFolder`) or a callable
     ``fn(sample) -> DepthPrediction | (array, kind) | array`` (then ``kind`` gives the kind).
     ``alignment``: ``None`` → the protocol default; ``auto`` → from the kind.
     ``save_dir``: write each computed prediction, resized to the ground truth, as
-    ``<save_dir>/<name>.npy`` (+ ``kind.txt``) so it can be re-scored without the model.
+    ``<save_dir>/<name>.npy`` (+ ``predictions.json`` with the kind and ``record``: method,
+    checkpoint, options) so it can be re-scored without the model.
     A missing or malformed saved prediction is recorded and skipped, never fatal.
     """
     if isinstance(predictor, (str, os.PathLike)):
@@ -185,7 +189,8 @@ def evaluate(samples: Iterable[dict], predictor: Union[PathLike, Callable, Predi
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc=f"eval {protocol.name}", unit="img", dynamic_ncols=True)
+        bar = tqdm(total=total, desc=f"eval {protocol.name}", unit="img", dynamic_ncols=True,
+                   disable=None)  # no bar in redirected logs, as predict
     try:
         for sample in samples:
             gt = np.asarray(sample["depth"]).reshape(np.shape(sample["depth"])[-2:])
@@ -230,9 +235,10 @@ def evaluate(samples: Iterable[dict], predictor: Union[PathLike, Callable, Predi
             bar.close()
     if save_dir is not None and not from_folder and kinds_seen:
         if len(kinds_seen) > 1:
-            raise InputError(f"the predictor returned several kinds {sorted(kinds_seen)}; cannot write one {KIND_FILE}")
-        with atomic_path(Path(save_dir) / KIND_FILE) as tmp:
-            tmp.write_text(next(iter(kinds_seen)) + "\n")
+            raise InputError(f"the predictor returned several kinds {sorted(kinds_seen)}; cannot record one kind")
+        from ..io.sidecar import write_sidecar
+
+        write_sidecar(save_dir, {**(record or {}), "kind": next(iter(kinds_seen))})
     return records
 
 

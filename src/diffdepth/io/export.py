@@ -46,6 +46,7 @@ OUTPUT_SUFFIXES: Dict[str, str] = {
     "ply": ".ply",
     "uncertainty": "_uncertainty.npy",
     "seg": "_seg.png",
+    "seg_ids": "_seg_ids.png",
 }
 OUTPUT_FORMATS = tuple(OUTPUT_SUFFIXES)
 #: percentiles used by the robust colour normalisation
@@ -169,18 +170,29 @@ def read_png16(path: PathLike) -> Tuple[np.ndarray, Optional[str]]:
 
 # ----------------------------------------------------------------------------- colour
 
-def depth_range(depth: Any, kind: str, robust: bool = True) -> Tuple[float, float]:
-    """(lo, hi) used to normalise ``depth`` for colouring: the 2nd/98th percentiles of the
-    valid values when ``robust`` (outliers do not wash out the map), else their min/max.
-    Returns (nan, nan) when nothing is valid. Useful to fix one range for a whole video."""
+def depth_range(depth: Any, kind: str, robust: bool = True,
+                percentiles: Optional[Tuple[float, float]] = None) -> Tuple[float, float]:
+    """(lo, hi) used to normalise ``depth`` for colouring: the 2nd/98th percentiles (or
+    ``percentiles``) of the valid values when ``robust`` (outliers do not wash out the map),
+    else their min/max. Returns (nan, nan) when nothing is valid."""
     d = as_depth_2d(depth)
     v = d[valid_mask(d, _check_kind(kind))].astype(np.float64)
     if v.size == 0:
         return float("nan"), float("nan")
     if robust:
-        lo, hi = np.percentile(v, ROBUST_PERCENTILES)
+        lo, hi = np.percentile(v, percentiles or ROBUST_PERCENTILES)
         return float(lo), float(hi)
     return float(v.min()), float(v.max())
+
+
+def color_range(depth: Any, kind: str, vmin: Optional[float] = None, vmax: Optional[float] = None,
+                percentiles: Optional[Tuple[float, float]] = None) -> Optional[Tuple[float, float]]:
+    """The colour range for ``--vmin/--vmax/--percentiles``: fixed ends where given, the
+    percentiles of the valid values for the others; None: the default (2nd/98th percentiles)."""
+    if vmin is None and vmax is None and percentiles is None:
+        return None
+    lo, hi = depth_range(depth, kind, True, percentiles) if vmin is None or vmax is None else (vmin, vmax)
+    return (float(vmin) if vmin is not None else lo, float(vmax) if vmax is not None else hi)
 
 
 def _colormap(name: str):
@@ -264,9 +276,8 @@ def label_palette(n: int = 256) -> np.ndarray:
     return pal.astype(np.uint8)
 
 
-def colorize_segmentation(seg: Any) -> np.ndarray:
-    """Labels ``[H,W]`` (ints) or scores ``[C,H,W]`` (argmax over C) -> uint8 ``[H,W,3]``.
-    Negative labels are drawn black; labels wrap modulo 256 colours."""
+def segmentation_labels(seg: Any) -> np.ndarray:
+    """Labels ``[H,W]`` (ints) or scores ``[C,H,W]`` (argmax over C) -> int64 ``[H,W]``."""
     arr = seg.detach().float().cpu().numpy() if hasattr(seg, "detach") else np.asarray(seg)
     while arr.ndim > 3 and arr.shape[0] == 1:
         arr = arr[0]
@@ -274,13 +285,27 @@ def colorize_segmentation(seg: Any) -> np.ndarray:
         arr = arr.argmax(axis=0)  # [C,H,W] -> [H,W]
     if arr.ndim != 2:
         raise InputError(f"segmentation must be [H,W] labels or [C,H,W] scores, got shape {np.shape(seg)}")
-    labels = np.asarray(arr).astype(np.int64)
+    return np.rint(np.asarray(arr, dtype=np.float64)).astype(np.int64)
+
+
+def colorize_segmentation(seg: Any) -> np.ndarray:
+    """Labels ``[H,W]`` (ints) or scores ``[C,H,W]`` (argmax over C) -> uint8 ``[H,W,3]``.
+    Negative labels are drawn black; labels wrap modulo 256 colours."""
+    labels = segmentation_labels(seg)
     out = label_palette()[np.mod(labels, 256)]
     out[labels < 0] = 0
     return out
 
 
 # ----------------------------------------------------------------------------- PLY
+
+def segmentation_ids(seg: Any) -> np.ndarray:
+    """Class ids ``[H,W]`` as uint8 (uint16 when an id exceeds 255) for a PNG of raw ids."""
+    ids = segmentation_labels(seg)
+    if ids.min(initial=0) < 0 or ids.max(initial=0) > 65535:
+        raise InputError(f"segmentation ids must lie in 0..65535, got {ids.min()}..{ids.max()}")
+    return ids.astype(np.uint8 if ids.max(initial=0) < 256 else np.uint16)
+
 
 def intrinsics_for(width: int, height: int, focal: Optional[float] = None, fov: Optional[float] = None,
                    exif_focal_px: Optional[float] = None) -> Tuple[np.ndarray, str]:
@@ -322,7 +347,7 @@ def ply_depth(depth: Any, kind: str) -> Tuple[np.ndarray, List[str]]:
 
 
 def save_ply(path: PathLike, depth: Any, rgb: Any, K: np.ndarray, comments: Sequence[str] = (),
-             kind: Optional[str] = None) -> Path:
+             kind: Optional[str] = None, stride: int = 1, max_depth: Optional[float] = None) -> Path:
     """Binary little-endian PLY: ``x y z`` float32 + ``red green blue`` uchar per valid pixel.
 
     ``depth`` is planar depth ``[H,W]`` (pixels with depth <= 0 or non-finite are left out),
@@ -330,6 +355,8 @@ def save_ply(path: PathLike, depth: Any, rgb: Any, K: np.ndarray, comments: Sequ
     ``rgb`` (any image input, resized to the depth if needed) colours the points; ``None``
     writes points only. With ``kind``, the depth is first converted by :func:`ply_depth`
     and its comments are added. ``comments`` go into the header (one line each).
+    ``stride``: keep every stride-th pixel in each direction; ``max_depth``: leave out points
+    farther than it (in the back-projected depth's units).
     """
     header_comments = ["generated by diffdepth"] + [str(c) for c in comments]
     if kind is not None:
@@ -341,6 +368,14 @@ def save_ply(path: PathLike, depth: Any, rgb: Any, K: np.ndarray, comments: Sequ
     if K.shape != (3, 3):
         raise InputError(f"intrinsics K must be 3x3, got shape {K.shape}")
     keep = np.isfinite(d) & (d > 0)
+    if stride > 1:
+        grid = np.zeros_like(keep)
+        grid[::stride, ::stride] = True
+        keep &= grid
+        header_comments.append(f"subsampled: every {stride}th pixel in each direction")
+    if max_depth is not None:
+        keep &= d <= max_depth
+        header_comments.append(f"points with depth > {max_depth:g} left out")
     pts = depth_to_points(d, K, mask=keep)  # [N,3], row-major order of `keep`
     fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
     if rgb is not None:
@@ -449,13 +484,18 @@ class SaveResult:
 def save_outputs(out_base: PathLike, prediction: DepthPrediction, rgb: Any, formats: Union[str, Iterable[str]],
                  overwrite: bool = False, focal: Optional[float] = None, fov: Optional[float] = None,
                  exif_focal_px: Optional[float] = None, cmap: str = "Spectral",
-                 near_warm: bool = True) -> SaveResult:
+                 near_warm: bool = True, vmin: Optional[float] = None, vmax: Optional[float] = None,
+                 percentiles: Optional[Tuple[float, float]] = None, ply_stride: int = 1,
+                 ply_max_depth: Optional[float] = None) -> SaveResult:
     """Write the requested outputs of one prediction next to ``out_base``:
 
     ``npy`` -> ``<base>.npy``, ``png16`` -> ``<base>_depth16.png``, ``color`` ->
     ``<base>_color.png``, ``side`` -> ``<base>_side.png``, ``ply`` -> ``<base>.ply``,
     ``uncertainty`` -> ``<base>_uncertainty.npy`` (if the prediction has one), ``seg`` ->
-    ``<base>_seg.png`` (if ``prediction.extras["segmentation"]`` exists).
+    ``<base>_seg.png`` (palette colours) and ``seg_ids`` -> ``<base>_seg_ids.png`` (class ids,
+    uint8, or uint16 beyond 255 classes) if ``prediction.extras["segmentation"]`` exists.
+    Colour range: :func:`color_range` (``vmin``/``vmax``/``percentiles``). PLY: ``ply_stride``,
+    ``ply_max_depth`` (see :func:`save_ply`).
     Existing files are kept (listed in ``skipped``) unless ``overwrite``.
     """
     fmts = parse_formats(formats)
@@ -463,13 +503,14 @@ def save_outputs(out_base: PathLike, prediction: DepthPrediction, rgb: Any, form
     depth = as_depth_2d(prediction.depth)
     h, w = depth.shape
     res = SaveResult()
+    rng = color_range(depth, kind, vmin, vmax, percentiles) if fmts & {"color", "side"} else None
     for fmt in OUTPUT_FORMATS:  # fixed order, so reports are stable
         if fmt not in fmts:
             continue
         if fmt == "uncertainty" and prediction.uncertainty is None:
             res.unavailable.append(fmt)
             continue
-        if fmt == "seg" and prediction.extras.get("segmentation") is None:
+        if fmt in ("seg", "seg_ids") and prediction.extras.get("segmentation") is None:
             res.unavailable.append(fmt)
             continue
         path = output_path(out_base, fmt)
@@ -481,25 +522,28 @@ def save_outputs(out_base: PathLike, prediction: DepthPrediction, rgb: Any, form
         elif fmt == "png16":
             save_png16(path, depth, kind)
         elif fmt == "color":
-            save_color(path, depth, kind, cmap, near_warm)
+            save_color(path, depth, kind, cmap, near_warm, rng)
         elif fmt == "side":
             if rgb is None:
                 raise InputError("the 'side' output needs the input image (rgb is None)")
-            save_side_by_side(path, rgb, depth, kind, cmap, near_warm)
+            save_side_by_side(path, rgb, depth, kind, cmap, near_warm, rng)
         elif fmt == "ply":
             K, source = intrinsics_for(w, h, focal, fov, exif_focal_px)
             k_line = f"K: fx={K[0, 0]:.6g} fy={K[1, 1]:.6g} cx={K[0, 2]:.6g} cy={K[1, 2]:.6g}"
-            save_ply(path, depth, rgb, K, [f"intrinsics: {source}", k_line], kind=kind)
+            save_ply(path, depth, rgb, K, [f"intrinsics: {source}", k_line], kind=kind, stride=ply_stride,
+                     max_depth=ply_max_depth)
         elif fmt == "uncertainty":
             save_npy(path, as_depth_2d(prediction.uncertainty, "uncertainty"))
         elif fmt == "seg":
             _save_png(path, colorize_segmentation(prediction.extras["segmentation"]))
+        elif fmt == "seg_ids":
+            _save_png(path, segmentation_ids(prediction.extras["segmentation"]))
         res.written.append(path)
     return res
 
 
 __all__ = [
-    "PNG16_KEY", "OUTPUT_FORMATS", "OUTPUT_SUFFIXES", "ROBUST_PERCENTILES", "as_depth_2d", "valid_mask",
+    "PNG16_KEY", "OUTPUT_FORMATS", "color_range", "segmentation_ids", "OUTPUT_SUFFIXES", "ROBUST_PERCENTILES", "as_depth_2d", "valid_mask",
     "save_npy", "encode_png16", "save_png16", "read_png16", "depth_range", "colorize", "save_color",
     "side_by_side", "save_side_by_side", "label_palette", "colorize_segmentation", "intrinsics_for",
     "ply_depth", "save_ply", "PlyData", "read_ply", "parse_formats", "output_path", "SaveResult",

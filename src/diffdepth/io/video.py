@@ -15,7 +15,7 @@ import os
 import sys
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -292,10 +292,11 @@ class VideoWriter:
 
 
 def video_depth_range(depths: Sequence[Any], kind: str, robust: bool = True,
-                      max_samples: int = 1_000_000) -> Tuple[float, float]:
+                      max_samples: int = 1_000_000, percentiles: Optional[Tuple[float, float]] = None
+                      ) -> Tuple[float, float]:
     """One colour range for all frames (so colours do not flicker): 2nd/98th percentiles
-    (or min/max) of the valid values of every frame, on an evenly strided subsample of
-    at most ``max_samples`` values."""
+    (or ``percentiles``, or min/max) of the valid values of every frame, on an evenly strided
+    subsample of at most ``max_samples`` values."""
     from .export import as_depth_2d, valid_mask
 
     check_kind(kind)
@@ -309,7 +310,7 @@ def video_depth_range(depths: Sequence[Any], kind: str, robust: bool = True,
     if v.size == 0:
         return float("nan"), float("nan")
     if robust:
-        lo, hi = np.percentile(v, (2.0, 98.0))
+        lo, hi = np.percentile(v, percentiles or (2.0, 98.0))
         return float(lo), float(hi)
     return float(v.min()), float(v.max())
 
@@ -364,3 +365,22 @@ def load_npz_frames(path: PathLike) -> Tuple[np.ndarray, str, float]:
             return z["depth"], str(z["kind"]), float(z["fps"])
     except (OSError, KeyError, ValueError) as err:
         raise InputError(f"cannot read depth frames {os.fspath(path)}: {err}") from None
+
+
+def select_frames(frames: Iterable[Any], start: int = 0, end: Optional[int] = None, stride: int = 1,
+                  max_frames: Optional[int] = None) -> Iterator[Any]:
+    """Frames ``start, start+stride, ...`` before ``end`` (exclusive), at most ``max_frames`` of them
+    (``predict --start-frame/--end-frame/--frame-stride/--max-frames``); decoding stops at the last one."""
+    import itertools
+
+    picked = itertools.islice(frames, start, end, stride)
+    return itertools.islice(picked, max_frames) if max_frames is not None else picked
+
+
+def selected_count(n: Optional[int], start: int = 0, end: Optional[int] = None, stride: int = 1,
+                   max_frames: Optional[int] = None) -> Optional[int]:
+    """How many frames :func:`select_frames` yields from a video of ``n`` frames (None: unknown)."""
+    if n is None:
+        return max_frames
+    count = len(range(start, n if end is None else min(end, n), stride))
+    return count if max_frames is None else min(count, max_frames)

@@ -104,7 +104,10 @@ def write_state_file(tmp: Path, state: dict) -> None:
 
 def publish(tmp: Path, final: Path) -> Path:
     """fsync ``tmp`` and atomically rename it to ``final`` (replacing an older one)."""
+    from ..utils import apply_umask
+
     tmp, final = Path(tmp), Path(final)
+    apply_umask(tmp)  # safetensors/torch writers make 0600 files; checkpoints are shared
     _fsync_tree(tmp)
     if final.exists():
         old = final.with_name(f".{final.name}.old")

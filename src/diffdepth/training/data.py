@@ -124,6 +124,9 @@ def build_dataset(entry: Dict[str, Any], cache_dir: Optional[Path] = None, where
         root, type_name, args = synth_folder(entry, Path(cache_dir))
         args = {"root": str(root), **args}
     cls = reader_class(type_name, where)
+    if "root" in args and args["root"] is None:
+        raise ConfigError(f"{where}.root is not set: {type_name} needs the folder of its data, "
+                          f"e.g. {where}.root=/data/{type_name}")
     try:
         ds = cls(**args)
     except TypeError as err:

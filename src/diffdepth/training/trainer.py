@@ -79,14 +79,21 @@ def resolve_method(method: str):
 
 def build_model(cfg: dict) -> nn.Module:
     """The model a recipe starts from (``model.tiny`` / ``model.pretrained`` / ``build``)."""
+    from ..hub import LOCAL_HINT
+
     m = cfg["model"]
     cls = resolve_method(m["method"])
     args = dict(m["args"])
     if m["tiny"]:
         return cls.make_tiny(seed=cfg["seed"], **args)
-    if m["pretrained"]:
-        return cls.from_pretrained(m["pretrained"], **args)
-    return cls.build(backbone=m["backbone"], **args)
+    token = LOCAL_HINT.set("set model.pretrained=PATH (a checkpoint) or model.backbone=PATH (a local diffusers "
+                           "Stable Diffusion folder) in the recipe or as key=value")
+    try:
+        if m["pretrained"]:
+            return cls.from_pretrained(m["pretrained"], **args)
+        return cls.build(backbone=m["backbone"], **args)
+    finally:
+        LOCAL_HINT.reset(token)
 
 
 def _snapshot_rng() -> dict:
@@ -417,6 +424,9 @@ class Trainer:
             finally:
                 if self.ema is not None:
                     self.ema.swap(self.model)
+            if not (tmp / ckpt.STATE_DIR).is_dir():
+                raise TrainingError(f"{type(self.model).__name__}.save_pretrained replaced the checkpoint folder "
+                                    f"and deleted its {ckpt.STATE_DIR}/; it must write into the folder it is given")
             ckpt.write_state_file(tmp, {
                 "step": self.step, "micro_batches": self.micro, "seed": self.cfg["seed"],
                 "world_size": self.world, "batch_size": self.batch_size, "grad_accum_steps": self.accum,
@@ -679,5 +689,15 @@ class Trainer:
 def train(cfg: dict, run_dir, resume: bool = False) -> Dict[str, Any]:
     """Train a resolved config in ``run_dir``; returns ``{"step", "loss", "history", "checkpoint"}``."""
     trainer = Trainer(cfg, run_dir, resume=resume)
-    trainer.setup()
+    fresh = not Path(run_dir).exists()
+    try:
+        trainer.setup()
+    except BaseException:
+        # a run that never started leaves no folder behind (an existing one, e.g. --resume, is kept)
+        trainer._close()
+        if fresh and distributed.is_main():
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     return trainer.train()

@@ -105,11 +105,7 @@ def read_external(path: Union[str, Path]) -> np.ndarray:
 
 
 def external_kind_of(folder: Union[str, Path], default: str = AFFINE_DISPARITY) -> str:
-    """The kind written in ``folder/kind.txt``, else ``default``."""
-    f = Path(folder) / "kind.txt"
-    if f.exists():
-        kind = f.read_text().strip()
-        if kind not in DEPTH_KINDS:
-            raise InputError(f"{f} names unknown kind {kind!r}")
-        return kind
-    return default
+    """The kind recorded in ``folder`` (``predictions.json`` or ``kind.txt``), else ``default``."""
+    from ...io.sidecar import prediction_kind
+
+    return prediction_kind(folder) or default

@@ -340,14 +340,17 @@ class PrimeDepth(DepthModel):
         (fusion, refiner, heads) and ``diffdepth.json`` (method + constructor arguments)."""
         from safetensors.torch import save_file
 
-        from ...utils import atomic_dir
+        from ...utils import atomic_path
 
+        # written into ``path`` file by file (each atomically), never by replacing the folder:
+        # the trainer's checkpoint folder already holds the training state beside the model
         path = Path(path)
-        with atomic_dir(path) as tmp:
-            self.sd.save_pretrained(tmp)
-            state = {k: v.detach().contiguous().cpu() for k, v in self.head_state_dict().items()}
-            save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "method": self.method})
-            self.write_marker(tmp)
+        path.mkdir(parents=True, exist_ok=True)
+        self.sd.save_pretrained(path)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.head_state_dict().items()}
+        with atomic_path(path / WEIGHTS) as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt", "method": self.method})
+        self.write_marker(path)
         return path
 
     @classmethod

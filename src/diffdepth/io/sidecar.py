@@ -1,0 +1,223 @@
+"""What a prediction folder holds: one JSON sidecar, ``predictions.json``, written by
+:func:`write_sidecar` and read by :func:`read_sidecar` (``predict`` and ``eval`` both).
+
+Keys::
+
+    format       "diffdepth-predictions/1"
+    kind         affine_invariant_depth | affine_invariant_disparity | metric_depth | relative_depth
+    units        "m" (metric_depth) | "relative" (depth up to scale/shift) | "relative disparity"
+    method, checkpoint, options    what produced the newest predictions (options: method options,
+                                   processing_res, dtype, ...)
+    settings     {id: {method, checkpoint, options, kind}}: every setting some file was made with
+    entries      (predict only) {relative output base: {format: fingerprint}}; a fingerprint is
+                 ``<settings id>`` or ``<settings id>:<render id>`` for outputs drawn with export
+                 options (colour map, intrinsics). A file whose fingerprint differs from the
+                 current run's, or that is not listed, is recomputed by a rerun.
+
+Folders written by other tools may instead hold ``kind.txt`` (one kind name); the reader
+accepts it. A folder holding ``predictions.json`` is an output folder and is never read as
+input by ``predict``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Union
+
+from ..errors import InputError
+from ..types import AFFINE_DISPARITY, DEPTH_KINDS, METRIC_DEPTH
+from ..utils import atomic_path
+
+PathLike = Union[str, os.PathLike]
+SIDECAR = "predictions.json"
+LEGACY_KIND_FILE = "kind.txt"
+FORMAT = "diffdepth-predictions/1"
+
+
+def units_of(kind: str) -> str:
+    if kind == METRIC_DEPTH:
+        return "m"
+    return "relative disparity" if kind == AFFINE_DISPARITY else "relative"
+
+
+def fingerprint(obj) -> str:
+    """Short stable id of a JSON-able value (sorted keys)."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def is_prediction_folder(folder: PathLike) -> bool:
+    return (Path(folder) / SIDECAR).is_file()
+
+
+def read_sidecar(folder: PathLike) -> Optional[dict]:
+    """The folder's record, or None when it has none. ``kind.txt`` alone gives ``{"kind": ...}``.
+
+    A malformed file or an unknown kind stops with an error naming the file.
+    """
+    folder = Path(folder)
+    path = folder / SIDECAR
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise InputError(f"{path} is not readable JSON ({err}); delete it to rebuild the folder") from None
+        if not isinstance(data, dict):
+            raise InputError(f"{path} is not a diffdepth predictions record; delete it to rebuild the folder")
+    else:
+        legacy = folder / LEGACY_KIND_FILE
+        if not legacy.is_file():
+            return None
+        data = {"kind": legacy.read_text().strip()}
+        path = legacy
+    kind = data.get("kind")
+    if kind is not None and kind not in DEPTH_KINDS:
+        raise InputError(f"{path}: unknown kind {kind!r}; expected one of {', '.join(DEPTH_KINDS)}")
+    data.setdefault("entries", {})
+    data.setdefault("settings", {})
+    return data
+
+
+def write_sidecar(folder: PathLike, record: dict) -> Path:
+    """Write ``record`` (kind, method, checkpoint, options, ...) as ``folder/predictions.json``, atomically;
+    ``format`` and ``units`` are filled in."""
+    record = dict(record)
+    record["format"] = FORMAT
+    if record.get("kind"):
+        if record["kind"] not in DEPTH_KINDS:
+            raise ValueError(f"unknown kind {record['kind']!r}")
+        record["units"] = units_of(record["kind"])
+    path = Path(folder) / SIDECAR
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def checkpoint_identity(checkpoint: Optional[str]) -> Optional[str]:
+    """A local checkpoint as its absolute path + the newest modification time of its files
+    (a retrained folder at the same path counts as another checkpoint); a hub id as is."""
+    if checkpoint is None:
+        return None
+    p = Path(checkpoint).expanduser()
+    if not p.exists():
+        return str(checkpoint)
+    files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()]
+    stamp = max((f.stat().st_mtime_ns for f in files), default=0)
+    return f"{p.resolve()}@{stamp}"
+
+
+class OutputIndex:
+    """The record of one ``predict --out`` folder: which input has which output file, made how.
+
+    ``settings``: what determines the predicted values (method, checkpoint, options, ...).
+    ``render``: per output format, what else determines the file (e.g. the colour map).
+    """
+
+    def __init__(self, folder: PathLike, settings: dict, render: Optional[Dict[str, dict]] = None,
+                 writer: bool = True):
+        self.folder = Path(folder)
+        self.writer = writer  # one process writes the file; the others hand their records to it (merge)
+        self.new: Dict[str, dict] = {}  # what this process recorded: {rel: {format: file id}}, kind
+        self.settings = settings
+        self.sid = fingerprint(settings)
+        self.render = render or {}
+        old = read_sidecar(self.folder) if self.folder.is_dir() else None
+        self.data = old if old is not None and old.get("format") == FORMAT else {"entries": {}, "settings": {}}
+        self._dirty = False
+        self._last_flush = time.monotonic()
+
+    def file_id(self, fmt: str) -> str:
+        extra = self.render.get(fmt)
+        return f"{self.sid}:{fingerprint(extra)}" if extra else self.sid
+
+    def missing(self, rel: str, formats: Iterable[str], paths: Dict[str, Path]) -> List[str]:
+        """The formats of ``rel`` that must be (re)computed: absent, unrecorded or made otherwise."""
+        entry = self.data["entries"].get(rel, {})
+        return [f for f in formats if not paths[f].exists() or entry.get(f) != self.file_id(f)]
+
+    def settings_changed(self) -> Optional[dict]:
+        """The settings the folder's newest outputs were made with, when they differ from this run's."""
+        old = self.data.get("settings", {}).get(self.data.get("settings_id", ""))
+        return old if old is not None and self.data.get("settings_id") != self.sid else None
+
+    def record(self, rel: str, formats: Iterable[str], kind: str) -> None:
+        entry = self.data["entries"].setdefault(rel, {})
+        for f in formats:
+            entry[f] = self.file_id(f)
+        self.new[rel] = {"files": {f: self.file_id(f) for f in formats}, "kind": kind}
+        self._take(kind)
+
+    def merge(self, records: Iterable[Dict[str, dict]]) -> None:
+        """Add what other processes recorded (their :attr:`new`)."""
+        for new in records:
+            for rel, rec in new.items():
+                self.data["entries"].setdefault(rel, {}).update(rec["files"])
+                self._take(rec["kind"])
+
+    def _take(self, kind: str) -> None:
+        self.data["settings"][self.sid] = {**self.settings, "kind": kind}
+        self.data["settings_id"] = self.sid
+        self.data["kind"] = kind
+        for key in ("method", "checkpoint", "options"):
+            self.data[key] = self.settings.get(key)
+        self._dirty = True
+        if time.monotonic() - self._last_flush > 2.0:  # a killed run loses at most ~2 s of records
+            self.flush()
+
+    def flush(self) -> None:
+        if self._dirty and self.writer:
+            # kind/units describe the newest outputs; files made otherwise carry another settings id
+            write_sidecar(self.folder, self.data)
+            self._dirty = False
+        self._last_flush = time.monotonic()
+
+
+def prediction_kind(folder: PathLike) -> Optional[str]:
+    """The kind recorded for the predictions in ``folder`` (sidecar or ``kind.txt``), else None.
+
+    Stops when the folder's ``.npy`` predictions were made with settings of different kinds.
+    """
+    data = read_sidecar(folder)
+    if data is None:
+        return None
+    ids = {e.get("npy", "").split(":")[0] for e in data["entries"].values() if e.get("npy")}
+    kinds = {data["settings"].get(i, {}).get("kind") for i in ids} - {None}
+    if len(kinds) > 1:
+        raise InputError(f"{Path(folder) / SIDECAR}: the .npy predictions mix kinds {sorted(kinds)} "
+                         f"(made by different runs); rerun `diffdepth predict` into a fresh --out")
+    return kinds.pop() if kinds else data.get("kind")
+
+
+#: ground-truth depth maps of the folder layout (``diffdepth synth``): ``<name>_depth.png`` beside ``<name>.<image>``
+GT_SUFFIX = "_depth"
+
+
+def excluded_input(path: Path, out_root: Optional[Path] = None, cache: Optional[Dict[Path, bool]] = None
+                   ) -> Optional[str]:
+    """Why a file found in an input folder is not an input (None: it is one).
+
+    * ``"output folder"``: it lies under ``out_root`` or under a folder holding a ``predictions.json``;
+    * ``"ground truth"``: ``X_depth.png`` with an image ``X.png``/``X.jpg``/... beside it.
+    """
+    from .images import IMAGE_EXTENSIONS
+
+    path = Path(path)
+    cache = {} if cache is None else cache
+    resolved = path.resolve()
+    if out_root is not None:
+        root = Path(out_root).expanduser().resolve()
+        if resolved == root or root in resolved.parents:
+            return "output folder"
+    for parent in resolved.parents:
+        if parent not in cache:
+            cache[parent] = is_prediction_folder(parent)
+        if cache[parent]:
+            return "output folder"
+    if path.stem.endswith(GT_SUFFIX) and path.suffix.lower() == ".png":
+        base = path.stem[: -len(GT_SUFFIX)]
+        if any((path.parent / f"{base}{ext}").is_file() for ext in IMAGE_EXTENSIONS):
+            return "ground truth"
+    return None
