@@ -232,6 +232,12 @@ class PrimeDepth(DepthModel):
         if context.shape[1] != self.n_tokens:
             raise InputError(f"prompt context has {context.shape[1]} tokens; this model was built for {self.n_tokens}")
 
+        # spatial size per UNet level (stride-2 convs: ceil(n / 2)); refiner upsamplers go to the next
+        # level's size, as the official code passes ``output_size`` (odd latent sizes: 13 -> 7 -> 13)
+        level_sizes = [tuple(z.shape[-2:])]
+        for _ in range(max(lp.scale_level for lp in plan.layers)):
+            level_sizes.append(tuple((n + 1) // 2 for n in level_sizes[-1]))
+        up_size = [level_sizes[lp.scale_level - 1] if lp.upsample else None for lp in plan.layers]
         pre = Preimage()
         state: Dict[str, Any] = {"stream": None, "fused": []}
         last = len(plan.layers) - 1
@@ -249,7 +255,7 @@ class PrimeDepth(DepthModel):
                     fused = self.fusions[i](feat if lp.ch_f else None, maps)  # [B,merge_out,h,w]
                     del maps
                     if self.block_conv is None:
-                        state["stream"] = self.refiner.layers[i](state["stream"], fused, temb, context)
+                        state["stream"] = self.refiner.layers[i](state["stream"], fused, temb, context, up_size[i])
                     elif fused is not None:
                         state["fused"].append(fused)
                 sizes[i] = tuple(feat.shape[-2:])
@@ -279,10 +285,10 @@ class PrimeDepth(DepthModel):
             block = torch.cat([f if tuple(f.shape[-2:]) == size0 else
                                F.adaptive_avg_pool2d(f, size0) for f in state["fused"]], dim=1)
             state["fused"].clear()
-            stream = self.refiner.layers[0](None, self.block_conv(block), temb, context)
+            stream = self.refiner.layers[0](None, self.block_conv(block), temb, context, up_size[0])
             del block
             for i in range(1, len(plan.layers)):
-                stream = self.refiner.layers[i](stream, None, temb, context)
+                stream = self.refiner.layers[i](stream, None, temb, context, up_size[i])
             state["stream"] = stream
         return self.refiner.out(state["stream"])  # [B,C_out,H/8,W/8]
 
