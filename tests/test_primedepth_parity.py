@@ -7,6 +7,7 @@ depth the official ``ldm`` code computed from them (``labels["depth"].mean(1)``,
 the official commit and how the fixture was made. Here the checkpoint goes through
 ``diffdepth convert primedepth-official`` and our model must agree to 1e-5 relative.
 """
+import copy
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import torch
 
 from diffdepth.cli import main
 from diffdepth.methods.primedepth import PrimeDepth
+from diffdepth.methods.primedepth.modules import set_group_norm_eps
 
 FIXTURE = Path(__file__).parent / "fixtures" / "primedepth_official"
 # the tiny official configuration's head / refiner shape (official_config.json)
@@ -42,13 +44,22 @@ def cases():
     return torch.load(FIXTURE / "cases.pt", weights_only=True)
 
 
+@pytest.fixture(scope="module")
+def model(converted):
+    return PrimeDepth.from_pretrained(converted, noise=False)  # the fixture inputs are already noised
+
+
 def _depth(model, case):
     with torch.no_grad():
         return model.depth_from_features(model.refine(None, case["context"], latent=case["latent"]))
 
 
-def test_converted_official_checkpoint_matches_the_official_code(converted, cases):
-    model = PrimeDepth.from_pretrained(converted, noise=False)  # the fixture inputs are already noised
+def _vae_mode(model, case):
+    with torch.no_grad():
+        return model.sd.encode_image(case["image"], sample=False)
+
+
+def test_converted_official_checkpoint_matches_the_official_code(model, cases):
     cfg = model.get_config()
     assert (cfg["attn_pool"], cfg["head_norm_eps"], cfg["vae_norm_eps"], cfg["latent"]) == ("official", 1e-5, 1e-5,
                                                                                              "sample")
@@ -60,20 +71,17 @@ def test_converted_official_checkpoint_matches_the_official_code(converted, case
         got = _depth(model, case)
         assert got.shape == case["depth"].shape, name
         assert rel(got, case["depth"]) < RTOL, (name, rel(got, case["depth"]))
-    vae = cases["vae"]
-    with torch.no_grad():
-        z = model.sd.encode_image(vae["image"], sample=False)
-    assert rel(z, vae["latent_mode"]) < RTOL
+    assert rel(_vae_mode(model, cases["vae"]), cases["vae"]["latent_mode"]) < RTOL
 
 
-def test_the_departing_switches_are_measurably_different(converted, cases):
-    """The fixture can tell the switches apart: exact pooling and diffusers' eps miss the official output."""
-    case = cases["16x16"]
+def test_the_departing_switches_are_measurably_different(converted, model, cases):
+    """The fixture tells the switches apart: exact pooling and diffusers' 1e-6 eps miss the official output."""
+    case = cases["8x8"]
     exact = PrimeDepth.from_pretrained(converted, noise=False, attn_pool="exact")
     assert rel(_depth(exact, case), case["depth"]) > 1e-2
-    head_eps = PrimeDepth.from_pretrained(converted, noise=False, head_norm_eps=1e-6)
-    assert rel(_depth(head_eps, case), case["depth"]) > RTOL
-    vae_eps = PrimeDepth.from_pretrained(converted, noise=False, vae_norm_eps=None)
-    with torch.no_grad():
-        z = vae_eps.sd.encode_image(cases["vae"]["image"], sample=False)
-    assert rel(z, cases["vae"]["latent_mode"]) > 1e-6
+    legacy_eps = copy.deepcopy(model)
+    for head in (legacy_eps.depth_head, legacy_eps.seg_head):
+        set_group_norm_eps(head, 1e-6)
+    assert rel(_depth(legacy_eps, case), case["depth"]) > RTOL
+    set_group_norm_eps(legacy_eps.sd.vae, 1e-6)
+    assert rel(_vae_mode(legacy_eps, cases["vae"]), cases["vae"]["latent_mode"]) > RTOL
