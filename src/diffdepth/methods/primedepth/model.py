@@ -130,8 +130,8 @@ class PrimeDepth(DepthModel):
                            if injection == "block" else None)
         self.refiner = Refiner(self.plan, refiner_out_channels)
         if loss_space == "pixel":
-            self.depth_head = make_head(refiner_out_channels, depth_channels, head_channels, head_layers, head_norm_groups,
-                                        eps=head_norm_eps)
+            self.depth_head = make_head(refiner_out_channels, depth_channels, head_channels, head_layers,
+                                        head_norm_groups, eps=head_norm_eps)
             self.latent_head = None
         else:
             self.depth_head = None
