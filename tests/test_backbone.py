@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from diffdepth.backbone import (StableDiffusion, make_tiny_sd, region_weights, regional_attention,
-                                regional_attention_naive, token_attention)
+from diffdepth.backbone import (StableDiffusion, make_tiny_sd, official_region_weights, region_weights,
+                                regional_attention, regional_attention_naive, token_attention)
 from diffdepth.errors import CheckpointError
 
 
@@ -28,6 +28,43 @@ def test_region_weights_are_exact_means():
     # 2x2 keys, 4x4 regions: only 4 regions hold a key, the others are empty (zero column)
     w = region_weights(2, 2, 4)
     assert int((w.sum(0) > 0).sum()) == 4 and torch.all(w.sum(0)[w.sum(0) > 0] == 1)
+
+
+OFFICIAL_SIZES = [(1, 1), (3, 3), (4, 4), (7, 7), (8, 8), (13, 13), (16, 16), (32, 32), (64, 64),
+                  (8, 13), (13, 8), (5, 12), (1, 9), (24, 40), (16, 7)]
+
+
+@pytest.mark.parametrize("h,w", OFFICIAL_SIZES)
+def test_official_pool_equals_the_official_operations_on_the_full_map(h, w):
+    """W_off (separable, one SDPA call) == the official resize -> AvgPool2d -> resize on the N x N map."""
+    g = torch.Generator().manual_seed(h * 100 + w)
+    n = h * w
+    heads = 2 if n <= 1024 else 1
+    q = torch.randn(1, heads, n, 8, generator=g, dtype=torch.float64)
+    k = torch.randn(1, heads, n, 8, generator=g, dtype=torch.float64) * 2
+    fast = regional_attention(q, k, h, w, 8, pool="official")
+    slow = regional_attention_naive(q, k, h, w, 8, pool="official")
+    assert fast.shape == (1, heads, n, 64)
+    torch.testing.assert_close(fast, slow, atol=1e-12, rtol=1e-9)
+    if n > 64:  # the official pooling is not the exact regional mean (at these sizes)
+        assert (fast - regional_attention(q, k, h, w, 8)).abs().max() > 1e-4
+
+
+def test_official_pool_weights_by_hand():
+    # h = w = 8: mod = 8 (not 0) -> 16 -> pool 1 -> 8: per axis the blur [1/8, 3/4, 1/8], edges clamped to [7/8, 1/8]
+    w = official_region_weights(8, 8, 8, dtype=torch.float64)
+    axis = torch.zeros(8, 8, dtype=torch.float64)
+    for i in range(8):
+        for j, c in ((i - 1, 0.125), (i, 0.75), (i + 1, 0.125)):
+            axis[min(max(j, 0), 7), i] += c
+    torch.testing.assert_close(w, torch.kron(axis, axis), atol=1e-15, rtol=0)
+    assert w[0, 0] == 49 / 64 and w[9, 0] == 1 / 64
+    # h = w = 2 (fewer keys than regions): every one of the 64 maps receives weight (exact pooling: 60 empty)
+    w = official_region_weights(2, 2, 8, dtype=torch.float64)
+    assert bool((w.sum(0) > 0).all()) and torch.allclose(w.sum(0), torch.ones(64, dtype=torch.float64))
+    # h = 128: 136 rows pooled by 16 -> 8 windows; the last 8 of the 136 resized rows are dropped
+    rows = official_region_weights(128, 1, 8, dtype=torch.float64).reshape(128, 8, 8).sum(-1)  # [key row, region row]
+    assert rows[-1].sum() < 0.6 and rows[0, 0] > 0.05
 
 
 def test_token_attention_is_softmax():

@@ -56,14 +56,17 @@ def test_tiny_plan_agrees_with_backbone_layout(tiny):
     assert tiny.size_multiple == tiny.sd.size_multiple
 
 
-def _reference_refine(model, images, context, noise):
-    """Collect the whole preimage with the backbone's public taps, then fuse and refine."""
+def _reference_refine(model, images, context, generator):
+    """Collect the whole preimage with the backbone's public taps (self-attention pooled on the
+    materialised N x N map), then fuse and refine. Official order of draws: posterior sample, noise."""
     sd, plan = model.sd, model.plan
     with torch.no_grad():
-        z = sd.encode_image(images)
+        z = sd.encode_image(images, generator, sample=model.config["latent"] == "sample")
+        noise = torch.randn(z.shape, generator=generator)
         names = model._attn_names
         pre = sd.taps(z, t=1, context=context, noise=noise, inputs=[lp.resnet for lp in plan.layers],
-                      self_attn=names, cross_attn=names, regions=model.config["regions"])
+                      self_attn=names, cross_attn=names, regions=model.config["regions"], reference=True,
+                      pool=model.config["attn_pool"])
         t = torch.ones(images.shape[0], dtype=torch.long)
         temb = model._timestep_embedding(t, torch.float32)
         stream = None
@@ -89,11 +92,11 @@ def _reference_refine(model, images, context, noise):
 def test_on_the_fly_fusion_matches_collect_then_fuse(tiny):
     x = torch.rand(2, 3, 32, 48)
     ctx = tiny.encode_prompts(["a room", ""], 2)
+    assert tiny.config["attn_pool"] == "official" and tiny.config["latent"] == "sample"
     gen = torch.Generator().manual_seed(5)
-    noise = torch.randn((2, 4, 4, 6), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         ours = tiny.refine(x, ctx, gen)
-    ref = _reference_refine(tiny, x, ctx, noise)
+    ref = _reference_refine(tiny, x, ctx, torch.Generator().manual_seed(5))
     assert ours.shape == (2, 16, 4, 6)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
 
@@ -233,6 +236,61 @@ def test_bad_switches_are_rejected():
         PrimeDepth.make_tiny(loss_space="latnet")
     with pytest.raises(ConfigError, match="without input"):
         PrimeDepth.make_tiny(use_attention=False, use_features=False)
+
+
+def test_official_switches_are_the_defaults_and_are_validated():
+    model = PrimeDepth.make_tiny()
+    cfg = model.get_config()
+    assert (cfg["attn_pool"], cfg["head_norm_eps"], cfg["vae_norm_eps"], cfg["latent"]) == ("official", 1e-5, 1e-5,
+                                                                                             "sample")
+    norms = [m for m in list(model.depth_head.modules()) + list(model.seg_head.modules()) + list(model.sd.vae.modules())
+             if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) > 20 and all(m.eps == 1e-5 for m in norms)
+    assert model.sd.unet.conv_norm_out.eps == 1e-5  # the UNet is left as built (diffusers matches LDM there)
+    with pytest.raises(ConfigError, match="attn_pool"):
+        PrimeDepth.make_tiny(attn_pool="offical")
+    with pytest.raises(ConfigError, match="latent"):
+        PrimeDepth.make_tiny(latent="mean")
+
+
+def test_attn_pool_switch_changes_the_maps_entering_the_refiner():
+    x = torch.rand(1, 3, 64, 64)
+    official = PrimeDepth.make_tiny(seed=2)
+    exact = PrimeDepth.make_tiny(seed=2, attn_pool="exact")
+    ctx = official.encode_prompts("", 1)
+    with torch.no_grad():
+        a = official.refine(x, ctx, torch.Generator().manual_seed(0))
+        b = exact.refine(x, ctx, torch.Generator().manual_seed(0))
+    assert (a - b).abs().max() > 1e-3 * a.abs().max()
+
+
+def test_latent_sample_is_seeded_and_differs_from_the_mode():
+    x = torch.rand(1, 3, 32, 32)
+    sample = PrimeDepth.make_tiny(seed=1, noise=False)
+    mode = PrimeDepth.make_tiny(seed=1, noise=False, latent="mode")
+    a, b = sample.predict(x, seed=3).depth, sample.predict(x, seed=3).depth
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, sample.predict(x, seed=4).depth)
+    m1, m2 = mode.predict(x, seed=3).depth, mode.predict(x, seed=4).depth
+    assert torch.equal(m1, m2) and not torch.allclose(a, m1)
+
+
+def test_checkpoint_saved_before_the_official_switches_keeps_its_behaviour(tmp_path):
+    """No ``attn_pool`` in diffdepth.json: the model was built with exact pooling, 1e-6 eps and the
+    posterior mode, and loads that way (LEGACY_CONFIG)."""
+    import json
+
+    legacy = PrimeDepth.make_tiny(seed=5, attn_pool="exact", head_norm_eps=1e-6, vae_norm_eps=None, latent="mode")
+    legacy.save_pretrained(tmp_path / "old")
+    marker = json.loads((tmp_path / "old" / "diffdepth.json").read_text())
+    for key in ("attn_pool", "head_norm_eps", "vae_norm_eps", "latent"):
+        del marker["config"][key]
+    (tmp_path / "old" / "diffdepth.json").write_text(json.dumps(marker))
+    loaded = PrimeDepth.from_pretrained(tmp_path / "old")
+    assert loaded.get_config() == legacy.get_config()
+    assert loaded.sd.vae.encoder.conv_norm_out.eps == 1e-6 and loaded.depth_head.conv_norm_out.eps == 1e-6
+    x = torch.rand(1, 3, 32, 32)
+    assert torch.equal(legacy.predict(x, seed=1).depth, loaded.predict(x, seed=1).depth)
 
 
 def test_max_normalisation_gives_unit_peak_per_head(tiny):

@@ -154,11 +154,15 @@ class StableDiffusion(nn.Module):
         return self.scheduler.alphas_cumprod
 
     # ------------------------------------------------------------------ coding
-    def encode_image(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """``x [B,3,H,W]`` in [0,1] -> scaled latent ``[B,4,H/8,W/8]`` (posterior mode, or a seeded sample)."""
+    def encode_image(self, x: torch.Tensor, generator: Optional[torch.Generator] = None,
+                     sample: Optional[bool] = None) -> torch.Tensor:
+        """``x [B,3,H,W]`` in [0,1] -> scaled latent ``[B,4,H/8,W/8]``: the posterior mode, or a sample
+        (``sample=True``, or a ``generator`` given: then seeded; ``sample=False`` forces the mode)."""
         x = x.to(device=self.device, dtype=self.vae.dtype) * 2.0 - 1.0
         dist = self.vae.encode(x).latent_dist
-        z = dist.mode() if generator is None else dist.sample(generator=generator)
+        if sample is None:
+            sample = generator is not None
+        z = dist.sample(generator=generator) if sample else dist.mode()
         return z * self.scaling_factor
 
     def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
@@ -210,7 +214,7 @@ class StableDiffusion(nn.Module):
              noise: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
              inputs: Iterable[str] = (), outputs: Iterable[str] = (), self_attn: Iterable[str] = (),
              cross_attn: Iterable[str] = (), regions: int = 8, stop_after: Optional[str] = None,
-             return_output: bool = False, reference: bool = False) -> Preimage:
+             return_output: bool = False, reference: bool = False, pool: str = "exact") -> Preimage:
         """One UNet pass at timestep ``t`` returning the requested feature and attention maps.
 
         ``noise`` (a tensor) or ``generator`` (seeded Gaussian noise) noises ``z`` to level
@@ -218,6 +222,8 @@ class StableDiffusion(nn.Module):
         (``[B,T,D]`` with ``D == context_dim``); ``None`` means the empty prompt.
         ``reference=True`` computes regional maps by materialising the NxN attention
         (slow and memory-hungry; for tests and ``diffdepth bench taps`` only).
+        ``pool``: self-attention key pooling, ``"exact"`` regional means or PrimeDepth's ``"official"``
+        resize -> average-pool -> resize (see :mod:`diffdepth.backbone.taps`).
         """
         z = z.to(device=self.device, dtype=self.dtype)
         if noise is None and generator is not None:
@@ -231,7 +237,7 @@ class StableDiffusion(nn.Module):
         if timestep.ndim == 0:
             timestep = timestep.expand(z.shape[0])
         pre = Preimage()
-        with tapped(self.unet, pre, inputs, outputs, self_attn, cross_attn, regions, stop_after, reference):
+        with tapped(self.unet, pre, inputs, outputs, self_attn, cross_attn, regions, stop_after, reference, pool):
             try:
                 out = self.unet(z, timestep, encoder_hidden_states=context, return_dict=False)[0]
                 if return_output:

@@ -10,12 +10,19 @@ usual attention and, for the modules asked for, also returns
   ``(A W)[q, r] = softmax(q K^T / sqrt(d)) W`` — attention whose *values* are ``W``. So it
   is one ``scaled_dot_product_attention(q, k, W)`` call and the ``N x N`` matrix is never
   materialised (memory ``O(N R^2)`` instead of ``O(N^2)``).
+  ``pool="official"`` replaces the exact regional mean by the official PrimeDepth
+  preprocessing (bilinear resize of the key grid to the next multiple of 8 *above* its size,
+  average pooling, bilinear resize to ``R x R``; ``labeller.py: prepare_attn_map_features`` of
+  vislearn/PrimeDepth). That is linear in the key axis too, so it is the same single call
+  with ``W = W_off`` (the official operations applied to the one-hot keys, see
+  :func:`official_region_weights`).
 * cross-attention probabilities over the context tokens, per head: the same trick with
   ``W = I_T`` (identity over the T tokens).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, Optional
@@ -50,14 +57,80 @@ def region_weights(height: int, width: int, regions: int, dtype=torch.float32, d
     return (onehot / counts).to(dtype)
 
 
+POOLS = ("exact", "official")
+
+
+def _official_axis(n: int, patches: int) -> torch.Tensor:
+    """``[n, patches]``: the official operations along one key axis, applied to the n one-hot keys.
+
+    Official (``prepare_attn_map_features``): ``mod = 8 - n % 8`` (8, not 0, when n is a multiple
+    of 8; the literal 8 does not follow ``patches``), bilinear resize n -> n + mod
+    (``align_corners=False``, no antialias), ``AvgPool2d`` with kernel = stride = ``max(1, n // patches)``
+    (of the *original* n; trailing cells that do not fill a window are dropped), bilinear resize to
+    ``patches`` (the official code skips it only when mod == 0, which never happens).
+    Bilinear resizing and average pooling are separable, so the 2-D operator is the Kronecker
+    product of the row and column operators; 1-D ``linear`` uses the same source-index rule.
+    """
+    mod = 8 - n % 8
+    kernel = max(1, n // patches)
+    x = torch.eye(n, dtype=torch.float64)[:, None, :]  # [n,1,n]: one one-hot key per batch row
+    x = F.interpolate(x, size=n + mod, mode="linear", align_corners=False)
+    x = F.avg_pool1d(x, kernel, kernel)
+    x = F.interpolate(x, size=patches, mode="linear", align_corners=False)
+    return x[:, 0, :]
+
+
+@functools.lru_cache(maxsize=64)
+def _official_weights64(height: int, width: int, regions: int) -> torch.Tensor:
+    return torch.kron(_official_axis(height, regions), _official_axis(width, regions))  # [h*w, R*R]
+
+
+def official_region_weights(height: int, width: int, regions: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """``W_off [h*w, R*R]``: the official PrimeDepth pooling of self-attention keys as a matrix.
+
+    Column r (row-major over the ``R x R`` output grid) holds the weight each key gets in map r,
+    i.e. the official resize -> average-pool -> resize applied to the one-hot keys.
+    """
+    return _official_weights64(int(height), int(width), int(regions)).to(dtype=dtype, device=device)
+
+
+def pool_weights(pool: str, height: int, width: int, regions: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Key-pooling matrix for ``pool`` in :data:`POOLS`."""
+    if pool == "exact":
+        return region_weights(height, width, regions, dtype=dtype, device=device)
+    if pool == "official":
+        return official_region_weights(height, width, regions, dtype=dtype, device=device)
+    raise ValueError(f"attention pooling must be one of {POOLS}, got {pool!r}")
+
+
+def official_pool_reference(attn: torch.Tensor, height: int, width: int, patches: int) -> torch.Tensor:
+    """The official operations verbatim on a materialised attention map.
+
+    ``attn [B, H, N, N]`` (queries x keys) -> ``[B, H, N, patches²]``. Tests and benchmarks only.
+    """
+    b, heads, n, _ = attn.shape
+    h_p, w_p = max(1, height // patches), max(1, width // patches)
+    h_mod, w_mod = 8 - height % 8, 8 - width % 8
+    x = attn.reshape(b * heads, n, height, width)
+    if h_mod != 0 or w_mod != 0:
+        x = F.interpolate(x, size=(height + h_mod, width + w_mod), mode="bilinear")
+    x = torch.nn.AvgPool2d(kernel_size=(h_p, w_p), stride=(h_p, w_p))(x)
+    if h_mod != 0 or w_mod != 0:
+        x = F.interpolate(x, size=(patches, patches), mode="bilinear")
+    return x.reshape(b, heads, n, patches * patches)
+
+
 def regional_attention_naive(q: torch.Tensor, k: torch.Tensor, height: int, width: int, regions: int,
-                             scale: Optional[float] = None) -> torch.Tensor:
-    """Reference: materialise the ``N x N`` attention, then average keys per region.
+                             scale: Optional[float] = None, pool: str = "exact") -> torch.Tensor:
+    """Reference: materialise the ``N x N`` attention, then pool keys per region
+    (``exact``: mean per region; ``official``: the official operations on the full map).
 
     q, k ``[B, H, N, d]`` -> ``[B, H, N, R*R]``. Used by tests and the taps benchmark only.
     """
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     attn = torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1)  # [B,H,N,N]
+    if pool == "official":
+        return official_pool_reference(attn, height, width, regions)
     rows = torch.arange(height, device=q.device) * regions // height
     cols = torch.arange(width, device=q.device) * regions // width
     region = (rows[:, None] * regions + cols[None, :]).reshape(-1)
@@ -68,9 +141,10 @@ def regional_attention_naive(q: torch.Tensor, k: torch.Tensor, height: int, widt
 
 
 def regional_attention(q: torch.Tensor, k: torch.Tensor, height: int, width: int, regions: int,
-                       scale: Optional[float] = None) -> torch.Tensor:
-    """Regional mean of softmax attention without the ``N x N`` matrix: ``[B, H, N, R*R]``."""
-    w = region_weights(height, width, regions, dtype=q.dtype, device=q.device)  # [N, R*R]
+                       scale: Optional[float] = None, pool: str = "exact") -> torch.Tensor:
+    """Key-pooled softmax attention without the ``N x N`` matrix: ``[B, H, N, R*R]``
+    (``pool``: ``exact`` regional mean or the ``official`` PrimeDepth pooling)."""
+    w = pool_weights(pool, height, width, regions, dtype=q.dtype, device=q.device)  # [N, R*R]
     w = w.expand(q.shape[0], q.shape[1], *w.shape)  # a view: no copy per batch/head
     return F.scaled_dot_product_attention(q, k, w, scale=scale)
 
@@ -119,8 +193,10 @@ class TapAttnProcessor:
     """
 
     def __init__(self, name: str, mode: str, sink: Dict[str, torch.Tensor], regions: int = 8,
-                 reference: bool = False):
-        self.name, self.mode, self.sink, self.regions = name, mode, sink, regions
+                 reference: bool = False, pool: str = "exact"):
+        if pool not in POOLS:
+            raise ValueError(f"attention pooling must be one of {POOLS}, got {pool!r}")
+        self.name, self.mode, self.sink, self.regions, self.pool = name, mode, sink, regions, pool
         self.reference = reference  # materialise NxN (benchmarks/tests only)
         self.hw: Optional[tuple] = None
 
@@ -166,9 +242,9 @@ class TapAttnProcessor:
             h, w = self.hw
             if self.mode == "self":
                 if self.reference:
-                    probs = regional_attention_naive(q, k, h, w, self.regions, scale=scale)
+                    probs = regional_attention_naive(q, k, h, w, self.regions, scale=scale, pool=self.pool)
                 else:
-                    weights = region_weights(h, w, self.regions, dtype=q.dtype, device=q.device)  # [N, R*R]
+                    weights = pool_weights(self.pool, h, w, self.regions, dtype=q.dtype, device=q.device)  # [N, R*R]
                     probs = over_query_chunks(_regional_rows, q, k, weights, scale)
             else:
                 probs = over_query_chunks(token_attention, q, k, scale=scale)
@@ -205,8 +281,10 @@ def _resolve(root: nn.Module, name: str) -> nn.Module:
 @contextlib.contextmanager
 def tapped(unet: nn.Module, pre: Preimage, inputs: Iterable[str] = (), outputs: Iterable[str] = (),
            self_attn: Iterable[str] = (), cross_attn: Iterable[str] = (), regions: int = 8,
-           stop_after: Optional[str] = None, reference: bool = False) -> Iterator[None]:
-    """Install hooks/processors on ``unet`` for one pass; always removes them afterwards."""
+           stop_after: Optional[str] = None, reference: bool = False, pool: str = "exact") -> Iterator[None]:
+    """Install hooks/processors on ``unet`` for one pass; always removes them afterwards.
+
+    ``pool``: how self-attention keys are pooled into ``regions x regions`` maps (:data:`POOLS`)."""
     handles = []
     restore = []
     try:
@@ -228,7 +306,7 @@ def tapped(unet: nn.Module, pre: Preimage, inputs: Iterable[str] = (), outputs: 
                 attn = block.attn1 if mode == "self" else block.attn2
                 if attn is None:
                     raise ValueError(f"{name!r} has no {mode}-attention")
-                proc = TapAttnProcessor(name, mode, sink, regions, reference)
+                proc = TapAttnProcessor(name, mode, sink, regions, reference, pool)
 
                 def size_hook(module, args, kwargs, proc=proc):
                     x = args[0] if args else kwargs["hidden_states"]

@@ -205,5 +205,5 @@ OFFICIAL_OPTIONS: Dict[str, Any] = {
     "refiner_ratio": 0.5, "refiner_out_channels": 512, "head_channels": [128, 256, 512, 512], "head_layers": 2,
     "head_norm_groups": 32, "seg_classes": 150, "depth_channels": 3, "regions": 8, "attn_norm": "max",
     "use_attention": True, "use_self_attention": True, "use_cross_attention": True, "use_features": True,
-    "injection": "per_stage",
+    "injection": "per_stage", "attn_pool": "official", "head_norm_eps": 1e-5, "vae_norm_eps": 1e-5, "latent": "sample",
 }

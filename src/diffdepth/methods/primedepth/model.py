@@ -24,9 +24,13 @@ from ...errors import CheckpointError, ConfigError, InputError
 from ...model import DepthModel
 from ...types import AFFINE_DISPARITY, DepthPrediction
 from .layout import Plan, make_plan
-from .modules import Fusion, Refiner, head_forward, make_head
+from .modules import Fusion, Refiner, head_forward, make_head, set_group_norm_eps
 
 WEIGHTS = "primedepth.safetensors"
+
+#: what a model saved before ``attn_pool`` / ``head_norm_eps`` / ``vae_norm_eps`` / ``latent`` existed
+#: (no ``attn_pool`` key in its ``diffdepth.json``) was built and trained with; it keeps that behaviour.
+LEGACY_CONFIG: Dict[str, Any] = {"attn_pool": "exact", "head_norm_eps": 1e-6, "vae_norm_eps": None, "latent": "mode"}
 
 
 class _Done(Exception):
@@ -51,7 +55,14 @@ class PrimeDepth(DepthModel):
             to the first decoder layer's resolution, concatenated and injected once).
         attn_norm: self-attention map scaling: ``"max"`` (official: divide each (sample, head) map by its
             maximum) or ``"mean"`` (exact regional mean times the number of keys: uniform attention = 1).
+        attn_pool: how self-attention keys are pooled into ``regions x regions`` maps: ``"official"``
+            (the official resize -> average-pool -> resize of the key grid, as a fixed ``[N, R²]`` value
+            matrix) or ``"exact"`` (ablation: exact mean over floor-partitioned key regions).
         regions: self-attention key regions per side (8 -> 64 maps per head).
+        head_norm_eps: GroupNorm eps in the depth/segmentation heads (official ``Normalize``: 1e-5).
+        vae_norm_eps: GroupNorm eps set on every GroupNorm of the SD VAE (official: 1e-5, as PrimeDepth's
+            ``ldm`` VAE uses that ``Normalize``; diffusers builds it with 1e-6); ``None`` leaves the VAE as built.
+        latent: image latent: ``"sample"`` (official: a posterior sample, seeded like the noise) or ``"mode"``.
         timestep / noise: the denoising step (t=1) and whether the latent is noised to it.
         prompt: default prompt ("" = empty). channels_last: NHWC memory format at inference.
         captioner: optional callable ``images [B,3,H,W] -> list[str]`` used when no prompt is given
@@ -71,13 +82,19 @@ class PrimeDepth(DepthModel):
                  seg_classes: int = 150, depth_channels: int = 3, use_attention: bool = True,
                  use_self_attention: bool = True, use_cross_attention: bool = True, use_features: bool = True,
                  use_segmentation_head: bool = True, loss_space: str = "pixel", injection: str = "per_stage",
-                 attn_norm: str = "max", regions: int = 8, timestep: int = 1, noise: bool = True, prompt: str = "",
-                 channels_last: bool = False, captioner: Optional[Callable] = None):
+                 attn_norm: str = "max", attn_pool: str = "official", regions: int = 8, head_norm_eps: float = 1e-5,
+                 vae_norm_eps: Optional[float] = 1e-5, latent: str = "sample", timestep: int = 1,
+                 noise: bool = True, prompt: str = "", channels_last: bool = False,
+                 captioner: Optional[Callable] = None):
         super().__init__()
         if loss_space not in ("pixel", "latent"):
             raise ConfigError(f"loss_space must be 'pixel' or 'latent', got {loss_space!r}")
         if attn_norm not in ("max", "mean"):
             raise ConfigError(f"attn_norm must be 'max' or 'mean', got {attn_norm!r}")
+        if attn_pool not in ("official", "exact"):
+            raise ConfigError(f"attn_pool must be 'official' or 'exact', got {attn_pool!r}")
+        if latent not in ("sample", "mode"):
+            raise ConfigError(f"latent must be 'sample' or 'mode', got {latent!r}")
         if injection not in ("per_stage", "block"):
             raise ConfigError(f"injection must be 'per_stage' or 'block', got {injection!r}")
         head_channels = [int(c) for c in head_channels]
@@ -93,9 +110,12 @@ class PrimeDepth(DepthModel):
             depth_channels=depth_channels, use_attention=use_attention, use_self_attention=use_self_attention,
             use_cross_attention=use_cross_attention, use_features=use_features,
             use_segmentation_head=use_segmentation_head, loss_space=loss_space, injection=injection,
-            attn_norm=attn_norm, regions=regions, timestep=timestep, noise=noise, prompt=prompt,
-            channels_last=channels_last)
+            attn_norm=attn_norm, attn_pool=attn_pool, regions=regions, head_norm_eps=float(head_norm_eps),
+            vae_norm_eps=None if vae_norm_eps is None else float(vae_norm_eps), latent=latent, timestep=timestep,
+            noise=noise, prompt=prompt, channels_last=channels_last)
         self.sd = sd
+        if vae_norm_eps is not None and sd.vae is not None:
+            set_group_norm_eps(sd.vae, float(vae_norm_eps))
         sd.requires_grad_(False)
         sd.eval()
         self.captioner = captioner
@@ -110,13 +130,14 @@ class PrimeDepth(DepthModel):
                            if injection == "block" else None)
         self.refiner = Refiner(self.plan, refiner_out_channels)
         if loss_space == "pixel":
-            self.depth_head = make_head(refiner_out_channels, depth_channels, head_channels, head_layers, head_norm_groups)
+            self.depth_head = make_head(refiner_out_channels, depth_channels, head_channels, head_layers,
+                                        head_norm_groups, eps=head_norm_eps)
             self.latent_head = None
         else:
             self.depth_head = None
             self.latent_head = nn.Conv2d(refiner_out_channels, sd.vae.config.latent_channels, 3, padding=1)
-        self.seg_head = (make_head(refiner_out_channels, seg_classes, head_channels, head_layers, head_norm_groups)
-                         if use_segmentation_head else None)
+        self.seg_head = (make_head(refiner_out_channels, seg_classes, head_channels, head_layers, head_norm_groups,
+                                   eps=head_norm_eps) if use_segmentation_head else None)
         self.size_multiple = int(sd.size_multiple)
         self._attn_names = sorted({n for lp in self.plan.layers for n in (lp.enc_attention, lp.prev_attention) if n})
 
@@ -173,7 +194,8 @@ class PrimeDepth(DepthModel):
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # [B,attn_in,h,w]
 
     def _normalise_self(self, maps: torch.Tensor) -> torch.Tensor:
-        """``[B, heads*R², h, w]`` regional means -> scaled maps (see ``attn_norm``)."""
+        """``[B, heads*R², h, w]`` pooled maps -> scaled maps (see ``attn_norm``). ``max`` is the official
+        normalisation: each (sample, head) block of R² maps divided by its maximum over maps and pixels."""
         b, c, h, w = maps.shape
         r2 = self.config["regions"] ** 2
         if self.config["attn_norm"] == "mean":
@@ -196,7 +218,10 @@ class PrimeDepth(DepthModel):
         dtype = sd.dtype
         b = (images if latent is None else latent).shape[0]
         with torch.no_grad():
-            z = sd.encode_image(images) if latent is None else latent.to(device=sd.device, dtype=dtype)  # [B,4,h,w]
+            if latent is None:  # official: a posterior sample (drawn before the noise, as there)
+                z = sd.encode_image(images, generator, sample=self.config["latent"] == "sample")  # [B,4,h,w]
+            else:
+                z = latent.to(device=sd.device, dtype=dtype)
             t = torch.full((b,), int(self.config["timestep"]), device=z.device, dtype=torch.long)
             if self.config["noise"]:
                 noise = torch.randn(z.shape, generator=generator, dtype=torch.float32,
@@ -207,6 +232,12 @@ class PrimeDepth(DepthModel):
         if context.shape[1] != self.n_tokens:
             raise InputError(f"prompt context has {context.shape[1]} tokens; this model was built for {self.n_tokens}")
 
+        # spatial size per UNet level (stride-2 convs: ceil(n / 2)); refiner upsamplers go to the next
+        # level's size, as the official code passes ``output_size`` (odd latent sizes: 13 -> 7 -> 13)
+        level_sizes = [tuple(z.shape[-2:])]
+        for _ in range(max(lp.scale_level for lp in plan.layers)):
+            level_sizes.append(tuple((n + 1) // 2 for n in level_sizes[-1]))
+        up_size = [level_sizes[lp.scale_level - 1] if lp.upsample else None for lp in plan.layers]
         pre = Preimage()
         state: Dict[str, Any] = {"stream": None, "fused": []}
         last = len(plan.layers) - 1
@@ -224,7 +255,7 @@ class PrimeDepth(DepthModel):
                     fused = self.fusions[i](feat if lp.ch_f else None, maps)  # [B,merge_out,h,w]
                     del maps
                     if self.block_conv is None:
-                        state["stream"] = self.refiner.layers[i](state["stream"], fused, temb, context)
+                        state["stream"] = self.refiner.layers[i](state["stream"], fused, temb, context, up_size[i])
                     elif fused is not None:
                         state["fused"].append(fused)
                 sizes[i] = tuple(feat.shape[-2:])
@@ -238,7 +269,7 @@ class PrimeDepth(DepthModel):
             for i, lp in enumerate(plan.layers):
                 handles.append(unet.get_submodule(lp.resnet).register_forward_pre_hook(make_hook(i), with_kwargs=True))
             with torch.no_grad(), tapped(unet, pre, self_attn=self._attn_names, cross_attn=self._attn_names,
-                                         regions=self.config["regions"]):
+                                         regions=self.config["regions"], pool=self.config["attn_pool"]):
                 try:
                     unet(z, t, encoder_hidden_states=context, return_dict=False)
                 except _Done:
@@ -254,10 +285,10 @@ class PrimeDepth(DepthModel):
             block = torch.cat([f if tuple(f.shape[-2:]) == size0 else
                                F.adaptive_avg_pool2d(f, size0) for f in state["fused"]], dim=1)
             state["fused"].clear()
-            stream = self.refiner.layers[0](None, self.block_conv(block), temb, context)
+            stream = self.refiner.layers[0](None, self.block_conv(block), temb, context, up_size[0])
             del block
             for i in range(1, len(plan.layers)):
-                stream = self.refiner.layers[i](stream, None, temb, context)
+                stream = self.refiner.layers[i](stream, None, temb, context, up_size[i])
             state["stream"] = stream
         return self.refiner.out(state["stream"])  # [B,C_out,H/8,W/8]
 
@@ -312,7 +343,7 @@ class PrimeDepth(DepthModel):
 
     def _predict_once(self, images, context, seed, with_segmentation):
         gen = None
-        if self.config["noise"]:
+        if self.config["noise"] or self.config["latent"] == "sample":
             gen = torch.Generator("cpu").manual_seed(int(seed) if seed is not None else 0)
         if self.config["channels_last"]:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -372,11 +403,20 @@ class PrimeDepth(DepthModel):
         if not (path / WEIGHTS).exists():  # before the (slow) SD load
             raise CheckpointError(f"{path} has no {WEIGHTS} — the checkpoint is incomplete")
         captioner = overrides.pop("captioner", None)
-        config = {**marker.get("config", {}), **overrides}
+        config = {**cls.saved_config(marker), **overrides}
         sd = StableDiffusion.from_pretrained(path)
         model = cls(sd, captioner=captioner, **config)
         model.load_weights_beside_backbone(path / WEIGHTS)
         return model.to(device=device, dtype=dtype).eval()
+
+    @classmethod
+    def saved_config(cls, marker: Dict[str, Any]) -> Dict[str, Any]:
+        """Constructor arguments from a ``diffdepth.json`` marker; one saved before ``attn_pool`` existed
+        gets :data:`LEGACY_CONFIG` (the behaviour it was built and trained with)."""
+        config = dict(marker.get("config", {}))
+        if "attn_pool" not in config:
+            config = {**LEGACY_CONFIG, **config}
+        return config
 
     @classmethod
     def make_tiny(cls, seed: int = 0, **overrides: Any) -> "PrimeDepth":
@@ -429,7 +469,8 @@ def converted_official(official: Path, sd_config: str = "stabilityai/stable-diff
 
     st = official.stat()
     root = Path(os.environ.get("DIFFDEPTH_CACHE", Path.home() / ".cache" / "diffdepth"))
-    out = root / "converted" / f"primedepth-{official.stem}-{st.st_size}-{st.st_mtime_ns}"
+    # "v2": conversions made before attn_pool / eps / latent existed are redone (they would load as legacy)
+    out = root / "converted" / f"primedepth-v2-{official.stem}-{st.st_size}-{st.st_mtime_ns}"
     if not (out / "diffdepth.json").exists():
         print(f"converting official PrimeDepth checkpoint {official} -> {out} (once)", file=sys.stderr)
         with atomic_dir(out) as tmp:

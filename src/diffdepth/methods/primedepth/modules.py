@@ -147,16 +147,27 @@ class Refiner(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- heads
-def make_head(in_channels: int, out_channels: int, block_channels: Sequence[int], layers: int, groups: int) -> nn.Module:
+def set_group_norm_eps(module: nn.Module, eps: float) -> nn.Module:
+    """Set ``eps`` on every GroupNorm inside ``module`` (diffusers builds VAE-style blocks with 1e-6)."""
+    for m in module.modules():
+        if isinstance(m, nn.GroupNorm):
+            m.eps = eps
+    return module
+
+
+def make_head(in_channels: int, out_channels: int, block_channels: Sequence[int], layers: int, groups: int,
+              eps: float = 1e-5) -> nn.Module:
     """A head shaped like the SD VAE decoder with an ``in_channels`` bottleneck (PrimeDepth Sec. 3.3):
     conv_in -> mid block (resnet, attention, resnet) -> up levels (``layers + 1`` resnets each,
-    x2 upsampling between levels) -> GroupNorm -> SiLU -> conv_out. Built with diffusers' ``Decoder``."""
+    x2 upsampling between levels) -> GroupNorm -> SiLU -> conv_out. Built with diffusers' ``Decoder``;
+    every GroupNorm gets ``eps`` (official ``Normalize``: 1e-5)."""
     from diffusers.models.autoencoders.vae import Decoder
 
-    return Decoder(in_channels=in_channels, out_channels=out_channels,
+    head = Decoder(in_channels=in_channels, out_channels=out_channels,
                    up_block_types=("UpDecoderBlock2D",) * len(block_channels),
                    block_out_channels=tuple(block_channels), layers_per_block=layers,
                    norm_num_groups=groups, act_fn="silu", mid_block_add_attention=True)
+    return set_group_norm_eps(head, eps)
 
 
 def _resnet_infer(res: nn.Module, x: torch.Tensor) -> torch.Tensor:
