@@ -81,3 +81,20 @@ def test_predict_from_images_runs_the_vae_and_is_seeded(tiny):
     assert a.shape == (1, 1, 32, 32) and torch.equal(a, b)
     with pytest.raises(ValueError, match="pooling"):
         OfficialProcedure(tiny, pooling="nearest")
+
+
+def test_bench_primedepth_measures_the_official_procedure_in_the_same_run(tmp_path, capsys):
+    import json
+
+    from diffdepth.cli import main
+
+    out = tmp_path / "pd.json"
+    assert main(["bench", "primedepth", "--tiny", "--sizes", "32", "--threads", "1", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())["results"][0]
+    ours, official = res["ours"], res["official"]
+    for r in (ours, official):
+        assert r["seconds"] > 0 and r["cpu_s"] > 0 and r["threads"] == 1
+        assert r["refine_cpu_s"] > 0 and r["head_cpu_s"] >= 0
+    row = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| 32²")][0].split("|")
+    assert row[4].strip() == f"{official['seconds'] / ours['seconds']:.2f}×"  # speed-up of this run
+    assert row[7].strip() == f"{official['cpu_s'] / ours['cpu_s']:.2f}×"

@@ -46,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, help="also write the results as JSON to this file")
     p.add_argument("--no-official", dest="official", action="store_false",
                    help="skip the official-procedure baseline (then no speed-up is printed)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads in the workers (0: torch's default; 1 gives the cleanest CPU seconds on a "
+                        "busy machine: no thread synchronisation)")
     p.add_argument("--tiny", action="store_true", help="tiny random model (smoke test of the benchmark itself)")
     p.add_argument("--fixed-mmap-threshold", action="store_true",
                    help="run the workers with MALLOC_MMAP_THRESHOLD_=131072 (glibc returns freed maps to the OS at "
@@ -95,7 +98,7 @@ def build_tiny(device, dtype, channels_last: bool = False):
 
 
 def worker(size: int, repeats: int, device: str, dtype: str, channels_last: bool, variant: str = "ours",
-           tiny: bool = False) -> dict:
+           tiny: bool = False, threads: int = 0) -> dict:
     """One subprocess: build the model, warm up at 64², then time ``variant`` (ours | official)."""
     import time
 
@@ -106,6 +109,8 @@ def worker(size: int, repeats: int, device: str, dtype: str, channels_last: bool
     from .official import OfficialProcedure
 
     torch.set_flush_denormal(True)
+    if threads:
+        torch.set_num_threads(threads)
     dev, dt = parse_device(device), parse_dtype(dtype)
     model = (build_tiny if tiny else build)(dev, dt, channels_last)
     sd = model.sd
@@ -176,14 +181,15 @@ def run(args: argparse.Namespace) -> int:
                   flush=True)
             res[variant] = run_worker("diffdepth.bench.primedepth",
                                       ["--worker", str(size), str(args.repeats), args.device, args.dtype,
-                                       "1" if args.channels_last else "0", variant, "1" if args.tiny else "0"])
+                                       "1" if args.channels_last else "0", variant, "1" if args.tiny else "0",
+                                       str(args.threads)])
         rows.append((size, res))
     dev = parse_device(args.device)
     r0 = rows[0][1]["ours"]
     what = "TINY random model (smoke test)" if args.tiny else "SD 2.1 UNet + preimage + refiner + depth head"
     print(f"PrimeDepth benchmark — {what} from the latent (no VAE encode, no captioner, no segmentation head), "
           f"random weights, {args.dtype}, batch 1, {r0['params_total_m']:.0f} M parameters "
-          f"({r0['params_primedepth_m']:.0f} M PrimeDepth); {machine_description(dev)}; "
+          f"({r0['params_primedepth_m']:.0f} M PrimeDepth); {machine_description(dev)}, worker threads {r0['threads']}; "
           f"official = the official procedure (materialised attention, its pooling, full UNet, plain head) "
           f"on the same weights, measured in this run")
     print(f"| size | ours s | official s | speed-up | ours CPU s | official CPU s | CPU speed-up | "
@@ -220,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        size, repeats, device, dtype, cl, variant, tiny = sys.argv[2:9]
-        print(json.dumps(worker(int(size), int(repeats), device, dtype, cl == "1", variant, tiny == "1")))
+        size, repeats, device, dtype, cl, variant, tiny, threads = sys.argv[2:10]
+        print(json.dumps(worker(int(size), int(repeats), device, dtype, cl == "1", variant, tiny == "1", int(threads))))
     else:
         raise SystemExit("use `diffdepth bench primedepth`")
