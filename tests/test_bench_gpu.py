@@ -67,3 +67,23 @@ def test_meter_times_the_asked_calls_and_stops_at_the_cap():
     calls.clear()
     r = meter.measure(lambda: calls.append(1), repeats=5, warmup=2, cap_s=0)  # one warm-up, one timed call
     assert len(calls) == 2 and r["runs"] == 1
+
+
+def test_a_run_stopped_midway_leaves_a_table_marked_partial(tmp_path, monkeypatch):
+    from diffdepth.bench import gpu
+
+    md = tmp_path / "gpu.md"
+    real = gpu.Run.run_method
+
+    def stop_at_marigold(self, method):
+        if method == "marigold":
+            raise KeyboardInterrupt  # what gpu.sh's timeout does
+        return real(self, method)
+
+    monkeypatch.setattr(gpu.Run, "run_method", stop_at_marigold)
+    rc = main(["bench", "gpu", "--dry-run", "--methods", "diffsql,marigold", "--repeats", "1", "--warmup", "0",
+               "--no-batches", "--out", str(md)])
+    assert rc == 130
+    text = md.read_text()
+    assert "**partial**: in progress or stopped after 2 measurements" in text
+    assert text.count("| diffsql | predict |") == 2 and "| marigold |" not in text

@@ -278,6 +278,7 @@ class Run:
         self.t0 = time.perf_counter()
         self.rows: List[Dict[str, Any]] = []  # one per measurement, in run order
         self.notes: List[str] = []
+        self.finished = False  # set when every method has run: until then the report says partial
         self.env = environment(self.device)
         self.command = command_line(args)
         out = args.out
@@ -459,7 +460,7 @@ class Run:
 
     def render(self) -> str:
         a, env = self.args, self.env
-        done = all(r["status"] != "skipped (budget)" for r in self.rows)
+        skipped = any(r["status"] == "skipped (budget)" for r in self.rows)
         lines = [f"# `diffdepth bench gpu` on {env['device']}{' — DRY RUN (tiny models, CPU)' if self.tiny else ''}", "",
                  f"* device: {env['device']}; driver {env['driver']}; CUDA {env['cuda']}; torch {env['torch']}; "
                  f"diffusers {env['diffusers']}; host {env['host']}",
@@ -471,7 +472,9 @@ class Run:
                  + ("`torch.cuda.max_memory_allocated` (total incl. weights / above the weights)"
                     if self.device.type == "cuda" else "peak resident set VmHWM (total / above the start)"),
                  f"* run time {time.perf_counter() - self.t0:.0f} s; "
-                 + ("complete" if done else f"**partial**: measurements after {a.budget_s:.0f} s were skipped"),
+                 + ("complete" if self.finished and not skipped else
+                    f"**partial**: measurements after {a.budget_s:.0f} s were skipped" if self.finished else
+                    f"**partial**: in progress or stopped after {len(self.rows)} measurements"),
                  ""]
         # baselines
         lines += ["## Against the baselines, same run", "",
@@ -634,6 +637,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         torch.set_num_threads(threads)
         torch.backends.cudnn.benchmark = cudnn_benchmark
+    r.finished = True
     r.write()
     print(r.render())
     if r.out is not None:
