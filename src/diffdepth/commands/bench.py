@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-HELP = "benchmarks: taps | primedepth | marigold | seecoder-vpd | diffsql | native"
+HELP = "benchmarks: taps | primedepth | marigold | seecoder-vpd | diffsql | native | gpu"
 
 BENCHMARKS = {
     "taps": "diffdepth.bench.taps",
@@ -13,6 +13,7 @@ BENCHMARKS = {
     "seecoder-vpd": "diffdepth.bench.seecoder_vpd",
     "diffsql": "diffdepth.bench.diffsql",
     "native": "diffdepth.bench.native",
+    "gpu": "diffdepth.bench.gpu",
 }
 
 
