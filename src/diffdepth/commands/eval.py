@@ -101,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
 
         model = diffdepth.load_model(args.method, args.checkpoint, device=args.device, dtype=args.dtype)
         res = args.processing_res if args.processing_res is not None else protocol.processing_res
+        if args.processing_res is None and getattr(model, "owns_resize", False):
+            res = 0  # e.g. hf: the model's own image processor picks the resolution
         from .predict import method_options
 
         options = method_options(args)
