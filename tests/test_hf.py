@@ -116,3 +116,58 @@ def test_a_folder_that_is_not_a_transformers_model_is_a_one_line_error(tmp_path)
     (tmp_path / "x").mkdir()
     with pytest.raises(CheckpointError, match="no config.json"):
         diffdepth.load_model("hf", checkpoint=tmp_path / "x", device="cpu")
+
+
+# ------------------------------------------------------------------ on-the-fly ensembles (item 2)
+def _avg(ours, other_disparity):
+    """PrimeDepth's pixel-wise average: other aligned to ours by closed-form least squares, then the mean."""
+    o, e = ours.astype(np.float64).ravel(), other_disparity.astype(np.float64).ravel()
+    s = np.sum((e - e.mean()) * (o - o.mean())) / np.sum((e - e.mean()) ** 2)
+    t = o.mean() - s * e.mean()
+    return 0.5 * ours + 0.5 * (s * other_disparity + t)
+
+
+def test_ensemble_with_a_method_spec_runs_both_models_and_averages(hf_dirs, photos, tmp_path):
+    metric = tmp_path / "metric"
+    make_tiny_hf("depth_anything", seed=5, depth_estimation_type="metric", max_depth=20).save_pretrained(metric)
+    pipe = lambda d: diffdepth.DepthPipeline(diffdepth.load_model("hf", checkpoint=d, device="cpu"))  # noqa: E731
+    img = str(photos / "a.png")
+    ours = pipe(hf_dirs["depth_anything"])(img).depth
+    dpt = pipe(hf_dirs["dpt"])(img).depth
+    far = pipe(metric)(img).depth
+    assert (far > 0).all()
+    for spec, other in ((f"hf:{hf_dirs['dpt']}", dpt), (f"hf:{metric}", 1.0 / far)):  # metric depth is inverted
+        out = tmp_path / spec.replace("/", "_")
+        assert main(["predict", img, "--method", "hf", "--checkpoint", str(hf_dirs["depth_anything"]),
+                     "--out", str(out), "--save", "npy", "--ensemble-with", spec]) == 0
+        got = np.load(out / "a.npy")
+        expected = _avg(ours, other)
+        assert np.abs(expected - ours).max() > 1e-2  # the second model changes the result
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_eval_scores_the_ensemble_and_bad_specs_are_one_line_errors(hf_dirs, tmp_path, capsys):
+    data = tmp_path / "synth"
+    assert main(["synth", str(data), "--n", "2", "--size", "40x52", "--quiet"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "ev"
+    assert main(["eval", "--dataset", "folder", "--data-root", str(data), "--method", "hf", "--checkpoint",
+                 str(hf_dirs["depth_anything"]), "--ensemble-with", f"hf:{hf_dirs['dpt']}", "--out", str(out),
+                 "--no-progress", "--device", "cpu"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ensemble_with"] == f"hf:{hf_dirs['dpt']}" and summary["kind"] == AFFINE_DISPARITY
+    from diffdepth.data.benchmarks import open_benchmark
+
+    ds = open_benchmark("folder", data)
+    pipe = lambda d: diffdepth.DepthPipeline(diffdepth.load_model("hf", checkpoint=d, device="cpu"))  # noqa: E731
+    a, b = pipe(hf_dirs["depth_anything"]), pipe(hf_dirs["dpt"])
+    for i in range(len(ds)):
+        sample = ds[i]
+        image = np.ascontiguousarray(np.asarray(sample["image"], np.float32).transpose(1, 2, 0))
+        expected = _avg(a([image])[0].depth, b([image])[0].depth)
+        np.testing.assert_allclose(np.load(out / "predictions" / f"{sample['name']}.npy"), expected,
+                                   rtol=1e-4, atol=1e-5)
+    rc = main(["predict", str(data), "--method", "hf", "--checkpoint", str(hf_dirs["dpt"]), "--out",
+               str(tmp_path / "x"), "--ensemble-with", "nosuchmethod:foo"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "neither a folder of predictions nor METHOD:CHECKPOINT" in err and "Traceback" not in err

@@ -51,7 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     from .predict import add_method_options
 
-    add_method_options(parser)
+    g = add_method_options(parser)
+    g.add_argument("--ensemble-with", default=None, metavar="DIR|METHOD:CKPT",
+                   help="score the average (aligned disparities, PrimeDepth paper) with a second model: a method "
+                        "spec run in this job (e.g. hf:depth-anything/Depth-Anything-V2-Large-hf) or a folder of "
+                        "its saved predictions <name>.npy")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
 
 
@@ -70,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--min-depth {protocol.min_depth} must be below --max-depth {protocol.max_depth}")
     if args.max_samples is not None and args.max_samples < 1:
         raise InputError(f"--max-samples must be >= 1, got {args.max_samples}")
+    if args.predictions is not None and args.ensemble_with is not None:
+        raise InputError("--ensemble-with applies only with --method (it averages the model run here with another)")
     if args.predictions is not None and args.checkpoint is not None:
         raise InputError("--checkpoint applies only with --method (saved --predictions need no model)")
 
@@ -108,11 +114,19 @@ def run(args: argparse.Namespace) -> int:
         options = method_options(args)
         pipe = DepthPipeline(model, processing_res=res, **options)
 
+        ensemble = None
+        if args.ensemble_with:
+            from ..ensemble import Ensembler
+
+            ensemble = Ensembler(args.ensemble_with, device=args.device, dtype=args.dtype)
+
         def predict(sample):
             image = np.ascontiguousarray(np.asarray(sample["image"], dtype=np.float32).transpose(1, 2, 0))  # [H,W,3]
-            return pipe([image])[0]
+            pred = pipe([image])[0]
+            return ensemble(pred, rel=sample["name"], image=image) if ensemble else pred
 
         info.update(method=args.method, checkpoint=str(args.checkpoint), processing_res=res, options=options,
+                    ensemble_with=args.ensemble_with,
                     predictions=str(out / "predictions"))
         records = evaluate(samples, predict, protocol, args.alignment, kind=args.kind,
                            save_dir=out / "predictions", progress=not args.no_progress and distributed.is_main(),

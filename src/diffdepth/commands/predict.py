@@ -58,8 +58,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them)")
     g = add_method_options(p)
-    g.add_argument("--ensemble-with", default=None, metavar="DIR",
-                   help="average (aligned disparities) with another model's .npy predictions at the same relative paths")
+    g.add_argument("--ensemble-with", default=None, metavar="DIR|METHOD:CKPT",
+                   help="average (aligned disparities, PrimeDepth paper) with a second model: a folder of its .npy "
+                        "predictions at the same relative paths, or a method spec run in this job "
+                        "(e.g. hf:depth-anything/Depth-Anything-V2-Large-hf)")
     e = p.add_argument_group("export")
     e.add_argument("--focal", type=float, default=None, help="focal length in pixels for the PLY point cloud")
     e.add_argument("--fov", type=float, default=None, help="horizontal field of view in degrees for the PLY")
@@ -183,7 +185,12 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_model(args.method, args.checkpoint, device=args.device, dtype=args.dtype)
     pipe = DepthPipeline(model, processing_res=args.processing_res, batch_size=args.batch_size, **options)
-    ensemble = _external_ensembler(args.ensemble_with) if args.ensemble_with else None
+    if args.ensemble_with:
+        from ..ensemble import Ensembler
+
+        ensemble = Ensembler(args.ensemble_with, device=args.device, dtype=args.dtype)
+    else:
+        ensemble = None
 
     images = [j for j in jobs if j.source.suffix.lower() not in VIDEO_EXTENSIONS]
     videos = [j for j in jobs if j.source.suffix.lower() in VIDEO_EXTENSIONS]
@@ -204,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
             job = images[item.index]
             try:
                 if ensemble is not None:
-                    pred = ensemble(job.rel, pred)
+                    pred = ensemble(pred, rel=job.rel, image=item.rgb)
                 meta = item.meta
                 save_outputs(out_root / job.rel, pred, item.rgb, formats, overwrite=args.overwrite,
                              focal=args.focal, fov=args.fov, exif_focal_px=getattr(meta, "focal_px", None),
@@ -259,25 +266,3 @@ def _predict_video(pipe, job: Job, out_root: Path, args) -> None:
     save_depth_video(base.with_name(base.name + "_depth.mp4"), depths, kind, fps, cmap=args.cmap)
     save_npz_frames(base.with_name(base.name + ".npz"), np.stack(depths), kind, fps)
 
-
-def _external_ensembler(folder: str):
-    """Average our disparity with another model's prediction at the same relative path.
-
-    PrimeDepth's paper averages its disparity with Depth Anything's; the external map is
-    inverted if its ``kind.txt`` says depth, aligned to ours by least squares, then averaged.
-    """
-    from ..methods.primedepth.ensemble import ensemble_with, external_kind_of, find_external, read_external
-    from ..types import AFFINE_DISPARITY, DepthPrediction
-
-    root = Path(folder).expanduser()
-    kind = external_kind_of(root)
-
-    def apply(rel: Path, pred):
-        if pred.kind != AFFINE_DISPARITY:
-            raise InputError(f"--ensemble-with averages affine-invariant disparities; this method gives {pred.kind}")
-        external = read_external(find_external(root, str(rel)))
-        return DepthPrediction(ensemble_with(pred.depth, external, kind), pred.kind, pred.uncertainty, pred.extras)
-
-    if not root.is_dir():
-        raise InputError(f"--ensemble-with {folder}: no such folder")
-    return apply
