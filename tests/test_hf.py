@@ -1,6 +1,7 @@
 """The ``hf`` method: tiny random transformers depth models saved in the real format, checked against
 ``transformers.pipeline("depth-estimation")`` on the same files."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,3 +172,67 @@ def test_eval_scores_the_ensemble_and_bad_specs_are_one_line_errors(hf_dirs, tmp
                str(tmp_path / "x"), "--ensemble-with", "nosuchmethod:foo"])
     err = capsys.readouterr().err
     assert rc != 0 and "neither a folder of predictions nor METHOD:CHECKPOINT" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ leaderboard (item 3)
+def _csv_rows(path):
+    import csv
+
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_leaderboard_two_models_on_synth_matches_single_evals(hf_dirs, tmp_path, capsys):
+    data = tmp_path / "synth"
+    assert main(["synth", str(data), "--n", "2", "--size", "40x52", "--quiet"]) == 0
+    common = ["--dataset", "folder", "--data-root", str(data), "--no-progress", "--device", "cpu"]
+    da, dpt = str(hf_dirs["depth_anything"]), str(hf_dirs["dpt"])
+    out = tmp_path / "board"
+    assert main(["eval", *common, "--method", "hf", "--checkpoint", da, "--checkpoint", dpt, "--method", "hf",
+                 "--out", str(out)]) != 0  # two checkpoints for the first --method: ambiguous
+    capsys.readouterr()
+    assert main(["eval", *common, "--method", "hf", "--checkpoint", da, "--method", "hf", "--checkpoint", dpt,
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = _csv_rows(out / "leaderboard.csv")
+    assert [r["model"] for r in rows] == [f"hf:{da}", f"hf:{dpt}"]
+    # the same numbers as one `diffdepth eval` per model, under the same protocol
+    for ckpt, row in zip((da, dpt), rows):
+        single = tmp_path / ("single_" + Path(ckpt).name)
+        assert main(["eval", *common, "--method", "hf", "--checkpoint", ckpt, "--out", str(single)]) == 0
+        ref = json.loads((single / "summary.json").read_text())
+        assert int(row["evaluated"]) == ref["counts"]["evaluated"] == 2
+        for metric, value in ref["metrics"].items():
+            assert float(row[metric]) == pytest.approx(value, rel=1e-5), metric
+        assert row["alignment"] == "lsq-disparity" and row["kind"] == AFFINE_DISPARITY
+        assert row["processing_resolution"].startswith("processor")
+        assert row["protocol"].startswith("folder, crop none")
+        assert float(row["seconds_per_image"]) > 0 and float(row["peak_memory_mib"]) > 0
+    assert sum((p / "summary.json").exists() for p in out.iterdir()) == 2  # one report folder per model
+    assert "| model |" in printed and "abs_rel ↓" in printed
+    md = (out / "leaderboard.md").read_text()
+    assert md.count("**") >= 2 * 10  # each metric's best is marked
+
+
+def test_leaderboard_from_yaml_with_an_ensemble(hf_dirs, tmp_path, capsys):
+    data = tmp_path / "synth"
+    assert main(["synth", str(data), "--n", "2", "--size", "40x52", "--quiet"]) == 0
+    da, dpt = str(hf_dirs["depth_anything"]), str(hf_dirs["dpt"])
+    models = tmp_path / "models.yaml"
+    models.write_text(f"models:\n  - {{method: hf, checkpoint: {da}, label: DA}}\n"
+                      f"  - {{method: hf, checkpoint: {da}, label: DA+DPT, ensemble_with: 'hf:{dpt}'}}\n")
+    common = ["--dataset", "folder", "--data-root", str(data), "--no-progress", "--device", "cpu"]
+    assert main(["eval", *common, "--models", str(models), "--out", str(tmp_path / "b")]) == 0
+    rows = {r["model"]: r for r in _csv_rows(tmp_path / "b" / "leaderboard.csv")}
+    assert set(rows) == {"DA", "DA+DPT"} and rows["DA+DPT"]["ensemble_with"] == f"hf:{dpt}"
+    assert (tmp_path / "b" / "DA+DPT" / "summary.json").exists()
+    assert main(["eval", *common, "--method", "hf", "--checkpoint", da, "--ensemble-with", f"hf:{dpt}",
+                 "--out", str(tmp_path / "ens")]) == 0
+    ref = json.loads((tmp_path / "ens" / "summary.json").read_text())["metrics"]
+    for metric, value in ref.items():
+        assert float(rows["DA+DPT"][metric]) == pytest.approx(value, rel=1e-5)
+    assert float(rows["DA+DPT"]["abs_rel"]) != pytest.approx(float(rows["DA"]["abs_rel"]), rel=1e-6)
+    models.write_text("models:\n  - {checkpoint: x}\n")
+    capsys.readouterr()
+    assert main(["eval", *common, "--models", str(models), "--out", str(tmp_path / "c")]) != 0
+    assert "entry 1 needs a `method`" in capsys.readouterr().err

@@ -18,6 +18,15 @@ names the kind. Outputs: OUT/summary.json, OUT/summary.md, OUT/per_sample.csv
 """
 
 
+class _InOrder(argparse.Action):
+    """Store the value (the last one wins) and record ``(flag, value)`` in order, to pair repeated
+    ``--method``/``--checkpoint`` flags into leaderboard entries."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.model_flags = [*(getattr(namespace, "model_flags", None) or []), (self.dest, values)]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..evaluation.alignment import ALIGNMENTS
     from ..evaluation.protocols import ALIASES, PROTOCOLS
@@ -29,9 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"benchmark protocol: {', '.join(PROTOCOLS)} (aliases: {', '.join(ALIASES)})")
     parser.add_argument("--data-root", required=True, metavar="DIR", help="dataset folder in its published layout")
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--method", metavar="M", help="method id to run (with --checkpoint)")
+    src.add_argument("--method", metavar="M", action=_InOrder,
+                     help="method id to run (with --checkpoint); repeat --method/--checkpoint pairs to compare "
+                          "several models in one leaderboard table")
     src.add_argument("--predictions", metavar="DIR", help="score saved predictions (<name>.npy) instead of a model")
-    parser.add_argument("--checkpoint", metavar="C", help="checkpoint folder or hub id for --method")
+    src.add_argument("--models", metavar="FILE.yaml",
+                     help="leaderboard: a YAML list of models (method, checkpoint, label, options, ensemble_with, "
+                          "processing_res, dtype) scored on the same samples into OUT/leaderboard.md + .csv")
+    parser.add_argument("--checkpoint", metavar="C", action=_InOrder, help="checkpoint folder or hub id for --method")
     parser.add_argument("--split-file", metavar="F",
                         help="local copy of the split list (default: download the published list once and cache it)")
     parser.add_argument("--alignment", choices=ALIGNMENTS, default=None,
@@ -74,15 +88,24 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--min-depth {protocol.min_depth} must be below --max-depth {protocol.max_depth}")
     if args.max_samples is not None and args.max_samples < 1:
         raise InputError(f"--max-samples must be >= 1, got {args.max_samples}")
+    if args.models is not None and (args.checkpoint is not None or args.ensemble_with is not None):
+        raise InputError("with --models FILE.yaml give each model's checkpoint and ensemble_with in the file")
     if args.predictions is not None and args.ensemble_with is not None:
         raise InputError("--ensemble-with applies only with --method (it averages the model run here with another)")
     if args.predictions is not None and args.checkpoint is not None:
         raise InputError("--checkpoint applies only with --method (saved --predictions need no model)")
 
     from .. import distributed
+    from ..evaluation.leaderboard import entries_from_flags, read_models_file
+
+    entries = read_models_file(args.models) if args.models else entries_from_flags(getattr(args, "model_flags", None))
+    if len(entries) > 1 and args.ensemble_with:
+        raise InputError("--ensemble-with with several models: give each model its ensemble_with in --models FILE.yaml")
 
     dataset = open_benchmark(protocol.name, args.data_root, args.split_file)
     n = len(dataset) if args.max_samples is None else min(len(dataset), args.max_samples)
+    if args.models or len(entries) > 1:
+        return _leaderboard(args, entries, dataset, n, protocol)
     # under `accelerate launch`/torchrun each process scores its own block of samples;
     # the records are gathered into one summary below (identical to a single process)
     mine = distributed.shard_indices(n)
@@ -158,4 +181,23 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(paths["md"].read_text(), end="")
     print(f"wrote {paths['json']}, {paths['md']}, {paths['csv']}")
+    return 0
+
+
+def _leaderboard(args, entries, dataset, n, protocol) -> int:
+    """Several models on the same samples -> OUT/<label>/ reports + OUT/leaderboard.md/.csv."""
+    from pathlib import Path
+
+    from .. import distributed
+    from ..evaluation.leaderboard import run_leaderboard
+    from .predict import method_options
+
+    out = Path(args.out).expanduser()
+    paths = run_leaderboard(entries, dataset, n, protocol, out, alignment=args.alignment,
+                            processing_res=args.processing_res, options=method_options(args), device=args.device,
+                            dtype=args.dtype, progress=not args.no_progress and distributed.is_main())
+    if paths is None:  # not the main process
+        return 0
+    print(paths["md"].read_text(), end="")
+    print(f"wrote {paths['md']}, {paths['csv']} and one report folder per model in {out}")
     return 0

@@ -83,9 +83,13 @@ class HFDepth(DepthModel):
         """The processor's resolution rule in words (for reports)."""
         p = self.processor
         size = getattr(p, "size", None)
-        if hasattr(size, "items") or isinstance(size, dict):
-            size = {k: v for k, v in dict(size).items() if v is not None}
-        text = f"processor {size}"
+        if size is not None and not isinstance(size, dict):
+            size = vars(size) if hasattr(size, "__dict__") else dict(size)  # transformers' SizeDict
+        size = {k: v for k, v in (size or {}).items() if v is not None}
+        if "height" in size and "width" in size:
+            text = f"processor {size['height']}x{size['width']}"
+        else:
+            text = "processor " + " ".join(f"{k}={v}" for k, v in size.items())
         if getattr(p, "keep_aspect_ratio", False):
             text += " keep-aspect"
         multiple = getattr(p, "ensure_multiple_of", 1) or 1
