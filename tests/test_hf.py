@@ -236,3 +236,20 @@ def test_leaderboard_from_yaml_with_an_ensemble(hf_dirs, tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", *common, "--models", str(models), "--out", str(tmp_path / "c")]) != 0
     assert "entry 1 needs a `method`" in capsys.readouterr().err
+
+
+def test_video_frames_equal_per_frame_predictions(hf_dirs, tmp_path):
+    from diffdepth.io.video import VideoWriter, iter_video_frames, load_npz_frames
+
+    clip = tmp_path / "clip.mp4"
+    rng = np.random.default_rng(0)
+    with VideoWriter(clip, fps=5) as w:
+        for _ in range(2):
+            w.write(rng.random((32, 48, 3)).astype(np.float32))
+    assert main(["predict", str(clip), "--method", "hf", "--checkpoint", str(hf_dirs["dpt"]),
+                 "--out", str(tmp_path / "o")]) == 0
+    depth, kind, _ = load_npz_frames(tmp_path / "o" / "clip.npz")
+    assert kind == AFFINE_DISPARITY and depth.shape == (2, 32, 48)
+    pipe = diffdepth.DepthPipeline(diffdepth.load_model("hf", checkpoint=hf_dirs["dpt"], device="cpu"))
+    for got, frame in zip(depth, iter_video_frames(clip)):
+        np.testing.assert_allclose(got, pipe(frame).depth, rtol=1e-5, atol=1e-6)
