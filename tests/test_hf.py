@@ -253,3 +253,28 @@ def test_video_frames_equal_per_frame_predictions(hf_dirs, tmp_path):
     pipe = diffdepth.DepthPipeline(diffdepth.load_model("hf", checkpoint=hf_dirs["dpt"], device="cpu"))
     for got, frame in zip(depth, iter_video_frames(clip)):
         np.testing.assert_allclose(got, pipe(frame).depth, rtol=1e-5, atol=1e-6)
+
+
+def test_two_process_leaderboard_equals_one_process(hf_dirs, tmp_path):
+    from test_distributed_inference import _torchrun
+
+    data = tmp_path / "synth"
+    assert main(["synth", str(data), "--n", "3", "--size", "40x52", "--quiet"]) == 0
+    args = ["eval", "--dataset", "folder", "--data-root", str(data), "--no-progress", "--device", "cpu",
+            "--method", "hf", "--checkpoint", str(hf_dirs["depth_anything"]),
+            "--method", "hf", "--checkpoint", str(hf_dirs["dpt"])]
+    assert main(args + ["--out", str(tmp_path / "one")]) == 0
+    _torchrun(args + ["--out", str(tmp_path / "two")], tmp_path)
+    one, two = _csv_rows(tmp_path / "one" / "leaderboard.csv"), _csv_rows(tmp_path / "two" / "leaderboard.csv")
+    assert len(one) == len(two) == 2
+    for a, b in zip(one, two):
+        assert a["evaluated"] == b["evaluated"] == "3"
+        for metric in ("abs_rel", "rmse", "delta1", "silog"):
+            assert float(a[metric]) == pytest.approx(float(b[metric]), rel=1e-5)
+    # every sample scored once, in order (1 thread per process under torchrun: last-digit float differences)
+    for folder in (tmp_path / "one").iterdir():
+        if folder.is_dir():
+            a_rows, b_rows = _csv_rows(folder / "per_sample.csv"), _csv_rows(tmp_path / "two" / folder.name / "per_sample.csv")
+            assert [r["name"] for r in a_rows] == [r["name"] for r in b_rows] and len(a_rows) == 3
+            for a, b in zip(a_rows, b_rows):
+                assert float(a["abs_rel"]) == pytest.approx(float(b["abs_rel"]), rel=1e-5)

@@ -179,7 +179,10 @@ def make_tiny_hf(family: str = "depth_anything", seed: int = 0, output_kind: Opt
     to a fixed square, like Intel/dpt-large). ``config`` goes to
     the model config (e.g. ``depth_estimation_type="metric"``).
     """
-    from transformers.models.dpt.image_processing_pil_dpt import DPTImageProcessorPil
+    try:  # transformers >= 5: the PIL backend has its own class
+        from transformers.models.dpt.image_processing_pil_dpt import DPTImageProcessorPil
+    except ImportError:  # transformers 4: the slow processor is the PIL one
+        from transformers import DPTImageProcessor as DPTImageProcessorPil
 
     torch.manual_seed(seed)
     # transformers' default init (std 0.02) gives outputs ~1e-8 through these few layers; 0.2 gives ~1
