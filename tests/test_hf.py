@@ -212,6 +212,19 @@ def test_leaderboard_two_models_on_synth_matches_single_evals(hf_dirs, tmp_path,
     assert "| model |" in printed and "abs_rel ↓" in printed
     md = (out / "leaderboard.md").read_text()
     assert md.count("**") >= 2 * 10  # each metric's best is marked
+    # several benchmarks in one table: one model on two datasets (the second a different synth scene set)
+    data2 = tmp_path / "synth2"
+    assert main(["synth", str(data2), "--n", "2", "--size", "40x52", "--seed", "7", "--quiet"]) == 0
+    multi = tmp_path / "multi"
+    assert main(["eval", "--dataset", "folder", "--data-root", str(data), "--dataset", "folder", "--data-root",
+                 str(data2), "--method", "hf", "--checkpoint", dpt, "--no-progress", "--device", "cpu",
+                 "--out", str(multi)]) == 0
+    both = _csv_rows(multi / "leaderboard.csv")
+    assert [r["dataset"] for r in both] == ["folder", "folder#2"]
+    for metric in ("abs_rel", "delta1"):
+        assert float(both[0][metric]) == pytest.approx(float(rows[1][metric]), rel=1e-6)
+    assert float(both[1]["abs_rel"]) != pytest.approx(float(both[0]["abs_rel"]), rel=1e-6)
+    assert len(list(multi.glob("*/folder#2/summary.json"))) == 1  # OUT/<label>/<benchmark>/ per pair
 
 
 def test_leaderboard_from_yaml_with_an_ensemble(hf_dirs, tmp_path, capsys):

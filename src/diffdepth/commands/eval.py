@@ -20,11 +20,11 @@ names the kind. Outputs: OUT/summary.json, OUT/summary.md, OUT/per_sample.csv
 
 class _InOrder(argparse.Action):
     """Store the value (the last one wins) and record ``(flag, value)`` in order, to pair repeated
-    ``--method``/``--checkpoint`` flags into leaderboard entries."""
+    ``--method``/``--checkpoint`` and ``--dataset``/``--data-root`` flags for a leaderboard."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         setattr(namespace, self.dest, values)
-        namespace.model_flags = [*(getattr(namespace, "model_flags", None) or []), (self.dest, values)]
+        namespace.ordered_flags = [*(getattr(namespace, "ordered_flags", None) or []), (self.dest, values)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,9 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.epilog = _EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--dataset", required=True, metavar="NAME",
-                        help=f"benchmark protocol: {', '.join(PROTOCOLS)} (aliases: {', '.join(ALIASES)})")
-    parser.add_argument("--data-root", required=True, metavar="DIR", help="dataset folder in its published layout")
+    parser.add_argument("--dataset", required=True, metavar="NAME", action=_InOrder,
+                        help=f"benchmark protocol: {', '.join(PROTOCOLS)} (aliases: {', '.join(ALIASES)}); repeat "
+                             f"--dataset/--data-root pairs to score models on several benchmarks in one table")
+    parser.add_argument("--data-root", required=True, metavar="DIR", action=_InOrder,
+                        help="dataset folder in its published layout")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--method", metavar="M", action=_InOrder,
                      help="method id to run (with --checkpoint); repeat --method/--checkpoint pairs to compare "
@@ -96,16 +98,34 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--checkpoint applies only with --method (saved --predictions need no model)")
 
     from .. import distributed
-    from ..evaluation.leaderboard import entries_from_flags, read_models_file
+    from ..evaluation.leaderboard import Bench, entries_from_flags, pair_flags, read_models_file
 
-    entries = read_models_file(args.models) if args.models else entries_from_flags(getattr(args, "model_flags", None))
+    flags = getattr(args, "ordered_flags", None)
+    entries = read_models_file(args.models) if args.models else entries_from_flags(flags)
     if len(entries) > 1 and args.ensemble_with:
         raise InputError("--ensemble-with with several models: give each model its ensemble_with in --models FILE.yaml")
+    datasets = pair_flags(flags, "dataset", "data_root")
+    if len(datasets) > 1:
+        if args.predictions is not None:
+            raise InputError("saved --predictions are scored on one --dataset at a time")
+        if args.split_file is not None:
+            raise InputError("--split-file applies to a single --dataset; omit it with several benchmarks")
+        missing = [name for name, root in datasets if root is None]
+        if missing:
+            raise InputError(f"--dataset {missing[0]} has no --data-root; give one --data-root after each --dataset")
+        benches = []
+        for name, root in datasets:
+            proto = get_protocol(name).with_overrides(crop=args.crop, min_depth=args.min_depth,
+                                                      max_depth=args.max_depth)
+            ds = open_benchmark(proto.name, root, None)
+            benches.append(Bench(proto, ds, len(ds) if args.max_samples is None else min(len(ds), args.max_samples),
+                                 proto.name))
+        return _leaderboard(args, entries, benches)
 
     dataset = open_benchmark(protocol.name, args.data_root, args.split_file)
     n = len(dataset) if args.max_samples is None else min(len(dataset), args.max_samples)
     if args.models or len(entries) > 1:
-        return _leaderboard(args, entries, dataset, n, protocol)
+        return _leaderboard(args, entries, [Bench(protocol, dataset, n, protocol.name)])
     # under `accelerate launch`/torchrun each process scores its own block of samples;
     # the records are gathered into one summary below (identical to a single process)
     mine = distributed.shard_indices(n)
@@ -184,8 +204,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _leaderboard(args, entries, dataset, n, protocol) -> int:
-    """Several models on the same samples -> OUT/<label>/ reports + OUT/leaderboard.md/.csv."""
+def _leaderboard(args, entries, benches) -> int:
+    """Several models (and/or benchmarks) on the same samples -> OUT/<label>/ reports + OUT/leaderboard.md/.csv."""
     from pathlib import Path
 
     from .. import distributed
@@ -193,7 +213,7 @@ def _leaderboard(args, entries, dataset, n, protocol) -> int:
     from .predict import method_options
 
     out = Path(args.out).expanduser()
-    paths = run_leaderboard(entries, dataset, n, protocol, out, alignment=args.alignment,
+    paths = run_leaderboard(entries, benches, out, alignment=args.alignment,
                             processing_res=args.processing_res, options=method_options(args), device=args.device,
                             dtype=args.dtype, progress=not args.no_progress and distributed.is_main())
     if paths is None:  # not the main process

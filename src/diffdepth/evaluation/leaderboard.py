@@ -60,26 +60,33 @@ def unique_labels(entries: List[Entry]) -> List[Entry]:
     return entries
 
 
-def entries_from_flags(flags) -> List[Entry]:
-    """Pair ``[("method", m), ("checkpoint", c), ...]`` in command-line order: each ``--method``
-    starts an entry, a ``--checkpoint`` belongs to the ``--method`` before it (or, when it comes
-    first, to the first one)."""
-    entries: List[Entry] = []
-    pending: Optional[str] = None
+def pair_flags(flags, head: str, tail: str) -> List[list]:
+    """Pair ``[(dest, value), ...]`` in command-line order into ``[head value, tail value or None]``:
+    each ``--head`` starts a pair, a ``--tail`` belongs to the ``--head`` before it (or, when it
+    comes first, to the first one). With a single ``--head`` the last ``--tail`` wins, as before."""
+    pairs: List[list] = []
+    pending = None
+    heads = sum(d == head for d, _ in flags or [])
     for dest, value in flags or []:
-        if dest == "method":
-            entries.append(Entry(method=value, checkpoint=pending))
+        if dest == head:
+            pairs.append([value, pending])
             pending = None
-        elif not entries:
+        elif dest != tail:
+            continue
+        elif not pairs:
             pending = value
-        elif entries[-1].checkpoint is None:
-            entries[-1].checkpoint = value
-        elif len([d for d, _ in flags if d == "method"]) > 1:
-            raise InputError(f"--checkpoint {value}: --method {entries[-1].method} already has --checkpoint "
-                             f"{entries[-1].checkpoint}; give one --checkpoint after each --method")
+        elif pairs[-1][1] is None or heads == 1:
+            pairs[-1][1] = value
         else:
-            entries[-1].checkpoint = value  # a single model: the last --checkpoint wins, as before
-    return unique_labels(entries)
+            flag, first = "--" + tail.replace("_", "-"), "--" + head.replace("_", "-")
+            raise InputError(f"{flag} {value}: {first} {pairs[-1][0]} already has {flag} {pairs[-1][1]}; "
+                             f"give one {flag} after each {first}")
+    return pairs
+
+
+def entries_from_flags(flags) -> List[Entry]:
+    """``--method``/``--checkpoint`` pairs (see :func:`pair_flags`) as entries."""
+    return unique_labels([Entry(method=m, checkpoint=c) for m, c in pair_flags(flags, "method", "checkpoint")])
 
 
 def read_models_file(path: str) -> List[Entry]:
@@ -138,34 +145,62 @@ def describe_resolution(model, res: int) -> str:
     return f"long side {res}" + (" (cap)" if getattr(model, "processing_res_is_cap", False) else "")
 
 
-def score_entry(entry: Entry, dataset, n: int, protocol, out: Path, *, alignment: Optional[str] = None,
-                processing_res: Optional[int] = None, options: Optional[dict] = None, device="auto",
-                dtype=None, progress: bool = False) -> Optional[dict]:
-    """Run one model on this process's shard of ``dataset[:n]``, gather, write ``out`` reports.
+@dataclass
+class Bench:
+    """One benchmark of a leaderboard: its protocol, opened dataset, sample count and folder name."""
 
-    Returns the summary (with ``seconds_per_image``, ``peak_memory_mib``) on the main process,
-    ``None`` on the others.
+    protocol: Any
+    dataset: Any
+    n: int
+    folder: str = ""
+
+
+def score_entry(entry: Entry, benches: List[Bench], out: Path, *, alignment: Optional[str] = None,
+                processing_res: Optional[int] = None, options: Optional[dict] = None, device="auto",
+                dtype=None, progress: bool = False) -> List[dict]:
+    """Load one model (once), run it on this process's shard of each benchmark, gather, write
+    reports in ``out`` (``out/<bench.folder>`` when there are several benchmarks).
+
+    Returns the summaries (with ``seconds_per_image``, ``peak_memory_mib``) on the main
+    process, ``[]`` on the others.
     """
     import torch
 
     import diffdepth
 
-    from .. import distributed
-    from ..pipeline import DepthPipeline
-    from .runner import evaluate, read_kind_file, summarize, write_reports
-
     model = diffdepth.load_model(entry.method, entry.checkpoint, device=device, dtype=entry.dtype or dtype)
     param = next(model.parameters())
-    res = entry.processing_res if entry.processing_res is not None else processing_res
-    if res is None:
-        res = 0 if getattr(model, "owns_resize", False) else protocol.processing_res
     opts = {**(options or {}), **entry.options}
-    pipe = DepthPipeline(model, processing_res=res, **opts)
     ensemble = None
     if entry.ensemble_with:
         from ..ensemble import Ensembler
 
         ensemble = Ensembler(entry.ensemble_with, device=device, dtype=entry.dtype or dtype)
+    summaries = []
+    for bench in benches:
+        summary = _score_bench(entry, model, param, ensemble, bench, out / bench.folder if len(benches) > 1 else out,
+                               alignment=alignment, processing_res=processing_res, opts=opts, progress=progress)
+        if summary is not None:
+            summaries.append(summary)
+    del model, ensemble
+    if param.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return summaries
+
+
+def _score_bench(entry, model, param, ensemble, bench: Bench, out: Path, *, alignment, processing_res, opts,
+                 progress) -> Optional[dict]:
+    import torch
+
+    from .. import distributed
+    from ..pipeline import DepthPipeline
+    from .runner import evaluate, read_kind_file, summarize, write_reports
+
+    protocol, dataset, n = bench.protocol, bench.dataset, bench.n
+    res = entry.processing_res if entry.processing_res is not None else processing_res
+    if res is None:
+        res = 0 if getattr(model, "owns_resize", False) else protocol.processing_res
+    pipe = DepthPipeline(model, processing_res=res, **opts)
     if param.device.type == "cuda":
         torch.cuda.synchronize(param.device)
         torch.cuda.reset_peak_memory_stats(param.device)
@@ -195,9 +230,6 @@ def score_entry(entry: Entry, dataset, n: int, protocol, out: Path, *, alignment
     resolution = describe_resolution(model, res)
     distributed.barrier()
     gathered = distributed.gather_objects((records, timing, peak))
-    del model, pipe, ensemble
-    if param.device.type == "cuda":
-        torch.cuda.empty_cache()
     if not distributed.is_main():
         return None
     records = distributed.unshard([g[0] for g in gathered], n)
@@ -209,7 +241,8 @@ def score_entry(entry: Entry, dataset, n: int, protocol, out: Path, *, alignment
                         alignment=alignment or protocol.alignment, kind=read_kind_file(out / "predictions"),
                         seconds_per_image=seconds / images if images else None,
                         peak_memory_mib=max(g[2] for g in gathered), peak_memory_kind=peak_kind,
-                        processes=len(gathered), predictions=str(out / "predictions"))
+                        processes=len(gathered), predictions=str(out / "predictions"),
+                        benchmark=bench.folder or protocol.name, data_root=str(getattr(dataset, "root", "")))
     write_reports(out, summary, records)
     return summary
 
@@ -230,7 +263,7 @@ def table_rows(summaries: List[dict]) -> List[dict]:
     rows = []
     for s in summaries:
         row = {"model": s.get("label"), "method": s.get("method"), "checkpoint": s.get("checkpoint") or "",
-               "ensemble_with": s.get("ensemble_with") or "", "dataset": s.get("dataset"),
+               "ensemble_with": s.get("ensemble_with") or "", "dataset": s.get("benchmark") or s.get("dataset"),
                "protocol": _protocol_text(s),
                "alignment": ", ".join(s.get("alignments") or []) or s.get("alignment", ""),
                "processing_resolution": s.get("processing_resolution", ""), "kind": s.get("kind") or "",
@@ -284,7 +317,8 @@ def leaderboard_markdown(rows: List[dict]) -> str:
 
 
 def write_leaderboard(out: Path, summaries: List[dict]) -> Dict[str, Path]:
-    rows = table_rows(summaries)
+    order = list(dict.fromkeys(s.get("benchmark") for s in summaries))
+    rows = table_rows(sorted(summaries, key=lambda s: order.index(s.get("benchmark"))))  # stable: models in order
     paths = {"md": Path(out) / "leaderboard.md", "csv": Path(out) / "leaderboard.csv"}
     for key, text in (("md", leaderboard_markdown(rows)), ("csv", leaderboard_csv(rows))):
         with atomic_path(paths[key]) as tmp:
@@ -292,13 +326,17 @@ def write_leaderboard(out: Path, summaries: List[dict]) -> Dict[str, Path]:
     return paths
 
 
-def run_leaderboard(entries: List[Entry], dataset, n: int, protocol, out: Path, **kwargs) -> Optional[Dict[str, Path]]:
-    """Score every entry on the same samples; the table on the main process (``None`` elsewhere)."""
+def run_leaderboard(entries: List[Entry], benches: List[Bench], out: Path, **kwargs) -> Optional[Dict[str, Path]]:
+    """Score every entry on the same samples of every benchmark; the table on the main process
+    (``None`` elsewhere). Rows are grouped by benchmark."""
+    seen: Dict[str, int] = {}
+    for bench in benches:  # unique folder names per benchmark
+        base = _folder_name(bench.folder or bench.protocol.name)
+        seen[base] = seen.get(base, 0) + 1
+        bench.folder = base if seen[base] == 1 else f"{base}#{seen[base]}"
     summaries = []
     for entry in unique_labels(entries):
-        summary = score_entry(entry, dataset, n, protocol, Path(out) / _folder_name(entry.label), **kwargs)
-        if summary is not None:
-            summaries.append(summary)
+        summaries += score_entry(entry, benches, Path(out) / _folder_name(entry.label), **kwargs)
     from .. import distributed
 
     if not distributed.is_main():
