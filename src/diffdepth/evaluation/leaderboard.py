@@ -113,6 +113,11 @@ def read_models_file(path: str) -> List[Entry]:
                              f"(allowed: {', '.join(sorted(_ENTRY_KEYS))})")
         if not isinstance(item.get("options", {}) or {}, dict):
             raise InputError(f"--models {file}: entry {i + 1}: `options` must be a mapping")
+        res = item.get("processing_res")
+        if res is not None and (not isinstance(res, int) or isinstance(res, bool) or res < 0):
+            raise InputError(f"--models {file}: entry {i + 1}: processing_res must be an integer >= 0, got {res!r}")
+        if item.get("ensemble_with") is not None and not isinstance(item["ensemble_with"], str):
+            raise InputError(f"--models {file}: entry {i + 1}: ensemble_with must be a folder or METHOD:CHECKPOINT")
         entries.append(Entry(method=str(item["method"]),
                              checkpoint=None if item.get("checkpoint") is None else str(item["checkpoint"]),
                              label=str(item.get("label") or ""), options=dict(item.get("options") or {}),
