@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import numpy as np
 import torch
 
 from ...errors import CheckpointError, InputError
