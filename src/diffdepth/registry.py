@@ -51,6 +51,9 @@ register(MethodInfo(
 register(MethodInfo(
     "diffsql", "diffdepth.methods.diffsql:DiffSQL", None,
     "relative_depth", "self-supervised ResNet + SD features + dynamic self-query bins (DiffSQL)"))
+register(MethodInfo(
+    "hf", "diffdepth.methods.hf:HFDepth", "depth-anything/Depth-Anything-V2-Small-hf",
+    "from the model config", "any transformers depth-estimation model (Depth Anything, DPT, ZoeDepth ...)"))
 
 #: what ``diffdepth predict photo.jpg`` uses when no --method is given
 DEFAULT_METHOD = "marigold"
@@ -90,6 +93,14 @@ def detect_method(path: Path) -> Optional[str]:
             raise CheckpointError(f"{index} is not valid JSON — the checkpoint is corrupt") from None
         if name.startswith("Marigold"):
             return "marigold"
+    config = path / "config.json"
+    if config.is_file():  # a transformers depth-estimation model (e.g. Depth Anything)
+        try:
+            archs = json.loads(config.read_text()).get("architectures") or []
+        except (json.JSONDecodeError, AttributeError):
+            archs = []
+        if any(str(a).endswith("ForDepthEstimation") for a in archs):
+            return "hf"
     if path.is_file() and path.suffix == ".ckpt" or any(path.glob("*.ckpt")):
         return "primedepth"
     return None

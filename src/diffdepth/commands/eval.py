@@ -18,6 +18,15 @@ sample's image path relative to --data-root without its extension; predictions.j
 """
 
 
+class _InOrder(argparse.Action):
+    """Store the value (the last one wins) and record ``(flag, value)`` in order, to pair repeated
+    ``--method``/``--checkpoint`` and ``--dataset``/``--data-root`` flags for a leaderboard."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.ordered_flags = [*(getattr(namespace, "ordered_flags", None) or []), (self.dest, values)]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..evaluation.alignment import ALIGNMENTS
     from ..evaluation.protocols import ALIASES, PROTOCOLS
@@ -25,13 +34,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.epilog = _EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--dataset", required=True, metavar="NAME",
-                        help=f"benchmark protocol: {', '.join(PROTOCOLS)} (aliases: {', '.join(ALIASES)})")
-    parser.add_argument("--data-root", required=True, metavar="DIR", help="dataset folder in its published layout")
+    parser.add_argument("--dataset", required=True, metavar="NAME", action=_InOrder,
+                        help=f"benchmark protocol: {', '.join(PROTOCOLS)} (aliases: {', '.join(ALIASES)}); repeat "
+                             f"--dataset/--data-root pairs to score models on several benchmarks in one table")
+    parser.add_argument("--data-root", required=True, metavar="DIR", action=_InOrder,
+                        help="dataset folder in its published layout")
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--method", metavar="M", help="method id to run (with --checkpoint)")
+    src.add_argument("--method", metavar="M", action=_InOrder,
+                     help="method id to run (with --checkpoint); repeat --method/--checkpoint pairs to compare "
+                          "several models in one leaderboard table")
     src.add_argument("--predictions", metavar="DIR", help="score saved predictions (<name>.npy) instead of a model")
-    parser.add_argument("--checkpoint", metavar="C", help="checkpoint folder or hub id for --method")
+    src.add_argument("--models", metavar="FILE.yaml",
+                     help="leaderboard: a YAML list of models (method, checkpoint, label, options, ensemble_with, "
+                          "processing_res, dtype) scored on the same samples into OUT/leaderboard.md + .csv")
+    parser.add_argument("--checkpoint", metavar="C", action=_InOrder, help="checkpoint folder or hub id for --method")
     parser.add_argument("--split-file", metavar="F",
                         help="local copy of the split list (default: download the published list once and cache it)")
     parser.add_argument("--alignment", choices=ALIGNMENTS, default=None,
@@ -52,7 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     from .predict import add_method_options
 
-    add_method_options(parser)
+    g = add_method_options(parser)
+    g.add_argument("--ensemble-with", default=None, metavar="DIR|METHOD:CKPT",
+                   help="score the average (aligned disparities, PrimeDepth paper) with a second model: a method "
+                        "spec run in this job (e.g. hf:depth-anything/Depth-Anything-V2-Large-hf) or a folder of "
+                        "its saved predictions <name>.npy")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
 
 
@@ -71,13 +91,42 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--min-depth {protocol.min_depth} must be below --max-depth {protocol.max_depth}")
     if args.max_samples is not None and args.max_samples < 1:
         raise InputError(f"--max-samples must be >= 1, got {args.max_samples}")
+    if args.models is not None and (args.checkpoint is not None or args.ensemble_with is not None):
+        raise InputError("with --models FILE.yaml give each model's checkpoint and ensemble_with in the file")
+    if args.predictions is not None and args.ensemble_with is not None:
+        raise InputError("--ensemble-with applies only with --method (it averages the model run here with another)")
     if args.predictions is not None and args.checkpoint is not None:
         raise InputError("--checkpoint applies only with --method (saved --predictions need no model)")
 
     from .. import distributed
+    from ..evaluation.leaderboard import Bench, entries_from_flags, pair_flags, read_models_file
+
+    flags = getattr(args, "ordered_flags", None)
+    entries = read_models_file(args.models) if args.models else entries_from_flags(flags)
+    if len(entries) > 1 and args.ensemble_with:
+        raise InputError("--ensemble-with with several models: give each model its ensemble_with in --models FILE.yaml")
+    datasets = pair_flags(flags, "dataset", "data_root")
+    if len(datasets) > 1:
+        if args.predictions is not None:
+            raise InputError("saved --predictions are scored on one --dataset at a time")
+        if args.split_file is not None:
+            raise InputError("--split-file applies to a single --dataset; omit it with several benchmarks")
+        missing = [name for name, root in datasets if root is None]
+        if missing:
+            raise InputError(f"--dataset {missing[0]} has no --data-root; give one --data-root after each --dataset")
+        benches = []
+        for name, root in datasets:
+            proto = get_protocol(name).with_overrides(crop=args.crop, min_depth=args.min_depth,
+                                                      max_depth=args.max_depth)
+            ds = open_benchmark(proto.name, root, None)
+            benches.append(Bench(proto, ds, len(ds) if args.max_samples is None else min(len(ds), args.max_samples),
+                                 proto.name))
+        return _leaderboard(args, entries, benches)
 
     dataset = open_benchmark(protocol.name, args.data_root, args.split_file)
     n = len(dataset) if args.max_samples is None else min(len(dataset), args.max_samples)
+    if args.models or len(entries) > 1:
+        return _leaderboard(args, entries, [Bench(protocol, dataset, n, protocol.name)])
     # under `accelerate launch`/torchrun each process scores its own block of samples;
     # the records are gathered into one summary below (identical to a single process)
     mine = distributed.shard_indices(n)
@@ -106,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
 
         model = diffdepth.load_model(args.method, args.checkpoint, device=args.device, dtype=args.dtype)
         res = args.processing_res if args.processing_res is not None else protocol.processing_res
+        if args.processing_res is None and getattr(model, "owns_resize", False):
+            res = 0  # e.g. hf: the model's own image processor picks the resolution
         from .predict import method_options
 
         options = method_options(args)
@@ -113,13 +164,21 @@ def run(args: argparse.Namespace) -> int:
         space = "disparity" if protocol.pred_resize == "disparity" else "depth"
         pipe = DepthPipeline(model, processing_res=res, resize_space=space, **options)
 
+        ensemble = None
+        if args.ensemble_with:
+            from ..ensemble import Ensembler
+
+            ensemble = Ensembler(args.ensemble_with, device=args.device, dtype=args.dtype)
+
         def predict(sample):
             image = np.ascontiguousarray(np.asarray(sample["image"], dtype=np.float32).transpose(1, 2, 0))  # [H,W,3]
-            return pipe([image])[0]
+            pred = pipe([image])[0]
+            return ensemble(pred, rel=sample["name"], image=image) if ensemble else pred
 
         input_size = getattr(pipe, "input_size", None)  # the model's exact input size, when it has one
         info.update(method=args.method, checkpoint=str(args.checkpoint), processing_res=res,
                     input_size=list(input_size) if input_size else None, options=options,
+                    ensemble_with=args.ensemble_with,
                     predictions=str(out / "predictions"))
         records = evaluate(samples, predict, protocol, args.alignment, kind=args.kind,
                            save_dir=out / "predictions", progress=not args.no_progress and distributed.is_main(),
@@ -152,4 +211,23 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(paths["md"].read_text(), end="")
     print(f"wrote {paths['json']}, {paths['md']}, {paths['csv']}")
+    return 0
+
+
+def _leaderboard(args, entries, benches) -> int:
+    """Several models (and/or benchmarks) on the same samples -> OUT/<label>/ reports + OUT/leaderboard.md/.csv."""
+    from pathlib import Path
+
+    from .. import distributed
+    from ..evaluation.leaderboard import run_leaderboard
+    from .predict import method_options
+
+    out = Path(args.out).expanduser()
+    paths = run_leaderboard(entries, benches, out, alignment=args.alignment,
+                            processing_res=args.processing_res, options=method_options(args), device=args.device,
+                            dtype=args.dtype, progress=not args.no_progress and distributed.is_main())
+    if paths is None:  # not the main process
+        return 0
+    print(paths["md"].read_text(), end="")
+    print(f"wrote {paths['md']}, {paths['csv']} and one report folder per model in {out}")
     return 0

@@ -59,8 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them)")
     g = add_method_options(p)
-    g.add_argument("--ensemble-with", default=None, metavar="DIR",
-                   help="average (aligned disparities) with another model's .npy predictions at the same relative paths")
+    g.add_argument("--ensemble-with", default=None, metavar="DIR|METHOD:CKPT",
+                   help="average (aligned disparities, PrimeDepth paper) with a second model: a folder of its .npy "
+                        "predictions at the same relative paths, or a method spec run in this job "
+                        "(e.g. hf:depth-anything/Depth-Anything-V2-Large-hf)")
     e = p.add_argument_group("export")
     e.add_argument("--focal", type=float, default=None, help="focal length in pixels for the PLY point cloud")
     e.add_argument("--fov", type=float, default=None, help="horizontal field of view in degrees for the PLY")
@@ -195,8 +197,10 @@ def check_options(args: argparse.Namespace) -> set:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.ensemble_with and not Path(args.ensemble_with).expanduser().is_dir():
-        raise InputError(f"--ensemble-with {args.ensemble_with}: no such folder")
+    if args.ensemble_with:  # a folder of predictions or METHOD:CKPT, named before any model loads
+        from ..ensemble import parse_spec
+
+        parse_spec(args.ensemble_with)
     if getattr(args, "grayscale", False):
         args.cmap = "gray"
     if args.vmin is not None and args.vmax is not None and not args.vmin < args.vmax:
@@ -252,7 +256,12 @@ def run_settings(args: argparse.Namespace, method: str, checkpoint, options: Dic
     opts = {k: v for k, v in options.items() if k != "with_segmentation"}
     opts.update(processing_res=args.processing_res, dtype=args.dtype)
     if args.ensemble_with:
-        opts["ensemble_with"] = str(Path(args.ensemble_with).expanduser().resolve())
+        from ..ensemble import parse_spec
+        from ..io.sidecar import checkpoint_identity
+
+        spec = parse_spec(args.ensemble_with)
+        opts["ensemble_with"] = (str(spec[1].resolve()) if spec[0] == "folder"
+                                 else f"{spec[1]}:{checkpoint_identity(str(spec[2])) if spec[2] else ''}")
     return {"method": method, "checkpoint": checkpoint_identity(str(checkpoint)), "options": opts}
 
 
@@ -385,7 +394,12 @@ def _run_jobs(args, jobs, needs, method, checkpoint, options, formats, out_root,
             raise InputError(f"--save uncertainty needs an ensemble; {source} predicts {members} member(s) "
                              f"by default — add --ensemble-size N (N >= 2)")
     pipe = DepthPipeline(model, processing_res=args.processing_res, batch_size=args.batch_size, **options)
-    ensemble = _external_ensembler(args.ensemble_with) if args.ensemble_with else None
+    if args.ensemble_with:
+        from ..ensemble import Ensembler
+
+        ensemble = Ensembler(args.ensemble_with, device=args.device, dtype=args.dtype)
+    else:
+        ensemble = None
 
     images = [j for j in jobs if j.source.suffix.lower() not in VIDEO_EXTENSIONS]
     videos = [j for j in jobs if j.source.suffix.lower() in VIDEO_EXTENSIONS]
@@ -405,7 +419,7 @@ def _run_jobs(args, jobs, needs, method, checkpoint, options, formats, out_root,
             job = images[item.index]
             try:
                 if ensemble is not None:
-                    pred = ensemble(job.rel, pred)
+                    pred = ensemble(pred, rel=job.rel, image=item.rgb)
                 meta = item.meta
                 res = save_outputs(out_root / job.rel, pred, item.rgb, needs[job.rel], overwrite=True,
                                    focal=args.focal, fov=args.fov, exif_focal_px=getattr(meta, "focal_px", None),
@@ -512,26 +526,3 @@ def _predict_video(pipe, job: Job, out_root: Path, args, formats=("mp4", "npz"))
     if "npz" in formats:
         save_npz_frames(base.with_name(base.name + ".npz"), np.stack(depths), kind, fps)
     return kind, len(depths)
-
-
-def _external_ensembler(folder: str):
-    """Average our disparity with another model's prediction at the same relative path.
-
-    PrimeDepth's paper averages its disparity with Depth Anything's; the external map is
-    inverted if its recorded kind (predictions.json or kind.txt) says depth, aligned to ours by least squares, then averaged.
-    """
-    from ..methods.primedepth.ensemble import ensemble_with, external_kind_of, find_external, read_external
-    from ..types import AFFINE_DISPARITY, DepthPrediction
-
-    root = Path(folder).expanduser()
-    kind = external_kind_of(root)
-
-    def apply(rel: Path, pred):
-        if pred.kind != AFFINE_DISPARITY:
-            raise InputError(f"--ensemble-with averages affine-invariant disparities; this method gives {pred.kind}")
-        external = read_external(find_external(root, str(rel)))
-        return DepthPrediction(ensemble_with(pred.depth, external, kind), pred.kind, pred.uncertainty, pred.extras)
-
-    if not root.is_dir():
-        raise InputError(f"--ensemble-with {folder}: no such folder")
-    return apply
