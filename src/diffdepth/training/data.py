@@ -46,7 +46,11 @@ DATASET_TYPES: Dict[str, str] = {
     "tartanair": "diffdepth.data.training_sets:TartanAirDataset",
     "kitti_raw": "diffdepth.data.sequences:KittiRawSequences",
     "video_folder": "diffdepth.data.sequences:VideoFolderSequences",
+    "pseudo_labels": "diffdepth.data.pseudo:PseudoLabelDataset",
 }
+
+#: reader options that produce missing labels before the reader opens (``pseudo_labels``)
+PREPARE_KEYS = ("teacher", "captioner", "device")
 
 #: synth ``kind`` -> reader type used to read the rendered folder (``diffdepth synth`` layouts)
 SYNTH_READERS = {"indoor": "folder", "outdoor": "folder", "sequence": "kitti_raw"}
@@ -85,7 +89,7 @@ def synth_folder(entry: Dict[str, Any], cache_dir: Path) -> Tuple[Path, str, Dic
     size = args.pop("size", [64, 64])
     seed = int(args.pop("seed", 0))
     reader_args = args.pop("reader", {}) or {}
-    render_args = args  # anything else goes to the renderer
+    render_args = args  # anything else goes to the renderer (e.g. layout: pseudo)
     if not (isinstance(size, (list, tuple)) and len(size) == 2):
         raise ConfigError(f"synth dataset: size must be [H, W], got {size!r}")
     key = json.dumps({"kind": kind, "n": n, "size": list(size), "seed": seed, **render_args}, sort_keys=True)
@@ -110,6 +114,8 @@ def synth_folder(entry: Dict[str, Any], cache_dir: Path) -> Tuple[Path, str, Dic
         reader_args.setdefault("split_file", str(folder / f"{split}_files.txt"))
     elif reader_args.get("split_file"):
         reader_args["split_file"] = str(folder / reader_args["split_file"])
+    if render_args.get("layout") == "pseudo":  # images + teacher depth + segmentation + captions
+        return folder, "pseudo_labels", reader_args
     return folder, SYNTH_READERS[kind], reader_args
 
 
@@ -123,6 +129,14 @@ def build_dataset(entry: Dict[str, Any], cache_dir: Optional[Path] = None, where
             raise ConfigError(f"{where}: a synth dataset needs data.cache_dir or a run folder")
         root, type_name, args = synth_folder(entry, Path(cache_dir))
         args = {"root": str(root), **args}
+    if type_name == "pseudo_labels" and any(k in args for k in PREPARE_KEYS):
+        from ..data.pseudo import prepare_pseudo_labels
+
+        prep = {k: args.pop(k) for k in PREPARE_KEYS if k in args}
+        if args.get("root") is None:
+            raise ConfigError(f"{where}: a pseudo_labels dataset needs root")
+        prepare_pseudo_labels(args["root"], images=args.get("images", "images"), depth=args.get("depth", "depth"),
+                              captions=args.get("captions"), **prep)
     cls = reader_class(type_name, where)
     try:
         ds = cls(**args)
