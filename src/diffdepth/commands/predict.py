@@ -54,6 +54,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them)")
     g = add_method_options(p)
+    g.add_argument("--caption", default=None, metavar="auto|none|MODEL",
+                   help="caption every image and use it as its prompt (primedepth, as the paper): auto = BLIP-2 "
+                        "Salesforce/blip2-opt-2.7b, or a local BLIP-2 folder / hub id; default none (the empty "
+                        "prompt, or --prompt)")
     g.add_argument("--ensemble-with", default=None, metavar="DIR",
                    help="average (aligned disparities) with another model's .npy predictions at the same relative paths")
     e = p.add_argument_group("export")
@@ -177,8 +181,21 @@ def run(args: argparse.Namespace) -> int:
     if not jobs:
         return _finish(failures, 0)
 
+    caption = getattr(args, "caption", None)
+    if caption is not None and caption.lower() == "none":
+        caption = None
+    if caption is not None and options.get("prompt") is not None:
+        raise InputError("--caption and --prompt both set the prompt; give one of them")
     model = load_model(args.method, args.checkpoint, device=args.device, dtype=args.dtype)
-    pipe = DepthPipeline(model, processing_res=args.processing_res, batch_size=args.batch_size, **options)
+    captioner = None
+    if caption is not None:
+        if "prompt" not in model.predict_options:
+            raise InputError(f"--caption: {model.method} takes no prompt; captions are used by primedepth")
+        from ..backbone.captions import load_captioner
+
+        captioner = load_captioner(caption, device=args.device)
+    pipe = DepthPipeline(model, processing_res=args.processing_res, batch_size=args.batch_size,
+                         captioner=captioner, **options)
     ensemble = _external_ensembler(args.ensemble_with) if args.ensemble_with else None
 
     images = [j for j in jobs if j.source.suffix.lower() not in VIDEO_EXTENSIONS]
