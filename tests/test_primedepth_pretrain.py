@@ -167,7 +167,7 @@ def test_two_process_pretrain_debug_recipe(tmp_path, synth_pl, with_labels):
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
     assert accelerate is not None, "the accelerate CLI comes with the accelerate dependency"
     run = tmp_path / "run"
-    cmd = [accelerate, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
            "-m", "diffdepth.cli", "train", str(RECIPE), "--debug", "train.max_steps=2",
            "data.train=[{type: pseudo_labels, root: %s%s}]" % (synth_pl, "" if with_labels else ", segmentation: null"),
@@ -180,7 +180,7 @@ def test_two_process_pretrain_debug_recipe(tmp_path, synth_pl, with_labels):
     assert ("segmentation regulariser: on" if with_labels else "segmentation regulariser: off") in stderr
     state = ckpt.read_state(run / "checkpoint-2")
     assert state["world_size"] == 2 and state["replicas_identical"] == 2
-    trained = load_file(str(run / "checkpoint-2" / "model.safetensors"))
+    trained = load_file(str(run / "checkpoint-2" / "primedepth.safetensors"))
     init = PrimeDepth.make_tiny(seed=0, refiner_out_channels=16, seg_classes=150).state_dict()
     seg_keys = [k for k in trained if k.startswith("seg_head.")]
     changed = [k for k in seg_keys if not torch.equal(trained[k], init[k])]
