@@ -83,3 +83,26 @@ def test_captioner_fills_the_pseudo_label_cache_once(tmp_path, tiny_blip2):
     assert PseudoLabelDataset(root)[1]["caption"] == expect
     # cached: a second pass loads no captioner at all (a broken spec would fail if it did)
     prepare_pseudo_labels(root, captioner={"blip2": str(tmp_path / "missing")})
+
+
+def test_any_reader_gets_cached_captions_from_the_training_factory(tmp_path):
+    from diffdepth.data.synth import write_dataset
+    from diffdepth.training.data import build_dataset
+
+    root = tmp_path / "f"
+    write_dataset(root, "indoor", 3, (32, 32), seed=0, layout="folder")
+    seen = []
+
+    def captioner(images):
+        seen.append(len(images))
+        return [f"mean {float(np.mean(im)):.4f}" for im in images]
+
+    entry = {"type": "folder", "root": str(root), "captioner": captioner}
+    ds = build_dataset(entry)
+    assert seen == [1, 1, 1]
+    for i in range(3):
+        s = ds[i]
+        assert s["caption"] == f"mean {float(np.mean(s['image'])):.4f}"
+        assert (root / "captions" / f"{s['name']}.txt").read_text().strip() == s["caption"]
+    ds = build_dataset(entry)  # cached: the captioner is not called again
+    assert seen == [1, 1, 1] and ds[2]["caption"].startswith("mean ")

@@ -186,3 +186,31 @@ def test_two_process_pretrain_debug_recipe(tmp_path, synth_pl, with_labels):
     changed = [k for k in seg_keys if not torch.equal(trained[k], init[k])]
     assert seg_keys and (changed if with_labels else not changed)
     assert any(not torch.equal(trained[k], init[k]) for k in trained if k.startswith("refiner."))
+
+
+def test_transformers_depth_model_as_teacher(tmp_path, synth_pl):
+    """A tiny random Depth Anything (Dinov2 backbone) saved in the transformers format."""
+    from transformers import (AutoImageProcessor, AutoModelForDepthEstimation, DepthAnythingConfig,
+                              DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor)
+
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                            image_size=28, patch_size=14, out_features=["stage1", "stage2"],
+                            reshape_hidden_states=False)
+    cfg = DepthAnythingConfig(backbone_config=backbone.to_dict(), reassemble_hidden_size=32, neck_hidden_sizes=[16, 32],
+                              reassemble_factors=[2, 1], fusion_hidden_size=16, head_hidden_size=8, patch_size=14)
+    torch.manual_seed(0)
+    DepthAnythingForDepthEstimation(cfg).save_pretrained(tmp_path / "da")
+    DPTImageProcessor(size={"height": 28, "width": 28}, keep_aspect_ratio=False, ensure_multiple_of=14,
+                      do_pad=False).save_pretrained(tmp_path / "da")
+    root = tmp_path / "t"
+    shutil.copytree(synth_pl / "images", root / "images")
+    prepare_pseudo_labels(root, teacher={"transformers": str(tmp_path / "da"), "device": "cpu"})
+    assert json.loads((root / "labels.json").read_text())["depth_kind"] == "disparity"
+    proc = AutoImageProcessor.from_pretrained(tmp_path / "da")
+    net = AutoModelForDepthEstimation.from_pretrained(tmp_path / "da").eval()
+    rgb = np.asarray(Image.open(root / "images" / "indoor_00003.png").convert("RGB"))
+    with torch.no_grad():
+        pred = net(**proc(images=rgb, return_tensors="pt")).predicted_depth  # [1,28,28]
+    expect = torch.nn.functional.interpolate(pred[:, None], size=(32, 32), mode="bilinear", align_corners=False)
+    np.testing.assert_allclose(np.load(root / "depth" / "indoor_00003.npy"), expect[0, 0].numpy(), rtol=1e-5, atol=1e-6)
+    assert PseudoLabelDataset(root)[3]["depth"].shape == (1, 32, 32)

@@ -368,3 +368,50 @@ def prepare_pseudo_labels(root: PathLike, teacher: Any = None, captioner: Any = 
             written["captions"] += 1
     distributed.barrier()
     return written
+
+
+class CaptionedDataset:
+    """Any reader plus cached captions: sample ``name`` -> ``captions_dir/<name>.txt`` as ``caption``.
+
+    With a ``captioner``, the captions missing at construction are made once from the
+    reader's images (each process of a launch captions its share, then all wait) and written
+    atomically; the wrapper itself only reads, across epochs and processes. Samples without
+    a caption get ``""`` (the empty prompt).
+    """
+
+    def __init__(self, dataset: Any, captions_dir: PathLike, captioner: Any = None, device: str = "auto"):
+        from .. import distributed
+
+        self.dataset = dataset
+        self.dir = Path(captions_dir)
+        if captioner is not None:
+            todo = [i for i in distributed.shard(list(range(len(dataset))))
+                    if not self._file(self._name(i)).is_file()]
+            if todo:
+                from ..backbone.captions import load_captioner
+
+                cap = load_captioner(captioner, device=device)
+                for i in todo:
+                    sample = dataset[i]
+                    text = cap([np.asarray(sample["image"], np.float32).transpose(1, 2, 0)])[0]
+                    with atomic_path(self._file(sample["name"])) as tmp:
+                        tmp.write_text(str(text).strip() + "\n", encoding="utf-8")
+            distributed.barrier()
+
+    def _name(self, i: int) -> str:
+        items = getattr(self.dataset, "items", None)  # folder-style readers know names without decoding
+        if items is not None and items and isinstance(items[i], tuple) and isinstance(items[i][0], str):
+            return items[i][0]
+        return self.dataset[i]["name"]
+
+    def _file(self, name: str) -> Path:
+        return self.dir / f"{name}.txt"
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        sample = dict(self.dataset[i])
+        f = self._file(sample["name"])
+        sample["caption"] = f.read_text(encoding="utf-8").strip() if f.is_file() else ""
+        return sample

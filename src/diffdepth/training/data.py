@@ -137,11 +137,23 @@ def build_dataset(entry: Dict[str, Any], cache_dir: Optional[Path] = None, where
             raise ConfigError(f"{where}: a pseudo_labels dataset needs root")
         prepare_pseudo_labels(args["root"], images=args.get("images", "images"), depth=args.get("depth", "depth"),
                               captions=args.get("captions"), **prep)
+    captioning = None
+    if type_name != "pseudo_labels" and ("captioner" in args or "captions_dir" in args):
+        captioning = (args.pop("captioner", None), args.pop("captions_dir", None), args.pop("device", "auto"))
     cls = reader_class(type_name, where)
     try:
         ds = cls(**args)
     except TypeError as err:
         raise ConfigError(f"{where}: {type_name} reader rejected its arguments ({err})") from None
+    if captioning is not None:  # any reader: captions/<sample name>.txt, made once by the captioner
+        from ..data.pseudo import CaptionedDataset
+
+        captioner, cap_dir, device = captioning
+        if cap_dir is None:
+            if args.get("root") is None:
+                raise ConfigError(f"{where}: captioner needs captions_dir (or a reader with root)")
+            cap_dir = Path(args["root"]) / "captions"
+        ds = CaptionedDataset(ds, cap_dir, captioner, device=device)
     limit = entry.get("limit")
     if limit is not None:
         ds = _Limited(ds, int(limit))
