@@ -1,8 +1,6 @@
 """Captioners: a tiny random BLIP-2 in the real transformers format, captions as PrimeDepth prompts
 (predict --caption), and captions cached in pseudo-label folders."""
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -47,27 +45,29 @@ def test_blip2_captioner_on_tiny_random_model(tiny_blip2, photo):
 
 
 def _predict(tmp_path, photo, ckpt, out, *extra):
-    cmd = [sys.executable, "-m", "diffdepth.cli", "predict", str(photo), "--method", "primedepth",
-           "--checkpoint", str(ckpt), "--out", str(tmp_path / out), "--save", "npy", "--device", "cpu", *extra]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    return res, (tmp_path / out / "photo.npy")
+    from diffdepth.cli import main
+
+    rc = main(["predict", str(photo), "--method", "primedepth", "--checkpoint", str(ckpt), "--out",
+               str(tmp_path / out), "--save", "npy", "--device", "cpu", *extra])
+    return rc, np.load(tmp_path / out / "photo.npy") if rc == 0 else None
 
 
-def test_predict_caption_auto_uses_the_caption_as_prompt(tmp_path, tiny_blip2, photo):
+def test_predict_caption_uses_the_caption_as_prompt(tmp_path, tiny_blip2, photo, capsys):
     from diffdepth.methods.primedepth import PrimeDepth
 
     PrimeDepth.make_tiny(seed=0).save_pretrained(tmp_path / "pd")
     caption = Blip2Captioner(tiny_blip2, device="cpu")([Image.open(photo)])[0]
-    res, cap_npy = _predict(tmp_path, photo, tmp_path / "pd", "cap", "--caption", str(tiny_blip2))
-    assert res.returncode == 0, res.stderr[-2000:]
-    res, prompt_npy = _predict(tmp_path, photo, tmp_path / "pd", "prompt", "--prompt", caption)
-    assert res.returncode == 0, res.stderr[-2000:]
-    res, empty_npy = _predict(tmp_path, photo, tmp_path / "pd", "empty")
-    assert res.returncode == 0, res.stderr[-2000:]
-    np.testing.assert_array_equal(np.load(cap_npy), np.load(prompt_npy))
-    assert not np.array_equal(np.load(cap_npy), np.load(empty_npy))  # the prompt matters
-    res, _ = _predict(tmp_path, photo, tmp_path / "pd", "both", "--caption", str(tiny_blip2), "--prompt", "x")
-    assert res.returncode == 2 and "--caption and --prompt" in res.stderr
+    rc, captioned = _predict(tmp_path, photo, tmp_path / "pd", "cap", "--caption", str(tiny_blip2))
+    assert rc == 0
+    rc, prompted = _predict(tmp_path, photo, tmp_path / "pd", "prompt", "--prompt", caption)
+    assert rc == 0
+    rc, empty = _predict(tmp_path, photo, tmp_path / "pd", "empty")
+    assert rc == 0
+    np.testing.assert_array_equal(captioned, prompted)
+    assert not np.array_equal(captioned, empty)  # the prompt matters
+    capsys.readouterr()
+    rc, _ = _predict(tmp_path, photo, tmp_path / "pd", "both", "--caption", str(tiny_blip2), "--prompt", "x")
+    assert rc == 2 and "--caption and --prompt" in capsys.readouterr().err
 
 
 def test_captioner_fills_the_pseudo_label_cache_once(tmp_path, tiny_blip2):
