@@ -16,6 +16,7 @@ from diffdepth.data.synth import write_dataset
 from diffdepth.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
+PRETRAIN = ROOT / "configs" / "primedepth" / "pretrain.yaml"
 RECIPE = ROOT / "configs" / "primedepth" / "pretrain_debug.yaml"
 
 
@@ -169,11 +170,16 @@ def test_two_process_pretrain_debug_recipe(tmp_path, synth_pl, with_labels):
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
     assert accelerate is not None, "the accelerate CLI comes with the accelerate dependency"
     run = tmp_path / "run"
+    if with_labels:  # the paper recipe itself, --debug, on a synthetic pseudo-label folder
+        recipe = [str(PRETRAIN), "--debug", "model.tiny=true", "model.args.refiner_out_channels=16",
+                  "train.mixed_precision=no", "log.images_every=0", "log.tensorboard=false",
+                  "data.train.0.root=%s" % synth_pl]
+    else:  # the debug recipe renders its own folder (under 2 processes); its labels left unused
+        recipe = [str(RECIPE), "data.train.0.reader={segmentation: null}", "data.train.0.n=4",
+                  "data.train.0.size=[32,32]"]
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-           "-m", "diffdepth.cli", "train", str(RECIPE), "--debug", "train.max_steps=2",
-           "data.train=[{type: pseudo_labels, root: %s%s}]" % (synth_pl, "" if with_labels else ", segmentation: null"),
-           "task.crop=[32,32]", "--output-dir", str(run)]
+           "-m", "diffdepth.cli", "train", *recipe, "train.max_steps=2", "task.crop=[32,32]", "--output-dir", str(run)]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", ""))
     code, stderr = run_group(cmd, env, timeout=400, cwd=tmp_path)

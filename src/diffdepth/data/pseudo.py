@@ -328,7 +328,8 @@ def prepare_pseudo_labels(root: PathLike, teacher: Any = None, captioner: Any = 
     written = {"depth": 0, "captions": 0}
     if teacher is not None:
         meta = read_labels_meta(root)
-        todo = distributed.shard([(n, p) for n, p in all_images if depth_file(root / depth, n) is None])
+        # shard first, then look at the files: every process gets the same share whatever the others wrote
+        todo = [(n, p) for n, p in distributed.shard(all_images) if depth_file(root / depth, n) is None]
         run = load_teacher(teacher, device) if todo else None
         kinds = set()
         for name, path in todo:
@@ -354,7 +355,7 @@ def prepare_pseudo_labels(root: PathLike, teacher: Any = None, captioner: Any = 
 
         cache = CaptionCache(root, captions)
         out_dir = cache.dir or root / CAPTION_DIR
-        todo = distributed.shard([(n, p) for n, p in all_images if cache.get(n) is None])
+        todo = [(n, p) for n, p in distributed.shard(all_images) if cache.get(n) is None]
         cap = load_captioner(captioner, device=device) if todo else None
         for name, path in todo:
             from PIL import Image

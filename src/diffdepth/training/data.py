@@ -95,11 +95,14 @@ def synth_folder(entry: Dict[str, Any], cache_dir: Path) -> Tuple[Path, str, Dic
     key = json.dumps({"kind": kind, "n": n, "size": list(size), "seed": seed, **render_args}, sort_keys=True)
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     folder = Path(cache_dir) / f"synth-{kind}-{n}-{size[0]}x{size[1]}-s{seed}-{digest}"
-    if not (folder / ".complete").exists():
-        from .. import distributed
+    from .. import distributed
+
+    # every process reaches the barrier: a process that starts late and already sees
+    # .complete must not skip it (the others would wait at it forever)
+    if not (folder / ".complete").exists() or distributed.is_distributed():
         from ..utils import atomic_dir
 
-        if distributed.is_main():
+        if distributed.is_main() and not (folder / ".complete").exists():
             render = _import_target("diffdepth.data.synth:write_dataset", "synth dataset")
             with atomic_dir(folder) as tmp:
                 try:
