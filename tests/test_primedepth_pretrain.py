@@ -222,3 +222,30 @@ def test_transformers_depth_model_as_teacher(tmp_path, synth_pl):
     expect = torch.nn.functional.interpolate(pred[:, None], size=(32, 32), mode="bilinear", align_corners=False)
     np.testing.assert_allclose(np.load(root / "depth" / "indoor_00003.npy"), expect[0, 0].numpy(), rtol=1e-5, atol=1e-6)
     assert PseudoLabelDataset(root)[3]["depth"].shape == (1, 32, 32)
+
+
+def test_task_switches_and_mixed_readers(synth_pl, tmp_path):
+    """task.segmentation=false freezes the head even with labels; readers with and without
+    captions/labels mix in one batch (missing caption = empty prompt, missing labels = ignored)."""
+    from diffdepth.data.folder import FolderDepthDataset
+    from diffdepth.methods.primedepth import PrimeDepth
+
+    model = PrimeDepth.make_tiny(seed=0, seg_classes=150)
+    task = model.make_training_task(crop=[32, 32], flip_prob=1.0, segmentation=False)
+    ds = PseudoLabelDataset(synth_pl)
+    assert "task.segmentation is false" in task.bind_data([ds])[0]
+    assert not any(p.requires_grad for p in model.seg_head.parameters())
+    assert "segmentation" not in _batch(task, ds, [0])
+    write_dataset(tmp_path / "f", "indoor", 2, (32, 32), seed=5, layout="folder")
+    plain = FolderDepthDataset(tmp_path / "f")
+    task = PrimeDepth.make_tiny(seed=0, seg_classes=150).make_training_task(crop=[32, 32], flip_prob=1.0)
+    assert "on" in task.bind_data([ds, plain])[0]
+    samples = [task.transform(ds[0], np.random.default_rng(0)), task.transform(plain[1], np.random.default_rng(1))]
+    batch = torch.utils.data.default_collate(samples)
+    assert batch["caption"][0].startswith("a rendered") and batch["caption"][1] == ""
+    assert bool((batch["segmentation"][1] == 255).all()) and bool((batch["segmentation"][0] != 255).any())
+    # flip_prob 1: labels are mirrored with the image; depth labels became disparity (1/m)
+    np.testing.assert_array_equal(batch["segmentation"][0, 0].numpy(), ds[0]["segmentation"][0][:, ::-1])
+    d = ds[0]["depth"][0][:, ::-1]
+    np.testing.assert_allclose(batch["depth"][0, 0].numpy(), np.where(d > 0, 1 / np.maximum(d, 1e-8), 0), rtol=1e-6)
+    assert task(batch)["logs"]["dice"] > 0

@@ -152,6 +152,12 @@ class PrimeDepthTask:
             seg = (torch.full((1, h, w), self.ignore_index, dtype=torch.long) if seg is None
                    else torch.as_tensor(seg).long().reshape(1, h, w))
             sample["segmentation"] = seg
+        else:  # labels the task does not use never reach the batch
+            sample.pop("segmentation", None)
+        if self.use_captions:  # every sample has one (empty = the empty prompt), so readers mix
+            sample["caption"] = str(sample.get("caption") or "")
+        else:
+            sample.pop("caption", None)
         keys = [k for k in ("image", "depth", "valid", "segmentation") if k in sample]
         sample["image"] = image
         if self.crop is not None:
