@@ -89,6 +89,11 @@ def test_wrong_type_names_key_file_and_expected_type(tmp_path):
     f3 = write(tmp_path / "bad3.yaml", MINIMAL + "train: {mixed_precision: fp8}\n")
     with pytest.raises(ConfigError, match="mixed_precision.*fp16"):
         load_config(f3)
+    # YAML reads an unquoted `no` as false; for mixed_precision it means "no"
+    f4 = write(tmp_path / "ok4.yaml", MINIMAL + "train: {mixed_precision: no}\n")
+    assert load_config(f4)["train"]["mixed_precision"] == "no"
+    with pytest.raises(ConfigError, match="train.grad_clip"):
+        load_config(f4, ["train.grad_clip=no"])
 
 
 def test_missing_base_file_names_it_and_the_referencing_file(tmp_path):

@@ -64,9 +64,13 @@ def test_dice_hand_computed():
     logits, labels = _seg_case()
     # smooth 0: class0 2*.8/(1.2+1) = .727272..., class1 2*.6/(.8+1) = .666...
     expect0 = 1 - (1.6 / 2.2 + 1.2 / 1.8) / 2
-    assert dice_loss(logits, labels, smooth=0.0).item() == pytest.approx(expect0, abs=1e-6)
+    assert dice_loss(logits, labels).item() == pytest.approx(expect0, abs=1e-6)  # Eq. 4: no smoothing
     expect1 = 1 - (2.6 / 3.2 + 2.2 / 2.8) / 2
-    assert dice_loss(logits, labels).item() == pytest.approx(expect1, abs=1e-6)
+    assert dice_loss(logits, labels, smooth=1.0).item() == pytest.approx(expect1, abs=1e-6)
+    # a class absent from the labels counts as a Dice of 0 in the paper's form (loss 1/C each)
+    three = torch.cat([logits, torch.full_like(logits[:, :1], -30.0)], 1)  # class 2: ~no probability, no label
+    assert dice_loss(three, labels).item() == pytest.approx(1 - (1.6 / 2.2 + 1.2 / 1.8) / 3, abs=1e-5)
+    assert dice_loss(three, labels, smooth=1.0).item() == pytest.approx(1 - (2.6 / 3.2 + 2.2 / 2.8 + 1) / 3, abs=1e-5)
     # a perfect one-hot prediction gives zero loss
     perfect = torch.tensor([[20.0, -20.0], [-20.0, 20.0]]).T.reshape(1, 2, 1, 2)
     assert dice_loss(perfect, torch.tensor([[[0, 1]]]), smooth=0.0).item() == pytest.approx(0.0, abs=1e-6)
@@ -74,11 +78,17 @@ def test_dice_hand_computed():
 
 def test_focal_hand_computed():
     logits, labels = _seg_case()
-    expect = (-(0.2 ** 2) * math.log(0.8) - (0.4 ** 2) * math.log(0.6)) / 2
-    assert focal_loss(logits, labels).item() == pytest.approx(expect, abs=1e-6)
+    total = -(0.2 ** 2) * math.log(0.8) - (0.4 ** 2) * math.log(0.6)
+    assert focal_loss(logits, labels).item() == pytest.approx(total, abs=1e-6)  # Eq. 4: sum over pixels
+    assert focal_loss(logits, labels, reduction="mean").item() == pytest.approx(total / 2, abs=1e-6)
     # gamma 0 is plain cross-entropy
     ce = -(math.log(0.8) + math.log(0.6)) / 2
-    assert focal_loss(logits, labels, gamma=0.0).item() == pytest.approx(ce, abs=1e-6)
+    assert focal_loss(logits, labels, gamma=0.0, reduction="mean").item() == pytest.approx(ce, abs=1e-6)
+    # batch of two identical images: "sum" is the mean over images of the per-image sums
+    two_l, two_y = logits.expand(2, -1, -1, -1), labels.expand(2, -1, -1)
+    assert focal_loss(two_l, two_y).item() == pytest.approx(total, abs=1e-6)
+    with pytest.raises(ValueError, match="reduction"):
+        focal_loss(logits, labels, reduction="max")
 
 
 def test_seg_losses_reject_bad_labels():
@@ -109,3 +119,6 @@ def test_primedepth_loss_terms():
     assert out["loss"].item() == pytest.approx(2 * seg.item(), rel=1e-6)
     assert out["lambda"].item() == pytest.approx(seg.item() / 0.25, rel=1e-6)
     assert primedepth_loss(depth)["loss"].item() == 0.25
+    ours = primedepth_loss(depth, logits, labels, dice_smooth=1.0, focal_reduction="mean")
+    assert ours["dice"].item() == pytest.approx(dice_loss(logits, labels, smooth=1.0).item())
+    assert ours["focal"].item() == pytest.approx(out["focal"].item() / 2, rel=1e-6)

@@ -132,7 +132,8 @@ class DepthPipeline:
     """
 
     def __init__(self, model: DepthModel, processing_res: Optional[int] = None, batch_size: int = 1,
-                 input_size: Optional[Sequence[int]] = None, resize_space: str = "depth", **predict_options: Any):
+                 input_size: Optional[Sequence[int]] = None, resize_space: str = "depth",
+                 captioner: Optional[Callable[[Any], List[str]]] = None, **predict_options: Any):
         if batch_size < 1:
             raise InputError(f"batch size must be >= 1, got {batch_size}")
         if processing_res is not None and processing_res < 0:
@@ -156,6 +157,13 @@ class DepthPipeline:
         self.resize_space = resize_space
         self.batch_size = batch_size
         self.predict_options = model.check_options({k: v for k, v in predict_options.items() if v is not None})
+        if captioner is not None and "prompt" not in getattr(model, "predict_options", ()):
+            raise InputError(f"captions are prompts; {model.method or 'this model'} takes no prompt "
+                             f"(use a method that does, e.g. primedepth)")
+        if captioner is not None and self.predict_options.get("prompt") is not None:
+            raise InputError("give either a prompt or a captioner, not both")
+        #: ``images (original size) -> list[str]``: one caption per input, used as its prompt
+        self.captioner = captioner
 
     # ------------------------------------------------------------------ preparation
     @property
@@ -198,14 +206,23 @@ class DepthPipeline:
         p = self._param
         batch = torch.stack([it.image for it in items]).to(device=p.device, dtype=p.dtype)  # [B,3,h,w]
         batch, pads = pad_to_multiple(batch, self.model.size_multiple)
+        options = self.predict_options
+        captions = None
+        if self.captioner is not None:  # captions of the inputs as given (the official code's order)
+            captions = [str(c) for c in self.captioner([it.rgb for it in items])]
+            if len(captions) != len(items):
+                raise InputError(f"the captioner returned {len(captions)} captions for {len(items)} images")
+            options = {**options, "prompt": captions}
         with torch.inference_mode():
             if video:
-                pred, video_state = self.model.video_step(batch, video_state, **self.predict_options)
+                pred, video_state = self.model.video_step(batch, video_state, **options)
             else:
-                pred = self.model.predict(batch, **self.predict_options)
+                pred = self.model.predict(batch, **options)
         results = []
         for i, it in enumerate(items):
             results.append(self._finish(pred, i, pads, it.original_size))
+            if captions is not None:
+                results[-1].extras["caption"] = captions[i]
         return results, video_state
 
     def _finish(self, pred: DepthPrediction, i: int, pads, size) -> DepthPrediction:

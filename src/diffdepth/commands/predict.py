@@ -59,6 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them)")
     g = add_method_options(p)
+    g.add_argument("--caption", default=None, metavar="auto|none|MODEL",
+                   help="caption every image and use it as its prompt (primedepth, as the paper): auto = BLIP-2 "
+                        "Salesforce/blip2-opt-2.7b, or a local BLIP-2 folder / hub id; default none (the empty "
+                        "prompt, or --prompt)")
     g.add_argument("--ensemble-with", default=None, metavar="DIR|METHOD:CKPT",
                    help="average (aligned disparities, PrimeDepth paper) with a second model: a folder of its .npy "
                         "predictions at the same relative paths, or a method spec run in this job "
@@ -255,6 +259,8 @@ def run_settings(args: argparse.Namespace, method: str, checkpoint, options: Dic
 
     opts = {k: v for k, v in options.items() if k != "with_segmentation"}
     opts.update(processing_res=args.processing_res, dtype=args.dtype)
+    if getattr(args, "caption", None):
+        opts["caption"] = args.caption
     if args.ensemble_with:
         from ..ensemble import parse_spec
         from ..io.sidecar import checkpoint_identity
@@ -307,6 +313,15 @@ def run(args: argparse.Namespace) -> int:
 
     options = method_options(args)
     check_method_outputs(method, options, formats)
+    if args.caption is not None and args.caption.lower() == "none":
+        args.caption = None
+    if args.caption is not None:
+        from ..registry import get_method
+
+        if options.get("prompt") is not None:
+            raise InputError("--caption and --prompt both set the prompt; give one of them")
+        if "prompt" not in (getattr(get_method(method).load_class(), "predict_options", None) or ()):
+            raise InputError(f"--caption: {method} takes no prompt; captions are used by primedepth")
     if formats & {"seg", "seg_ids"}:
         options["with_segmentation"] = True
     index = OutputIndex(out_root, run_settings(args, method, checkpoint, options),
@@ -393,7 +408,13 @@ def _run_jobs(args, jobs, needs, method, checkpoint, options, formats, out_root,
             source = f"--preset {options['preset']}" if preset is not None else "this checkpoint"
             raise InputError(f"--save uncertainty needs an ensemble; {source} predicts {members} member(s) "
                              f"by default — add --ensemble-size N (N >= 2)")
-    pipe = DepthPipeline(model, processing_res=args.processing_res, batch_size=args.batch_size, **options)
+    captioner = None
+    if args.caption is not None:
+        from ..backbone.captions import load_captioner
+
+        captioner = load_captioner(args.caption, device=args.device)
+    pipe = DepthPipeline(model, processing_res=args.processing_res, batch_size=args.batch_size,
+                         captioner=captioner, **options)
     if args.ensemble_with:
         from ..ensemble import Ensembler
 

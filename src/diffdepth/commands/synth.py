@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 HELP = ("render procedural RGB-D scenes (indoor rooms, streets) or a driving sequence with exact "
-        "metric depth, intrinsics and poses, in the folder, NYUv2 or KITTI layout")
+        "metric depth, intrinsics and poses, in the folder, NYUv2, KITTI or pseudo-label layout")
 
 
 def _size(text: str):
@@ -18,7 +18,7 @@ def _size(text: str):
 
 
 #: default image size per layout (NYUv2 and KITTI raw sizes, so the protocol crops apply)
-DEFAULT_SIZES = {"folder": (256, 256), "nyu": (480, 640), "kitti": (375, 1242), "sequence": (192, 640)}
+DEFAULT_SIZES = {"folder": (256, 256), "pseudo": (256, 256), "nyu": (480, 640), "kitti": (375, 1242), "sequence": (192, 640)}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,9 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=_size, default=None,
                    help="HxW; default 256x256 (folder), 480x640 (nyu), 375x1242 (kitti), 192x640 (sequence)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed -> identical files (default 0)")
-    p.add_argument("--layout", choices=("folder", "nyu", "kitti"), default=None,
+    p.add_argument("--layout", choices=("folder", "nyu", "kitti", "pseudo"), default=None,
                    help="folder (default for indoor/outdoor), nyu (Marigold NYUv2 test layout), kitti "
-                        "(Marigold KITTI Eigen layout); sequence is always KITTI-raw-like")
+                        "(Marigold KITTI Eigen layout), pseudo (PrimeDepth pre-training folder: images, "
+                        "depth as the teacher, object ids as segmentation, captions); sequence is always KITTI-raw-like")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

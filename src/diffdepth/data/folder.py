@@ -201,7 +201,7 @@ def read_split_file(path: PathLike) -> List[Tuple[str, List[str]]]:
 def resize_sample(sample: Dict, size: Optional[Sequence[int]]) -> Dict:
     """Resize a sample to ``size=(H,W)`` in place.
 
-    Image: bilinear with antialiasing. Depth and valid: nearest neighbour on pixel centres,
+    Image: bilinear with antialiasing. Depth, valid and segmentation: nearest neighbour on pixel centres,
     so no invalid pixel is mixed into a valid one (valid-aware). Intrinsics scaled by
     (W'/W, H'/H) with :func:`diffdepth.geometry.scale_intrinsics`.
     """
@@ -226,7 +226,7 @@ def resize_sample(sample: Dict, size: Optional[Sequence[int]]) -> Dict:
     # nearest on pixel centres: output pixel i samples input floor((i + 0.5) * h / th)
     ys = np.minimum(((np.arange(th) + 0.5) * h / th).astype(np.int64), h - 1)
     xs = np.minimum(((np.arange(tw) + 0.5) * w / tw).astype(np.int64), w - 1)
-    for k in ("depth", "valid"):
+    for k in ("depth", "valid", "segmentation"):
         if k in sample:
             sample[k] = np.ascontiguousarray(sample[k][..., ys[:, None], xs[None, :]])
     if "intrinsics" in sample:

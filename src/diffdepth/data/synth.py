@@ -18,8 +18,10 @@ Everything is deterministic from the seed: scene ``i`` of a run with seed ``S`` 
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -400,7 +402,8 @@ def render(scene: Scene, camera: Camera, pixels: Optional[np.ndarray] = None,
     """Ray-cast ``scene`` from ``camera``.
 
     Returns ``image`` float32 [H,W,3] in [0,1], ``depth`` float32 [H,W] planar metres
-    (0 where invalid), ``valid`` bool [H,W], ``depth64`` float64 [H,W] (inf for sky), and
+    (0 where invalid), ``valid`` bool [H,W], ``depth64`` float64 [H,W] (inf for sky),
+    ``ids`` int64 [H,W] (index of the primitive seen, -1 for sky), and
     ``K``/``pose``. With ``pixels`` [N,2] (u, v) the arrays are [N,...] instead.
     ``cull=False`` tests every ray against every primitive (for checking the culling).
     """
@@ -496,6 +499,7 @@ def render(scene: Scene, camera: Camera, pixels: Optional[np.ndarray] = None,
         "depth": depth.reshape(shape).astype(np.float32),
         "depth64": np.where(hit, best_t, _INF).reshape(shape),
         "valid": valid.reshape(shape),
+        "ids": best_id.reshape(shape),  # index of the primitive hit, -1 = sky
         "K": np.asarray(camera.K, dtype=np.float64),
         "pose": np.asarray(camera.pose, dtype=np.float64),
     }
@@ -713,7 +717,7 @@ def make_sequence(rng: np.random.Generator, n_frames: int, max_depth: float = 80
 #: date folder used for KITTI-like layouts (an obviously synthetic date in KITTI's pattern)
 SYNTH_DATE = "2000_01_01"
 KINDS = ("indoor", "outdoor", "sequence")
-LAYOUTS = ("folder", "nyu", "kitti")
+LAYOUTS = ("folder", "nyu", "kitti", "pseudo")
 #: KITTI stereo rig offsets (metres, along camera x) written into calib_cam_to_cam.txt for
 #: cameras 0-3 (grey left/right, colour left/right), approximately those of the real rig
 _KITTI_CAM_X = (0.0, -0.54, 0.06, -0.47)
@@ -803,6 +807,27 @@ def _progress(total: int, desc: str, enabled: bool):
         return None
 
 
+def write_pseudo_sample(out, kind: str, name: str, r: Dict[str, np.ndarray]) -> None:
+    """One sample of the ``pseudo`` layout (see :func:`write_dataset`)."""
+    from PIL import Image
+
+    from ..utils import atomic_path
+    from .folder import write_rgb, write_text
+
+    out = Path(out)
+    write_rgb(out / "images" / f"{name}.png", r["image"])
+    with atomic_path(out / "depth" / f"{name}.npy") as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.where(r["valid"], r["depth"], 0.0).astype(np.float32))
+    ids = r["ids"]
+    seg = np.where((ids >= 0) & (ids < 150), ids, 255).astype(np.uint8)
+    with atomic_path(out / "segmentation" / f"{name}.png") as tmp:
+        Image.fromarray(seg, "L").save(tmp)
+    n_obj = len(np.unique(ids[ids >= 0]))
+    what = "room" if kind == "indoor" else "street"
+    write_text(out / "captions" / f"{name}.txt", f"a rendered {what} with {n_obj} visible surfaces\n")
+
+
 def write_dataset(out, kind: str, n: int, size: Tuple[int, int], seed: int, layout: Optional[str] = None,
                   progress: bool = False) -> Dict:
     """Render ``n`` samples (``sequence``: ``n`` frames) and write them under ``out``.
@@ -816,6 +841,11 @@ def write_dataset(out, kind: str, n: int, size: Tuple[int, int], seed: int, layo
         ``test/<kind>_<i:04d>/rgb_<i:04d>.png``, ``depth_<i:04d>.png`` (uint16 mm),
         ``filled_<i:04d>.png`` (same as depth: the synthetic depth is complete); split file
         ``filename_list_test.txt`` with lines ``<rgb> <depth> <filled>``; ``intrinsics.txt``.
+    ``pseudo`` (a pseudo-label folder for PrimeDepth pre-training, read by
+    :class:`diffdepth.data.pseudo.PseudoLabelDataset`; the exact depth plays the teacher)
+        ``images/<kind>_<i:05d>.png``, ``depth/<kind>_<i:05d>.npy`` (float32 metres, 0 = invalid),
+        ``segmentation/<kind>_<i:05d>.png`` (8-bit primitive index as class id, 255 = sky or index
+        >= 150), ``captions/<kind>_<i:05d>.txt``, ``labels.json`` (``depth_kind: depth``).
     ``kitti`` (Marigold's KITTI Eigen layout)
         ``<date>/<date>_drive_0000_sync/image_02/data/<i:010d>.png``,
         ``<date>_drive_0000_sync/proj_depth/groundtruth/image_02/<i:010d>.png`` (uint16, m x 256),
@@ -847,6 +877,8 @@ def write_dataset(out, kind: str, n: int, size: Tuple[int, int], seed: int, layo
         layout = "kitti" if kind == "sequence" else "folder"
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
+    if layout == "pseudo" and kind == "sequence":
+        raise ValueError("the pseudo layout holds still scenes; use --kind indoor or outdoor")
     if kind == "sequence" and layout != "kitti":
         raise ValueError("--kind sequence is always written in the KITTI-raw-like layout; use --layout kitti")
     if n < 1:
@@ -907,6 +939,8 @@ def write_dataset(out, kind: str, n: int, size: Tuple[int, int], seed: int, layo
             t_render += time.perf_counter() - t0
             if layout == "folder":
                 write_folder_sample(out, f"{kind}_{i:05d}", r["image"], r["depth"], r["K"])
+            elif layout == "pseudo":
+                write_pseudo_sample(out, kind, f"{kind}_{i:05d}", r)
             elif layout == "nyu":
                 scene_dir = f"test/{kind}_{i:04d}"
                 rgb, dep, fil = (f"{scene_dir}/{p}_{i:04d}.png" for p in ("rgb", "depth", "filled"))
@@ -928,7 +962,9 @@ def write_dataset(out, kind: str, n: int, size: Tuple[int, int], seed: int, layo
         elif layout == "kitti":
             write_text(out / "eigen_test_files_with_gt.txt", "\n".join(lines) + "\n")
             summary["split_file"] = str(out / "eigen_test_files_with_gt.txt")
-        if layout != "folder":
+        if layout == "pseudo":
+            write_text(out / "labels.json", json.dumps({"depth_kind": "depth", "teacher": "diffdepth synth (exact depth)"}) + "\n")
+        elif layout != "folder":
             write_matrix(out / "intrinsics.txt", K)
     if bar is not None:
         bar.close()

@@ -175,6 +175,9 @@ def _coerce(value: Any, key: Key, where: str, dotted: str) -> Any:
             value = float(value)
         except ValueError:
             pass
+    # YAML 1.1 reads an unquoted `no` as false: `train.mixed_precision=no` means "no"
+    if value is False and key.choices is not None and "no" in key.choices and bool not in types:
+        value = "no"
     ok = False
     for t in types:
         if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -46,7 +46,11 @@ DATASET_TYPES: Dict[str, str] = {
     "tartanair": "diffdepth.data.training_sets:TartanAirDataset",
     "kitti_raw": "diffdepth.data.sequences:KittiRawSequences",
     "video_folder": "diffdepth.data.sequences:VideoFolderSequences",
+    "pseudo_labels": "diffdepth.data.pseudo:PseudoLabelDataset",
 }
+
+#: reader options that produce missing labels before the reader opens (``pseudo_labels``)
+PREPARE_KEYS = ("teacher", "captioner", "device")
 
 #: synth ``kind`` -> reader type used to read the rendered folder (``diffdepth synth`` layouts)
 SYNTH_READERS = {"indoor": "folder", "outdoor": "folder", "sequence": "kitti_raw"}
@@ -85,17 +89,20 @@ def synth_folder(entry: Dict[str, Any], cache_dir: Path) -> Tuple[Path, str, Dic
     size = args.pop("size", [64, 64])
     seed = int(args.pop("seed", 0))
     reader_args = args.pop("reader", {}) or {}
-    render_args = args  # anything else goes to the renderer
+    render_args = args  # anything else goes to the renderer (e.g. layout: pseudo)
     if not (isinstance(size, (list, tuple)) and len(size) == 2):
         raise ConfigError(f"synth dataset: size must be [H, W], got {size!r}")
     key = json.dumps({"kind": kind, "n": n, "size": list(size), "seed": seed, **render_args}, sort_keys=True)
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     folder = Path(cache_dir) / f"synth-{kind}-{n}-{size[0]}x{size[1]}-s{seed}-{digest}"
-    if not (folder / ".complete").exists():
-        from .. import distributed
+    from .. import distributed
+
+    # every process reaches the barrier: a process that starts late and already sees
+    # .complete must not skip it (the others would wait at it forever)
+    if not (folder / ".complete").exists() or distributed.is_distributed():
         from ..utils import atomic_dir
 
-        if distributed.is_main():
+        if distributed.is_main() and not (folder / ".complete").exists():
             render = _import_target("diffdepth.data.synth:write_dataset", "synth dataset")
             with atomic_dir(folder) as tmp:
                 try:
@@ -110,6 +117,8 @@ def synth_folder(entry: Dict[str, Any], cache_dir: Path) -> Tuple[Path, str, Dic
         reader_args.setdefault("split_file", str(folder / f"{split}_files.txt"))
     elif reader_args.get("split_file"):
         reader_args["split_file"] = str(folder / reader_args["split_file"])
+    if render_args.get("layout") == "pseudo":  # images + teacher depth + segmentation + captions
+        return folder, "pseudo_labels", reader_args
     return folder, SYNTH_READERS[kind], reader_args
 
 
@@ -123,6 +132,17 @@ def build_dataset(entry: Dict[str, Any], cache_dir: Optional[Path] = None, where
             raise ConfigError(f"{where}: a synth dataset needs data.cache_dir or a run folder")
         root, type_name, args = synth_folder(entry, Path(cache_dir))
         args = {"root": str(root), **args}
+    if type_name == "pseudo_labels" and any(k in args for k in PREPARE_KEYS):
+        from ..data.pseudo import prepare_pseudo_labels
+
+        prep = {k: args.pop(k) for k in PREPARE_KEYS if k in args}
+        if args.get("root") is None:
+            raise ConfigError(f"{where}: a pseudo_labels dataset needs root")
+        prepare_pseudo_labels(args["root"], images=args.get("images", "images"), depth=args.get("depth", "depth"),
+                              captions=args.get("captions"), **prep)
+    captioning = None
+    if type_name != "pseudo_labels" and ("captioner" in args or "captions_dir" in args):
+        captioning = (args.pop("captioner", None), args.pop("captions_dir", None), args.pop("device", "auto"))
     cls = reader_class(type_name, where)
     if "root" in args and args["root"] is None:
         raise ConfigError(f"{where}.root is not set: {type_name} needs the folder of its data, "
@@ -131,6 +151,15 @@ def build_dataset(entry: Dict[str, Any], cache_dir: Optional[Path] = None, where
         ds = cls(**args)
     except TypeError as err:
         raise ConfigError(f"{where}: {type_name} reader rejected its arguments ({err})") from None
+    if captioning is not None:  # any reader: captions/<sample name>.txt, made once by the captioner
+        from ..data.pseudo import CaptionedDataset
+
+        captioner, cap_dir, device = captioning
+        if cap_dir is None:
+            if args.get("root") is None:
+                raise ConfigError(f"{where}: captioner needs captions_dir (or a reader with root)")
+            cap_dir = Path(args["root"]) / "captions"
+        ds = CaptionedDataset(ds, cap_dir, captioner, device=device)
     limit = entry.get("limit")
     if limit is not None:
         ds = _Limited(ds, int(limit))

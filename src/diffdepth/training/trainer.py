@@ -3,7 +3,9 @@
 A method supplies ``model.make_training_task(**cfg["task"])`` -> ``task(batch) ->
 {"loss": scalar tensor, "logs": {name: float | tensor}}`` and optionally
 ``task.transform(sample, rng)`` (per-sample augmentation in the DataLoader workers),
-``task.collate(samples)`` and ``task.visualize(batch, output) -> {name: HxWx3 uint8}``.
+``task.collate(samples)``, ``task.visualize(batch, output) -> {name: HxWx3 uint8}`` and
+``task.bind_data(datasets) -> log lines`` (called once with the training readers, before
+the optimiser is built).
 The trainer never branches on the method.
 
 Per optimizer step ``s`` (0-based):
@@ -263,6 +265,14 @@ class Trainer:
         self.task = self.model.make_training_task(**cfg["task"])
         if not callable(self.task):
             raise TrainingError(f"{type(self.model).__name__}.make_training_task returned a non-callable")
+        # the data before the optimiser: a task may leave out modules its data cannot train
+        # (``task.bind_data(datasets)``, e.g. a segmentation head when no reader has labels),
+        # so they get no optimiser state and DDP never waits for their gradients
+        self._build_data()
+        bind = getattr(self.task, "bind_data", None)
+        if bind is not None:
+            for line in bind(self.train_datasets) or ():
+                self.log(line)
         self.optimizer = build_optimizer(self.model, cfg["optim"])
         self.n_trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.n_frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
@@ -274,8 +284,6 @@ class Trainer:
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         acc.register_save_state_pre_hook(self._save_hook)
         acc.register_load_state_pre_hook(self._load_hook)
-
-        self._build_data()
 
         # task RNG differs per process (different noise on each shard)
         torch.manual_seed(cfg["seed"] + 1_000_003 * (self.rank + 1))
@@ -301,6 +309,7 @@ class Trainer:
             datasets.append(build_dataset(entry, cache, where=f"data.train.{i}"))
             names.append(f"{entry['type']}#{i}")
             weights.append(float(entry.get("weight", 1.0)))
+        self.train_datasets = datasets
         self.plan = MixingPlan([len(d) for d in datasets], weights, cfg["seed"])
         self.dataset = MixedDataset(datasets, names, cfg["seed"], getattr(self.task, "transform", None))
         sizes = ", ".join(f"{n} ({len(d)} samples, weight {w:g})" for n, d, w in zip(names, datasets, weights))
