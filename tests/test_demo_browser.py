@@ -1,0 +1,157 @@
+"""`diffdepth demo` in a real browser: headless Debian Chromium driven by Selenium.
+
+The app is served on a free loopback port with a tiny PrimeDepth saved by the make-tiny factory.
+The browser uploads an image, waits for the depth, fetches the .npy download, then uploads a
+corrupt file and reads the one-line message; the server must still answer afterwards.
+Chromium and chromedriver come from Debian (`apt-get install chromium chromium-driver`, done by
+.ci/run); without them this test fails and says so.
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = os.environ.get("DIFFDEPTH_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("DIFFDEPTH_CHROMEDRIVER", "/usr/bin/chromedriver")
+SCREENSHOT = os.environ.get("DIFFDEPTH_DEMO_SCREENSHOT")  # also save the page here (README's image)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _browser():
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            pytest.fail(f"{path} not found: the browser test needs Debian's chromium and chromium-driver "
+                        "(apt-get install -y chromium chromium-driver; .ci/run does this)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1400,1000", "--force-device-scale-factor=1"):
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from diffdepth.demo import Choice, DemoBackend, build_app
+    from diffdepth.methods.primedepth.model import PrimeDepth
+
+    root = tmp_path_factory.mktemp("demo")
+    PrimeDepth.make_tiny(seed=0).save_pretrained(root / "tiny-pd")
+    backend = DemoBackend([Choice("primedepth", str(root / "tiny-pd"))], device="cpu", work_dir=str(root / "work"))
+    backend.preload()
+    app = build_app(backend)
+    port = _free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+               max_file_size="5mb")
+    try:
+        yield f"http://127.0.0.1:{port}/", root, backend
+    finally:
+        app.close()
+        backend.close()
+
+
+def _upload_and_run(driver, path: Path):
+    from selenium.webdriver.common.by import By
+
+    box = driver.find_element(By.ID, "image-input")
+    clear = box.find_elements(By.CSS_SELECTOR, "button[aria-label='Clear']")
+    if clear:
+        clear[0].click()
+    box.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(path))
+    # the file is uploaded when its name is listed in the component
+    _wait(lambda: path.name in box.text, f"upload of {path.name} never showed")
+    driver.find_element(By.ID, "run-image").click()
+
+
+def _wait(cond, what: str, timeout: float = 60.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            value = cond()
+        except Exception:  # noqa: BLE001 — element not there yet / stale: retry
+            value = None
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(what)
+
+
+def test_demo_in_browser(served, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    url, root, backend = served
+    w, h = 80, 56
+    rng = np.random.default_rng(0)
+    grad = np.linspace(0, 255, w, dtype=np.float64)[None, :, None] * np.ones((h, 1, 3))
+    img = np.clip(grad + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+    good = tmp_path / "room.png"
+    Image.fromarray(img).save(good)
+    corrupt = tmp_path / "broken.png"
+    corrupt.write_bytes(good.read_bytes()[:60])  # a PNG cut short
+
+    driver = _browser()
+    try:
+        driver.get(url)
+        _wait(lambda: driver.find_element(By.ID, "run-image"), "the app's page did not load")
+
+        # 1. an image -> the depth in the slider and the downloads
+        _upload_and_run(driver, good)
+        status = _wait(lambda: driver.find_element(By.ID, "status").text.strip(), "no status after the run")
+        assert "Error" not in status, status
+        assert f"{w}x{h} px" in status and "affine_invariant_disparity" in status, status
+        slider = driver.find_element(By.ID, "depth-slider")
+        imgs = _wait(lambda: [i for i in slider.find_elements(By.TAG_NAME, "img")
+                              if i.get_attribute("src") and driver.execute_script(
+                                  "return arguments[0].complete && arguments[0].naturalWidth", i)],
+                     "the depth image never appeared")
+        assert len(imgs) == 2  # input | colourised depth
+        sizes = [driver.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", i)
+                 for i in imgs]
+        assert all(s == [w, h] for s in sizes), sizes
+        links = _wait(lambda: [a.get_attribute("href") for a in
+                               driver.find_elements(By.CSS_SELECTOR, "#downloads a")
+                               if (a.get_attribute("href") or "").split("?")[0].endswith(".npy")],
+                      "no .npy download link")
+        data = urllib.request.urlopen(links[0], timeout=30).read()
+        depth = np.load(io.BytesIO(data), allow_pickle=False)
+        assert depth.shape == (h, w) and depth.dtype == np.float32 and np.isfinite(depth).all()
+        assert float(depth.std()) > 0
+        # the download is the prediction the server made (same bytes as its exporter wrote)
+        served_npy = sorted((root / "work").rglob("room.npy"))
+        assert served_npy and np.array_equal(np.load(served_npy[-1]), depth)
+        shot = tmp_path / "demo.png"
+        driver.save_screenshot(str(shot))
+        if SCREENSHOT:
+            shutil.copy(shot, SCREENSHOT)
+        assert Image.open(shot).size[0] > 0
+
+        # 2. a corrupt upload -> the reader's one-line message, no traceback
+        _upload_and_run(driver, corrupt)
+        msg = _wait(lambda: (lambda t: t if "broken.png" in t else None)(
+            driver.find_element(By.ID, "status").text.strip()), "no message for the corrupt upload")
+        assert msg.startswith("Error: cannot read image broken.png: file is truncated or corrupt"), msg
+        assert "\n" not in msg and "Traceback" not in driver.page_source
+
+        # 3. the server keeps serving: the good image again
+        _upload_and_run(driver, good)
+        _wait(lambda: "affine_invariant_disparity" in driver.find_element(By.ID, "status").text,
+              "the app stopped answering after the corrupt upload")
+    finally:
+        driver.quit()
