@@ -76,7 +76,8 @@ def _upload_and_run(driver, path: Path):
         clear[0].click()
     box.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(path))
     # the file is uploaded when its name is listed in the component
-    _wait(lambda: path.name in box.text, f"upload of {path.name} never showed")
+    _wait(lambda: box.find_elements(By.CSS_SELECTOR, f"td.filename[aria-label='{path.name}']"),
+          f"upload of {path.name} never showed")
     driver.find_element(By.ID, "run-image").click()
 
 
