@@ -156,3 +156,36 @@ def test_demo_in_browser(served, tmp_path):
               "the app stopped answering after the corrupt upload")
     finally:
         driver.quit()
+
+
+def test_glb_holds_the_ply_points(tmp_path):
+    """The 3D view's .glb carries the PLY export's points (axes flipped to glTF's) and colours."""
+    import json
+    import struct
+
+    from diffdepth.demo.glb import save_glb
+    from diffdepth.geometry import intrinsics_from_fov
+    from diffdepth.io.export import read_ply, save_ply
+
+    rng = np.random.default_rng(1)
+    depth = rng.uniform(0.5, 4.0, (6, 5)).astype(np.float32)
+    depth[2, 3] = 0.0  # invalid: left out of both
+    rgb = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    K = intrinsics_from_fov(5, 6, 60.0)
+    ply = read_ply(save_ply(tmp_path / "c.ply", depth, rgb, K, kind="metric_depth"))
+    data = (save_glb(tmp_path / "c.glb", depth, rgb, K, "metric_depth")).read_bytes()
+    magic, version, total = struct.unpack_from("<4sII", data, 0)
+    assert (magic, version, total) == (b"glTF", 2, len(data))
+    jlen, jtype = struct.unpack_from("<I4s", data, 12)
+    gltf = json.loads(data[20:20 + jlen])
+    blen, btype = struct.unpack_from("<I4s", data, 20 + jlen)
+    assert (jtype, btype) == (b"JSON", b"BIN\0")
+    binary = data[28 + jlen:28 + jlen + blen]
+    n = gltf["accessors"][0]["count"]
+    assert n == 29 == len(ply.points) and gltf["meshes"][0]["primitives"][0]["mode"] == 0  # POINTS
+    pts = np.frombuffer(binary[:12 * n], dtype="<f4").reshape(n, 3)
+    cols = np.frombuffer(binary[12 * n:16 * n], dtype=np.uint8).reshape(n, 4)
+    np.testing.assert_allclose(pts, ply.points * np.array([1, -1, -1], np.float32), rtol=1e-6)
+    np.testing.assert_array_equal(cols[:, :3], ply.colors)
+    assert (cols[:, 3] == 255).all()
+    np.testing.assert_allclose(gltf["accessors"][0]["min"], pts.min(0), rtol=1e-6)

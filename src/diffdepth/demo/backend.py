@@ -60,7 +60,7 @@ class ImageResult:
     rgb_u8: np.ndarray  # [H,W,3] the input as the model's pipeline read it
     color_u8: np.ndarray  # [H,W,3] colourised depth
     kind: str
-    files: Dict[str, Path]  # format name (npy, png16, ply, uncertainty) -> path
+    files: Dict[str, Path]  # format name (npy, png16, ply, uncertainty, glb) -> path
     png16_encoding: str
     intrinsics: str  # where the PLY's K came from
     uncertainty_u8: Optional[np.ndarray] = None  # [H,W] min-max scaled for display
@@ -138,7 +138,10 @@ class DemoBackend:
         with Image.open(by_format["png16"]) as im:
             encoding = im.text.get(PNG16_KEY, "")
         h, w = pred.depth.shape
-        _, k_source = intrinsics_for(w, h, focal, fov, focal_exif)
+        K, k_source = intrinsics_for(w, h, focal, fov, focal_exif)
+        from .glb import save_glb
+
+        by_format["glb"] = save_glb(base.with_name(base.name + ".glb"), pred.depth, item.rgb, K, pred.kind)
         unc = None
         if pred.uncertainty is not None:
             u = np.nan_to_num(np.asarray(pred.uncertainty, dtype=np.float64))
