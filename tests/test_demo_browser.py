@@ -137,6 +137,10 @@ def test_demo_in_browser(served, tmp_path):
         # the download is the prediction the server made (same bytes as its exporter wrote)
         served_npy = sorted((root / "work").rglob("room.npy"))
         assert served_npy and np.array_equal(np.load(served_npy[-1]), depth)
+        glb = _wait(lambda: [a.get_attribute("href") for a in driver.find_elements(
+            By.CSS_SELECTOR, "#point-cloud a[data-testid='model3d-download-link']")
+            if (a.get_attribute("href") or "").endswith(".glb")], "the point cloud never reached the 3D view")
+        assert urllib.request.urlopen(glb[0], timeout=30).read(4) == b"glTF"
         shot = tmp_path / "demo.png"
         driver.save_screenshot(str(shot))
         if SCREENSHOT:
