@@ -158,6 +158,25 @@ def test_demo_in_browser(served, tmp_path):
         _upload_and_run(driver, good)
         _wait(lambda: "affine_invariant_disparity" in driver.find_element(By.ID, "status").text,
               "the app stopped answering after the corrupt upload")
+
+        # 4. the video tab: per-frame depth -> .npz download with one map per frame
+        from diffdepth.io.video import VideoWriter
+
+        clip = tmp_path / "clip.mp4"
+        with VideoWriter(clip, fps=5) as vw:
+            for i in range(3):
+                vw.write(np.roll(img, 7 * i, axis=1))
+        [t for t in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]") if t.text.strip() == "Video"][0].click()
+        box = _wait(lambda: (lambda b: b if b.is_displayed() else None)(driver.find_element(By.ID, "video-input")),
+                    "the video tab did not open")
+        box.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(clip))
+        _wait(lambda: box.find_elements(By.CSS_SELECTOR, "td.filename[aria-label='clip.mp4']"), "video upload never showed")
+        driver.find_element(By.ID, "run-video").click()
+        npz = _wait(lambda: [a.get_attribute("href") for a in driver.find_elements(By.CSS_SELECTOR, "#video-downloads a")
+                             if (a.get_attribute("href") or "").endswith(".npz")], "no .npz download for the video")
+        frames = np.load(io.BytesIO(urllib.request.urlopen(npz[0], timeout=30).read()))
+        assert frames["depth"].shape == (3, h, w)
+        assert driver.find_element(By.ID, "video-status").text.strip() == "3 frames."
     finally:
         driver.quit()
 

@@ -43,7 +43,7 @@ def build_app(backend: DemoBackend):
 
     def model_pickers(suffix: str = ""):
         with gr.Row():
-            m = gr.Dropdown(methods, value=default_method, label=f"Method{suffix}", elem_id=f"method{suffix.strip()}")
+            m = gr.Dropdown(methods, value=default_method, label=f"Method{suffix}")
             c = gr.Dropdown(checkpoints, value=default_ckpt, allow_custom_value=True,
                             label=f"Checkpoint{suffix} (folder or hub id; empty: the method's published weights)")
         return m, c
@@ -81,6 +81,21 @@ def build_app(backend: DemoBackend):
                 msgs.append(f"**Error:** {one_line(err)}")
         return out[0], out[1], "  \n".join(msgs)
 
+    def run_video(path, method, checkpoint, processing_res, seed, cmap, progress=gr.Progress()):
+        def step(done, total):
+            progress((done, total) if total else done, desc="frames", unit="frame")
+
+        try:
+            mp4, npz, n = backend.predict_video(path, _method(method), _checkpoint(checkpoint),
+                                                {"seed": _int_or_none(seed)},
+                                                processing_res=_int_or_none(processing_res), cmap=cmap,
+                                                progress=step)
+        except Exception as err:  # noqa: BLE001
+            if not isinstance(err, DiffdepthErrorType):
+                log.exception("demo: video prediction failed")
+            return None, None, f"**Error:** {one_line(err)}"
+        return str(mp4), [str(mp4), str(npz)], f"{n} frames."
+
     from ..errors import DiffdepthError as DiffdepthErrorType
 
     with gr.Blocks(title="diffdepth demo") as app:
@@ -110,6 +125,22 @@ def build_app(backend: DemoBackend):
                                         elem_id="downloads", interactive=False)
             run.click(run_image, [image_in, method, checkpoint, steps, ensemble, res, seed, flip, cmap],
                       [slider, uncertainty, cloud, downloads, status])
+        with gr.Tab("Video"):
+            with gr.Row():
+                with gr.Column():
+                    vid_in = gr.File(label="Video", type="filepath", elem_id="video-input")
+                    vm, vc = model_pickers(" ")
+                    with gr.Row():
+                        vres = gr.Number(None, precision=0, label="Processing resolution (0: native)")
+                        vseed = gr.Number(None, precision=0, label="Seed")
+                    vcmap = gr.Dropdown(CMAPS, value="Spectral", label="Colour map")
+                    vid_run = gr.Button("Estimate depth", variant="primary", elem_id="run-video")
+                    vid_status = gr.Markdown("", elem_id="video-status")
+                with gr.Column(scale=2):
+                    vid_out = gr.Video(label="Depth video", elem_id="depth-video")
+                    vid_files = gr.File(label="Downloads (.mp4, .npz)", file_count="multiple",
+                                        interactive=False, elem_id="video-downloads")
+            vid_run.click(run_video, [vid_in, vm, vc, vres, vseed, vcmap], [vid_out, vid_files, vid_status])
         with gr.Tab("Compare"):
             with gr.Row():
                 with gr.Column():

@@ -11,7 +11,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -151,6 +151,41 @@ class DemoBackend:
                            color_u8=colorize(pred.depth, pred.kind, cmap), kind=pred.kind, files=by_format,
                            png16_encoding=encoding, intrinsics=k_source, uncertainty_u8=unc,
                            ignored_options=ignored)
+
+    # ------------------------------------------------------------------ videos
+    def predict_video(self, path: str, method: Optional[str], checkpoint: Optional[str],
+                      options: Optional[Dict[str, Any]] = None, processing_res: Optional[int] = None,
+                      cmap: str = "Spectral", display_name: Optional[str] = None,
+                      progress: Optional[Callable[[int, Optional[int]], None]] = None) -> Tuple[Path, Path, int]:
+        """Frames in order through the method's temporal hook -> (colour depth ``.mp4``, ``.npz``,
+        frame count), as ``diffdepth predict`` writes them. ``progress(done, total)`` after each frame."""
+        from ..io.video import iter_video_frames, save_depth_video, save_npz_frames, video_info
+        from ..pipeline import DepthPipeline
+
+        if not path:
+            raise InputError("no video uploaded — choose a video file first")
+        name = display_name or Path(path).name
+        try:
+            model = self.model(method, checkpoint)
+            options = {k: v for k, v in (options or {}).items()
+                       if v is not None and v is not False and k in model.predict_options}
+            pipe = DepthPipeline(model, processing_res=processing_res, **options)
+            fps, n, _, _ = video_info(path)
+            depths, kind = [], None
+            for pred in pipe.video(iter_video_frames(path)):
+                kind = pred.kind
+                depths.append(pred.depth)
+                if progress is not None:
+                    progress(len(depths), n)
+            if not depths:
+                raise InputError(f"cannot read video {name}: it contains no frames")
+        except InputError as err:
+            raise InputError(str(err).replace(str(path), name)) from None
+        out = Path(tempfile.mkdtemp(prefix="video-", dir=self.work_dir))
+        base = out / (Path(name).stem or "video")
+        mp4 = save_depth_video(base.with_name(base.name + "_depth.mp4"), depths, kind, fps, cmap=cmap)
+        npz = save_npz_frames(base.with_name(base.name + ".npz"), np.stack(depths), kind, fps)
+        return Path(mp4), Path(npz), len(depths)
 
     def close(self) -> None:
         shutil.rmtree(self.work_dir, ignore_errors=True)
