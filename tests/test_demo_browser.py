@@ -145,7 +145,8 @@ def test_demo_in_browser(served, tmp_path):
         driver.save_screenshot(str(shot))
         if SCREENSHOT:
             shutil.copy(shot, SCREENSHOT)
-        assert Image.open(shot).size[0] > 0
+        with Image.open(shot) as im:
+            assert im.size[0] > 0
 
         # 2. a corrupt upload -> the reader's one-line message, no traceback
         _upload_and_run(driver, corrupt)
@@ -212,3 +213,20 @@ def test_glb_holds_the_ply_points(tmp_path):
     np.testing.assert_array_equal(cols[:, :3], ply.colors)
     assert (cols[:, 3] == 255).all()
     np.testing.assert_allclose(gltf["accessors"][0]["min"], pts.min(0), rtol=1e-6)
+
+
+def test_demo_cli_flags(capsys):
+    """--method/--checkpoint pair up; a mismatch or an unusable checkpoint stops before serving, in one line."""
+    from diffdepth.cli import main
+    from diffdepth.demo import Choice, parse_choices
+
+    assert parse_choices(["marigold", "primedepth"], ["a", "b"]) == [Choice("marigold", "a"), Choice("primedepth", "b")]
+    assert parse_choices(["primedepth"], ["a", "b"]) == [Choice("primedepth", "a"), Choice("primedepth", "b")]
+    assert parse_choices([], ["a"]) == [Choice(None, "a")]
+    assert parse_choices(["marigold"], []) == [Choice("marigold", None)]
+    assert main(["demo", "--method", "marigold", "--method", "primedepth", "--checkpoint", "x", "--checkpoint", "y",
+                 "--checkpoint", "z"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("diffdepth demo: error: got 2 --method and 3 --checkpoint flags") and "\n" not in err
+    assert main(["demo", "--checkpoint", "no/such-model-here"]) == 2
+    assert capsys.readouterr().err.strip() == "diffdepth demo: error: pass --method when --checkpoint is a hub id"
