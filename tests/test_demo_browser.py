@@ -81,6 +81,21 @@ def _upload_and_run(driver, path: Path):
     driver.find_element(By.ID, "run-image").click()
 
 
+def _status(driver, elem_id: str, must_contain: str) -> str:
+    """The status text once the run finished (no progress overlay left) and it names ``must_contain``."""
+    from selenium.webdriver.common.by import By
+
+    def done():
+        el = driver.find_element(By.ID, elem_id)
+        trackers = el.find_elements(By.CSS_SELECTOR, "[data-testid='status-tracker']")
+        text = el.text.strip()
+        if any(t.text.strip() for t in trackers) or "processing" in text or must_contain not in text:
+            return None
+        return text
+
+    return _wait(done, f"#{elem_id} never showed a finished status naming {must_contain!r}")
+
+
 def _wait(cond, what: str, timeout: float = 60.0):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -114,7 +129,7 @@ def test_demo_in_browser(served, tmp_path):
 
         # 1. an image -> the depth in the slider and the downloads
         _upload_and_run(driver, good)
-        status = _wait(lambda: driver.find_element(By.ID, "status").text.strip(), "no status after the run")
+        status = _status(driver, "status", "px")
         assert "Error" not in status, status
         assert f"{w}x{h} px" in status and "affine_invariant_disparity" in status, status
         slider = driver.find_element(By.ID, "depth-slider")
@@ -150,15 +165,13 @@ def test_demo_in_browser(served, tmp_path):
 
         # 2. a corrupt upload -> the reader's one-line message, no traceback
         _upload_and_run(driver, corrupt)
-        msg = _wait(lambda: (lambda t: t if "broken.png" in t else None)(
-            driver.find_element(By.ID, "status").text.strip()), "no message for the corrupt upload")
+        msg = _status(driver, "status", "broken.png")
         assert msg.startswith("Error: cannot read image broken.png: file is truncated or corrupt"), msg
         assert "\n" not in msg and "Traceback" not in driver.page_source
 
         # 3. the server keeps serving: the good image again
         _upload_and_run(driver, good)
-        _wait(lambda: "affine_invariant_disparity" in driver.find_element(By.ID, "status").text,
-              "the app stopped answering after the corrupt upload")
+        assert "Error" not in _status(driver, "status", "affine_invariant_disparity")
 
         # 4. the video tab: per-frame depth -> .npz download with one map per frame
         from diffdepth.io.video import VideoWriter
@@ -177,9 +190,10 @@ def test_demo_in_browser(served, tmp_path):
                              if (a.get_attribute("href") or "").endswith(".npz")], "no .npz download for the video")
         frames = np.load(io.BytesIO(urllib.request.urlopen(npz[0], timeout=30).read()))
         assert frames["depth"].shape == (3, h, w)
-        assert driver.find_element(By.ID, "video-status").text.strip() == "3 frames."
+        assert _status(driver, "video-status", "frames") == "3 frames."
     finally:
         driver.quit()
+    _check_bad_uploads(backend, tmp_path)  # the same server's backend (one tiny model per run)
 
 
 def test_glb_holds_the_ply_points(tmp_path):
@@ -230,3 +244,23 @@ def test_demo_cli_flags(capsys):
     assert err.startswith("diffdepth demo: error: got 2 --method and 3 --checkpoint flags") and "\n" not in err
     assert main(["demo", "--checkpoint", "no/such-model-here"]) == 2
     assert capsys.readouterr().err.strip() == "diffdepth demo: error: pass --method when --checkpoint is a hub id"
+
+
+def _check_bad_uploads(backend, tmp_path):
+    """Too small, not an image, empty: the library's messages, naming the upload's file name only."""
+    from diffdepth.errors import InputError
+
+    model = backend.choices[0]
+    small = tmp_path / "tiny.png"
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(small)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    expected = {small: "tiny.png: image is 6x4 px; primedepth needs at least",
+                notes: "cannot read image notes.txt: not an image file",
+                empty: "cannot read image empty.jpg: file is empty (0 bytes)"}
+    for path, start in expected.items():
+        with pytest.raises(InputError) as err:
+            backend.predict_image(str(path), model.method, model.checkpoint)
+        assert str(err.value).startswith(start) and str(tmp_path) not in str(err.value), str(err.value)
