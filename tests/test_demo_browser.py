@@ -149,6 +149,13 @@ def test_demo_in_browser(served, tmp_path):
         depth = np.load(io.BytesIO(data), allow_pickle=False)
         assert depth.shape == (h, w) and depth.dtype == np.float32 and np.isfinite(depth).all()
         assert float(depth.std()) > 0
+        # the page shows the input and exactly the colourised prediction that was downloaded
+        from diffdepth.io.export import colorize
+
+        shown = [np.asarray(Image.open(io.BytesIO(urllib.request.urlopen(i.get_attribute("src"), timeout=30).read()))
+                            .convert("RGB")) for i in imgs]
+        np.testing.assert_array_equal(shown[0], img)
+        np.testing.assert_array_equal(shown[1], colorize(depth, "affine_invariant_disparity"))
         # the download is the prediction the server made (same bytes as its exporter wrote)
         served_npy = sorted((root / "work").rglob("room.npy"))
         assert served_npy and np.array_equal(np.load(served_npy[-1]), depth)

@@ -59,12 +59,12 @@ def build_app(backend: DemoBackend):
                 log.exception("demo: prediction failed")
             return None, gr.update(value=None, visible=False), None, None, f"**Error:** {one_line(err)}"
         w, h = r.size
-        lines = [f"**{r.kind}**, {w}x{h} px. 16-bit PNG: `{r.png16_encoding}`. PLY intrinsics: {r.intrinsics}."]
+        lines = [f"**{r.kind}**, {w}x{h} px; PLY intrinsics: {r.intrinsics}.", f"16-bit PNG: `{r.png16_encoding}`"]
         if r.ignored_options:
             lines.append(f"Ignored (not accepted by this method): {', '.join(r.ignored_options)}.")
         files = [str(r.files[k]) for k in ("npy", "png16", "ply", "uncertainty") if k in r.files]
         unc = gr.update(value=r.uncertainty_u8, visible=r.uncertainty_u8 is not None)
-        return (r.rgb_u8, r.color_u8), unc, str(r.files["glb"]) if "glb" in r.files else None, files, " ".join(lines)
+        return (r.rgb_u8, r.color_u8), unc, str(r.files["glb"]) if "glb" in r.files else None, files, "  \n".join(lines)
 
     def run_compare(path, m1, c1, m2, c2, cmap):
         out = []
@@ -118,7 +118,7 @@ def build_app(backend: DemoBackend):
                     run = gr.Button("Estimate depth", variant="primary", elem_id="run-image")
                     status = gr.Markdown("", elem_id="status")
                 with gr.Column(scale=2):
-                    slider = gr.ImageSlider(label="Input | depth", type="numpy", elem_id="depth-slider")
+                    slider = gr.ImageSlider(label="Input | depth", type="numpy", format="png", elem_id="depth-slider")
                     uncertainty = gr.Image(label="Uncertainty", visible=False, elem_id="uncertainty")
                     cloud = gr.Model3D(label="Point cloud", elem_id="point-cloud")
                     downloads = gr.File(label="Downloads (.npy, 16-bit PNG, PLY)", file_count="multiple",
@@ -152,8 +152,8 @@ def build_app(backend: DemoBackend):
                     cmp_status = gr.Markdown("", elem_id="compare-status")
                 with gr.Column(scale=2):
                     with gr.Row():
-                        out_a = gr.ImageSlider(label="A", type="numpy")
-                        out_b = gr.ImageSlider(label="B", type="numpy")
+                        out_a = gr.ImageSlider(label="A", type="numpy", format="png")
+                        out_b = gr.ImageSlider(label="B", type="numpy", format="png")
             cmp_run.click(run_compare, [cmp_in, m1, c1, m2, c2, cmp_cmap], [out_a, out_b, cmp_status])
     app.queue(default_concurrency_limit=1)  # one prediction at a time: models are shared
     return app
