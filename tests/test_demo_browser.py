@@ -198,6 +198,15 @@ def test_demo_in_browser(served, tmp_path):
         frames = np.load(io.BytesIO(urllib.request.urlopen(npz[0], timeout=30).read()))
         assert frames["depth"].shape == (3, h, w)
         assert _status(driver, "video-status", "frames") == "3 frames."
+
+        # 5. the compare tab: two models (here the same one twice) on one image
+        [t for t in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]") if t.text.strip() == "Compare"][0].click()
+        box = _wait(lambda: (lambda b: b if b.is_displayed() else None)(driver.find_element(By.ID, "compare-input")),
+                    "the compare tab did not open")
+        box.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(good))
+        _wait(lambda: box.find_elements(By.CSS_SELECTOR, "td.filename[aria-label='room.png']"), "compare upload never showed")
+        driver.find_element(By.ID, "run-compare").click()
+        assert _status(driver, "compare-status", "primedepth").splitlines() == ["primedepth: affine_invariant_disparity"] * 2
     finally:
         driver.quit()
     _check_bad_uploads(backend, tmp_path)  # the same server's backend (one tiny model per run)

@@ -124,7 +124,7 @@ def build_app(backend: DemoBackend):
                     downloads = gr.File(label="Downloads (.npy, 16-bit PNG, PLY)", file_count="multiple",
                                         elem_id="downloads", interactive=False)
             run.click(run_image, [image_in, method, checkpoint, steps, ensemble, res, seed, flip, cmap],
-                      [slider, uncertainty, cloud, downloads, status])
+                      [slider, uncertainty, cloud, downloads, status], concurrency_id="models")
         with gr.Tab("Video"):
             with gr.Row():
                 with gr.Column():
@@ -140,7 +140,8 @@ def build_app(backend: DemoBackend):
                     vid_out = gr.Video(label="Depth video", elem_id="depth-video")
                     vid_files = gr.File(label="Downloads (.mp4, .npz)", file_count="multiple",
                                         interactive=False, elem_id="video-downloads")
-            vid_run.click(run_video, [vid_in, vm, vc, vres, vseed, vcmap], [vid_out, vid_files, vid_status])
+            vid_run.click(run_video, [vid_in, vm, vc, vres, vseed, vcmap], [vid_out, vid_files, vid_status],
+                          concurrency_id="models")
         with gr.Tab("Compare"):
             with gr.Row():
                 with gr.Column():
@@ -154,6 +155,9 @@ def build_app(backend: DemoBackend):
                     with gr.Row():
                         out_a = gr.ImageSlider(label="A", type="numpy", format="png")
                         out_b = gr.ImageSlider(label="B", type="numpy", format="png")
-            cmp_run.click(run_compare, [cmp_in, m1, c1, m2, c2, cmp_cmap], [out_a, out_b, cmp_status])
-    app.queue(default_concurrency_limit=1)  # one prediction at a time: models are shared
+            cmp_run.click(run_compare, [cmp_in, m1, c1, m2, c2, cmp_cmap], [out_a, out_b, cmp_status],
+                          concurrency_id="models")
+    # one prediction at a time across all tabs (one concurrency group): the cached models are shared,
+    # and some keep state while predicting (e.g. a scheduler's timesteps)
+    app.queue(default_concurrency_limit=1)
     return app
