@@ -7,6 +7,7 @@ import logging
 import os
 from typing import Any, Optional
 
+from ..errors import DiffdepthError as DiffdepthErrorType
 from .backend import DemoBackend, one_line
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,10 @@ def build_app(backend: DemoBackend):
 
     def run_video(path, method, checkpoint, processing_res, seed, cmap, progress=gr.Progress()):
         def step(done, total):
-            progress((done, total) if total else done, desc="frames", unit="frame")
+            if total:
+                progress((done, total), desc="frames", unit="frame")
+            else:  # the container does not say how many frames: no fraction to show
+                progress(None, desc=f"{done} frames")
 
         try:
             mp4, npz, n = backend.predict_video(path, _method(method), _checkpoint(checkpoint),
@@ -95,8 +99,6 @@ def build_app(backend: DemoBackend):
                 log.exception("demo: video prediction failed")
             return None, None, f"**Error:** {one_line(err)}"
         return str(mp4), [str(mp4), str(npz)], f"{n} frames."
-
-    from ..errors import DiffdepthError as DiffdepthErrorType
 
     with gr.Blocks(title="diffdepth demo") as app:
         gr.Markdown("# diffdepth — depth from one image\nUpload an image, pick a model, press **Estimate depth**.")
