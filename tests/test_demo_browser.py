@@ -280,3 +280,9 @@ def _check_bad_uploads(backend, tmp_path):
         with pytest.raises(InputError) as err:
             backend.predict_image(str(path), model.method, model.checkpoint)
         assert str(err.value).startswith(start) and str(tmp_path) not in str(err.value), str(err.value)
+    # options the method does not take are reported, not passed (PrimeDepth has no steps/ensembles)
+    good = tmp_path / "room.png"
+    r = backend.predict_image(str(good), model.method, model.checkpoint,
+                              {"steps": 4, "ensemble_size": 3, "seed": 2, "flip": True})
+    assert r.ignored_options == ["ensemble_size", "steps"]
+    assert sorted(r.files) == ["glb", "npy", "ply", "png16"] and r.uncertainty_u8 is None
