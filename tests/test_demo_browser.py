@@ -263,7 +263,10 @@ def test_demo_cli_flags(capsys):
 
 
 def _check_bad_uploads(backend, tmp_path):
-    """Too small, not an image, empty: the library's messages, naming the upload's file name only."""
+    """Too small, too large, not an image, empty: the library's messages, naming the upload's file name only."""
+    import struct
+    import zlib
+
     from diffdepth.errors import InputError
 
     model = backend.choices[0]
@@ -273,7 +276,13 @@ def _check_bad_uploads(backend, tmp_path):
     notes.write_text("hello")
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
+    huge = tmp_path / "huge.png"  # a header claiming 20000x10000 px: Pillow's decompression-bomb limit
+    ihdr = struct.pack(">IIBBBBB", 20000, 10000, 8, 0, 0, 0, 0)
+    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(
+        struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+        for tag, data in ((b"IHDR", ihdr), (b"IEND", b""))))
     expected = {small: "tiny.png: image is 6x4 px; primedepth needs at least",
+                huge: "cannot read image huge.png: too large",
                 notes: "cannot read image notes.txt: not an image file",
                 empty: "cannot read image empty.jpg: file is empty (0 bytes)"}
     for path, start in expected.items():
