@@ -259,7 +259,8 @@ def test_demo_cli_flags(capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("diffdepth demo: error: got 2 --method and 3 --checkpoint flags") and "\n" not in err
     assert main(["demo", "--checkpoint", "no/such-model-here"]) == 2
-    assert capsys.readouterr().err.strip() == "diffdepth demo: error: pass --method when --checkpoint is a hub id"
+    assert capsys.readouterr().err.strip() == ("diffdepth demo: error: pass --method when --checkpoint is a hub id "
+                                               "(no/such-model-here is not a local folder)")
 
 
 def _check_bad_uploads(backend, tmp_path):
