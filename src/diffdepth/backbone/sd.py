@@ -157,7 +157,7 @@ class StableDiffusion(nn.Module):
         x = x.to(device=self.device, dtype=self.vae.dtype) * 2.0 - 1.0
         dist = self.vae.encode(x).latent_dist
         z = dist.mode() if generator is None else dist.sample(generator=generator)
-        return z * self.scaling_factor
+        return (z * self.scaling_factor).to(self.dtype)  # an fp32-upcast VAE under an fp16 UNet
 
     def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
         """Scaled latent -> raw VAE decoder output ``[B,3,H,W]`` (nominally [-1, 1])."""

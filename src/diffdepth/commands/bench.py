@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-HELP = "benchmarks: taps | primedepth | marigold | seecoder-vpd | diffsql"
+HELP = "benchmarks: taps | primedepth | marigold | seecoder-vpd | diffsql | pipeline"
 
 BENCHMARKS = {
     "taps": "diffdepth.bench.taps",
@@ -12,6 +12,7 @@ BENCHMARKS = {
     "marigold": "diffdepth.bench.marigold",
     "seecoder-vpd": "diffdepth.bench.seecoder_vpd",
     "diffsql": "diffdepth.bench.diffsql",
+    "pipeline": "diffdepth.bench.pipeline",
 }
 
 

@@ -53,6 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="reader and writer threads that decode/resize inputs and write outputs while the model "
+                        "runs (default 2; 0 = one input after another)")
+    add_fast_path_options(p)
     g = add_method_options(p)
     g.add_argument("--ensemble-with", default=None, metavar="DIR",
                    help="average (aligned disparities) with another model's .npy predictions at the same relative paths")
@@ -60,6 +64,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--focal", type=float, default=None, help="focal length in pixels for the PLY point cloud")
     e.add_argument("--fov", type=float, default=None, help="horizontal field of view in degrees for the PLY")
     e.add_argument("--cmap", default="Spectral", help="colour map for color/side outputs (Spectral, turbo, inferno, gray)")
+
+
+def add_fast_path_options(p: argparse.ArgumentParser):
+    """Inference fast-path switches (``diffdepth.fast.apply_fast_paths``); ``--dtype`` is separate."""
+    g = p.add_argument_group("fast paths")
+    g.add_argument("--channels-last", action="store_true", help="NHWC weights and inputs")
+    g.add_argument("--compile", action="store_true", help="torch.compile the UNet, refiner, heads and VAE")
+    g.add_argument("--cuda-graphs", action="store_true",
+                   help="CUDA graphs for fixed shapes (torch.compile mode=reduce-overhead; CUDA only)")
+    g.add_argument("--vae-tiling-above", type=int, default=None, metavar="PX",
+                   help="VAE codes images with a side above PX in overlapping PX-sized tiles")
+    g.add_argument("--vae-slicing", action="store_true", help="VAE codes a batch one image at a time")
+    return g
+
+
+def apply_fast_path_options(model, args: argparse.Namespace):
+    from ..fast import apply_fast_paths
+
+    return apply_fast_paths(model, dtype=args.dtype, channels_last=args.channels_last, compile=args.compile,
+                            cuda_graphs=args.cuda_graphs, vae_tiling_above=args.vae_tiling_above,
+                            vae_slicing=args.vae_slicing)
 
 
 @dataclass
@@ -178,7 +203,9 @@ def run(args: argparse.Namespace) -> int:
         return _finish(failures, 0)
 
     model = load_model(args.method, args.checkpoint, device=args.device, dtype=args.dtype)
-    pipe = DepthPipeline(model, processing_res=args.processing_res, batch_size=args.batch_size, **options)
+    apply_fast_path_options(model, args)
+    pipe = DepthPipeline(model, processing_res=args.processing_res, batch_size=args.batch_size,
+                         workers=args.workers, **options)
     ensemble = _external_ensembler(args.ensemble_with) if args.ensemble_with else None
 
     images = [j for j in jobs if j.source.suffix.lower() not in VIDEO_EXTENSIONS]
@@ -190,23 +217,20 @@ def run(args: argparse.Namespace) -> int:
         failures.append((str(images[index].source), str(err)))
         bar.write(f"skipped {images[index].source}: {err}")
 
+    def write(item, pred):  # runs on the pipeline's writer threads
+        job = images[item.index]
+        if ensemble is not None:
+            pred = ensemble(job.rel, pred)
+        save_outputs(out_root / job.rel, pred, item.rgb, formats, overwrite=args.overwrite,
+                     focal=args.focal, fov=args.fov, exif_focal_px=getattr(item.meta, "focal_px", None),
+                     cmap=args.cmap)
+
     with tqdm(total=len(images), unit="img", desc="predict", disable=None, file=sys.stderr) as bar:
-        stream = pipe.iter_predictions([j.source for j in images], on_error=on_error)
-        while True:
-            try:
-                item, pred = next(stream)
-            except StopIteration:
-                break
+        for item, err in pipe.process([j.source for j in images], write, on_error=on_error, catch=(DiffdepthError,)):
             job = images[item.index]
-            try:
-                if ensemble is not None:
-                    pred = ensemble(job.rel, pred)
-                meta = item.meta
-                save_outputs(out_root / job.rel, pred, item.rgb, formats, overwrite=args.overwrite,
-                             focal=args.focal, fov=args.fov, exif_focal_px=getattr(meta, "focal_px", None),
-                             cmap=args.cmap)
+            if err is None:
                 done += 1
-            except DiffdepthError as err:
+            else:
                 failures.append((str(job.source), str(err)))
                 bar.write(f"skipped {job.source}: {err}")
             bar.update(1)
