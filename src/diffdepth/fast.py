@@ -173,7 +173,17 @@ def apply_fast_paths(model: nn.Module, dtype: Union[str, torch.dtype, None] = No
     if cuda_graphs:
         compile, compile_mode = True, "reduce-overhead"
     if compile:
-        for m in compile_targets(model):
+        targets = compile_targets(model)
+        # blocks of one class share a code object; each shape of each block is one more cache entry
+        # of it, so dynamo's default limit (8) would silently leave most blocks uncompiled
+        import torch._dynamo.config as dynamo_config
+
+        for key in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dynamo_config, key):
+                setattr(dynamo_config, key, max(getattr(dynamo_config, key), 16 * len(targets)))
+        if hasattr(dynamo_config, "accumulated_recompile_limit"):
+            dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 64 * len(targets))
+        for m in targets:
             _compile_forward(m, compile_mode, compile_backend)
             done.compiled += 1
         done.compile_mode = compile_mode
