@@ -13,7 +13,7 @@ from diffdepth.methods.primedepth import PrimeDepth
 @pytest.fixture(scope="module")
 def models():
     torch.manual_seed(0)
-    x = torch.rand(2, 3, 64, 96)
+    x = torch.rand(2, 3, 32, 48)
     out = {}
     for name, cls, opts in (("primedepth", PrimeDepth, {"seed": 0}), ("marigold", MarigoldDepth, {"seed": 0, "steps": 2})):
         model = cls.make_tiny(seed=0).eval()
@@ -66,7 +66,7 @@ def test_vae_tiling_only_above_the_threshold(models):
     x, got = models
     model, opts, ref = got["marigold"]
     calls = []
-    below = apply_fast_paths(copy.deepcopy(model), vae_tiling_above=96)  # 64x96 is not above 96
+    below = apply_fast_paths(copy.deepcopy(model), vae_tiling_above=64)  # 32x48 is not above 64
     above = apply_fast_paths(copy.deepcopy(model), vae_tiling_above=32)
     for m in (below, above):
         vae = m.vae
@@ -78,8 +78,8 @@ def test_vae_tiling_only_above_the_threshold(models):
     assert set(calls) == {"_tiled_encode", "tiled_decode"}
     assert depth.shape == ref.shape and torch.isfinite(depth).all()
     assert above.vae.tile_sample_min_size == 32 and above.vae.tile_latent_min_size == 32 // above.latent_factor
-    with pytest.raises(InputError, match="at least 8 px"):
-        apply_fast_paths(copy.deepcopy(model), vae_tiling_above=4)
+    with pytest.raises(InputError, match="multiple of 32 px"):
+        apply_fast_paths(copy.deepcopy(model), vae_tiling_above=48)
 
 
 def test_compile_wires_through_and_keeps_the_taps(models):

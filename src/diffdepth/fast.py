@@ -21,7 +21,8 @@ vae_tiling_above=..., vae_slicing=...)`` changes the model in place (and returns
   graph step.
 * ``vae_tiling_above=N``: the VAE encodes/decodes images whose side exceeds ``N`` pixels
   in overlapping ``N``-pixel tiles (diffusers' ``enable_tiling``; blended seams, so not
-  bit-equal to the untiled pass); smaller images are untouched.
+  bit-equal to the untiled pass); smaller images are untouched. ``N`` must be a multiple of
+  4 latent pixels (32 px for SD).
 * ``vae_slicing``: the VAE codes a batch one image at a time (diffusers'
   ``enable_slicing``): less peak memory, same result.
 """
@@ -140,8 +141,6 @@ def apply_fast_paths(model: nn.Module, dtype: Union[str, torch.dtype, None] = No
     device = params[0].device if params else torch.device("cpu")
     if cuda_graphs and device.type != "cuda":
         raise InputError(f"CUDA graphs need the model on a CUDA device (it is on {device}); drop --cuda-graphs")
-    if vae_tiling_above is not None and vae_tiling_above < 8:
-        raise InputError(f"VAE tiling threshold must be at least 8 px, got {vae_tiling_above}")
     done = FastPaths()
 
     if dtype is not None:
@@ -162,6 +161,11 @@ def apply_fast_paths(model: nn.Module, dtype: Union[str, torch.dtype, None] = No
     for vae in vaes:
         if vae_tiling_above is not None:
             factor = 2 ** (len(vae.config.block_out_channels) - 1)
+            # diffusers steps tiles by 3/4 of their size: a multiple of 4 latent pixels keeps the seams
+            # on latent pixels (else the tiled latent comes out a pixel larger than the image's)
+            if vae_tiling_above <= 0 or vae_tiling_above % (4 * factor):
+                raise InputError(f"VAE tiling threshold must be a positive multiple of {4 * factor} px for this "
+                                 f"model, got {vae_tiling_above} (e.g. {max(1, round(vae_tiling_above / (4 * factor))) * 4 * factor})")
             vae.enable_tiling()
             vae.tile_sample_min_size = int(vae_tiling_above)
             vae.tile_latent_min_size = max(1, int(vae_tiling_above) // factor)

@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save", default="npy,png16,color", help="outputs per image, as predict's --save")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="method option, e.g. steps=1")
     p.add_argument("--folder", default=None, help="keep the JPEGs and outputs here (default: a temporary folder)")
-    p.add_argument("--dry-run", action="store_true", help="8 images at 128x96: checks the benchmark runs (seconds)")
+    p.add_argument("--dry-run", action="store_true", help="4 images at 96x64 in 2 rounds: checks the benchmark runs (seconds)")
 
 
 def make_jpegs(folder: Path, n: int, width: int, height: int) -> List[Path]:
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from ..registry import get_method
     from .common import machine_description
 
-    n, size = (8, "128x96") if args.dry_run else (args.images, args.size)
+    n, size = (4, "96x64") if args.dry_run else (args.images, args.size)
     try:
         width, height = (int(v) for v in size.lower().split("x"))
     except ValueError:
