@@ -84,7 +84,9 @@ def test_vae_tiling_only_above_the_threshold(models):
 
 def test_compile_wires_through_and_keeps_the_taps(models):
     """torch.compile of every hook-free part; the 'eager' backend runs dynamo's tracing without
-    inductor's C++ build (minutes per block on this 2-core CPU), so the graphs are checked, not codegen."""
+    inductor's C++ build, so the graphs are checked, not codegen. Inductor itself was checked by hand
+    on this shared 2-core CPU: first call 97 s (tiny Marigold) / 150 s (tiny PrimeDepth), outputs equal
+    to 1.6e-6 / 2.6e-6 relative — too slow for the suite."""
     x, got = models
     model, opts, ref = got["primedepth"]
     fast = copy.deepcopy(model)
