@@ -7,9 +7,11 @@ Methods never see a file.
 """
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Deque, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -54,6 +56,12 @@ def _to_float_rgb(x: ImageInput, name: str) -> Tuple[np.ndarray, Any]:
             raise InputError(f"{name}: the image tensor holds NaN or inf values")
         return np.clip(arr, 0.0, 1.0).astype(np.float32), None
     return to_float_rgb(x, name=name), None
+
+
+def _helper_thread() -> None:
+    """Reader/writer threads run torch ops single-threaded: the model's thread keeps the cores
+    (torch's thread count is per calling thread, so this leaves the model's untouched)."""
+    torch.set_num_threads(1)
 
 
 def fit_long_side(height: int, width: int, long_side: int, floor: bool = False) -> Tuple[int, int]:
@@ -133,9 +141,12 @@ class DepthPipeline:
 
     def __init__(self, model: DepthModel, processing_res: Optional[int] = None, batch_size: int = 1,
                  input_size: Optional[Sequence[int]] = None, resize_space: str = "depth",
-                 captioner: Optional[Callable[[Any], List[str]]] = None, **predict_options: Any):
+                 captioner: Optional[Callable[[Any], List[str]]] = None, workers: int = 0,
+                 **predict_options: Any):
         if batch_size < 1:
             raise InputError(f"batch size must be >= 1, got {batch_size}")
+        if workers < 0:
+            raise InputError(f"workers must be >= 0, got {workers}")
         if processing_res is not None and processing_res < 0:
             raise InputError(f"processing resolution must be >= 0, got {processing_res}")
         if resize_space not in RESIZE_SPACES:
@@ -156,6 +167,9 @@ class DepthPipeline:
         self.processing_res = model.default_processing_res if processing_res is None else processing_res
         self.resize_space = resize_space
         self.batch_size = batch_size
+        #: reader threads (decode + resize ahead of the model) and writer threads of
+        #: :meth:`process`; 0 = everything in the calling thread, one input after another
+        self.workers = workers
         self.predict_options = model.check_options({k: v for k, v in predict_options.items() if v is not None})
         if captioner is not None and "prompt" not in getattr(model, "predict_options", ()):
             raise InputError(f"captions are prompts; {model.method or 'this model'} takes no prompt "
@@ -204,8 +218,16 @@ class DepthPipeline:
     def run_batch(self, items: Sequence[Prepared], video_state: Any = None, video: bool = False):
         """Predict a batch of prepared items of equal processed size."""
         p = self._param
-        batch = torch.stack([it.image for it in items]).to(device=p.device, dtype=p.dtype)  # [B,3,h,w]
+        batch = torch.stack([it.image for it in items])  # [B,3,h,w]
+        if p.device.type == "cuda":  # page-locked host memory: the copy overlaps with queued kernels
+            batch = batch.pin_memory().to(device=p.device, dtype=p.dtype, non_blocking=True)
+        else:
+            batch = batch.to(device=p.device, dtype=p.dtype)
+        if getattr(self.model, "_diffdepth_channels_last", False):
+            batch = batch.contiguous(memory_format=torch.channels_last)
         batch, pads = pad_to_multiple(batch, self.model.size_multiple)
+        if getattr(self.model, "_diffdepth_cuda_graphs", False):
+            torch.compiler.cudagraph_mark_step_begin()  # the previous batch's graph outputs are consumed
         options = self.predict_options
         captions = None
         if self.captioner is not None:  # captions of the inputs as given (the official code's order)
@@ -251,7 +273,8 @@ class DepthPipeline:
         """Yield ``(prepared, prediction)`` in input order, batching equal processed sizes.
 
         With ``on_error``, unreadable inputs are reported through it and skipped;
-        otherwise the :class:`InputError` propagates.
+        otherwise the :class:`InputError` propagates. With ``workers > 0``, inputs are
+        read and resized by a thread pool ahead of the model (in order, a bounded window).
         """
         pending: List[Prepared] = []
 
@@ -263,18 +286,93 @@ class DepthPipeline:
                 yield it, pr
             pending.clear()
 
-        for index, x in enumerate(inputs):
-            try:
-                item = self.prepare(x, index, names[index] if names else None)
-            except InputError as err:
+        for index, x, item in self._prepared(inputs, names):
+            if isinstance(item, InputError):
                 if on_error is None:
-                    raise
-                on_error(index, x, err)
+                    raise item
+                on_error(index, x, item)
                 continue
             if pending and (pending[0].image.shape != item.image.shape or len(pending) >= self.batch_size):
                 yield from flush()
             pending.append(item)
         yield from flush()
+
+    def _prepared(self, inputs: Iterable[ImageInput], names: Optional[Sequence[str]]
+                  ) -> Iterator[Tuple[int, Any, Union[Prepared, InputError]]]:
+        """``(index, input, Prepared or the InputError)`` in input order; read ahead by the pool."""
+        def prep(index: int, x: Any) -> Union[Prepared, InputError]:
+            try:
+                return self.prepare(x, index, names[index] if names else None)
+            except InputError as err:
+                return err
+
+        if self.workers == 0:
+            for index, x in enumerate(inputs):
+                yield index, x, prep(index, x)
+            return
+        window = 2 * self.workers + self.batch_size
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="diffdepth-read", initializer=_helper_thread) as pool:
+            queue: Deque[Tuple[int, Any, Future]] = deque()
+            try:
+                for index, x in enumerate(inputs):
+                    queue.append((index, x, pool.submit(prep, index, x)))
+                    while len(queue) > window:
+                        i, xi, fut = queue.popleft()
+                        yield i, xi, fut.result()
+                while queue:
+                    i, xi, fut = queue.popleft()
+                    yield i, xi, fut.result()
+            finally:  # a consumer that stops early: drop what was read ahead
+                for _, _, fut in queue:
+                    fut.cancel()
+
+    def process(self, inputs: Sequence[ImageInput], write: Callable[[Prepared, DepthPrediction], Any],
+                on_error: Optional[Callable[[int, Any, Exception], None]] = None,
+                names: Optional[Sequence[str]] = None,
+                catch: Tuple[type, ...] = ()) -> Iterator[Tuple[Prepared, Optional[BaseException]]]:
+        """Predict every input and call ``write(prepared, prediction)`` on it; yield
+        ``(prepared, error or None)`` in input order once its write has finished.
+
+        The folder pipeline: with ``workers > 0`` reading/decoding/resizing runs ahead in one
+        thread pool, the model runs in this thread, and ``write`` (encoding and saving the
+        outputs) runs behind in another, so decoding and writing overlap with compute; with
+        ``workers == 0`` it is the plain sequential loop. Exceptions of the types in ``catch``
+        raised by ``write`` are yielded; any other exception propagates. ``write`` must be
+        safe to run concurrently for different inputs (each input writes its own files).
+        """
+        def guarded(item: Prepared, pred: DepthPrediction) -> Optional[BaseException]:
+            try:
+                write(item, pred)
+            except catch as err:  # noqa: PERF203 - one try per item
+                return err
+            return None
+
+        stream = self.iter_predictions(inputs, on_error=on_error, names=names)
+        if self.workers == 0:
+            for item, pred in stream:
+                yield item, guarded(item, pred)
+            return
+        try:
+            yield from self._write_behind(stream, guarded)
+        finally:
+            stream.close()  # stops the readers when the consumer stops early
+
+    def _write_behind(self, stream, guarded) -> Iterator[Tuple[Prepared, Optional[BaseException]]]:
+        window = 2 * self.workers + self.batch_size
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="diffdepth-write", initializer=_helper_thread) as pool:
+            queue: Deque[Tuple[Prepared, Future]] = deque()
+            try:
+                for item, pred in stream:
+                    queue.append((item, pool.submit(guarded, item, pred)))
+                    while queue and (len(queue) > window or queue[0][1].done()):
+                        item0, fut = queue.popleft()
+                        yield item0, fut.result()
+                while queue:
+                    item0, fut = queue.popleft()
+                    yield item0, fut.result()
+            finally:
+                for _, fut in queue:
+                    fut.cancel()
 
     def __call__(self, inputs: Union[ImageInput, Sequence[ImageInput]]) -> Union[DepthPrediction, List[DepthPrediction]]:
         """Predict depth. A single input gives one prediction, a list (or ``[B,3,H,W]``) a list."""

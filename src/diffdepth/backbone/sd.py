@@ -163,7 +163,7 @@ class StableDiffusion(nn.Module):
         if sample is None:
             sample = generator is not None
         z = dist.sample(generator=generator) if sample else dist.mode()
-        return z * self.scaling_factor
+        return (z * self.scaling_factor).to(self.dtype)  # an fp32-upcast VAE under an fp16 UNet
 
     def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
         """Scaled latent -> raw VAE decoder output ``[B,3,H,W]`` (nominally [-1, 1])."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-HELP = "benchmarks: taps | primedepth | marigold | seecoder-vpd | diffsql | native | gpu"
+HELP = "benchmarks: taps | primedepth | marigold | seecoder-vpd | diffsql | native | gpu | pipeline"
 
 BENCHMARKS = {
     "taps": "diffdepth.bench.taps",
@@ -14,6 +14,7 @@ BENCHMARKS = {
     "diffsql": "diffdepth.bench.diffsql",
     "native": "diffdepth.bench.native",
     "gpu": "diffdepth.bench.gpu",
+    "pipeline": "diffdepth.bench.pipeline",
 }
 
 

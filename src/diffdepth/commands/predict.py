@@ -58,6 +58,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="reader and writer threads that decode/resize inputs and write outputs while the model "
+                        "runs (default 2; 0 = one input after another)")
+    add_fast_path_options(p)
     g = add_method_options(p)
     g.add_argument("--caption", default=None, metavar="auto|none|MODEL",
                    help="caption every image and use it as its prompt (primedepth, as the paper): auto = BLIP-2 "
@@ -87,6 +91,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     v.add_argument("--end-frame", type=int, default=None, metavar="N", help="stop before this frame")
     v.add_argument("--frame-stride", type=int, default=1, metavar="N", help="every N-th frame (output fps / N)")
     v.add_argument("--max-frames", type=int, default=None, metavar="N", help="at most N frames")
+
+
+def add_fast_path_options(p: argparse.ArgumentParser):
+    """Inference fast-path switches (``diffdepth.fast.apply_fast_paths``); ``--dtype`` is separate."""
+    g = p.add_argument_group("fast paths")
+    g.add_argument("--channels-last", action="store_true", help="NHWC weights and inputs")
+    g.add_argument("--compile", action="store_true", help="torch.compile the UNet, refiner, heads and VAE")
+    g.add_argument("--cuda-graphs", action="store_true",
+                   help="CUDA graphs for fixed shapes (torch.compile mode=reduce-overhead; CUDA only)")
+    g.add_argument("--vae-tiling-above", type=int, default=None, metavar="PX",
+                   help="VAE codes images with a side above PX in overlapping PX-sized tiles")
+    g.add_argument("--vae-slicing", action="store_true", help="VAE codes a batch one image at a time")
+    return g
+
+
+def apply_fast_path_options(model, args: argparse.Namespace):
+    from ..fast import apply_fast_paths
+
+    return apply_fast_paths(model, dtype=args.dtype, channels_last=args.channels_last, compile=args.compile,
+                            cuda_graphs=args.cuda_graphs, vae_tiling_above=args.vae_tiling_above,
+                            vae_slicing=args.vae_slicing)
 
 
 @dataclass
@@ -261,6 +286,8 @@ def run_settings(args: argparse.Namespace, method: str, checkpoint, options: Dic
     opts.update(processing_res=args.processing_res, dtype=args.dtype)
     if getattr(args, "caption", None):
         opts["caption"] = args.caption
+    if getattr(args, "vae_tiling_above", None):  # tiled VAE coding changes the values (blended seams)
+        opts["vae_tiling_above"] = args.vae_tiling_above
     if args.ensemble_with:
         from ..ensemble import parse_spec
         from ..io.sidecar import checkpoint_identity
@@ -413,14 +440,16 @@ def _run_jobs(args, jobs, needs, method, checkpoint, options, formats, out_root,
         from ..backbone.captions import load_captioner
 
         captioner = load_captioner(args.caption, device=args.device)
-    pipe = DepthPipeline(model, processing_res=args.processing_res, batch_size=args.batch_size,
-                         captioner=captioner, **options)
+    apply_fast_path_options(model, args)
+    ensemble = None
     if args.ensemble_with:
         from ..ensemble import Ensembler
 
         ensemble = Ensembler(args.ensemble_with, device=args.device, dtype=args.dtype)
-    else:
-        ensemble = None
+    # a second model runs inside write(): keep it on this thread (workers = 0), one call at a time
+    workers = 0 if ensemble is not None and ensemble.pipe is not None else args.workers
+    pipe = DepthPipeline(model, processing_res=args.processing_res, batch_size=args.batch_size,
+                         captioner=captioner, workers=workers, **options)
 
     images = [j for j in jobs if j.source.suffix.lower() not in VIDEO_EXTENSIONS]
     videos = [j for j in jobs if j.source.suffix.lower() in VIDEO_EXTENSIONS]
@@ -430,32 +459,32 @@ def _run_jobs(args, jobs, needs, method, checkpoint, options, formats, out_root,
         failures.append((str(images[index_].source), str(err)))
         bar.write(_skipped(images[index_].source, err), file=sys.stderr)
 
+    written = {}  # input index -> (kind, save_outputs result), filled by the writer threads
+
+    def write(item, pred):  # runs on the pipeline's writer threads (each input writes its own files)
+        job = images[item.index]
+        if ensemble is not None:
+            pred = ensemble(pred, rel=job.rel, image=item.rgb)
+        res = save_outputs(out_root / job.rel, pred, item.rgb, needs[job.rel], overwrite=True,
+                           focal=args.focal, fov=args.fov, exif_focal_px=getattr(item.meta, "focal_px", None),
+                           cmap=args.cmap, vmin=args.vmin, vmax=args.vmax, percentiles=args.percentiles,
+                           ply_stride=args.ply_stride, ply_max_depth=args.ply_max_depth)
+        written[item.index] = (pred.kind, res)
+
     with tqdm(total=len(images), unit="img", desc="predict", disable=None, file=sys.stderr) as bar:
-        stream = pipe.iter_predictions([j.source for j in images], on_error=on_error)
-        while True:
-            try:
-                item, pred = next(stream)
-            except StopIteration:
-                break
+        stream = pipe.process([j.source for j in images], write, on_error=on_error, catch=(DiffdepthError,))
+        for item, err in stream:
             job = images[item.index]
-            try:
-                if ensemble is not None:
-                    pred = ensemble(pred, rel=job.rel, image=item.rgb)
-                meta = item.meta
-                res = save_outputs(out_root / job.rel, pred, item.rgb, needs[job.rel], overwrite=True,
-                                   focal=args.focal, fov=args.fov, exif_focal_px=getattr(meta, "focal_px", None),
-                                   cmap=args.cmap, vmin=args.vmin, vmax=args.vmax, percentiles=args.percentiles,
-                                   ply_stride=args.ply_stride, ply_max_depth=args.ply_max_depth)
-                index.record(job.rel.as_posix(), [f for f in needs[job.rel] if f not in res.unavailable], pred.kind)
+            if err is None:  # the index and the summary are kept on this thread
+                kind, res = written.pop(item.index)
+                index.record(job.rel.as_posix(), [f for f in needs[job.rel] if f not in res.unavailable], kind)
                 stats["images"] += 1
                 if res.unavailable:
                     stream.close()
                     raise _StopRun(f"--save {','.join(res.unavailable)}: this method gives no "
                                    f"{' or '.join(res.unavailable)} ({_unavailable_hint(res.unavailable)}); "
                                    f"drop it from --save")
-            except _StopRun:
-                raise
-            except DiffdepthError as err:
+            else:
                 failures.append((str(job.source), str(err)))
                 bar.write(_skipped(job.source, err), file=sys.stderr)
             bar.update(1)

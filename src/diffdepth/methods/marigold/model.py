@@ -186,7 +186,8 @@ class LatentDepthModel(DepthModel):
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """[B,3,H,W] in [0,1] -> scaled posterior-mode latent [B,4,H/8,W/8]."""
         x = images.to(device=self.device, dtype=self.vae.dtype) * 2.0 - 1.0
-        return self.vae.encode(x).latent_dist.mode() * self.scaling_factor
+        z = self.vae.encode(x).latent_dist.mode() * self.scaling_factor
+        return z.to(self.dtype)  # an fp32-upcast VAE (fp16 fast path) under an fp16 UNet
 
     def encode_depth(self, depth: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         """[B,1,H,W] depth -> normalise -> repeat to 3 channels -> scaled latent [B,4,h,w]."""

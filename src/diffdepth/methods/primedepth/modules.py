@@ -318,8 +318,8 @@ def head_forward(head: nn.Module, x: torch.Tensor, fast: bool = True) -> torch.T
     """Run a diffusers ``Decoder`` head. ``fast`` (inference only, no autograd graph): in-place
     resnets, sub-pixel upsampling convs, and row strips for large maps, so the full-resolution
     levels need about one input plus one output map (same result up to float rounding)."""
-    if not fast or torch.is_grad_enabled():
-        return head(x)
+    if not fast or torch.is_grad_enabled() or getattr(head, "_diffdepth_compiled", False):
+        return head(x)  # (a head compiled by diffdepth.fast runs whole: inductor plans its memory)
     x = head.conv_in(x)
     x = head.mid_block(x)
     for block in head.up_blocks:
