@@ -43,7 +43,13 @@ def test_every_benchmark_parses_the_common_flags(name, tmp_path):
     for flag in COMMON_FLAGS:
         argv = [name, f"--{flag}", *values[flag]]
         why = spec["unsupported"].get(flag)
-        if why:  # parsed, then refused with the reason: never silently ignored
+        if flag in spec["fixed"]:  # one value only: that one parses, any other is refused
+            value, reason = spec["fixed"][flag]
+            assert getattr(parse(name, f"--{flag}", value), flag) == value
+            other = "cuda" if flag == "device" else "bf16"
+            assert refusal(name, f"--{flag}", other) == (f"diffdepth bench {name}: error: --{flag} {other}: this "
+                                                          f"benchmark runs with {value} only ({reason})")
+        elif why:  # parsed, then refused with the reason: never silently ignored
             msg = refusal(*argv)
             assert msg == f"diffdepth bench {name}: error: --{flag} does not apply to this benchmark: {why}"
         else:

@@ -130,18 +130,22 @@ class _SquareSides(argparse.Action):
 def add_common_arguments(p: argparse.ArgumentParser, name: str, *, sizes: Optional[str] = None,
                          tiny_sizes: Optional[str] = None, square: bool = False, defaults: Optional[Dict] = None,
                          unsupported: Optional[Dict[str, str]] = None, helps: Optional[Dict[str, str]] = None,
-                         dests: Optional[Dict[str, str]] = None, hw_alias: bool = False,
+                         dests: Optional[Dict[str, str]] = None, fixed: Optional[Dict[str, tuple]] = None,
+                         hw_alias: bool = False,
                          resolutions_alias: bool = False) -> None:
     """Add :data:`COMMON_FLAGS` to a benchmark's parser, once for all benchmarks.
 
     ``sizes``: the default ``--sizes``; ``tiny_sizes``: the default under ``--tiny``; ``square``: only
     N or NxN sizes. ``defaults``: per-flag defaults (device, dtype, threads, repeats). ``unsupported``:
     flag -> why it cannot apply; the flag is still parsed, and :func:`finalize` refuses it with that
-    reason when given. ``dests``: flag -> the benchmark's older attribute it maps to (gpu: tiny ->
+    reason when given. ``fixed``: flag -> (the only value, why); any other value is refused. ``dests``: flag -> the benchmark's older attribute it maps to (gpu: tiny ->
     dry_run, record -> out). ``hw_alias``: keep ``--height/--width`` (one size); ``resolutions_alias``:
     keep ``--resolutions N N ...``. Call :func:`finalize` on the parsed namespace before running.
     """
     defaults, unsupported, helps, dests = defaults or {}, unsupported or {}, helps or {}, dests or {}
+    fixed = fixed or {}
+    metavars = {"sizes": "N|HxW,...", "json": "FILE", "record": "FILE", "device": "DEVICE", "threads": "N",
+                "repeats": "N"}
     for flag in COMMON_FLAGS:
         dest = dests.get(flag, flag)
         why = unsupported.get(flag)
@@ -149,14 +153,16 @@ def add_common_arguments(p: argparse.ArgumentParser, name: str, *, sizes: Option
         if flag == "sizes":
             if not why:
                 text += f" (default {sizes}" + (f"; {tiny_sizes} with --tiny)" if tiny_sizes else ")")
-            p.add_argument("--sizes", dest=dest, type=parse_sizes, default=None, help=text)
+            p.add_argument("--sizes", dest=dest, type=parse_sizes, default=None, help=text, metavar=metavars[flag])
         elif flag == "tiny":
             p.add_argument("--tiny", dest=dest, action="store_true", default=None if why else False, help=text)
         else:
             default = None if why else defaults.get(flag)
-            if flag in ("device", "dtype", "threads", "repeats") and not why and default is not None:
+            if flag in fixed:
+                default, text = fixed[flag][0], f"only {fixed[flag][0]} here ({fixed[flag][1]})"
+            elif flag in ("device", "dtype", "threads", "repeats") and not why and default is not None:
                 text += f" (default {default})"
-            kw = {"choices": ["fp32", "fp16", "bf16"]} if flag == "dtype" else {}
+            kw = {"choices": ["fp32", "fp16", "bf16"]} if flag == "dtype" else {"metavar": metavars[flag]}
             p.add_argument(f"--{flag}", dest=dest, type=_TYPES[flag], default=default, help=text, **kw)
     if resolutions_alias:
         p.add_argument("--resolutions", dest="sizes", type=int, nargs="+", action=_SquareSides,
@@ -165,7 +171,7 @@ def add_common_arguments(p: argparse.ArgumentParser, name: str, *, sizes: Option
         p.add_argument("--height", type=int, default=None, help="image height (same as --sizes HxW)")
         p.add_argument("--width", type=int, default=None, help="image width (same as --sizes HxW)")
     p.set_defaults(_common=dict(name=name, sizes=sizes, tiny_sizes=tiny_sizes, square=square, hw_alias=hw_alias,
-                                unsupported=unsupported, dests=dests))
+                                unsupported=unsupported, fixed=fixed, dests=dests))
 
 
 def finalize(args: argparse.Namespace) -> argparse.Namespace:
@@ -181,6 +187,9 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
     for flag, why in spec["unsupported"].items():
         if getattr(args, spec["dests"].get(flag, flag), None) not in (None, False):
             fail(f"--{flag} does not apply to this benchmark: {why}")
+    for flag, (value, why) in spec["fixed"].items():
+        if getattr(args, flag) != value:
+            fail(f"--{flag} {getattr(args, flag)}: this benchmark runs with {value} only ({why})")
     if spec["hw_alias"] and (args.height is not None or args.width is not None):
         if args.sizes is not None:
             fail("give either --sizes or --height/--width, not both")

@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                          defaults=dict(repeats=2, device="cpu", threads=0),
                          helps={"repeats": "timed frames per configuration (median)",
                                 "tiny": "tiny random model instead of the full-size one (smoke test)"},
-                         unsupported={"dtype": "the DiffSQL network runs in fp32 only"})
+                         fixed={"dtype": ("fp32", "the DiffSQL benchmark builds its network in fp32")})
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--sd-tap", default="up0", choices=("mid0", "up1", "up0"))
 

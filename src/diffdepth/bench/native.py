@@ -25,8 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         helps={"sizes": "comma list of HxW or N (multiples of 16; 1088x1920 unchunked needs ~20 GB)",
                "threads": "torch threads per subprocess",
                "tiny": "the model is always the tiny PrimeDepth here; --tiny picks a small default size"},
-        unsupported={"device": "it measures the CPU resident-set peak", "dtype": "fp32 only",
-                     "repeats": "one pass per size: the peak memory is what it measures"})
+        fixed={"device": ("cpu", "it measures the CPU resident-set peak"), "dtype": ("fp32", "the tiny model")},
+        unsupported={"repeats": "one pass per size: the peak memory is what it measures"})
     p.add_argument("--variants", default="chunked,one-block", help="chunked, one-block or both")
 
 
