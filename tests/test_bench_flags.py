@@ -32,7 +32,9 @@ def test_parse_sizes():
 
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))
 def test_every_benchmark_parses_the_common_flags(name, tmp_path):
-    spec = parse(name)._common
+    args = parse(name)
+    assert hasattr(args, "_common"), f"bench {name}: define its flags with bench.common.add_common_arguments"
+    spec = args._common
     dests = spec["dests"]
     sizes = "32,64" if spec["square"] else "32,48x64"
     values = {"sizes": [sizes], "json": [str(tmp_path / "r.json")], "record": [str(tmp_path / "r.md")],
@@ -92,6 +94,11 @@ def test_old_spellings_map_to_the_same_value(tmp_path):
     md = str(tmp_path / "g.md")
     assert parse("gpu", "--record", md).out == parse("gpu", "--out", md).out == md
     assert parse("seecoder-vpd", "--tiny").sizes == [(64, 96)]
+
+
+def test_tiny_never_silently_overrides_an_explicit_choice():
+    with pytest.raises(SystemExit, match="--tiny means --unet tiny --seecoder tiny; drop --unet sd15 or --tiny"):
+        main(["bench", "seecoder-vpd", "--tiny", "--unet", "sd15"])
 
 
 #: each benchmark with --tiny at a tiny size (taps is parsed only: 4 subprocesses, ~25 s even tiny)

@@ -34,8 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                "repeats": "timed passes per stage (after --warmup)",
                "tiny": "tiny UNet/VAE and SeeCoder (= --unet tiny --seecoder tiny): seconds"})
     p.add_argument("--batch", type=int, default=1, help="images per pass")
-    p.add_argument("--unet", choices=("sd21", "sd15", "tiny"), default="sd21", help="UNet/VAE size")
-    p.add_argument("--seecoder", choices=("large", "tiny"), default="large", help="SeeCoder size")
+    p.add_argument("--unet", choices=("sd21", "sd15", "tiny"), default=None, help="UNet/VAE size (default sd21)")
+    p.add_argument("--seecoder", choices=("large", "tiny"), default=None, help="SeeCoder size (default large)")
     p.add_argument("--enhancement", default="dc+sa", help="none | dc | sa | dc+sa")
     p.add_argument("--warmup", type=int, default=0, help="untimed passes before timing")
     p.add_argument("--enhancement-ablation", action="store_true",
@@ -106,7 +106,12 @@ def run(args: argparse.Namespace) -> int:
 
     finalize(args)
     if args.tiny:
+        big = [f"--{k} {v}" for k, v in (("unet", args.unet), ("seecoder", args.seecoder)) if v not in (None, "tiny")]
+        if big:
+            raise SystemExit(f"diffdepth bench seecoder-vpd: error: --tiny means --unet tiny --seecoder tiny; "
+                             f"drop {' '.join(big)} or --tiny")
         args.unet, args.seecoder = "tiny", "tiny"
+    args.unet, args.seecoder = args.unet or "sd21", args.seecoder or "large"
     lines, results = [], []
 
     def say(line: str = "") -> None:  # the report: printed, and written by --record
