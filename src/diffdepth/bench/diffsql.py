@@ -26,15 +26,15 @@ FULL_CONFIG = dict(decoder_features=256, model_dim=64, num_queries=64, num_bins=
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoders", default="resnet18,resnet50", help="comma-separated: resnet18, resnet50")
-    p.add_argument("--height", type=int, default=192)
-    p.add_argument("--width", type=int, default=640)
-    p.add_argument("--repeats", type=int, default=2, help="timed frames per configuration (median)")
+    from .common import add_common_arguments
+
+    add_common_arguments(p, "diffsql", sizes="192x640", tiny_sizes="64x96", hw_alias=True,
+                         defaults=dict(repeats=2, device="cpu", threads=0),
+                         helps={"repeats": "timed frames per configuration (median)",
+                                "tiny": "tiny random model instead of the full-size one (smoke test)"},
+                         fixed={"dtype": ("fp32", "the DiffSQL benchmark builds its network in fp32")})
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--sd-tap", default="up0", choices=("mid0", "up1", "up0"))
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--record", default=None, help="also write the table to this markdown file")
-    p.add_argument("--tiny", action="store_true", help="tiny random model instead of the full-size one (smoke test)")
 
 
 def build_model(encoder: str, use_sd: bool, sd_tap: str = "up0", tiny: bool = False):
@@ -88,41 +88,41 @@ def _worker(argv: List[str]) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..utils import atomic_path
-    from .common import machine_description, run_worker
+    from .common import finalize, machine_description, run_worker, write_outputs
 
+    finalize(args)
     encoders = [e.strip() for e in args.encoders.split(",") if e.strip()]
     if args.tiny:
         encoders = ["tiny"]
     rows: List[Dict] = []
-    for enc in encoders:
-        res = {}
-        for use_sd in (False, True):
-            payload = dict(encoder=enc, use_sd=use_sd, sd_tap=args.sd_tap, height=args.height, width=args.width,
-                           repeats=args.repeats, warmup=args.warmup, threads=args.threads, device=args.device,
-                           tiny=args.tiny)
-            print(f"running {enc} {'+ SD' if use_sd else 'alone'} ...", file=sys.stderr, flush=True)
-            res[use_sd] = run_worker("diffdepth.bench.diffsql", ["--worker", json.dumps(payload)])
-        rows.append({"encoder": enc, "base": res[False], "sd": res[True]})
+    for h, w in args.sizes:
+        for enc in encoders:
+            res = {}
+            for use_sd in (False, True):
+                payload = dict(encoder=enc, use_sd=use_sd, sd_tap=args.sd_tap, height=h, width=w,
+                               repeats=args.repeats, warmup=args.warmup, threads=args.threads, device=args.device,
+                               tiny=args.tiny)
+                print(f"running {enc} {'+ SD' if use_sd else 'alone'} at {w}x{h} ...", file=sys.stderr, flush=True)
+                res[use_sd] = run_worker("diffdepth.bench.diffsql", ["--worker", json.dumps(payload)])
+            rows.append({"encoder": enc, "size": [h, w], "base": res[False], "sd": res[True]})
     torch.set_num_threads(args.threads or torch.get_num_threads())
     machine = machine_description(torch.device(args.device))
     tag = " (TINY smoke-test model)" if args.tiny else ""
-    lines = [f"DiffSQL depth network{tag}, one {args.width}x{args.height} frame, "
+    frames = ", ".join(f"{w}x{h}" for h, w in args.sizes)
+    lines = [f"DiffSQL depth network{tag}, one {frames} frame, "
              f"{'fp32' if args.device == 'cpu' else args.device}, random weights, "
              f"SD tap {args.sd_tap}; {machine}", "",
-             "| encoder | params w/o SD (M) | s/frame w/o SD | peak GB w/o SD | params with SD (M, SD part) | "
+             "| encoder | frame | params w/o SD (M) | s/frame w/o SD | peak GB w/o SD | params with SD (M, SD part) | "
              "s/frame with SD | peak GB with SD | time ratio | memory ratio |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         b, s = r["base"], r["sd"]
-        lines.append(f"| {r['encoder']} | {b['params_m']:.1f} | {b['seconds']:.3f} | {b['peak_gb']:.3f} | "
+        lines.append(f"| {r['encoder']} | {r['size'][1]}x{r['size'][0]} | {b['params_m']:.1f} | {b['seconds']:.3f} | {b['peak_gb']:.3f} | "
                      f"{s['params_m']:.1f} ({s['sd_params_m']:.0f}) | {s['seconds']:.3f} | {s['peak_gb']:.3f} | "
                      f"{s['seconds'] / b['seconds']:.1f}x | {s['peak_gb'] / max(b['peak_gb'], 1e-9):.1f}x |")
     text = "\n".join(lines)
     print(text)
-    if args.record:
-        with atomic_path(args.record) as tmp:
-            tmp.write_text(text + "\n")
+    write_outputs(args, text, rows)
     return 0
 
 

@@ -55,13 +55,19 @@ GOALS = {"primedepth_512_ms": 30.0, "primedepth_1024_ms": 120.0, "primedepth_102
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .common import add_common_arguments
+
     p.add_argument("--dry-run", action="store_true",
                    help="same code on the CPU, one thread, tiny models at 1/16 of the sizes (what the tests run)")
-    p.add_argument("--device", default=None, help="default: cuda (cpu with --dry-run)")
-    p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
-                   help="default bf16 (fp32 with --dry-run: bf16 kernels are slow on CPUs)")
+    add_common_arguments(
+        p, "gpu", defaults=dict(repeats=10), dests={"tiny": "dry_run", "record": "out"},
+        helps={"device": "default: cuda (cpu with --dry-run)",
+               "dtype": "default bf16 (fp32 with --dry-run: bf16 kernels are slow on CPUs)",
+               "repeats": "timed calls per measurement (median)", "tiny": "same as --dry-run",
+               "record": "same as --out: the markdown report"},
+        unsupported={"sizes": "each method runs at its own published sizes (1/16 with --dry-run)",
+                     "threads": "GPU run; --dry-run uses one thread"})
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma list (default {','.join(METHODS)})")
-    p.add_argument("--repeats", type=int, default=10, help="timed calls per measurement (median; default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
     p.add_argument("--cap-s", type=float, default=20.0, help="stop timing a measurement after this (default 20 s)")
     p.add_argument("--budget-s", type=float, default=330.0,
@@ -73,7 +79,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-batches", dest="batches", action="store_false", help="skip the images/s batch sweep")
     p.add_argument("--out", default=None,
                    help="markdown report (default benchmarks/gpu-<device>.md; --dry-run: none unless given)")
-    p.add_argument("--json", default=None, help="also write the raw results as JSON")
 
 
 # ------------------------------------------------------------------------------------ construction
@@ -614,6 +619,9 @@ def environment(device) -> Dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from .common import finalize
+
+    finalize(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if bad:

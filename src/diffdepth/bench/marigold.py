@@ -39,13 +39,16 @@ SD21_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--resolutions", type=int, nargs="+", default=[256, 512], help="square image sides (default 256 512)")
+    from .common import add_common_arguments
+
+    add_common_arguments(
+        p, "marigold", sizes="256,512", tiny_sizes="32", square=True, resolutions_alias=True,
+        defaults=dict(device="cpu", dtype="fp32", threads=0),
+        helps={"sizes": "comma list of square image sides", "tiny": "the tiny random Marigold (make_tiny): seconds"},
+        unsupported={"repeats": "it times --measure-steps UNet steps (mean) and extrapolates; use --measure-steps"})
     p.add_argument("--steps", type=int, default=50, help="steps of the multi-step setting (default 50)")
     p.add_argument("--members", type=int, default=10, help="ensemble members of the multi-step setting (default 10)")
     p.add_argument("--measure-steps", type=int, default=2, help="UNet steps actually timed per resolution (mean)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
-    p.add_argument("--dtype", default="fp32", help="fp32 | fp16 | bf16 (default fp32)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-ensemble", action="store_true", help="skip timing the BFGS ensembling")
     p.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed 64² warm-up pass")
 
@@ -64,12 +67,16 @@ def _init_random(module, seed: int = 0):
     return module
 
 
-def build_model(device, dtype):
-    """MarigoldDepth at SD 2.1 size with random weights (no text encoder: fixed random context)."""
+def build_model(device, dtype, tiny: bool = False):
+    """MarigoldDepth at SD 2.1 size with random weights (no text encoder: fixed random context);
+    ``tiny``: the tiny random model of ``make_tiny`` (its own tiny text encoder)."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from ..methods.marigold import MarigoldDepth
+
+    if tiny:
+        return MarigoldDepth.make_tiny(seed=0).eval().to(device=device, dtype=dtype)
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**SD21_UNET)
@@ -204,6 +211,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..utils import parse_device, parse_dtype
+    from .common import finalize, write_outputs
+
+    finalize(args)
+    lines = []
+
+    def say(line: str = "") -> None:  # the report: printed, and written by --record
+        print(line)
+        lines.extend(line.split("\n"))
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -211,40 +226,41 @@ def run(args: argparse.Namespace) -> int:
     dtype = parse_dtype(args.dtype)
     meter = MemoryMeter(device)
     t0 = time.perf_counter()
-    model = build_model(device, dtype)
+    model = build_model(device, dtype, args.tiny)
     n_unet = sum(p.numel() for p in model.unet.parameters()) / 1e6
     n_vae = sum(p.numel() for p in model.vae.parameters()) / 1e6
-    print(f"device {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
+    say(f"device {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
           f"torch {torch.__version__}, {args.dtype}; UNet {n_unet:.0f} M + VAE {n_vae:.0f} M parameters, "
-          f"random weights, built in {time.perf_counter() - t0:.1f} s")
+          f"random weights{' (TINY model)' if args.tiny else ''}, built in {time.perf_counter() - t0:.1f} s")
     if args.warmup:  # first calls pay one-off kernel selection and allocator growth
         t1 = time.perf_counter()
         with torch.inference_mode():
             x = torch.rand(1, 3, 64, 64).to(device)
             z = model.encode_image(x)
             model.decode_depth(model.denoise(z, torch.randn_like(z), [999]))
-        print(f"warm-up at 64² (untimed in the table): {time.perf_counter() - t1:.1f} s")
-    rows = [measure(model, side, args, meter) for side in args.resolutions]
+        say(f"warm-up at 64² (untimed in the table): {time.perf_counter() - t1:.1f} s")
+    rows = [measure(model, side, args, meter) for side, _ in args.sizes]
     S, M = args.steps, args.members
-    print(f"\nmeasured (s): encode, one UNet+DDIM step (mean of {args.measure_steps}; first), decode, "
+    say(f"\nmeasured (s): encode, one UNet+DDIM step (mean of {args.measure_steps}; first), decode, "
           f"ensembling of {M}")
     for r in rows:
-        print(f"  {r['side']:>4}²  encode {r['encode']:7.2f}  step {r['step']:7.2f} ({r['step_first']:.2f})  "
+        say(f"  {r['side']:>4}²  encode {r['encode']:7.2f}  step {r['step']:7.2f} ({r['step_first']:.2f})  "
               f"decode {r['decode']:7.2f}  ensemble {r['ensemble']:6.2f}")
-    print("process CPU seconds of the same calls (all threads):")
+    say("process CPU seconds of the same calls (all threads):")
     for r in rows:
         c = r["cpu"]
-        print(f"  {r['side']:>4}²  encode {c['encode']:7.2f}  step {c['step']:7.2f}  decode {c['decode']:7.2f}  "
+        say(f"  {r['side']:>4}²  encode {c['encode']:7.2f}  step {c['step']:7.2f}  decode {c['decode']:7.2f}  "
               f"ensemble {c['ensemble']:6.2f}")
-    print(f"\n{'side':>6} | {'1 trailing step (s)':>20} | {f'{S} steps x {M} (s, extrap.)':>27} | {'ratio':>7} | "
+    say(f"\n{'side':>6} | {'1 trailing step (s)':>20} | {f'{S} steps x {M} (s, extrap.)':>27} | {'ratio':>7} | "
           f"{'CPU s: 1 step':>13} | {f'{S}x{M}':>9} | {'ratio':>6}")
-    print("-" * 106)
+    say("-" * 106)
     for r in rows:
-        print(f"{r['side']:>5}² | {r['one_step']:20.2f} | {r['multi']:27.1f} | {r['ratio']:6.0f}x | "
+        say(f"{r['side']:>5}² | {r['one_step']:20.2f} | {r['multi']:27.1f} | {r['ratio']:6.0f}x | "
               f"{r['cpu_one_step']:13.2f} | {r['cpu_multi']:9.1f} | {r['cpu_multi'] / r['cpu_one_step']:5.0f}x")
     unit = "allocated" if device.type == "cuda" else "process RSS"
-    print(f"\npeak memory ({unit}; peak / increase over the start of the phase, MiB):")
+    say(f"\npeak memory ({unit}; peak / increase over the start of the phase, MiB):")
     for r in rows:
         parts = "  ".join(f"{k} {p / 2**20:.0f}/+{d / 2**20:.0f}" for k, (p, d) in r["mem"].items())
-        print(f"  {r['side']:>4}²  {parts}")
+        say(f"  {r['side']:>4}²  {parts}")
+    write_outputs(args, "\n".join(lines), rows)
     return 0

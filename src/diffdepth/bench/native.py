@@ -18,11 +18,16 @@ HELP = "native-resolution PrimeDepth (tiny): forward peak memory with chunked vs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sizes", default="272x480,544x960",
-                   help="comma list of HxW (multiples of 16; default 272x480,544x960; 1088x1920 unchunked "
-                        "needs ~20 GB)")
+    from .common import add_common_arguments
+
+    add_common_arguments(
+        p, "native", sizes="272x480,544x960", tiny_sizes="64x96", defaults=dict(threads=2),
+        helps={"sizes": "comma list of HxW or N (multiples of 16; 1088x1920 unchunked needs ~20 GB)",
+               "threads": "torch threads per subprocess",
+               "tiny": "the model is always the tiny PrimeDepth here; --tiny picks a small default size"},
+        fixed={"device": ("cpu", "it measures the CPU resident-set peak"), "dtype": ("fp32", "the tiny model")},
+        unsupported={"repeats": "one pass per size: the peak memory is what it measures"})
     p.add_argument("--variants", default="chunked,one-block", help="chunked, one-block or both")
-    p.add_argument("--threads", type=int, default=2, help="torch threads per subprocess")
 
 
 def worker(h: int, w: int, variant: str, threads: int) -> dict:
@@ -49,9 +54,13 @@ def worker(h: int, w: int, variant: str, threads: int) -> dict:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .common import machine_description, run_worker
+    from .common import finalize, machine_description, run_worker, write_outputs
 
-    sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")]
+    finalize(args)
+    bad = [f"{h}x{w}" for h, w in args.sizes if h % 16 or w % 16]
+    if bad:
+        raise SystemExit(f"diffdepth bench native: error: --sizes {','.join(bad)}: use multiples of 16")
+    sizes = args.sizes
     variants = [v.strip() for v in args.variants.split(",")]
     rows = []
     for h, w in sizes:
@@ -61,18 +70,23 @@ def run(args: argparse.Namespace) -> int:
             res[variant] = run_worker("diffdepth.bench.native", ["--worker", str(h), str(w), variant,
                                                                  str(args.threads)])
         rows.append(((h, w), res))
-    print(f"native-resolution benchmark — tiny PrimeDepth, fp32, batch 1, {args.threads} thread(s); "
+    lines = []
+    say = lines.append  # the report: printed, and written by --record
+    say(f"native-resolution benchmark — tiny PrimeDepth, fp32, batch 1, {args.threads} thread(s); "
           f"{machine_description(torch.device('cpu'))}")
-    print("| size | variant | forward peak GB | wall s | CPU s | peak vs chunked |")
-    print("|---|---|---|---|---|---|")
+    say("| size | variant | forward peak GB | wall s | CPU s | peak vs chunked |")
+    say("|---|---|---|---|---|---|")
     for (h, w), r in rows:
         ref = r.get("chunked", {}).get("peak_gb")
         for variant, m in r.items():
             ratio = f"{m['peak_gb'] / max(ref, 1e-3):.1f}×" if ref else "—"
-            print(f"| {h}x{w} | {variant} | {m['peak_gb']:.2f} | {m['seconds']:.1f} | {m['cpu_seconds']:.1f} | {ratio} |")
+            say(f"| {h}x{w} | {variant} | {m['peak_gb']:.2f} | {m['seconds']:.1f} | {m['cpu_seconds']:.1f} | {ratio} |")
         if len(r) == 2:
             a, b = (m["checksum"] for m in r.values())
-            print(f"|  | same depth | |diff of sums| {abs(a - b):.2e} | | | |")
+            say(f"|  | same depth | |diff of sums| {abs(a - b):.2e} | | | |")
+    text = "\n".join(lines)
+    print(text)
+    write_outputs(args, text, [{"size": [h, w], **r} for (h, w), r in rows])
     return 0
 
 

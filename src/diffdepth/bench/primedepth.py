@@ -36,20 +36,21 @@ import sys
 HELP = "PrimeDepth full-size forward (SD 2.1, random weights): time and forward peak vs the official code and Marigold"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sizes", default="256,512", help="comma list of square image sizes (default 256,512; 768 works)")
-    p.add_argument("--repeats", type=int, default=1, help="timed passes per size (median)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    from .common import add_common_arguments
+
+    add_common_arguments(
+        p, "primedepth", sizes="256,512", tiny_sizes="32", square=True,
+        defaults=dict(repeats=1, device="cpu", dtype="fp32", threads=0),
+        helps={"sizes": "comma list of square image sizes (768 works)",
+               "repeats": "timed passes per size (median)",
+               "threads": "torch threads in the workers (0: torch's default; 1 gives the cleanest CPU seconds on a "
+                          "busy machine: no thread synchronisation)",
+               "tiny": "tiny random model (smoke test of the benchmark itself)"})
     p.add_argument("--steps", type=int, default=50, help="Marigold-style denoising steps to extrapolate")
     p.add_argument("--members", type=int, default=10, help="Marigold-style ensemble members to extrapolate")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
-    p.add_argument("--json", default=None, help="also write the results as JSON to this file")
     p.add_argument("--no-official", dest="official", action="store_false",
                    help="skip the official-procedure baseline (then no speed-up is printed)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch threads in the workers (0: torch's default; 1 gives the cleanest CPU seconds on a "
-                        "busy machine: no thread synchronisation)")
-    p.add_argument("--tiny", action="store_true", help="tiny random model (smoke test of the benchmark itself)")
     p.add_argument("--fixed-mmap-threshold", action="store_true",
                    help="run the workers with MALLOC_MMAP_THRESHOLD_=131072 (glibc returns freed maps to the OS at "
                         "once: the resident peak is the live peak; slower page faults)")
@@ -166,9 +167,10 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     from ..utils import parse_device
-    from .common import machine_description, run_worker
+    from .common import finalize, machine_description, run_worker, write_outputs
 
-    sizes = [int(s) for s in args.sizes.split(",")]
+    finalize(args)
+    sizes = [h for h, _ in args.sizes]
     if args.fixed_mmap_threshold:
         os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"
         os.environ["MALLOC_TRIM_THRESHOLD_"] = "131072"
@@ -186,16 +188,18 @@ def run(args: argparse.Namespace) -> int:
         rows.append((size, res))
     dev = parse_device(args.device)
     r0 = rows[0][1]["ours"]
+    lines = []
+    say = lines.append  # the report: printed, and written by --record
     what = "TINY random model (smoke test)" if args.tiny else "SD 2.1 UNet + preimage + refiner + depth head"
-    print(f"PrimeDepth benchmark — {what} from the latent (no VAE encode, no captioner, no segmentation head), "
+    say(f"PrimeDepth benchmark — {what} from the latent (no VAE encode, no captioner, no segmentation head), "
           f"random weights, {args.dtype}, batch 1, {r0['params_total_m']:.0f} M parameters "
           f"({r0['params_primedepth_m']:.0f} M PrimeDepth); {machine_description(dev)}, worker threads {r0['threads']}; "
           f"official = the official procedure (materialised attention, its pooling, full UNet, plain head) "
           f"on the same weights, measured in this run")
-    print(f"| size | ours s | official s | speed-up | ours CPU s | official CPU s | CPU speed-up | "
+    say(f"| size | ours s | official s | speed-up | ours CPU s | official CPU s | CPU speed-up | "
           f"ours refine / head CPU s | official refine / head CPU s | ours forward peak GB | official GB | "
           f"memory ratio | UNet step s | Marigold {args.steps}x{args.members} est. s | Marigold / ours |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    say("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     results = []
     for size, res in rows:
         r, o = res["ours"], res.get("official")
@@ -208,19 +212,15 @@ def run(args: argparse.Namespace) -> int:
         csp = f"{o['cpu_s'] / r['cpu_s']:.2f}×" if o else "–"
         mr = f"{o['peak_gb'] / max(r['peak_gb'], 1e-3):.2f}×" if o else "–"
         ost = f"{o['refine_cpu_s']:.1f} / {o['head_cpu_s']:.1f}" if o else "–"
-        print(f"| {size}² | {r['seconds']:.2f} | {fmt(o and o['seconds'])} | {sp} | {r['cpu_s']:.1f} | "
+        say(f"| {size}² | {r['seconds']:.2f} | {fmt(o and o['seconds'])} | {sp} | {r['cpu_s']:.1f} | "
               f"{fmt(o and o['cpu_s'], '.1f')} | {csp} | {r['refine_cpu_s']:.1f} / {r['head_cpu_s']:.1f} | {ost} | "
               f"{r['peak_gb']:.2f} | {fmt(o and o['peak_gb'])} | {mr} | {r['unet_step_s']:.2f} | {mg:.0f} | "
               f"{mg / r['seconds']:.0f}× |")
         results.append({"size": size, "ours": r, "official": o, "marigold_est_s": mg})
-    if args.json:
-        from pathlib import Path
-
-        from ..utils import atomic_path
-
-        with atomic_path(Path(args.json)) as tmp:
-            tmp.write_text(json.dumps({"machine": machine_description(dev), "dtype": args.dtype,
-                                       "results": results}, indent=2))
+    text = "\n".join(lines)
+    print(text)
+    write_outputs(args, text, results,
+                  json_payload={"machine": machine_description(dev), "dtype": args.dtype, "results": results})
     return 0
 
 

@@ -33,4 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..bench.common import finalize
+
+    finalize(args)  # the common flags: aliases, defaults, refusals
     return int(args._bench(args) or 0)
