@@ -94,6 +94,9 @@ def test_old_spellings_map_to_the_same_value(tmp_path):
     md = str(tmp_path / "g.md")
     assert parse("gpu", "--record", md).out == parse("gpu", "--out", md).out == md
     assert parse("seecoder-vpd", "--tiny").sizes == [(64, 96)]
+    assert parse("pipeline", "--tiny").dry_run is parse("pipeline", "--dry-run").dry_run is True
+    assert parse("pipeline", "--tiny").sizes == [(64, 96)]
+    assert parse("pipeline", "--repeats", "3").rounds == parse("pipeline", "--rounds", "3").rounds == 3
 
 
 def test_tiny_never_silently_overrides_an_explicit_choice():

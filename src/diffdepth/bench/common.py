@@ -208,7 +208,7 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
         if spec["hw_alias"]:  # the old attributes stay true (first size)
             args.height, args.width = args.sizes[0]
     for flag in ("repeats", "threads"):
-        value = getattr(args, flag, None)
+        value = getattr(args, spec["dests"].get(flag, flag), None)
         if flag not in spec["unsupported"] and value is not None and value < (1 if flag == "repeats" else 0):
             fail(f"--{flag} {value}: must be {'>= 1' if flag == 'repeats' else '>= 0'}")
     for flag in ("json", "record"):

@@ -24,21 +24,28 @@ HELP = "folder throughput: overlapped read/predict/write pipeline vs the sequent
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .common import add_common_arguments
+
+    add_common_arguments(
+        p, "pipeline", sizes="768x1024", tiny_sizes="64x96", defaults=dict(repeats=4),
+        dests={"tiny": "dry_run", "repeats": "rounds"},
+        helps={"sizes": "JPEG size HxW (one size)",
+               "threads": "torch threads of the model's thread in both loops (default: torch's, one per core)",
+               "repeats": "the folder is cut into this many chunks, each run by both loops in alternating order, so "
+                          "both see the same machine load",
+               "tiny": "4 images in 2 rounds: checks the benchmark runs (seconds); the model is always tiny"},
+        fixed={"device": ("cpu", "it measures CPU folder throughput"), "dtype": ("fp32", "the tiny model")})
+    p.add_argument("--dry-run", dest="dry_run", action="store_true", default=False, help="same as --tiny")
+    p.add_argument("--rounds", dest="rounds", type=int, default=4, help="same as --repeats")
     p.add_argument("--images", type=int, default=200, help="number of generated JPEGs (default 200)")
-    p.add_argument("--size", default="1024x768", help="JPEG size WxH (default 1024x768)")
+    p.add_argument("--size", default=None, help="JPEG size WxH (same as --sizes HxW; default 1024x768)")
     p.add_argument("--method", default="marigold", help="tiny random model of this method (default marigold)")
     p.add_argument("--processing-res", type=int, default=None, help="long side the model sees (default: the tiny model's)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--workers", type=int, default=2, help="reader/writer threads of the overlapped run (default 2)")
-    p.add_argument("--rounds", type=int, default=4,
-                   help="the folder is cut into this many chunks, each run by both loops in alternating order, "
-                        "so both see the same machine load (default 4)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads of the model's thread in both loops (default: torch's, one per core)")
     p.add_argument("--save", default="npy,png16,color", help="outputs per image, as predict's --save")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="method option, e.g. steps=1")
     p.add_argument("--folder", default=None, help="keep the JPEGs and outputs here (default: a temporary folder)")
-    p.add_argument("--dry-run", action="store_true", help="4 images at 96x64 in 2 rounds: checks the benchmark runs (seconds)")
 
 
 def make_jpegs(folder: Path, n: int, width: int, height: int) -> List[Path]:
@@ -92,13 +99,19 @@ def run(args: argparse.Namespace) -> int:
     from ..io.export import parse_formats
     from ..pipeline import DepthPipeline
     from ..registry import get_method
-    from .common import machine_description
+    from .common import finalize, machine_description, write_outputs
 
-    n, size = (4, "96x64") if args.dry_run else (args.images, args.size)
-    try:
-        width, height = (int(v) for v in size.lower().split("x"))
-    except ValueError:
-        raise InputError(f"--size expects WxH, e.g. 1024x768; got {size!r}") from None
+    finalize(args)
+    if args.size is not None:  # the older spelling: WxH
+        try:
+            width, height = (int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            raise InputError(f"--size expects WxH, e.g. 1024x768; got {args.size!r}") from None
+    else:
+        if len(args.sizes) != 1:
+            raise InputError(f"--sizes: this benchmark measures one JPEG size, got {len(args.sizes)}")
+        height, width = args.sizes[0]
+    n = 4 if args.dry_run else args.images
     if n < 1 or args.workers < 1:
         raise InputError("--images and --workers must be at least 1")
     formats = parse_formats(args.save)
@@ -132,12 +145,18 @@ def run(args: argparse.Namespace) -> int:
         load1 = os.getloadavg()
         same = _same_files(root / "out_sequential", root / "out_overlapped")
 
-    print(f"pipeline benchmark — tiny random {args.method}, {n} JPEGs {width}x{height}, processing res "
-          f"{pipe.processing_res}, {rounds} alternating rounds, batch {args.batch_size}, outputs {','.join(sorted(formats))}; "
-          f"{machine_description(torch.device('cpu'))}; load average {load0[0]:.1f} → {load1[0]:.1f}")
-    print("| loop | images/s | wall s | process CPU s |")
-    print("|---|---|---|---|")
-    print(f"| sequential (workers 0) | {seq['ips']:.2f} | {seq['wall']:.1f} | {seq['cpu']:.1f} |")
-    print(f"| overlapped (workers {args.workers}) | {ovl['ips']:.2f} | {ovl['wall']:.1f} | {ovl['cpu']:.1f} |")
-    print(f"speed-up: {ovl['ips'] / seq['ips']:.2f}× images/s; outputs identical: {'yes' if same else 'NO'}")
+    text = "\n".join([
+        f"pipeline benchmark — tiny random {args.method}, {n} JPEGs {width}x{height}, processing res "
+        f"{pipe.processing_res}, {rounds} alternating rounds, batch {args.batch_size}, outputs "
+        f"{','.join(sorted(formats))}; {machine_description(torch.device('cpu'))}; load average "
+        f"{load0[0]:.1f} → {load1[0]:.1f}",
+        "| loop | images/s | wall s | process CPU s |",
+        "|---|---|---|---|",
+        f"| sequential (workers 0) | {seq['ips']:.2f} | {seq['wall']:.1f} | {seq['cpu']:.1f} |",
+        f"| overlapped (workers {args.workers}) | {ovl['ips']:.2f} | {ovl['wall']:.1f} | {ovl['cpu']:.1f} |",
+        f"speed-up: {ovl['ips'] / seq['ips']:.2f}× images/s; outputs identical: {'yes' if same else 'NO'}"])
+    print(text)
+    args.sizes = [(height, width)]
+    write_outputs(args, text, {"sequential": seq, "overlapped": ovl, "speedup": ovl["ips"] / seq["ips"],
+                               "identical": same, "images": n, "workers": args.workers})
     return 0 if same else 1
