@@ -324,7 +324,32 @@ def _check_bad_uploads(backend, tmp_path):
         assert str(err.value).startswith(start) and str(tmp_path) not in str(err.value), str(err.value)
     # options the method does not take are reported, not passed (PrimeDepth has no steps/ensembles)
     good = tmp_path / "room.png"
+    _check_paste_equals_upload(backend, good)
     r = backend.predict_image(str(good), model.method, model.checkpoint,
                               {"steps": 4, "ensemble_size": 3, "seed": 2, "flip": True})
     assert r.ignored_options == ["ensemble_size", "steps"]
     assert sorted(r.files) == ["glb", "npy", "ply", "png16"] and r.uncertainty_u8 is None
+
+
+def _check_paste_equals_upload(backend, good: Path):
+    """A pasted image (the [H,W,3] uint8 array gradio hands over) gives exactly the uploaded file's
+    outputs, under the name pasted.*; a bad pasted array gets a one-line message naming pasted.png."""
+    from diffdepth.errors import InputError
+
+    model = backend.choices[0]
+    arr = np.asarray(Image.open(good).convert("RGB"))
+    up = backend.predict_image(str(good), model.method, model.checkpoint, cmap="turbo")
+    pa = backend.predict_image(arr, model.method, model.checkpoint, cmap="turbo")
+    assert sorted(pa.files) == sorted(up.files) == ["glb", "npy", "ply", "png16"]
+    for key, path in pa.files.items():
+        assert path.name == "pasted" + up.files[key].name[len("room"):], (path, up.files[key])
+        assert path.read_bytes() == up.files[key].read_bytes(), key
+    np.testing.assert_array_equal(pa.rgb_u8, arr)
+    np.testing.assert_array_equal(pa.color_u8, up.color_u8)
+    assert (pa.kind, pa.png16_encoding, pa.intrinsics) == (up.kind, up.png16_encoding, up.intrinsics)
+    with pytest.raises(InputError) as err:
+        backend.predict_image(arr[:5, :7], model.method, model.checkpoint)
+    assert str(err.value).startswith("pasted.png: image is 7x5 px; primedepth needs at least"), str(err.value)
+    with pytest.raises(InputError) as err:
+        backend.predict_image(np.zeros((40, 40, 5), np.uint8), model.method, model.checkpoint)
+    assert str(err.value).startswith("pasted.png: expected an array [H,W]") and "\n" not in str(err.value)
