@@ -81,6 +81,28 @@ def _upload_and_run(driver, path: Path):
     driver.find_element(By.ID, "run-image").click()
 
 
+def _paste_and_run(driver, url: str, path: Path):
+    """Put ``path``'s PNG bytes on the browser's clipboard and press the paste box's button."""
+    import base64
+
+    from selenium.webdriver.common.by import By
+
+    origin = url.rstrip("/")
+    driver.execute_cdp_cmd("Browser.grantPermissions", {"origin": origin, "permissions": [
+        "clipboardReadWrite", "clipboardSanitizedWrite"]})
+    written = driver.execute_async_script(
+        "const done = arguments[1];"
+        "const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));"
+        "navigator.clipboard.write([new ClipboardItem({'image/png': new Blob([bytes], {type: 'image/png'})})])"
+        ".then(() => done('ok'), e => done(String(e)));", base64.b64encode(path.read_bytes()).decode())
+    assert written == "ok", f"could not put the image on headless Chromium's clipboard: {written}"
+    box = driver.find_element(By.ID, "image-paste")
+    box.find_element(By.CSS_SELECTOR, "button[aria-label='Paste from clipboard']").click()
+    _wait(lambda: [i for i in box.find_elements(By.TAG_NAME, "img") if driver.execute_script(
+        "return arguments[0].complete && arguments[0].naturalWidth", i)], "the pasted image never showed")
+    driver.find_element(By.ID, "run-image").click()
+
+
 def _status(driver, elem_id: str, must_contain: str) -> str:
     """The status text once the run finished (no progress overlay left) and it names ``must_contain``."""
     from selenium.webdriver.common.by import By
@@ -170,7 +192,17 @@ def test_demo_in_browser(served, tmp_path):
         with Image.open(shot) as im:
             assert im.size[0] > 0
 
-        # 2. a corrupt upload -> the reader's one-line message, no traceback
+        # 1b. the same image pasted from the clipboard (headless Chromium's own clipboard, with the
+        # clipboard permission granted over CDP) -> the same depth, downloads named pasted.*
+        _paste_and_run(driver, url, good)
+        assert not driver.find_elements(By.CSS_SELECTOR, "#image-input td.filename")  # the paste cleared the upload
+        pasted = _wait(lambda: [a.get_attribute("href") for a in driver.find_elements(By.CSS_SELECTOR, "#downloads a")
+                                if (a.get_attribute("href") or "").split("?")[0].endswith("/pasted.npy")],
+                       "no pasted.npy download after pasting")
+        assert f"{w}x{h} px" in _status(driver, "status", "px")
+        np.testing.assert_array_equal(np.load(io.BytesIO(urllib.request.urlopen(pasted[0], timeout=30).read())), depth)
+
+        # 2. a corrupt upload (it clears the pasted image) -> the reader's one-line message, no traceback
         _upload_and_run(driver, corrupt)
         msg = _status(driver, "status", "broken.png")
         assert msg.startswith("Error: cannot read image broken.png: file is truncated or corrupt"), msg
@@ -292,7 +324,32 @@ def _check_bad_uploads(backend, tmp_path):
         assert str(err.value).startswith(start) and str(tmp_path) not in str(err.value), str(err.value)
     # options the method does not take are reported, not passed (PrimeDepth has no steps/ensembles)
     good = tmp_path / "room.png"
+    _check_paste_equals_upload(backend, good)
     r = backend.predict_image(str(good), model.method, model.checkpoint,
                               {"steps": 4, "ensemble_size": 3, "seed": 2, "flip": True})
     assert r.ignored_options == ["ensemble_size", "steps"]
     assert sorted(r.files) == ["glb", "npy", "ply", "png16"] and r.uncertainty_u8 is None
+
+
+def _check_paste_equals_upload(backend, good: Path):
+    """A pasted image (the [H,W,3] uint8 array gradio hands over) gives exactly the uploaded file's
+    outputs, under the name pasted.*; a bad pasted array gets a one-line message naming pasted.png."""
+    from diffdepth.errors import InputError
+
+    model = backend.choices[0]
+    arr = np.asarray(Image.open(good).convert("RGB"))
+    up = backend.predict_image(str(good), model.method, model.checkpoint, cmap="turbo")
+    pa = backend.predict_image(arr, model.method, model.checkpoint, cmap="turbo")
+    assert sorted(pa.files) == sorted(up.files) == ["glb", "npy", "ply", "png16"]
+    for key, path in pa.files.items():
+        assert path.name == "pasted" + up.files[key].name[len("room"):], (path, up.files[key])
+        assert path.read_bytes() == up.files[key].read_bytes(), key
+    np.testing.assert_array_equal(pa.rgb_u8, arr)
+    np.testing.assert_array_equal(pa.color_u8, up.color_u8)
+    assert (pa.kind, pa.png16_encoding, pa.intrinsics) == (up.kind, up.png16_encoding, up.intrinsics)
+    with pytest.raises(InputError) as err:
+        backend.predict_image(arr[:5, :7], model.method, model.checkpoint)
+    assert str(err.value).startswith("pasted.png: image is 7x5 px; primedepth needs at least"), str(err.value)
+    with pytest.raises(InputError) as err:
+        backend.predict_image(np.zeros((40, 40, 5), np.uint8), model.method, model.checkpoint)
+    assert str(err.value).startswith("pasted.png: expected an array [H,W]") and "\n" not in str(err.value)

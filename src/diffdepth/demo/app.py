@@ -49,11 +49,14 @@ def build_app(backend: DemoBackend):
                             label=f"Checkpoint{suffix} (folder or hub id; empty: the method's published weights)")
         return m, c
 
-    def run_image(path, method, checkpoint, steps, ensemble_size, processing_res, seed, flip, cmap):
+    def run_image(path, pasted, method, checkpoint, steps, ensemble_size, processing_res, seed, flip, cmap):
+        # the upload and the paste box clear each other, so at most one holds an image; a pasted
+        # image is an [H,W,3] array, which the backend runs exactly as an uploaded file
+        image = pasted if pasted is not None else path
         options = {"steps": _int_or_none(steps), "ensemble_size": _int_or_none(ensemble_size),
                    "seed": _int_or_none(seed), "flip": bool(flip)}
         try:
-            r = backend.predict_image(path, _method(method), _checkpoint(checkpoint), options,
+            r = backend.predict_image(image, _method(method), _checkpoint(checkpoint), options,
                                       processing_res=_int_or_none(processing_res), cmap=cmap)
         except Exception as err:  # noqa: BLE001 — every error becomes one line in the page
             if not isinstance(err, DiffdepthErrorType):
@@ -101,11 +104,14 @@ def build_app(backend: DemoBackend):
         return str(mp4), [str(mp4), str(npz)], f"{n} frames."
 
     with gr.Blocks(title="diffdepth demo") as app:
-        gr.Markdown("# diffdepth — depth from one image\nUpload an image, pick a model, press **Estimate depth**.")
+        gr.Markdown("# diffdepth — depth from one image\nUpload or paste an image, pick a model, press **Estimate depth**.")
         with gr.Tab("Image"):
             with gr.Row():
                 with gr.Column(scale=1):
+                    # a file upload goes to our own reader (a corrupt file gets the CLI's message)
                     image_in = gr.File(label="Image", type="filepath", elem_id="image-input")
+                    paste_in = gr.Image(label="… or paste an image (clipboard button)", sources=["clipboard"],
+                                        type="numpy", image_mode="RGB", height=160, elem_id="image-paste")
                     method, checkpoint = model_pickers()
                     with gr.Accordion("Method options (used where the method accepts them)", open=False):
                         with gr.Row():
@@ -125,7 +131,9 @@ def build_app(backend: DemoBackend):
                     cloud = gr.Model3D(label="Point cloud", elem_id="point-cloud")
                     downloads = gr.File(label="Downloads (.npy, 16-bit PNG, PLY)", file_count="multiple",
                                         elem_id="downloads", interactive=False)
-            run.click(run_image, [image_in, method, checkpoint, steps, ensemble, res, seed, flip, cmap],
+            image_in.upload(lambda _: None, image_in, paste_in, queue=False)
+            paste_in.input(lambda x: gr.update() if x is None else None, paste_in, image_in, queue=False, preprocess=False)
+            run.click(run_image, [image_in, paste_in, method, checkpoint, steps, ensemble, res, seed, flip, cmap],
                       [slider, uncertainty, cloud, downloads, status], concurrency_id="models")
         with gr.Tab("Video"):
             with gr.Row():

@@ -11,7 +11,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 #: the method options the demo's widgets set (each is passed only when the method accepts it)
 UI_OPTIONS = ("steps", "ensemble_size", "seed", "flip")
+#: the name a pasted image (no file name of its own) has in messages and downloads
+PASTED_NAME = "pasted.png"
 
 
 @dataclass(frozen=True)
@@ -100,18 +102,20 @@ class DemoBackend:
             self.model(c.method, c.checkpoint)
 
     # ------------------------------------------------------------------ images
-    def predict_image(self, path: str, method: Optional[str], checkpoint: Optional[str],
+    def predict_image(self, path: Union[str, np.ndarray, None], method: Optional[str], checkpoint: Optional[str],
                       options: Optional[Dict[str, Any]] = None, processing_res: Optional[int] = None,
                       cmap: str = "Spectral", focal: Optional[float] = None, fov: Optional[float] = None,
                       display_name: Optional[str] = None) -> ImageResult:
-        """Predict one image file and export ``.npy``, 16-bit PNG and PLY (plus the uncertainty
-        when the method gives one). Raises :class:`DiffdepthError` with a one-line message."""
+        """Predict one image file (or a pasted image: an ``[H,W,3]`` array, named ``pasted.png``)
+        and export ``.npy``, 16-bit PNG and PLY (plus the uncertainty when the method gives one).
+        Raises :class:`DiffdepthError` with a one-line message."""
         from ..io.export import PNG16_KEY, colorize, intrinsics_for, save_outputs
         from ..pipeline import DepthPipeline
 
-        if not path:
-            raise InputError("no image uploaded — choose an image file first")
-        name = display_name or Path(path).name
+        pasted = isinstance(path, np.ndarray)
+        if not pasted and not path:
+            raise InputError("no image uploaded — choose an image file or paste one first")
+        name = display_name or (PASTED_NAME if pasted else Path(path).name)
         model = self.model(method, checkpoint)
         options = {k: v for k, v in (options or {}).items() if v is not None and v is not False}
         accepted = set(model.predict_options)
@@ -121,7 +125,7 @@ class DemoBackend:
         try:
             item, pred = next(pipe.iter_predictions([path], names=[name]))
         except InputError as err:  # the reader names the upload's temporary path: show the file name
-            raise InputError(str(err).replace(str(path), name)) from None
+            raise InputError(str(err) if pasted else str(err).replace(str(path), name)) from None
 
         out = Path(tempfile.mkdtemp(prefix="run-", dir=self.work_dir))
         base = out / (Path(name).stem or "image")
