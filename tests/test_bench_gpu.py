@@ -87,3 +87,36 @@ def test_a_run_stopped_midway_leaves_a_table_marked_partial(tmp_path, monkeypatc
     text = md.read_text()
     assert "**partial**: in progress or stopped after 2 measurements" in text
     assert text.count("| diffsql | predict |") == 2 and "| marigold |" not in text
+
+
+def test_channels_last_runs_ours_nhwc_and_the_baseline_nchw(tmp_path, monkeypatch):
+    """--channels-last: our predict sees NHWC conv weights, the official-procedure baseline NCHW."""
+    import torch
+
+    import diffdepth.bench.official as official
+    from diffdepth.methods.primedepth.model import PrimeDepth
+
+    def conv_layout(model):
+        w = next(m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.ndim == 4
+                 and m.weight.shape[-1] > 1)
+        return "nhwc" if w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() else "nchw"
+
+    seen = {"ours": set(), "official": set()}
+    real_predict, real_official = PrimeDepth.predict, official.OfficialProcedure.predict
+
+    def ours(self, *a, **k):
+        seen["ours"].add(conv_layout(self))
+        return real_predict(self, *a, **k)
+
+    def base(self, *a, **k):
+        seen["official"].add(conv_layout(self.model))
+        return real_official(self, *a, **k)
+
+    monkeypatch.setattr(PrimeDepth, "predict", ours)
+    monkeypatch.setattr(official.OfficialProcedure, "predict", base)
+    js = tmp_path / "cl.json"
+    assert main(["bench", "gpu", "--dry-run", "--channels-last", "--methods", "primedepth", "--repeats", "1",
+                 "--warmup", "0", "--baseline-dtypes", "fp32", "--no-batches", "--json", str(js)]) == 0
+    data = json.loads(js.read_text())
+    assert "--channels-last" in data["command"] and all(r["status"] == "ok" for r in data["rows"])
+    assert seen == {"ours": {"nhwc"}, "official": {"nchw"}}

@@ -77,6 +77,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(the benchmark dtype), or fp16/bf16; default fp32,same. The model is converted for the "
                         "baseline and back (exact when the baseline dtype is the wider one)")
     p.add_argument("--no-batches", dest="batches", action="store_false", help="skip the images/s batch sweep")
+    p.add_argument("--channels-last", action="store_true",
+                   help="measure our models with NHWC weights (diffdepth.fast.apply_fast_paths; the "
+                        "official-procedure baseline is measured as the official code runs, NCHW)")
     p.add_argument("--out", default=None,
                    help="markdown report (default benchmarks/gpu-<device>.md; --dry-run: none unless given)")
 
@@ -352,6 +355,10 @@ class Run:
         self.meter.sync()
         n_params = sum(p.numel() for p in model.parameters())
         self.notes.append(f"{method}: {n_params / 1e6:.0f} M parameters, built in {time.perf_counter() - t:.1f} s")
+        if self.args.channels_last:
+            from ..fast import apply_fast_paths
+
+            apply_fast_paths(model, channels_last=True)
         try:
             getattr(self, "_" + method.replace("-", "_"), self._plain)(method, model)
         finally:
@@ -406,11 +413,15 @@ class Run:
             for dt in base_dtypes:
                 name = {v: k for k, v in names.items()}[dt]
                 model.to(dtype=dt)  # and back below (exact when widening, as bf16 -> fp32 -> bf16)
+                if self.args.channels_last:  # the official code runs NCHW
+                    model.to(memory_format=torch.contiguous_format)
                 xb = x.to(dt)
                 try:
                     self.record(method, f"official procedure {name}", s, 1, lambda: official.predict(xb))
                 finally:
                     model.to(dtype=self.dtype)
+                    if self.args.channels_last:
+                        model.to(memory_format=torch.channels_last)
                     del xb
         self._sweep(method, predict, (512, 1024))
 
@@ -585,6 +596,7 @@ def command_line(a: argparse.Namespace) -> str:
     parts += ["--dtype", a.dtype, "--methods", a.methods, "--repeats", str(a.repeats), "--warmup", str(a.warmup),
               "--cap-s", f"{a.cap_s:g}", "--budget-s", f"{a.budget_s:g}", "--baseline-dtypes", a.baseline_dtypes]
     parts += [] if a.batches else ["--no-batches"]
+    parts += ["--channels-last"] if a.channels_last else []
     parts += ["--out", a.out] if a.out else []
     return " ".join(_quote(p) for p in parts)
 
