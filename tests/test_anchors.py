@@ -1,0 +1,102 @@
+"""Issue 15: robust scale/shift fits to sparse anchors, the anchor readers, `diffdepth align`,
+`predict --align-to` and `eval --alignment sparse:N`."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffdepth import cli
+from diffdepth.evaluation.alignment import TooFewAnchors, fit_anchors, fit_scale_shift, robust_scale_shift
+
+
+@pytest.fixture(scope="module")
+def synth_depth(tmp_path_factory):
+    """One `diffdepth synth` indoor scene's ground-truth depth (metres, float64)."""
+    data = tmp_path_factory.mktemp("synth")
+    assert cli.main(["synth", str(data), "--n", "1", "--size", "48x64", "--seed", "5", "--quiet"]) == 0
+    (gt_png,) = sorted(data.glob("*_depth.png"))
+    return np.asarray(Image.open(gt_png)).astype(np.float64) / 1000.0
+
+
+def _sparse(gt, n, seed):
+    rng = np.random.default_rng(seed)
+    ys, xs = np.nonzero(gt > 0)
+    pick = rng.choice(len(ys), n, replace=False)
+    a = np.zeros_like(gt)
+    a[ys[pick], xs[pick]] = gt[ys[pick], xs[pick]]
+    return a, (ys[pick], xs[pick])
+
+
+def _affine_prediction(gt, s, t, noise, seed=0):
+    """A prediction whose least-squares map to ``gt`` is about ``(s, t)``: ``(gt·(1+noise·ε) − t)/s``."""
+    rng = np.random.default_rng(seed)
+    return (gt * (1 + noise * rng.standard_normal(gt.shape)) - t) / s
+
+
+@pytest.mark.parametrize("outliers", [0.0, 0.2])
+def test_fit_to_50_anchors_matches_the_all_pixel_least_squares(synth_depth, outliers):
+    gt = synth_depth
+    pred = _affine_prediction(gt, 2.5, 0.7, 0.01)
+    s_all, t_all = fit_scale_shift(pred, gt, gt > 0)  # the reference: least squares on every valid pixel
+    anchors, (ys, xs) = _sparse(gt, 50, seed=1)
+    if outliers:
+        rng = np.random.default_rng(2)
+        bad = rng.choice(50, int(outliers * 50), replace=False)
+        anchors[ys[bad], xs[bad]] = rng.uniform(0.2, 3.0, len(bad)) * anchors[ys[bad], xs[bad]] + 1.0
+    res = fit_anchors(pred, anchors, "affine_invariant_depth", seed=0)
+    tol = 0.01 if not outliers else 0.05
+    assert res.scale == pytest.approx(s_all, rel=tol)
+    assert res.shift == pytest.approx(t_all, rel=tol)
+    assert (res.n_anchors, res.n_heldout, res.n_fit) == (50, 10, 40)
+    if outliers:  # the corrupted anchors are recognised as outliers (held-out ones count in the held-out error)
+        assert 0.7 <= res.inlier_fraction < 0.9
+    else:
+        assert res.heldout_absrel < 0.02 and res.inlier_fraction > 0.95 and res.warning is None
+    # a plain least-squares fit on the same anchors would fail the 5 % bound with outliers
+    if outliers:
+        s_ls, _ = fit_scale_shift(pred, anchors, anchors > 0)
+        assert abs(s_ls / s_all - 1) > 0.05
+
+
+def test_disparity_kind_is_fitted_in_disparity_and_scale_only_for_relative(synth_depth):
+    gt = synth_depth
+    disp = (1.0 / gt[gt > 0] - 0.05) / 4.0  # s=4, t=0.05 in disparity
+    pred = np.zeros_like(gt)
+    pred[gt > 0] = disp
+    anchors, _ = _sparse(gt, 30, seed=3)
+    res = fit_anchors(pred, anchors, "affine_invariant_disparity")
+    assert (res.space, res.fit) == ("disparity", "scale-shift")
+    assert (res.scale, res.shift) == pytest.approx((4.0, 0.05), rel=1e-6)
+    np.testing.assert_allclose(res.apply(pred)[gt > 0], gt[gt > 0], rtol=1e-6)
+    rel = fit_anchors(gt / 3.0 + 0.5, anchors, "relative_depth")  # scale only: the shift is not fitted
+    assert rel.fit == "scale" and rel.shift == 0.0
+    both = fit_anchors(gt / 3.0 + 0.5, anchors, "relative_depth", fit="scale-shift")
+    assert (both.scale, both.shift) == pytest.approx((3.0, -1.5), rel=1e-6)
+
+
+def test_too_few_anchors_is_a_clear_error_and_a_poor_fit_warns():
+    pred = np.arange(20, dtype=float).reshape(4, 5) + 1
+    anchors = np.zeros_like(pred)
+    anchors[0, :4] = [1, 2, 3, 4]
+    anchors[1, 0] = np.nan
+    with pytest.raises(TooFewAnchors, match="4 usable anchor.*at least 5"):
+        fit_anchors(pred, anchors, "affine_invariant_depth")
+    res = fit_anchors(pred, anchors, "metric_depth")  # scale only needs 3: one of 4 is held out
+    assert (res.n_fit, res.n_heldout, res.fit) == (3, 1, "scale")
+    anchors[0, 3] = 0
+    res = fit_anchors(pred, anchors, "metric_depth")  # 3 anchors: too few to hold any out
+    assert res.n_heldout == 0 and res.heldout_absrel is None
+    rng = np.random.default_rng(0)
+    noise = rng.uniform(0.5, 20, pred.shape)  # anchors unrelated to the prediction
+    poor = fit_anchors(pred, noise, "affine_invariant_depth")
+    assert poor.warning and "poor fit" in poor.warning
+
+
+def test_robust_fit_is_exact_on_noise_free_data_with_outliers():
+    p = np.linspace(1, 10, 40)
+    g = 3 * p - 2
+    g[::5] += 50  # 20 % gross outliers
+    s, t, inl, _ = robust_scale_shift(p, g, seed=4)
+    assert (s, t) == pytest.approx((3.0, -2.0), rel=1e-9)
+    assert inl.sum() == 32 and not inl[::5].any()
