@@ -100,3 +100,75 @@ def test_robust_fit_is_exact_on_noise_free_data_with_outliers():
     s, t, inl, _ = robust_scale_shift(p, g, seed=4)
     assert (s, t) == pytest.approx((3.0, -2.0), rel=1e-9)
     assert inl.sum() == 32 and not inl[::5].any()
+
+
+# ------------------------------------------------------------------ readers
+from diffdepth.data.anchors import find_anchor_file, read_anchors  # noqa: E402
+from diffdepth.errors import InputError  # noqa: E402
+
+
+def test_npy_anchors_treat_zero_nan_and_inf_as_none_and_move_to_the_prediction_grid(tmp_path):
+    a = np.zeros((4, 6), np.float32)
+    a[1, 2], a[3, 5], a[0, 0], a[2, 2] = 2.5, 7.0, np.nan, np.inf
+    np.save(tmp_path / "a.npy", a)
+    got = read_anchors(tmp_path / "a.npy", (4, 6))
+    assert np.count_nonzero(got) == 2 and got[1, 2] == 2.5 and got[3, 5] == 7.0
+    big = read_anchors(tmp_path / "a.npy", (8, 12))  # pixel centre (2.5,1.5)*2 -> (5,3); (5.5,3.5)*2 -> (11,7)
+    assert np.count_nonzero(big) == 2 and big[3, 5] == 2.5 and big[7, 11] == 7.0
+
+
+def test_png_anchors_in_millimetres_or_kitti_units(tmp_path):
+    raw = np.zeros((3, 4), np.uint16)
+    raw[1, 1], raw[2, 3] = 1500, 2560
+    Image.fromarray(raw).save(tmp_path / "a.png")
+    mm = read_anchors(tmp_path / "a.png", (3, 4))
+    assert mm[1, 1] == pytest.approx(1.5) and mm[2, 3] == pytest.approx(2.56) and np.count_nonzero(mm) == 2
+    kitti = read_anchors(tmp_path / "a.png", (3, 4), png_scale=256.0)
+    assert kitti[2, 3] == pytest.approx(10.0) and kitti[1, 1] == pytest.approx(1500 / 256)
+    Image.fromarray(np.zeros((3, 4, 3), np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(InputError, match="16-bit"):
+        read_anchors(tmp_path / "rgb.png", (3, 4))
+
+
+def test_csv_anchors_with_header_and_errors(tmp_path):
+    (tmp_path / "a.csv").write_text("x,y,depth\n2,1,3.5\n0.4,2.6,1.25\n5,0,0\n")
+    a = read_anchors(tmp_path / "a.csv", (4, 6))
+    assert a[1, 2] == 3.5 and a[3, 0] == 1.25 and np.count_nonzero(a) == 2
+    (tmp_path / "b.csv").write_text("x,y,depth\n9,1,3.5\n")
+    with pytest.raises(InputError, match="b.csv line 2.*outside the 6x4"):
+        read_anchors(tmp_path / "b.csv", (4, 6))
+    (tmp_path / "c.csv").write_text("1,1,2\n1,one,2\n")
+    with pytest.raises(InputError, match="c.csv line 2"):
+        read_anchors(tmp_path / "c.csv", (4, 6))
+
+
+def _kitti_calib(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    # velodyne (x forward, y left, z up) -> camera (x right, y down, z forward); f=10, c=(5,4), 12x10 frame
+    (folder / "calib_velo_to_cam.txt").write_text("R: 0 -1 0 0 0 -1 1 0 0\nT: 0 0 0\n")
+    (folder / "calib_cam_to_cam.txt").write_text(
+        "R_rect_00: 1 0 0 0 1 0 0 0 1\nP_rect_02: 10 0 5 0 0 10 4 0 0 0 1 0\nS_rect_02: 12 10\n")
+
+
+def test_velodyne_anchors_are_projected_with_the_kitti_calibration(tmp_path):
+    date = tmp_path / "2011_09_26"
+    _kitti_calib(date)
+    scan = date / "drive" / "velodyne_points" / "data" / "0000000000.bin"
+    scan.parent.mkdir(parents=True)
+    # (10,0,0) -> u=5,v=4 -> pixel (col 4,row 3), depth 10; (5,-1,.5) -> cam (1,-.5,5) -> u=7,v=3 -> (6,2);
+    # a point behind the camera is dropped
+    np.array([[10, 0, 0, 1], [5, -1, 0.5, 1], [-3, 0, 0, 1]], np.float32).tofile(scan)
+    a = read_anchors(scan, (10, 12))  # the calibration is found two folders up
+    assert a[3, 4] == 10.0 and a[2, 6] == 5.0 and np.count_nonzero(a) == 2
+    with pytest.raises(InputError, match="--calib"):
+        read_anchors(scan, (10, 12), calib=tmp_path)
+
+
+def test_anchor_files_are_matched_by_relative_name(tmp_path):
+    (tmp_path / "sub").mkdir()
+    np.save(tmp_path / "sub" / "x.npy", np.ones((2, 2)))
+    assert find_anchor_file(tmp_path, "sub/x") == tmp_path / "sub" / "x.npy"
+    assert find_anchor_file(tmp_path, "sub/y") is None
+    (tmp_path / "sub" / "x.csv").write_text("0,0,1\n")
+    with pytest.raises(InputError, match="several anchor files"):
+        find_anchor_file(tmp_path, "sub/x")
