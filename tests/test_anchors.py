@@ -172,3 +172,48 @@ def test_anchor_files_are_matched_by_relative_name(tmp_path):
     (tmp_path / "sub" / "x.csv").write_text("0,0,1\n")
     with pytest.raises(InputError, match="several anchor files"):
         find_anchor_file(tmp_path, "sub/x")
+
+
+# ------------------------------------------------------------------ diffdepth align
+from diffdepth.io.sidecar import prediction_kind, write_sidecar  # noqa: E402
+
+
+def test_align_cli_writes_metric_depth_report_and_sidecar_and_skips_bad_items(tmp_path, synth_depth, capsys):
+    gt = synth_depth.astype(np.float32)
+    preds, anchors, out = tmp_path / "preds", tmp_path / "anchors", tmp_path / "metric"
+    (preds / "sub").mkdir(parents=True)
+    (anchors / "sub").mkdir(parents=True)
+    # a: affine-invariant depth (s=2, t=0.5) with anchors as a sparse .npy; b: the same with CSV anchors
+    np.save(preds / "a.npy", ((gt - 0.5) / 2).astype(np.float32))
+    np.save(preds / "sub" / "b.npy", ((gt - 0.5) / 2).astype(np.float32))
+    np.save(preds / "c.npy", gt)  # no anchors -> skipped
+    np.save(preds / "d.npy", gt)  # too few anchors -> skipped
+    write_sidecar(preds, {"kind": "affine_invariant_depth", "method": "marigold", "checkpoint": "ck"})
+    sparse, (ys, xs) = _sparse(gt.astype(np.float64), 40, seed=0)
+    np.save(anchors / "a.npy", sparse.astype(np.float32))
+    (anchors / "sub" / "b.csv").write_text("x,y,depth\n" + "".join(
+        f"{x},{y},{float(gt[y, x])!r}\n" for y, x in zip(ys, xs)))
+    (anchors / "d.csv").write_text("1,1,2.0\n2,2,3.0\n")
+    rc = cli.main(["align", str(preds), str(anchors), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "2 prediction(s) skipped" in err and "no anchors for c" in err and "at least 5" in err
+    for name in ("a", "sub/b"):
+        m = np.load(out / f"{name}.npy")
+        assert m.dtype == np.float32
+        np.testing.assert_allclose(m[gt > 0], gt[gt > 0], rtol=1e-4)
+    assert not (out / "c.npy").exists() and not (out / "d.npy").exists()
+    assert prediction_kind(out) == "metric_depth"
+    side = json.loads((out / "predictions.json").read_text())
+    assert side["units"] == "m" and side["method"] == "marigold"
+    assert side["alignment"]["source_kind"] == "affine_invariant_depth" and side["alignment"]["fit"] == "scale-shift"
+    rep = json.loads((out / "alignment.json").read_text())
+    rows = {r["name"]: r for r in rep["images"]}
+    assert (rep["aligned"], rep["skipped"]) == (2, 2)
+    assert rows["a"]["scale"] == pytest.approx(2.0, rel=1e-5) and rows["a"]["shift"] == pytest.approx(0.5, rel=1e-4)
+    assert rows["a"]["n_anchors"] == 40 and rows["a"]["n_heldout"] == 8 and rows["a"]["heldout_absrel"] < 1e-5
+    csv_text = (out / "alignment.csv").read_text().splitlines()
+    assert csv_text[0].startswith("name,status,anchors_file,scale,shift") and len(csv_text) == 5
+    # no recorded kind and no --kind: refused, nothing written
+    (preds / "predictions.json").unlink()
+    rc = cli.main(["align", str(preds), str(anchors), "--out", str(tmp_path / "x")])
+    assert rc == 2 and "records no kind" in capsys.readouterr().err and not (tmp_path / "x").exists()
