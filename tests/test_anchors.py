@@ -217,3 +217,47 @@ def test_align_cli_writes_metric_depth_report_and_sidecar_and_skips_bad_items(tm
     (preds / "predictions.json").unlink()
     rc = cli.main(["align", str(preds), str(anchors), "--out", str(tmp_path / "x")])
     assert rc == 2 and "records no kind" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------------ predict --align-to
+import _toy_methods  # noqa: E402
+
+_toy_methods.register()
+
+
+def test_predict_align_to_a_file_and_a_folder(tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    _toy_methods.MeanDepth(offset=1.0).save_pretrained(ckpt)
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "sub/b.png"):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(src / name)
+    # test-mean predicts 1 + mean(RGB) (affine-invariant depth); anchors are 3·that + 2 at 12 pixels
+    anchors = tmp_path / "anchors"
+    (anchors / "sub").mkdir(parents=True)
+    for name in ("a", "sub/b"):
+        expected = 3 * (1 + np.asarray(Image.open(src / f"{name}.png"), np.float64).mean(-1) / 255) + 2
+        a = np.zeros((32, 32), np.float32)
+        a[rng.integers(0, 32, 12), rng.integers(0, 32, 12)] = 1  # duplicates are fine: >= 5 remain
+        a[a > 0] = expected[a > 0]
+        np.save(anchors / f"{name}.npy", a)
+    out = tmp_path / "out"
+    rc = cli.main(["predict", str(src), "--method", "test-mean", "--checkpoint", str(ckpt), "--out", str(out),
+                   "--save", "npy", "--align-to", str(anchors)])
+    assert rc == 0, capsys.readouterr().err
+    for name in ("a", "sub/b"):
+        rel = np.load(out / f"{name}.npy").astype(np.float64)
+        np.testing.assert_allclose(np.load(out / "metric" / f"{name}.npy"), 3 * rel + 2, rtol=1e-5)
+    assert prediction_kind(out / "metric") == "metric_depth"
+    assert prediction_kind(out) == "affine_invariant_depth"  # the relative outputs keep their own record
+    # one file for one image, into another folder; a file for two images is refused before predicting
+    rc = cli.main(["predict", str(src / "a.png"), "--method", "test-mean", "--checkpoint", str(ckpt), "--out",
+                   str(out), "--save", "npy", "--align-to", str(anchors / "a.npy"), "--align-out", str(tmp_path / "m1")])
+    assert rc == 0 and (tmp_path / "m1" / "a.npy").is_file()
+    rc = cli.main(["predict", str(src), "--method", "test-mean", "--checkpoint", str(ckpt), "--out",
+                   str(tmp_path / "o2"), "--save", "npy", "--align-to", str(anchors / "a.npy")])
+    assert rc == 2 and "one anchors file for 2 inputs" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+    rc = cli.main(["predict", str(src), "--method", "test-mean", "--checkpoint", str(ckpt), "--out",
+                   str(tmp_path / "o3"), "--save", "color", "--align-to", str(anchors)])
+    assert rc == 2 and "add npy to --save" in capsys.readouterr().err
