@@ -15,6 +15,10 @@ Methods (REFERENCE.md "Evaluation protocols"):
     Zhou et al. 2017 / Monodepth2), ``shift = 0``.
 ``none``
     metric predictions, scale 1, shift 0.
+``sparse:N``
+    :func:`fit_anchors` (robust, see below) to ``N`` ground-truth pixels sampled per sample with a
+    seeded generator (``eval --alignment sparse:N``); all ``N`` enter the fit (no hold-out: the
+    evaluation itself scores the rest).
 ``auto``
     from the prediction kind: ``affine_invariant_depth → lsq``,
     ``affine_invariant_disparity → lsq-disparity``, ``relative_depth → median``,
@@ -45,10 +49,29 @@ DISPARITY_FLOOR = 1e-3
 MIN_POSITIVE = 1e-6
 
 
+def parse_sparse(alignment: Optional[str]) -> Optional[int]:
+    """``sparse:N`` → N (the evaluation fits each prediction to N sampled ground-truth pixels); else None."""
+    if not isinstance(alignment, str) or not alignment.startswith("sparse:"):
+        return None
+    text = alignment.split(":", 1)[1]
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"alignment {alignment!r}: use sparse:N with N a positive number of pixels, e.g. sparse:100")
+    return int(text)
+
+
+def check_alignment(alignment: str) -> str:
+    """argparse type: a name of :data:`ALIGNMENTS` or ``sparse:N``."""
+    if alignment in ALIGNMENTS or parse_sparse(alignment):
+        return alignment
+    raise ValueError(f"unknown alignment {alignment!r}; use one of {', '.join(ALIGNMENTS)} or sparse:N")
+
+
 def resolve_alignment(alignment: Optional[str], kind: str) -> str:
     """``auto``/``None`` → the method implied by ``kind``; otherwise validate the name."""
     if alignment in (None, "auto"):
         return _BY_KIND[check_kind(kind)]
+    if parse_sparse(alignment):
+        return alignment
     if alignment not in ALIGNMENTS:
         raise ValueError(f"unknown alignment {alignment!r}; use one of {', '.join(ALIGNMENTS)}")
     return alignment
@@ -307,12 +330,18 @@ class AnchorFit:
     floor: float = DISPARITY_FLOOR
     warning: Optional[str] = None
 
-    def apply(self, pred) -> np.ndarray:
-        """Metric depth (float32 [H,W], metres); pixels that come out non-positive or non-finite are 0 (no depth)."""
+    def aligned(self, pred) -> np.ndarray:
+        """The aligned depth (float64, metres) as computed: a disparity is clamped at ``floor`` and inverted."""
         p = _as_numpy(pred).astype(np.float64)
         v = self.scale * p + self.shift
+        if self.space != "disparity":
+            return v
         with np.errstate(divide="ignore", invalid="ignore"):
-            d = 1.0 / np.maximum(v, self.floor) if self.space == "disparity" else v
+            return 1.0 / np.where(np.isnan(v), v, np.maximum(v, self.floor))
+
+    def apply(self, pred) -> np.ndarray:
+        """Metric depth (float32 [H,W], metres); pixels that come out non-positive or non-finite are 0 (no depth)."""
+        d = self.aligned(pred)
         d = np.where(np.isfinite(d) & (d > 0), d, 0.0)
         return d.astype(np.float32)
 
