@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 from . import __version__
 from .errors import DiffdepthError
 
-COMMANDS = ("predict", "eval", "train", "bench", "synth", "make-tiny", "convert", "info", "demo")
+COMMANDS = ("predict", "eval", "train", "bench", "synth", "make-tiny", "convert", "info", "demo", "align")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,6 +27,15 @@ class _InOrder(argparse.Action):
         namespace.ordered_flags = [*(getattr(namespace, "ordered_flags", None) or []), (self.dest, values)]
 
 
+def _alignment_type(check):
+    def parse(text: str) -> str:
+        try:
+            return check(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..evaluation.alignment import ALIGNMENTS
     from ..evaluation.protocols import ALIASES, PROTOCOLS
@@ -50,9 +59,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", metavar="C", action=_InOrder, help="checkpoint folder or hub id for --method")
     parser.add_argument("--split-file", metavar="F",
                         help="local copy of the split list (default: download the published list once and cache it)")
-    parser.add_argument("--alignment", choices=ALIGNMENTS, default=None,
+    from ..evaluation.alignment import check_alignment
+
+    parser.add_argument("--alignment", type=_alignment_type(check_alignment), default=None,
+                        metavar="{" + ",".join(ALIGNMENTS) + ",sparse:N}",
                         help="how predictions are aligned to the ground truth (default: the protocol's, "
-                             "usually auto = from the prediction kind)")
+                             "usually auto = from the prediction kind); sparse:N = a robust fit to N "
+                             "ground-truth pixels per sample, drawn reproducibly (--alignment-seed)")
+    parser.add_argument("--alignment-seed", type=int, default=0, metavar="S",
+                        help="seed of the pixels drawn for --alignment sparse:N (default 0; recorded in summary.json)")
     parser.add_argument("--kind", choices=DEPTH_KINDS, default=None,
                         help="what saved predictions mean (default: recorded in PRED_DIR/predictions.json or kind.txt)")
     parser.add_argument("--crop", choices=("nyu_eigen", "kitti_eigen", "kitti_garg", "none"), default=None,
@@ -125,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
 
     dataset = open_benchmark(protocol.name, args.data_root, args.split_file)
     n = len(dataset) if args.max_samples is None else min(len(dataset), args.max_samples)
+    if (args.models or len(entries) > 1) and args.alignment_seed != 0:
+        raise InputError("--alignment-seed applies to one model; a leaderboard draws sparse pixels with seed 0")
     if args.models or len(entries) > 1:
         return _leaderboard(args, entries, [Bench(protocol, dataset, n, protocol.name)])
     # under `accelerate launch`/torchrun each process scores its own block of samples;
@@ -139,13 +156,15 @@ def run(args: argparse.Namespace) -> int:
                 "published" if getattr(dataset, "split_key", None) else None),  # None: every sample of the folder
             "split_listed": getattr(dataset, "num_listed", len(dataset)),
             "alignment": args.alignment or protocol.alignment}
+    if str(info["alignment"]).startswith("sparse:"):
+        info["alignment_seed"] = args.alignment_seed
     if args.predictions is not None:
         predictor = PredictionFolder(args.predictions, args.kind)
         info.update(predictions=str(predictor.folder), kind=predictor.kind)
         if predictor.kind_source == "default":
             print(f"note: {predictor.folder} records no kind (no predictions.json or kind.txt); reading the "
                   f"predictions as {predictor.kind} — pass --kind if they are something else", file=sys.stderr)
-        records = evaluate(samples, predictor, protocol, args.alignment,
+        records = evaluate(samples, predictor, protocol, args.alignment, alignment_seed=args.alignment_seed,
                            progress=not args.no_progress and distributed.is_main(), total=len(mine))
     else:
         import numpy as np
@@ -181,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
                     ensemble_with=args.ensemble_with,
                     predictions=str(out / "predictions"))
         records = evaluate(samples, predict, protocol, args.alignment, kind=args.kind,
+                           alignment_seed=args.alignment_seed,
                            save_dir=out / "predictions", progress=not args.no_progress and distributed.is_main(),
                            total=len(mine), record={"method": args.method, "checkpoint": args.checkpoint,
                                                     "options": {**options, "processing_res": res}})

@@ -86,6 +86,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--ply-stride", type=int, default=1, metavar="N", help="PLY: keep every N-th pixel per direction")
     e.add_argument("--ply-max-depth", type=float, default=None, metavar="D",
                    help="PLY: leave out points farther than D (metres for metric methods)")
+    a = p.add_argument_group("metric alignment to sparse anchors (see `diffdepth align`)")
+    a.add_argument("--align-to", default=None, metavar="PATH",
+                   help="anchors (known depths): one file for one image, or a folder of files named like the "
+                        "inputs' outputs (<name>.npy|png|csv|bin); writes metric depth to --align-out")
+    a.add_argument("--align-out", default=None, metavar="DIR",
+                   help="folder for the aligned metric depth and its report (default: OUT/metric)")
+    from .align import add_anchor_options
+
+    add_anchor_options(a, prefix="align-")
     v = p.add_argument_group("video")
     v.add_argument("--start-frame", type=int, default=0, metavar="N", help="first frame (0-based)")
     v.add_argument("--end-frame", type=int, default=None, metavar="N", help="stop before this frame")
@@ -212,6 +221,11 @@ def check_options(args: argparse.Namespace) -> set:
     out_root = Path(args.out).expanduser()
     if out_root.exists() and not out_root.is_dir():
         raise InputError(f"--out {args.out} is a file; name a folder (it is created if missing)")
+    if getattr(args, "align_to", None) is not None:
+        if "npy" not in formats:
+            raise InputError("--align-to aligns the .npy predictions; add npy to --save")
+        if not Path(args.align_to).expanduser().exists():
+            raise InputError(f"--align-to {args.align_to} does not exist; give an anchors file or folder")
     if args.focal is not None and args.fov is not None:
         raise InputError("--focal and --fov both set; give one (focal length in pixels, or field of view in degrees)")
     if args.focal is not None and not args.focal > 0:
@@ -336,6 +350,9 @@ def run(args: argparse.Namespace) -> int:
             continue
         seen[job.rel] = job.source
         unique.append(job)
+    if getattr(args, "align_to", None) is not None and Path(args.align_to).expanduser().is_file() and len(unique) > 1:
+        raise InputError(f"--align-to {args.align_to} is one anchors file for {len(unique)} inputs; give a folder "
+                         f"of anchor files named like the outputs (<name>.npy|png|csv|bin)")
     jobs = distributed.shard(unique)
 
     options = method_options(args)
@@ -373,6 +390,7 @@ def run(args: argparse.Namespace) -> int:
             needs[job.rel] = want
             todo.append(job)
     kept = len(jobs) - len(todo)
+    jobs_all = jobs
     changed = index.settings_changed()
     jobs = todo
     stats = {"images": 0, "videos": 0, "frames": 0, "seconds": 0.0}
@@ -385,7 +403,8 @@ def run(args: argparse.Namespace) -> int:
         finally:
             index.flush()
     # one summary for all processes (under torchrun/accelerate each handled its shard)
-    per_rank = distributed.gather_objects((kept, bool(jobs), stats, failures, index.new))
+    images = [j.rel.as_posix() for j in jobs_all if j.source.suffix.lower() not in VIDEO_EXTENSIONS]
+    per_rank = distributed.gather_objects((kept, bool(jobs), stats, failures, index.new, images))
     if not distributed.is_main():
         return 1 if failures else 0
     index.merge([r[4] for r in per_rank[1:]])
@@ -409,7 +428,25 @@ def run(args: argparse.Namespace) -> int:
         n = total["images"] + total["frames"]
         print(f"wrote depth for {' and '.join(rate)} to {out_root} in {seconds:.1f} s "
               f"({n / max(seconds, 1e-9):.2f} {'frames' if total['frames'] else 'img'}/s)", file=sys.stderr)
-    return _finish(failures, total["images"] + total["videos"])
+    rc = _finish(failures, total["images"] + total["videos"])
+    if getattr(args, "align_to", None) is not None:
+        rc = max(rc, _align_outputs(args, out_root, [j for r in per_rank for j in r[5]]))
+    return rc
+
+
+def _align_outputs(args, out_root: Path, names: List[str]) -> int:
+    """``--align-to``: the images' .npy predictions (new or kept) -> metric depth in --align-out."""
+    from ..data.anchors import PNG_SCALES
+    from ..io.aligned import align_folder, print_report
+
+    names = sorted({n for n in names if (out_root / f"{n}.npy").is_file()})
+    if not names:
+        print("--align-to: no image prediction to align", file=sys.stderr)
+        return 1
+    align_out = Path(args.align_out).expanduser() if args.align_out else out_root / "metric"
+    report = align_folder(out_root, args.align_to, align_out, fit=args.align_fit, seed=args.align_seed,
+                          png_scale=PNG_SCALES[args.align_png_scale], calib=args.align_calib, names=names)
+    return print_report(report, align_out, sys.stderr)
 
 
 class _StopRun(InputError):

@@ -15,6 +15,10 @@ Methods (REFERENCE.md "Evaluation protocols"):
     Zhou et al. 2017 / Monodepth2), ``shift = 0``.
 ``none``
     metric predictions, scale 1, shift 0.
+``sparse:N``
+    :func:`fit_anchors` (robust, see below) to ``N`` ground-truth pixels sampled per sample with a
+    seeded generator (``eval --alignment sparse:N``); all ``N`` enter the fit (no hold-out: the
+    evaluation itself scores the rest).
 ``auto``
     from the prediction kind: ``affine_invariant_depth → lsq``,
     ``affine_invariant_disparity → lsq-disparity``, ``relative_depth → median``,
@@ -45,10 +49,29 @@ DISPARITY_FLOOR = 1e-3
 MIN_POSITIVE = 1e-6
 
 
+def parse_sparse(alignment: Optional[str]) -> Optional[int]:
+    """``sparse:N`` → N (the evaluation fits each prediction to N sampled ground-truth pixels); else None."""
+    if not isinstance(alignment, str) or not alignment.startswith("sparse:"):
+        return None
+    text = alignment.split(":", 1)[1]
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"alignment {alignment!r}: use sparse:N with N a positive number of pixels, e.g. sparse:100")
+    return int(text)
+
+
+def check_alignment(alignment: str) -> str:
+    """argparse type: a name of :data:`ALIGNMENTS` or ``sparse:N``."""
+    if alignment in ALIGNMENTS or parse_sparse(alignment):
+        return alignment
+    raise ValueError(f"unknown alignment {alignment!r}; use one of {', '.join(ALIGNMENTS)} or sparse:N")
+
+
 def resolve_alignment(alignment: Optional[str], kind: str) -> str:
     """``auto``/``None`` → the method implied by ``kind``; otherwise validate the name."""
     if alignment in (None, "auto"):
         return _BY_KIND[check_kind(kind)]
+    if parse_sparse(alignment):
+        return alignment
     if alignment not in ALIGNMENTS:
         raise ValueError(f"unknown alignment {alignment!r}; use one of {', '.join(ALIGNMENTS)}")
     return alignment
@@ -83,10 +106,19 @@ def fit_scale_shift(pred, target, mask) -> tuple[float, float]:
         raise ValueError(f"shapes differ: pred {p.shape}, target {g.shape}, mask {m.shape}")
     if not m.any():
         raise ValueError("cannot fit scale and shift: the valid mask is empty")
-    pv, gv = p[m], g[m]
-    a = np.stack([pv, np.ones_like(pv)], axis=1)  # [N,2]
-    (s, t), *_ = np.linalg.lstsq(a, gv, rcond=None)
-    return float(s), float(t)
+    return _lstsq(p[m], g[m])
+
+
+def _lstsq(pv: np.ndarray, gv: np.ndarray, weights: Optional[np.ndarray] = None,
+           scale_only: bool = False) -> tuple[float, float]:
+    """(Weighted) least squares of ``s·pv + t ≈ gv`` on 1-D float64 vectors (``t = 0`` with ``scale_only``)."""
+    a = pv[:, None] if scale_only else np.stack([pv, np.ones_like(pv)], axis=1)  # [N,1|2]
+    b = gv
+    if weights is not None:
+        r = np.sqrt(weights)
+        a, b = a * r[:, None], b * r
+    sol, *_ = np.linalg.lstsq(a, b, rcond=None)
+    return (float(sol[0]), 0.0) if scale_only else (float(sol[0]), float(sol[1]))
 
 
 def fit_median_scale(pred, target, mask) -> float:
@@ -194,3 +226,186 @@ def finalize_depth(depth, mask, min_depth: float, max_depth: float,
     d = np.clip(d, min_depth, max_depth)
     d = np.maximum(d, MIN_POSITIVE)
     return d, counts
+
+
+# ---------------------------------------------------------------------------- sparse anchors
+#: how an anchor fit may be asked for: ``auto`` = scale and shift for the affine-invariant kinds,
+#: scale only for ``relative_depth``/``metric_depth`` (their zero is already right)
+ANCHOR_FITS = ("auto", "scale", "scale-shift")
+#: anchors the fit itself needs (the held-out ones come on top)
+MIN_FIT_ANCHORS = {"scale": 3, "scale-shift": 5}
+HOLDOUT_FRACTION = 0.2
+#: a fit is flagged as poor below this inlier fraction or above this held-out AbsRel
+POOR_INLIER_FRACTION = 0.5
+POOR_HELDOUT_ABSREL = 0.25
+_TUKEY_C = 4.685  # Tukey biweight constant (95 % efficiency at Gaussian noise)
+_MAD_TO_SIGMA = 1.4826
+
+
+class TooFewAnchors(ValueError):
+    """Fewer usable anchors than the fit needs."""
+
+
+def anchor_fit_mode(kind: str, fit: str = "auto") -> str:
+    if fit not in ANCHOR_FITS:
+        raise ValueError(f"unknown anchor fit {fit!r}; use one of {', '.join(ANCHOR_FITS)}")
+    if fit != "auto":
+        return fit
+    return "scale-shift" if check_kind(kind) in (AFFINE_DEPTH, AFFINE_DISPARITY) else "scale"
+
+
+def robust_scale_shift(pv, gv, *, scale_only: bool = False, seed: int = 0, trials: int = 300,
+                       iterations: int = 50) -> tuple[float, float, np.ndarray, float]:
+    """Robust ``s·pv + t ≈ gv`` on 1-D vectors: a least-median-of-squares start from ``trials``
+    seeded minimal subsets (robust up to ~50 % outliers), Tukey-biweight IRLS with the noise
+    ``σ = 1.4826·MAD`` of the residuals, then plain least squares on the inliers
+    (``|r| < 4.685·σ``). Returns ``(s, t, inlier mask, σ)``; ``t = 0`` with ``scale_only``."""
+    p = np.asarray(pv, dtype=np.float64)
+    g = np.asarray(gv, dtype=np.float64)
+    n, k = len(p), 1 if scale_only else 2
+    rng = np.random.default_rng(seed)
+    best, best_med = None, np.inf
+    for _ in range(trials):
+        idx = rng.choice(n, size=k, replace=False)
+        if scale_only:
+            if p[idx[0]] == 0:
+                continue
+            s, t = g[idx[0]] / p[idx[0]], 0.0
+        else:
+            dp = p[idx[1]] - p[idx[0]]
+            if dp == 0:
+                continue
+            s = (g[idx[1]] - g[idx[0]]) / dp
+            t = g[idx[0]] - s * p[idx[0]]
+        med = float(np.median(np.abs(s * p + t - g)))
+        if med < best_med:
+            best, best_med = (s, t), med
+    if best is None:  # every subset degenerate (a constant prediction): plain least squares
+        best = _lstsq(p, g, scale_only=scale_only)
+    s, t = best
+    floor = 1e-9 * float(np.median(np.abs(g))) + 1e-300  # exact data: MAD 0
+    for _ in range(iterations):
+        r = s * p + t - g
+        sigma = max(_MAD_TO_SIGMA * float(np.median(np.abs(r))), floor)
+        u = r / (_TUKEY_C * sigma)
+        w = np.where(np.abs(u) < 1, (1 - u ** 2) ** 2, 0.0)
+        if np.count_nonzero(w) < k:
+            break
+        s_new, t_new = _lstsq(p, g, w, scale_only)
+        done = abs(s_new - s) <= 1e-12 * abs(s) + 1e-300 and abs(t_new - t) <= 1e-12 * (abs(t) + abs(s)) + 1e-300
+        s, t = s_new, t_new
+        if done:
+            break
+    r = s * p + t - g
+    sigma = max(_MAD_TO_SIGMA * float(np.median(np.abs(r))), floor)
+    inliers = np.abs(r) < _TUKEY_C * sigma
+    if np.count_nonzero(inliers) >= k:
+        s, t = _lstsq(p[inliers], g[inliers], scale_only=scale_only)
+    return s, t, inliers, sigma
+
+
+@dataclass
+class AnchorFit:
+    """The alignment of one prediction to its anchors (what ``diffdepth align`` reports per image).
+
+    ``scale``/``shift`` map the prediction into ``space`` (``depth`` in metres or ``disparity``
+    in 1/m). Residuals and errors are in metres, over anchors: ``residual_*`` on the fit's
+    inliers, ``heldout_*`` on the anchors kept out of the fit."""
+
+    scale: float
+    shift: float
+    space: str
+    fit: str
+    kind: str
+    n_anchors: int
+    n_fit: int
+    n_inliers: int
+    inlier_fraction: float
+    residual_rmse: float
+    residual_absrel: float
+    n_heldout: int
+    heldout_absrel: Optional[float]
+    heldout_rmse: Optional[float]
+    seed: int
+    floor: float = DISPARITY_FLOOR
+    warning: Optional[str] = None
+
+    def aligned(self, pred) -> np.ndarray:
+        """The aligned depth (float64, metres) as computed: a disparity is clamped at ``floor`` and inverted."""
+        p = _as_numpy(pred).astype(np.float64)
+        v = self.scale * p + self.shift
+        if self.space != "disparity":
+            return v
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return 1.0 / np.where(np.isnan(v), v, np.maximum(v, self.floor))
+
+    def apply(self, pred) -> np.ndarray:
+        """Metric depth (float32 [H,W], metres); pixels that come out non-positive or non-finite are 0 (no depth)."""
+        d = self.aligned(pred)
+        d = np.where(np.isfinite(d) & (d > 0), d, 0.0)
+        return d.astype(np.float32)
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def _depth_errors(depth: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
+    if depth.size == 0:
+        return math.nan, math.nan
+    return float(np.mean(np.abs(depth - gt) / gt)), float(np.sqrt(np.mean((depth - gt) ** 2)))
+
+
+def fit_anchors(pred, anchors, kind: str, *, fit: str = "auto", seed: int = 0,
+                holdout: float = HOLDOUT_FRACTION, max_depth: Optional[float] = None) -> AnchorFit:
+    """Robust scale (and shift) of ``pred`` [H,W] to a sparse anchor map [H,W] of metric depths
+    (0/NaN/inf = no anchor), in the space where ``kind`` is affine: depth, or disparity for
+    ``affine_invariant_disparity``. A seeded random ``holdout`` share of the anchors is kept
+    out of the fit and scored (only when enough anchors remain for the fit).
+
+    Raises :class:`TooFewAnchors` below :data:`MIN_FIT_ANCHORS`.
+    """
+    mode = anchor_fit_mode(kind, fit)
+    space = "disparity" if kind == AFFINE_DISPARITY else "depth"
+    p = _as_numpy(pred).astype(np.float64)
+    a = _as_numpy(anchors).astype(np.float64)
+    if p.shape != a.shape:
+        raise ValueError(f"shapes differ: prediction {p.shape}, anchors {a.shape}")
+    valid = np.isfinite(a) & (a > 0) & np.isfinite(p)
+    if space == "disparity":
+        valid &= p > 0
+    pv, gv = p[valid], a[valid]
+    n = len(pv)
+    need = MIN_FIT_ANCHORS[mode]
+    if n < need:
+        raise TooFewAnchors(f"{n} usable anchor(s) (positive depth at a pixel with a finite prediction); "
+                            f"a {mode} fit needs at least {need} — give more anchors")
+    rng = np.random.default_rng(seed)
+    n_hold = int(round(holdout * n))
+    if n - n_hold < need:
+        n_hold = 0
+    order = rng.permutation(n)
+    held, used = order[:n_hold], order[n_hold:]
+    target = 1.0 / gv if space == "disparity" else gv
+    s, t, inl, _ = robust_scale_shift(pv[used], target[used], scale_only=mode == "scale", seed=seed)
+    floor = DISPARITY_FLOOR
+    if max_depth is not None and math.isfinite(max_depth) and max_depth > 0:
+        floor = max(floor, 1.0 / max_depth)
+    res = AnchorFit(s, t, space, mode, kind, n, len(used), int(inl.sum()), float(inl.mean()),
+                    math.nan, math.nan, n_hold, None, None, seed, floor)
+    depth_all = res.apply(pv).astype(np.float64)
+    fit_idx = used[inl]
+    res.residual_absrel, res.residual_rmse = _depth_errors(depth_all[fit_idx], gv[fit_idx])
+    if n_hold:
+        res.heldout_absrel, res.heldout_rmse = _depth_errors(depth_all[held], gv[held])
+    problems = []
+    if res.inlier_fraction < POOR_INLIER_FRACTION:
+        problems.append(f"only {res.inlier_fraction:.0%} of the anchors fit")
+    if res.heldout_absrel is not None and res.heldout_absrel > POOR_HELDOUT_ABSREL:
+        problems.append(f"held-out AbsRel {res.heldout_absrel:.2f}")
+    if not (s > 0):
+        problems.append(f"non-positive scale {s:.3g}")
+    if problems:
+        res.warning = "poor fit: " + ", ".join(problems)
+    return res

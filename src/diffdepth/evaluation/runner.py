@@ -22,7 +22,7 @@ import torch
 from ..errors import InputError
 from ..types import AFFINE_DEPTH, METRIC_DEPTH, RELATIVE_DEPTH, DepthPrediction, check_kind
 from ..utils import atomic_path
-from .alignment import align, finalize_depth, resolve_alignment
+from .alignment import align, finalize_depth, fit_anchors, parse_sparse, resolve_alignment
 from .metrics import HIGHER_IS_BETTER, METRIC_NAMES, compute_metrics
 from .protocols import Protocol
 
@@ -134,9 +134,36 @@ def _unpack(out, default_kind: Optional[str]):
 
 
 # ---------------------------------------------------------------------------- evaluate
+def sparse_pixels(mask: np.ndarray, n: int, seed: int, name: str) -> np.ndarray:
+    """A boolean map of ``min(n, mask.sum())`` pixels of ``mask`` drawn without replacement by a
+    generator seeded with ``(seed, crc32(name))``: the same pixels on every run and machine."""
+    import zlib
+
+    idx = np.flatnonzero(mask)
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    pick = idx if len(idx) <= n else rng.choice(idx, n, replace=False)
+    out = np.zeros(mask.size, bool)
+    out[pick] = True
+    return out.reshape(mask.shape)
+
+
+def _sparse_align(p, gt, mask, kind, n, protocol, seed, name, rec) -> np.ndarray:
+    """``sparse:N``: the robust anchor fit of :func:`fit_anchors` to N sampled ground-truth pixels."""
+    chosen = sparse_pixels(mask & np.isfinite(p), n, seed, name)
+    anchors = np.where(chosen, gt, 0.0)
+    res = fit_anchors(p, anchors, kind, seed=seed, holdout=0.0, max_depth=protocol.max_depth)
+    rec.scale, rec.shift = res.scale, res.shift
+    if res.warning:
+        rec.message = res.warning
+    return res.aligned(p)
+
+
 def evaluate_sample(sample: dict, pred, kind: str, protocol: Protocol,
-                    alignment: Optional[str] = None, mask: Optional[np.ndarray] = None) -> SampleRecord:
-    """Score one prediction (array [H,W] of any size) against one sample."""
+                    alignment: Optional[str] = None, mask: Optional[np.ndarray] = None,
+                    seed: int = 0) -> SampleRecord:
+    """Score one prediction (array [H,W] of any size) against one sample.
+
+    ``seed``: of the pixels drawn for ``alignment="sparse:N"`` (with the sample's name)."""
     gt = np.asarray(sample["depth"], dtype=np.float64).reshape(np.shape(sample["depth"])[-2:])
     if mask is None:
         mask = protocol.eval_mask(gt, sample.get("valid"))
@@ -155,12 +182,17 @@ def evaluate_sample(sample: dict, pred, kind: str, protocol: Protocol,
     method = resolve_alignment(alignment or protocol.alignment, kind)
     rec.alignment = method
     try:
-        res = align(p, gt, mask, method, max_depth=protocol.max_depth, fit_max_res=protocol.fit_max_res)
+        n_sparse = parse_sparse(method)
+        if n_sparse:
+            aligned = _sparse_align(p, gt, mask, kind, n_sparse, protocol, seed, sample["name"], rec)
+        else:
+            res = align(p, gt, mask, method, max_depth=protocol.max_depth, fit_max_res=protocol.fit_max_res)
+            rec.scale, rec.shift = res.scale, res.shift
+            aligned = res.depth
     except ValueError as err:
         rec.status, rec.message = "alignment_failed", str(err)
         return rec
-    rec.scale, rec.shift = res.scale, res.shift
-    depth, counts = finalize_depth(res.depth, mask, protocol.min_depth, protocol.max_depth, gt=gt)
+    depth, counts = finalize_depth(aligned, mask, protocol.min_depth, protocol.max_depth, gt=gt)
     rec.n_nonfinite, rec.n_nonpositive = counts.nonfinite, counts.nonpositive
     rec.metrics = compute_metrics(depth, gt, mask)
     return rec
@@ -169,12 +201,14 @@ def evaluate_sample(sample: dict, pred, kind: str, protocol: Protocol,
 def evaluate(samples: Iterable[dict], predictor: Union[PathLike, Callable, PredictionFolder],
              protocol: Protocol, alignment: Optional[str] = None, *, kind: Optional[str] = None,
              save_dir: Optional[PathLike] = None, progress: bool = True,
-             total: Optional[int] = None, record: Optional[dict] = None) -> List[SampleRecord]:
+             total: Optional[int] = None, record: Optional[dict] = None,
+             alignment_seed: int = 0) -> List[SampleRecord]:
     """Score every sample; returns one :class:`SampleRecord` per sample, in order.
 
     ``predictor`` is a predictions folder (path or :class:`PredictionFolder`) or a callable
     ``fn(sample) -> DepthPrediction | (array, kind) | array`` (then ``kind`` gives the kind).
-    ``alignment``: ``None`` → the protocol default; ``auto`` → from the kind.
+    ``alignment``: ``None`` → the protocol default; ``auto`` → from the kind; ``sparse:N`` → fit
+    to N ground-truth pixels drawn with ``alignment_seed``.
     ``save_dir``: write each computed prediction, resized to the ground truth, as
     ``<save_dir>/<name>.npy`` (+ ``predictions.json`` with the kind and ``record``: method,
     checkpoint, options) so it can be re-scored without the model.
@@ -224,7 +258,7 @@ def evaluate(samples: Iterable[dict], predictor: Union[PathLike, Callable, Predi
                         pred = p.astype(np.float32)
                         with atomic_path(Path(save_dir) / f"{sample['name']}.npy") as tmp:
                             np.save(tmp, pred)
-                    rec = evaluate_sample(sample, pred, k, protocol, alignment, mask)
+                    rec = evaluate_sample(sample, pred, k, protocol, alignment, mask, seed=alignment_seed)
                     if save_dir is not None and not from_folder:
                         rec.resized = resized
                     records.append(rec)
