@@ -152,7 +152,7 @@ def test_kitti_layout_files_and_split(tmp_path):
 
 def test_layouts_read_by_benchmark_readers(tmp_path):
     """The evaluation engineer's NYUv2 / KittiEigen / FolderDataset readers consume synth output."""
-    bm = pytest.importorskip("diffdepth.data.benchmarks")
+    import diffdepth.data.benchmarks as bm
     size, seed = (30, 40), 2
     S.write_dataset(tmp_path / "nyu", "indoor", 2, size, seed, "nyu")
     S.write_dataset(tmp_path / "kitti", "outdoor", 2, size, seed, "kitti")
@@ -347,7 +347,7 @@ def test_sequence_velodyne_scans_lie_on_the_scene(tmp_path):
     inside = (u >= 0) & (u <= w - 1) & (v >= 0) & (v <= h - 1)
     assert inside.mean() > 0.5
     # the evaluation engineer's Monodepth2-protocol reader consumes the same files
-    bm = pytest.importorskip("diffdepth.data.benchmarks")
+    import diffdepth.data.benchmarks as bm
     sample = bm.KittiVelodyne(tmp_path, tmp_path / "test_files.txt")[1]
     gt = sample["depth"][0]
     dense = read_png16(tmp_path / drive / "proj_depth/groundtruth/image_02/0000000001.png") / 256.0
