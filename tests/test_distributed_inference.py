@@ -25,8 +25,7 @@ def _free_port() -> int:
 
 def _torchrun(args, tmp_path):
     launcher = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    if launcher is None:
-        pytest.skip("torchrun not installed next to this python")
+    assert launcher is not None, f"torchrun (installed with torch) is missing next to {sys.executable}"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     cmd = [launcher, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
