@@ -391,11 +391,23 @@ class DepthPipeline:
         preds = [pr for _, pr in self.iter_predictions(self._expand(inputs))]
         return preds[0] if single else preds
 
-    def video(self, frames: Iterable[np.ndarray]) -> Iterator[DepthPrediction]:
-        """Frames in order through ``model.video_step`` (the per-method temporal hook)."""
+    def video(self, frames: Iterable[np.ndarray], temporal: str = "latent",
+              temporal_window: int = 8) -> Iterator[DepthPrediction]:
+        """Frames in order, one at a time (streaming). ``temporal`` (:mod:`diffdepth.temporal`):
+        ``latent`` (default) through ``model.video_step``, the per-method temporal hook;
+        ``none`` every frame alone; ``align`` / ``align+latent`` add the alignment of each frame
+        to the median of the last ``temporal_window`` aligned frames."""
+        from .temporal import TEMPORAL_MODES, TemporalAligner
+
+        if temporal not in TEMPORAL_MODES:
+            raise InputError(f"temporal mode must be one of {', '.join(TEMPORAL_MODES)}, got {temporal!r}")
+        aligner = TemporalAligner(temporal_window) if temporal.startswith("align") else None
+        hook = temporal in ("latent", "align+latent")
         state = None
         for index, frame in enumerate(frames):
             item = self.prepare(frame, index, f"frame {index}")
-            (pred,), state = self.run_batch([item], video_state=state, video=True)
-            yield self.tiler.refine(item, pred) if self.tiler is not None else pred
+            (pred,), state = self.run_batch([item], video_state=state, video=hook)
+            if self.tiler is not None:
+                pred = self.tiler.refine(item, pred)
+            yield aligner(pred) if aligner is not None else pred
 
