@@ -193,3 +193,44 @@ def warp_to_target(source: torch.Tensor, depth: torch.Tensor, K: torch.Tensor, T
     inside = (grid.abs() <= 1.0 + 1e-4).all(-1)  # slack for round-off at the border
     inside = inside.unsqueeze(1) & (z.reshape(b, 1, h, w) > 0)
     return warped, inside
+
+
+# ---------------------------------------------------------------------------------------------
+# Depth maps moved between the frames of a posed sequence (the temporal consistency metric).
+
+
+def relative_pose(cam_to_world_a: np.ndarray, cam_to_world_b: np.ndarray) -> np.ndarray:
+    """4x4 transform taking camera-a points to camera-b points: ``inv(T_b) @ T_a`` for
+    camera-to-world poses ``T_a``, ``T_b``."""
+    return np.linalg.inv(np.asarray(cam_to_world_b, np.float64)) @ np.asarray(cam_to_world_a, np.float64)
+
+
+def reproject_depth(depth: np.ndarray, K: np.ndarray, a_to_b: np.ndarray,
+                    mask: Optional[np.ndarray] = None, K_b: Optional[np.ndarray] = None) -> np.ndarray:
+    """Planar depth of frame a [H,W] as seen from frame b: each pixel with depth > 0 (and
+    ``mask``) is back-projected with ``K``, moved by ``a_to_b`` (4x4), projected with ``K_b``
+    (default ``K``) and rounded to the nearest pixel of b; where several land on one pixel the
+    nearest (smallest z) wins. Returns [H,W] float64, 0 where nothing lands or z <= 0."""
+    depth = np.asarray(depth, dtype=np.float64)
+    h, w = depth.shape
+    keep = np.isfinite(depth) & (depth > 0)
+    if mask is not None:
+        keep &= np.asarray(mask, dtype=bool).reshape(h, w)
+    ys, xs = np.nonzero(keep)
+    z = depth[ys, xs]
+    K = np.asarray(K, np.float64)
+    K_b = K if K_b is None else np.asarray(K_b, np.float64)
+    rays = np.linalg.inv(K) @ np.stack([xs, ys, np.ones_like(xs)]).astype(np.float64)  # [3,N]
+    T = np.asarray(a_to_b, np.float64)
+    pts = T[:3, :3] @ (rays * z) + T[:3, 3:]
+    zb = pts[2]
+    front = zb > 0
+    pix = K_b @ pts[:, front]
+    u = np.round(pix[0] / pix[2]).astype(np.int64)
+    v = np.round(pix[1] / pix[2]).astype(np.int64)
+    zb = zb[front]
+    inside = (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    out = np.full(h * w, np.inf)
+    np.minimum.at(out, v[inside] * w + u[inside], zb[inside])
+    out[~np.isfinite(out)] = 0.0
+    return out.reshape(h, w)

@@ -136,12 +136,15 @@ class DepthPipeline:
     the input's size, in ``resize_space`` (``depth``, or ``disparity``: relative and metric
     depth are resized as their inverse, as Monodepth2 evaluates; other kinds as they are). ``predict_options`` go to
     ``model.predict`` (e.g. ``steps``, ``ensemble_size``) and are checked against what the
-    method accepts.
+    method accepts. ``tile=SIZE`` (``tile_overlap`` px shared, default ``SIZE // 4``): the
+    prediction is refined by overlapping native-resolution tiles aligned to it and blended
+    (:mod:`diffdepth.tiling`).
     """
 
     def __init__(self, model: DepthModel, processing_res: Optional[int] = None, batch_size: int = 1,
                  input_size: Optional[Sequence[int]] = None, resize_space: str = "depth",
                  captioner: Optional[Callable[[Any], List[str]]] = None, workers: int = 0,
+                 tile: Optional[int] = None, tile_overlap: Optional[int] = None,
                  **predict_options: Any):
         if batch_size < 1:
             raise InputError(f"batch size must be >= 1, got {batch_size}")
@@ -178,6 +181,14 @@ class DepthPipeline:
             raise InputError("give either a prompt or a captioner, not both")
         #: ``images (original size) -> list[str]``: one caption per input, used as its prompt
         self.captioner = captioner
+        if tile_overlap is not None and tile is None:
+            raise InputError("a tile overlap needs a tile size (--tile SIZE)")
+        #: tiled inference (:mod:`diffdepth.tiling`): the global pass refined by native-resolution tiles
+        self.tiler = None
+        if tile is not None:
+            from .tiling import Tiler
+
+            self.tiler = Tiler(self, tile, tile_overlap)
 
     # ------------------------------------------------------------------ preparation
     @property
@@ -283,7 +294,7 @@ class DepthPipeline:
                 return
             preds, _ = self.run_batch(pending)
             for it, pr in zip(pending, preds):
-                yield it, pr
+                yield it, (self.tiler.refine(it, pr) if self.tiler is not None else pr)
             pending.clear()
 
         for index, x, item in self._prepared(inputs, names):
@@ -380,11 +391,23 @@ class DepthPipeline:
         preds = [pr for _, pr in self.iter_predictions(self._expand(inputs))]
         return preds[0] if single else preds
 
-    def video(self, frames: Iterable[np.ndarray]) -> Iterator[DepthPrediction]:
-        """Frames in order through ``model.video_step`` (the per-method temporal hook)."""
+    def video(self, frames: Iterable[np.ndarray], temporal: str = "latent",
+              temporal_window: int = 8) -> Iterator[DepthPrediction]:
+        """Frames in order, one at a time (streaming). ``temporal`` (:mod:`diffdepth.temporal`):
+        ``latent`` (default) through ``model.video_step``, the per-method temporal hook;
+        ``none`` every frame alone; ``align`` / ``align+latent`` add the alignment of each frame
+        to the median of the last ``temporal_window`` aligned frames."""
+        from .temporal import TEMPORAL_MODES, TemporalAligner
+
+        if temporal not in TEMPORAL_MODES:
+            raise InputError(f"temporal mode must be one of {', '.join(TEMPORAL_MODES)}, got {temporal!r}")
+        aligner = TemporalAligner(temporal_window) if temporal.startswith("align") else None
+        hook = temporal in ("latent", "align+latent")
         state = None
         for index, frame in enumerate(frames):
             item = self.prepare(frame, index, f"frame {index}")
-            (pred,), state = self.run_batch([item], video_state=state, video=True)
-            yield pred
+            (pred,), state = self.run_batch([item], video_state=state, video=hook)
+            if self.tiler is not None:
+                pred = self.tiler.refine(item, pred)
+            yield aligner(pred) if aligner is not None else pred
 

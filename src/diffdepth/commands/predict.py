@@ -54,6 +54,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--processing-res", type=int, default=None,
                    help="long side the model sees, aspect ratio kept (default: the method's — DiffSQL: exactly "
                         "its fixed input size, 640x192; 0 = native size)")
+    p.add_argument("--tile", type=int, default=None, metavar="SIZE",
+                   help="refine the prediction with overlapping SIZE x SIZE tiles at native resolution, each aligned "
+                        "to the global pass and blended (1 + tiles passes; see README 'Tiled inference')")
+    p.add_argument("--tile-overlap", type=int, default=None, metavar="PX",
+                   help="pixels neighbouring tiles share at least (default: SIZE/4)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
@@ -100,6 +105,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     v.add_argument("--end-frame", type=int, default=None, metavar="N", help="stop before this frame")
     v.add_argument("--frame-stride", type=int, default=1, metavar="N", help="every N-th frame (output fps / N)")
     v.add_argument("--max-frames", type=int, default=None, metavar="N", help="at most N frames")
+    v.add_argument("--temporal", default="latent", choices=("latent", "none", "align", "align+latent"),
+                   help="latent: the method's own temporal hook (default; Marigold blends latents); none: frames "
+                        "alone; align: each frame aligned (scale/shift, robust) to the median of the last "
+                        "--temporal-window aligned frames; align+latent: both")
+    v.add_argument("--temporal-window", type=int, default=8, metavar="N",
+                   help="frames in the running reference of --temporal align (default 8)")
 
 
 def add_fast_path_options(p: argparse.ArgumentParser):
@@ -236,6 +247,12 @@ def check_options(args: argparse.Namespace) -> set:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.processing_res is not None and args.processing_res < 0:
         raise InputError(f"--processing-res must be >= 0 (0 = native), got {args.processing_res}")
+    if getattr(args, "temporal_window", 1) < 1:
+        raise InputError(f"--temporal-window must be >= 1 frame, got {args.temporal_window}")
+    if args.tile is not None and args.tile < 1:
+        raise InputError(f"--tile must be >= 1 px, got {args.tile}")
+    if args.tile_overlap is not None and (args.tile is None or not 0 <= args.tile_overlap < args.tile):
+        raise InputError(f"--tile-overlap {args.tile_overlap} needs --tile SIZE and must be in [0, SIZE)")
     for name in ("steps", "ensemble_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -300,6 +317,10 @@ def run_settings(args: argparse.Namespace, method: str, checkpoint, options: Dic
     opts.update(processing_res=args.processing_res, dtype=args.dtype)
     if getattr(args, "caption", None):
         opts["caption"] = args.caption
+    if getattr(args, "temporal", "latent") != "latent":  # videos: another temporal stage changes the values
+        opts["temporal"] = [args.temporal, args.temporal_window]
+    if getattr(args, "tile", None):  # tiled inference changes the values
+        opts["tile"] = [args.tile, args.tile_overlap if args.tile_overlap is not None else args.tile // 4]
     if getattr(args, "vae_tiling_above", None):  # tiled VAE coding changes the values (blended seams)
         opts["vae_tiling_above"] = args.vae_tiling_above
     if args.ensemble_with:
@@ -486,7 +507,8 @@ def _run_jobs(args, jobs, needs, method, checkpoint, options, formats, out_root,
     # a second model runs inside write(): keep it on this thread (workers = 0), one call at a time
     workers = 0 if ensemble is not None and ensemble.pipe is not None else args.workers
     pipe = DepthPipeline(model, processing_res=args.processing_res, batch_size=args.batch_size,
-                         captioner=captioner, workers=workers, **options)
+                         captioner=captioner, workers=workers, tile=args.tile, tile_overlap=args.tile_overlap,
+                         **options)
 
     images = [j for j in jobs if j.source.suffix.lower() not in VIDEO_EXTENSIONS]
     videos = [j for j in jobs if j.source.suffix.lower() in VIDEO_EXTENSIONS]
@@ -595,7 +617,8 @@ def _predict_video(pipe, job: Job, out_root: Path, args, formats=("mp4", "npz"))
                 rgbs.append(np.round(frame * 255).astype(np.uint8))
             yield frame
 
-    for pred in tqdm(pipe.video(frames()), total=n, unit="frame",
+    stream = pipe.video(frames(), temporal=args.temporal, temporal_window=args.temporal_window)
+    for pred in tqdm(stream, total=n, unit="frame",
                      desc=job.source.name, disable=None, file=sys.stderr):
         kind = pred.kind
         depths.append(pred.depth)

@@ -457,6 +457,39 @@ def load_velodyne(path: PathLike) -> np.ndarray:
 class _KittiMono2Base(BenchmarkDataset):
     min_fields = 2
 
+    def __getitem__(self, index: int) -> dict:
+        sample = self._load(self.entries[index])
+        self._add_pose(sample, self.entries[index])
+        return sample
+
+    def _add_pose(self, sample: dict, line: SplitLine) -> None:
+        """Where the drive folder has ``poses.txt`` (camera-to-world 3x4 per frame, as
+        ``diffdepth synth --kind sequence`` writes; KITTI raw has none): ``pose`` [4,4],
+        ``sequence`` (drive and camera) and ``intrinsics`` from ``P_rect_0X`` (the temporal
+        consistency metric's inputs)."""
+        folder, frame = line.fields[0], int(line.fields[1])
+        poses_file = self.root / folder / "poses.txt"
+        if not poses_file.is_file():
+            return
+        cache = self.__dict__.setdefault("_poses", {})
+        if folder not in cache:
+            from .sequences import read_poses
+
+            cache[folder] = read_poses(poses_file)
+        poses = cache[folder]
+        if not 0 <= frame < len(poses):
+            raise InputError(f"{poses_file} has {len(poses)} poses; frame {frame} has none: {line.where()}")
+        side = line.fields[2] if len(line.fields) > 2 else "l"
+        cam = 3 if side in ("r", "3") else 2
+        if sample.get("intrinsics") is None:
+            calib = self.root / folder.split("/")[0] / "calib_cam_to_cam.txt"
+            if not calib.is_file():
+                return
+            sample["intrinsics"] = np.asarray(read_calib_file(calib)[f"P_rect_0{cam}"],
+                                              dtype=np.float64).reshape(3, 4)[:, :3].copy()
+        sample["pose"] = poses[frame]
+        sample["sequence"] = f"{folder}/image_0{cam}"
+
     def _image(self, line: SplitLine) -> Tuple[str, Path]:
         folder, frame = line.fields[0], int(line.fields[1])
         side = line.fields[2] if len(line.fields) > 2 else "l"

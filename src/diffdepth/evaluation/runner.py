@@ -198,6 +198,47 @@ def evaluate_sample(sample: dict, pred, kind: str, protocol: Protocol,
     return rec
 
 
+class _SequenceTracker:
+    """Collects the frames of the current posed sequence (samples with ``pose``, ``intrinsics``
+    and ``sequence``, in split order) and, when it ends, stores each consecutive pair's TAE
+    (:mod:`diffdepth.evaluation.temporal`) as ``metrics["tae"]`` of the pair's later frame.
+    Memory: the frames of one sequence."""
+
+    def __init__(self, protocol: Protocol, alignment: Optional[str]):
+        self.protocol, self.alignment = protocol, alignment
+        self.key, self.frames = None, []
+
+    def add(self, sample: dict, pred, kind: str, mask: np.ndarray, rec: SampleRecord) -> None:
+        key = sample.get("sequence")
+        if key is None or sample.get("pose") is None or sample.get("intrinsics") is None or rec.status != "ok":
+            self.flush()
+            return
+        if key != self.key:
+            self.flush()
+            self.key = key
+        gt = np.asarray(sample["depth"], dtype=np.float64).reshape(np.shape(sample["depth"])[-2:])
+        p = _to_2d(pred)
+        if p.shape != gt.shape:
+            p = resize_prediction(p, gt.shape, self.protocol.pred_resize, kind)
+        method = resolve_alignment(self.alignment or self.protocol.alignment, kind)
+        self.frames.append((p.astype(np.float32), gt.astype(np.float32), mask, np.asarray(sample["pose"]),
+                            np.asarray(sample["intrinsics"]), method, rec))
+
+    def flush(self) -> None:
+        frames, self.frames, self.key = self.frames, [], None
+        if len(frames) < 2 or len({f[5] for f in frames}) != 1:
+            return
+        from .temporal import sequence_tae
+
+        errors = sequence_tae([f[0] for f in frames], [f[1] for f in frames], [f[2] for f in frames],
+                              [f[3] for f in frames], [f[4] for f in frames], frames[0][5],
+                              self.protocol.min_depth, self.protocol.max_depth,
+                              region=self.protocol.crop_mask(frames[0][1].shape))
+        for frame, err in zip(frames[1:], errors):
+            if err is not None:
+                frame[6].metrics["tae"] = err
+
+
 def evaluate(samples: Iterable[dict], predictor: Union[PathLike, Callable, PredictionFolder],
              protocol: Protocol, alignment: Optional[str] = None, *, kind: Optional[str] = None,
              save_dir: Optional[PathLike] = None, progress: bool = True,
@@ -219,6 +260,7 @@ def evaluate(samples: Iterable[dict], predictor: Union[PathLike, Callable, Predi
     from_folder = isinstance(predictor, PredictionFolder)
     records: List[SampleRecord] = []
     kinds_seen = set()
+    sequences = _SequenceTracker(protocol, alignment)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -231,6 +273,7 @@ def evaluate(samples: Iterable[dict], predictor: Union[PathLike, Callable, Predi
             mask = protocol.eval_mask(gt, sample.get("valid"))
             if not mask.any():
                 records.append(SampleRecord(sample["name"], "empty_mask"))
+                sequences.flush()  # a frame missing from a sequence ends it (pairs are consecutive frames)
             else:
                 if from_folder:
                     try:
@@ -244,7 +287,9 @@ def evaluate(samples: Iterable[dict], predictor: Union[PathLike, Callable, Predi
                         out = None
                 else:
                     out = predictor(sample)
-                if out is not None:
+                if out is None:
+                    sequences.flush()
+                else:
                     pred, k = _unpack(out, kind)
                     k = check_kind(k)
                     kinds_seen.add(k)
@@ -262,8 +307,10 @@ def evaluate(samples: Iterable[dict], predictor: Union[PathLike, Callable, Predi
                     if save_dir is not None and not from_folder:
                         rec.resized = resized
                     records.append(rec)
+                    sequences.add(sample, pred, k, mask, rec)
             if bar is not None:
                 bar.update(1)
+        sequences.flush()
     finally:
         if bar is not None:
             bar.close()
@@ -294,6 +341,9 @@ def summarize(records: List[SampleRecord], protocol: Optional[Protocol] = None, 
     })
     summary = {"metrics": metrics, "counts": counts,
                "alignments": sorted({r.alignment for r in ok})}
+    taes = [r.metrics["tae"] for r in ok if "tae" in r.metrics]
+    if taes:  # posed sequences: the temporal consistency error (evaluation/temporal.py), mean over pairs
+        summary["temporal"] = {"tae": float(np.mean(taes)), "pairs": len(taes)}
     scales = [r.scale for r in ok if r.scale is not None]
     if scales:
         med = float(np.median(scales))
@@ -326,6 +376,10 @@ def summary_markdown(summary: dict) -> str:
     others = [f"{k.replace('_', ' ')}: {v}" for k, v in c.items() if k not in ("samples", "evaluated") and v]
     lines.append(f"evaluated {c.get('evaluated', 0)} of {c.get('samples', 0)} samples"
                  + (f" ({', '.join(others)})" if others else ""))
+    if summary.get("temporal"):
+        t = summary["temporal"]
+        lines.append(f"temporal consistency: TAE {t['tae']:.4f} over {t['pairs']} consecutive frame pairs "
+                     f"(one alignment per sequence; lower is steadier)")
     lines.append(f"alignment: {', '.join(summary.get('alignments', [])) or summary.get('alignment', '')}")
     proto = summary.get("protocol")
     if proto:
@@ -334,7 +388,7 @@ def summary_markdown(summary: dict) -> str:
 
 
 CSV_FIELDS = ["name", "status", "n_valid", "alignment", "scale", "shift", "n_nonfinite",
-              "n_nonpositive", "resized", *METRIC_NAMES, "message"]
+              "n_nonpositive", "resized", *METRIC_NAMES, "tae", "message"]
 
 
 def records_csv(records: List[SampleRecord]) -> str:
