@@ -29,13 +29,16 @@ def toy_ckpt(tmp_path):
     return path
 
 
-def _jpeg(path, w=48, h=32, exif_tags=None):
+def _jpeg(path, w=48, h=32, exif_tags=None, ramp=False):
     path.parent.mkdir(parents=True, exist_ok=True)
     exif = Image.Exif()
     sub = exif.get_ifd(0x8769)
     for tag, value in (exif_tags or {}).items():
         sub[tag] = value
-    Image.fromarray(np.full((h, w, 3), VALUE, np.uint8)).save(path, quality=95, exif=exif)
+    arr = np.full((h, w, 3), VALUE, np.uint8)
+    if ramp:  # left to right 0..255, so the prediction has a range
+        arr[:] = np.linspace(0, 255, w).round().astype(np.uint8)[None, :, None]
+    Image.fromarray(arr).save(path, quality=95, exif=exif)
     return path
 
 
@@ -174,7 +177,7 @@ def test_points_npz_back_projects_metric_depth_in_metres(tmp_path, toy_ckpt, mon
 def test_every_output_of_a_predict_run_has_its_record(tmp_path, toy_ckpt):
     ins = tmp_path / "in"
     for name in ("a.jpg", "sub/b.jpg"):
-        _jpeg(ins / name)
+        _jpeg(ins / name, ramp=True)
     out = tmp_path / "out"
     save = "npy,png16,color,side,ply,points,glb,uncertainty"
     assert _predict(toy_ckpt, out, ins, save=save, extra=("--opt", "scale=2")) == 0
@@ -192,7 +195,7 @@ def test_every_output_of_a_predict_run_has_its_record(tmp_path, toy_ckpt):
         lo, hi = rec["valid_range"]
         d = np.load(out / f"{rel}.npy")
         assert (lo, hi) == (pytest.approx(float(d.min())), pytest.approx(float(d.max())))
-        assert lo == pytest.approx(2 * DEPTH, abs=0.01)
+        assert lo == pytest.approx(2 * 1.0, abs=0.02) and hi == pytest.approx(2 * 2.0, abs=0.02)  # 2 * (1 + rgb)
         assert set(rec["outputs"]) == set(save.split(",")) and rec["settings_id"] == data["settings_id"]
         listed |= set(rec["outputs"].values())
     assert listed == files
