@@ -219,7 +219,7 @@ def check_options(args: argparse.Namespace) -> set:
 
     formats = parse_formats(args.save)
     if not formats:
-        raise InputError("--save is empty; name at least one of npy,png16,color,side,ply,uncertainty,seg")
+        raise InputError("--save is empty; name at least one of npy,png16,color,side,ply,points,glb,uncertainty,seg")
     out_root = Path(args.out).expanduser()
     if out_root.exists() and not out_root.is_dir():
         raise InputError(f"--out {args.out} is a file; name a folder (it is created if missing)")
