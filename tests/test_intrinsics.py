@@ -107,7 +107,7 @@ def test_intrinsics_precedence_and_rescaling():
     K, src = intrinsics_for(100, 50, K_file=Kf, K_file_source="K file a_K.txt", K_file_size=(200, 100))
     assert K[0, 0] == 100 and K[1, 1] == 100 and K[0, 2] == 25 and "rescaled from 200x100" in src
     K, src = intrinsics_for(100, 50, exif_focal_px=300, exif_source="exif FocalLengthIn35mmFilm")
-    assert K[0, 0] == 300 and src == "focal 300 px (exif; exif FocalLengthIn35mmFilm)"
+    assert K[0, 0] == 300 and src == "focal 300 px (exif FocalLengthIn35mmFilm)"
 
 
 def test_predict_picks_flag_then_k_file_then_folder_file_then_exif_then_default(tmp_path, toy_ckpt):
@@ -125,6 +125,7 @@ def test_predict_picks_flag_then_k_file_then_folder_file_then_exif_then_default(
     assert rec["own"]["source"] == "K file own_K.txt"
     assert (rec["folder"]["fx"], rec["folder"]["fy"], rec["folder"]["from"]) == (200, 202, "folder_file")
     assert rec["sub/exif"]["fx"] == pytest.approx(60.0) and rec["sub/exif"]["from"] == "exif"
+    assert rec["sub/exif"]["source"] == "focal 60 px (exif FocalLengthIn35mmFilm)"
     assert rec["sub/plain"]["fx"] == pytest.approx(24 / math.tan(math.radians(30)))
     assert rec["sub/plain"]["from"] == "default"
     comments = read_ply(out / "own.ply").comments

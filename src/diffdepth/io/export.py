@@ -334,8 +334,8 @@ def intrinsics_for(width: int, height: int, focal: Optional[float] = None, fov: 
             src += f" (rescaled from {K_file_size[0]}x{K_file_size[1]})"
         return K, src
     if exif_focal_px is not None and math.isfinite(exif_focal_px) and exif_focal_px > 0:
-        how = f"; {exif_source}" if exif_source else ""
-        return intrinsics_from_focal(width, height, float(exif_focal_px)), f"focal {exif_focal_px:.6g} px (exif{how})"
+        label = exif_source if exif_source and exif_source.startswith("exif") else "exif"
+        return intrinsics_from_focal(width, height, float(exif_focal_px)), f"focal {exif_focal_px:.6g} px ({label})"
     return intrinsics_from_fov(width, height, DEFAULT_FOV_DEG), f"fov {DEFAULT_FOV_DEG:g} deg (default)"
 
 
