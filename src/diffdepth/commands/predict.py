@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="local folder or hub id (default: the method's published weights)")
     p.add_argument("--out", default="depth_out", help="output folder; the tree mirrors the inputs (default: depth_out)")
     p.add_argument("--save", default="npy,png16,color",
-                   help="comma list of npy,png16,color,side,ply,uncertainty,seg,seg_ids (default: npy,png16,color)")
+                   help="comma list of npy,png16,color,side,ply,points,glb,uncertainty,seg,seg_ids (default: npy,png16,color)")
     p.add_argument("--processing-res", type=int, default=None,
                    help="long side the model sees, aspect ratio kept (default: the method's — DiffSQL: exactly "
                         "its fixed input size, 640x192; 0 = native size)")
@@ -77,8 +77,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "predictions at the same relative paths, or a method spec run in this job "
                         "(e.g. hf:depth-anything/Depth-Anything-V2-Large-hf)")
     e = p.add_argument_group("export")
-    e.add_argument("--focal", type=float, default=None, help="focal length in pixels for the PLY point cloud")
-    e.add_argument("--fov", type=float, default=None, help="horizontal field of view in degrees for the PLY")
+    e.add_argument("--focal", type=float, default=None,
+                   help="focal length in pixels for the point clouds (ply/points/glb); overrides NAME_K.txt, the "
+                        "folder's intrinsics.txt|K.txt and EXIF (default: those, else a 60 deg field of view)")
+    e.add_argument("--fov", type=float, default=None, help="horizontal field of view in degrees for the point clouds")
     from ..io.colormaps import COLORMAPS
 
     e.add_argument("--cmap", default="Spectral", type=str.lower, choices=sorted(COLORMAPS), metavar="NAME",
@@ -228,7 +230,7 @@ def check_options(args: argparse.Namespace) -> set:
 
     formats = parse_formats(args.save)
     if not formats:
-        raise InputError("--save is empty; name at least one of npy,png16,color,side,ply,uncertainty,seg")
+        raise InputError("--save is empty; name at least one of npy,png16,color,side,ply,points,glb,uncertainty,seg")
     out_root = Path(args.out).expanduser()
     if out_root.exists() and not out_root.is_dir():
         raise InputError(f"--out {args.out} is a file; name a folder (it is created if missing)")
@@ -337,8 +339,9 @@ def _render_settings(args: argparse.Namespace) -> Dict[str, dict]:
     """Per output format, the export options its file depends on (a change redraws only it)."""
     colour = {"cmap": args.cmap, "vmin": args.vmin, "vmax": args.vmax, "percentiles": args.percentiles}
     frames = {"start": args.start_frame, "end": args.end_frame, "stride": args.frame_stride, "max": args.max_frames}
+    cloud = {"focal": args.focal, "fov": args.fov, "stride": args.ply_stride, "max_depth": args.ply_max_depth}
     return {"color": colour, "side": {**colour, **frames}, "mp4": {**colour, **frames}, "npz": frames,
-            "ply": {"focal": args.focal, "fov": args.fov, "stride": args.ply_stride, "max_depth": args.ply_max_depth}}
+            "ply": cloud, "points": cloud, "glb": {"focal": args.focal, "fov": args.fov}}
 
 
 VIDEO_OUTPUTS = {"mp4": "_depth.mp4", "npz": ".npz", "side": "_side.mp4"}
@@ -394,7 +397,7 @@ def run(args: argparse.Namespace) -> int:
                         writer=distributed.is_main())
     image_formats = sorted(formats)
     video_formats = ["mp4", "npz"] + (["side"] if "side" in formats else [])
-    ignored_for_video = sorted(formats & {"png16", "ply", "uncertainty", "seg", "seg_ids"})
+    ignored_for_video = sorted(formats & {"png16", "ply", "points", "glb", "uncertainty", "seg", "seg_ids"})
 
     # what each input still needs: missing files, files made with other settings, unrecorded files
     todo: List[Job] = []
@@ -479,7 +482,9 @@ def _run_jobs(args, jobs, needs, method, checkpoint, options, formats, out_root,
 
     from ..errors import DiffdepthError
     from ..io import VIDEO_EXTENSIONS
-    from ..io.export import save_outputs
+    from ..io.export import output_path, save_outputs
+    from ..io.intrinsics import k_from_file
+    from ..io.sidecar import image_record
     from ..pipeline import DepthPipeline
     from ..registry import load_model
 
@@ -524,19 +529,31 @@ def _run_jobs(args, jobs, needs, method, checkpoint, options, formats, out_root,
         job = images[item.index]
         if ensemble is not None:
             pred = ensemble(pred, rel=job.rel, image=item.rgb)
+        meta = item.meta
+        size = (meta.width, meta.height) if meta is not None else None
+        K_file = K_src = None
+        if args.focal is None and args.fov is None:  # flags win; else NAME_K.txt, the folder's file, EXIF
+            K_file, K_src = k_from_file(job.source, size or pred.depth.shape[-2:][::-1])
         res = save_outputs(out_root / job.rel, pred, item.rgb, needs[job.rel], overwrite=True,
-                           focal=args.focal, fov=args.fov, exif_focal_px=getattr(item.meta, "focal_px", None),
-                           cmap=args.cmap, vmin=args.vmin, vmax=args.vmax, percentiles=args.percentiles,
-                           ply_stride=args.ply_stride, ply_max_depth=args.ply_max_depth)
-        written[item.index] = (pred.kind, res)
+                           focal=args.focal, fov=args.fov, exif_focal_px=getattr(meta, "focal_px", None),
+                           exif_source=getattr(meta, "focal_source", None), K_file=K_file, K_file_source=K_src,
+                           K_file_size=size, cmap=args.cmap, vmin=args.vmin, vmax=args.vmax,
+                           percentiles=args.percentiles, ply_stride=args.ply_stride,
+                           ply_max_depth=args.ply_max_depth)
+        res_shape = tuple(int(x) for x in pred.depth.shape[-2:])
+        info = image_record(pred.kind, settings=index.settings, valid_range=res.valid_range, size=res_shape,
+                            K=res.K, K_source=res.K_source, processing_res=pipe.processing_res, source=job.source,
+                            outputs={f: output_path(job.rel, f).as_posix() for f in needs[job.rel]
+                                     if f not in res.unavailable})
+        written[item.index] = (pred.kind, res, info)
 
     with tqdm(total=len(images), unit="img", desc="predict", disable=None, file=sys.stderr) as bar:
         stream = pipe.process([j.source for j in images], write, on_error=on_error, catch=(DiffdepthError,))
         for item, err in stream:
             job = images[item.index]
             if err is None:  # the index and the summary are kept on this thread
-                kind, res = written.pop(item.index)
-                index.record(job.rel.as_posix(), [f for f in needs[job.rel] if f not in res.unavailable], kind)
+                kind, res, info = written.pop(item.index)
+                index.record(job.rel.as_posix(), [f for f in needs[job.rel] if f not in res.unavailable], kind, info)
                 stats["images"] += 1
                 if res.unavailable:
                     stream.close()
@@ -550,7 +567,10 @@ def _run_jobs(args, jobs, needs, method, checkpoint, options, formats, out_root,
     for job in videos:
         try:
             kind, n = _predict_video(pipe, job, out_root, args, needs[job.rel])
-            index.record(job.rel.as_posix(), needs[job.rel], kind)
+            base = job.rel.as_posix()
+            info = image_record(kind, settings=index.settings, processing_res=pipe.processing_res,
+                                source=job.source, outputs={f: base + VIDEO_OUTPUTS[f] for f in needs[job.rel]})
+            index.record(base, needs[job.rel], kind, info)
             stats["videos"] += 1
             stats["frames"] += n
         except DiffdepthError as err:

@@ -70,7 +70,7 @@ def align_folder(pred_dir: PathLike, anchors: PathLike, out: PathLike, *, kind: 
     from ..data.anchors import find_anchor_file, read_anchors
     from ..evaluation.alignment import anchor_fit_mode, fit_anchors
     from ..types import DEPTH_KINDS, METRIC_DEPTH
-    from .sidecar import fingerprint, prediction_kind, read_sidecar, write_sidecar
+    from .sidecar import fingerprint, image_record, prediction_kind, read_record, read_sidecar, write_sidecar
 
     pred_dir, anchors, out = (Path(p).expanduser() for p in (pred_dir, anchors, out))
     if not pred_dir.is_dir():
@@ -94,6 +94,7 @@ def align_folder(pred_dir: PathLike, anchors: PathLike, out: PathLike, *, kind: 
                          f"named like the predictions (<name>.npy|png|csv|bin)")
     report = AlignReport()
     done: Dict[str, str] = {}
+    fitted: Dict[str, dict] = {}
     for rel in names:
         row = {"name": rel, "status": "ok"}
         report.rows.append(row)
@@ -114,9 +115,14 @@ def align_folder(pred_dir: PathLike, anchors: PathLike, out: PathLike, *, kind: 
             row.update(status="skipped", message=str(err))
             continue
         row.update({k: v for k, v in res.to_dict().items() if k in REPORT_FIELDS})
+        metric = res.apply(pred)
         with atomic_path(out / f"{rel}.npy") as tmp:
-            np.save(tmp, res.apply(pred))
+            np.save(tmp, metric)
         done[rel] = "ok"
+        ok_vals = metric[np.isfinite(metric) & (metric > 0)]
+        fitted[rel] = {"size": metric.shape, "valid_range": (float(ok_vals.min()), float(ok_vals.max()))
+                       if ok_vals.size else None,
+                       "fit": {k: row.get(k) for k in REPORT_FIELDS if k not in ("name", "status", "message")}}
     out.mkdir(parents=True, exist_ok=True)
     source = read_sidecar(pred_dir) or {}
     settings = {"method": source.get("method"), "checkpoint": source.get("checkpoint"),
@@ -131,8 +137,17 @@ def align_folder(pred_dir: PathLike, anchors: PathLike, out: PathLike, *, kind: 
     entries.update({rel: {"npy": sid} for rel in done})
     all_settings = dict(old.get("settings", {}))
     all_settings[sid] = {**settings, "kind": METRIC_DEPTH}
+    records = dict(old.get("records", {}))
+    for rel, info in fitted.items():  # each aligned map's record: the source's intrinsics + this fit
+        src_rec = read_record(pred_dir, rel) or {}
+        intr = src_rec.get("intrinsics") or {}
+        records[rel] = image_record(
+            METRIC_DEPTH, settings=settings, valid_range=info["valid_range"], size=info["size"],
+            K=intr.get("K"), K_source=intr.get("source"), processing_res=src_rec.get("processing_res"),
+            alignment={**settings["alignment"], **info["fit"]}, source=pred_dir / f"{rel}.npy",
+            outputs={"npy": f"{rel}.npy"}, settings_id=sid)
     report.paths["sidecar"] = write_sidecar(out, {**settings, "kind": METRIC_DEPTH, "settings": all_settings,
-                                                  "settings_id": sid, "entries": entries})
+                                                  "settings_id": sid, "entries": entries, "records": records})
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=REPORT_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

@@ -27,7 +27,8 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from ..errors import InputError
-from ..geometry import DEFAULT_FOV_DEG, depth_to_points, intrinsics_from_focal, intrinsics_from_fov
+from ..geometry import (DEFAULT_FOV_DEG, depth_to_points, intrinsics_from_focal, intrinsics_from_fov,
+                        scale_intrinsics)
 from ..types import AFFINE_DISPARITY, DEPTH_KINDS, METRIC_DEPTH, RELATIVE_DEPTH, DepthPrediction
 from ..utils import atomic_path
 from .colormaps import COLORMAPS, WARM_END
@@ -47,6 +48,8 @@ OUTPUT_SUFFIXES: Dict[str, str] = {
     "uncertainty": "_uncertainty.npy",
     "seg": "_seg.png",
     "seg_ids": "_seg_ids.png",
+    "points": "_points.npz",
+    "glb": ".glb",
 }
 OUTPUT_FORMATS = tuple(OUTPUT_SUFFIXES)
 #: percentiles used by the robust colour normalisation
@@ -308,9 +311,13 @@ def segmentation_ids(seg: Any) -> np.ndarray:
 
 
 def intrinsics_for(width: int, height: int, focal: Optional[float] = None, fov: Optional[float] = None,
-                   exif_focal_px: Optional[float] = None) -> Tuple[np.ndarray, str]:
-    """Pick K: ``focal`` (px, --focal), else ``fov`` (horizontal degrees, --fov), else the
-    EXIF focal length in px, else :data:`diffdepth.geometry.DEFAULT_FOV_DEG`.
+                   exif_focal_px: Optional[float] = None, K_file: Optional[np.ndarray] = None,
+                   K_file_source: Optional[str] = None, exif_source: Optional[str] = None,
+                   K_file_size: Optional[Tuple[int, int]] = None) -> Tuple[np.ndarray, str]:
+    """Pick K (precedence of :mod:`diffdepth.io.intrinsics`): ``focal`` (px, --focal), else ``fov``
+    (horizontal degrees, --fov), else ``K_file`` (a ``NAME_K.txt`` or folder file, in pixels of an image
+    of ``K_file_size`` (width, height), rescaled to ``width x height`` when that differs), else the EXIF
+    focal length in px, else :data:`diffdepth.geometry.DEFAULT_FOV_DEG`.
     Returns (K 3x3, a one-line description of where it came from)."""
     try:
         if focal is not None:
@@ -319,9 +326,26 @@ def intrinsics_for(width: int, height: int, focal: Optional[float] = None, fov: 
             return intrinsics_from_fov(width, height, float(fov)), f"fov {float(fov):g} deg (--fov)"
     except ValueError as err:
         raise InputError(f"bad camera intrinsics: {err}") from None
+    if K_file is not None:
+        K = np.array(K_file, dtype=np.float64)
+        src = K_file_source or "K file"
+        if K_file_size is not None and tuple(K_file_size) != (width, height):
+            K = scale_intrinsics(K, width / K_file_size[0], height / K_file_size[1])
+            src += f" (rescaled from {K_file_size[0]}x{K_file_size[1]})"
+        return K, src
     if exif_focal_px is not None and math.isfinite(exif_focal_px) and exif_focal_px > 0:
-        return intrinsics_from_focal(width, height, float(exif_focal_px)), f"focal {exif_focal_px:.6g} px (exif)"
+        label = exif_source if exif_source and exif_source.startswith("exif") else "exif"
+        return intrinsics_from_focal(width, height, float(exif_focal_px)), f"focal {exif_focal_px:.6g} px ({label})"
     return intrinsics_from_fov(width, height, DEFAULT_FOV_DEG), f"fov {DEFAULT_FOV_DEG:g} deg (default)"
+
+
+def intrinsics_kind(source: str) -> str:
+    """The short name of an intrinsics source line: flag, K file, folder file, exif or default."""
+    for key, name in (("(--focal)", "flag"), ("(--fov)", "flag"), ("folder file", "folder_file"),
+                      ("K file", "k_file"), ("(exif", "exif"), ("(default)", "default")):
+        if key in source:
+            return name
+    return "given"
 
 
 def ply_depth(depth: Any, kind: str) -> Tuple[np.ndarray, List[str]]:
@@ -346,6 +370,51 @@ def ply_depth(depth: Any, kind: str) -> Tuple[np.ndarray, List[str]]:
     return d, comments
 
 
+def _cloud_depth(depth: Any, kind: Optional[str], K: Any, stride: int = 1,
+                 max_depth: Optional[float] = None) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+    """The PLY / point-cloud selection: (planar depth to back-project, pixels kept, comments)."""
+    comments: List[str] = []
+    if kind is not None:
+        d, comments = ply_depth(depth, kind)
+    else:
+        d = as_depth_2d(depth).astype(np.float64)
+    K = np.asarray(K, dtype=np.float64)
+    if K.shape != (3, 3):
+        raise InputError(f"intrinsics K must be 3x3, got shape {K.shape}")
+    keep = np.isfinite(d) & (d > 0)
+    if stride > 1:
+        grid = np.zeros_like(keep)
+        grid[::stride, ::stride] = True
+        keep &= grid
+        comments.append(f"subsampled: every {stride}th pixel in each direction")
+    if max_depth is not None:
+        keep &= d <= max_depth
+        comments.append(f"points with depth > {max_depth:g} left out")
+    return d, keep, comments
+
+
+def save_points_npz(path: PathLike, depth: Any, rgb: Any, K: np.ndarray, kind: str, k_source: str = "",
+                    stride: int = 1, max_depth: Optional[float] = None) -> Path:
+    """The PLY's points as ``.npz``: ``points`` float32 ``[N,3]`` (OpenCV camera axes, x right, y down,
+    z forward; metres for ``metric_depth``), ``colors`` uint8 ``[N,3]`` (zeros without ``rgb``),
+    ``pixels`` int32 ``[N,2]`` (row, column of each point), ``K`` float64 ``[3,3]``, and the strings
+    ``K_source``, ``kind``, ``units`` (``m`` or ``arbitrary``), ``notes`` (the PLY header comments)."""
+    d, keep, notes = _cloud_depth(depth, kind, K, stride, max_depth)
+    K = np.asarray(K, dtype=np.float64)
+    pts = depth_to_points(d, K, mask=keep)
+    rows, cols_ = np.nonzero(keep)
+    colors = (_rgb_uint8_like(rgb, d.shape)[keep] if rgb is not None
+              else np.zeros((len(pts), 3), dtype=np.uint8))
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:  # a file object: np.savez must not add a suffix
+            np.savez(f, points=pts.astype(np.float32), colors=colors.astype(np.uint8),
+                     pixels=np.stack([rows, cols_], 1).astype(np.int32), K=K, K_source=np.str_(k_source),
+                     kind=np.str_(kind), units=np.str_("m" if kind == METRIC_DEPTH else "arbitrary"),
+                     notes=np.str_("; ".join(notes)))
+    return path
+
+
 def save_ply(path: PathLike, depth: Any, rgb: Any, K: np.ndarray, comments: Sequence[str] = (),
              kind: Optional[str] = None, stride: int = 1, max_depth: Optional[float] = None) -> Path:
     """Binary little-endian PLY: ``x y z`` float32 + ``red green blue`` uchar per valid pixel.
@@ -359,23 +428,10 @@ def save_ply(path: PathLike, depth: Any, rgb: Any, K: np.ndarray, comments: Sequ
     farther than it (in the back-projected depth's units).
     """
     header_comments = ["generated by diffdepth"] + [str(c) for c in comments]
-    if kind is not None:
-        d, kc = ply_depth(depth, kind)
-        header_comments += kc
-    else:
-        d = as_depth_2d(depth).astype(np.float64)
+    d, kept, extra = _cloud_depth(depth, kind, K, stride, max_depth)
+    header_comments += extra
     K = np.asarray(K, dtype=np.float64)
-    if K.shape != (3, 3):
-        raise InputError(f"intrinsics K must be 3x3, got shape {K.shape}")
-    keep = np.isfinite(d) & (d > 0)
-    if stride > 1:
-        grid = np.zeros_like(keep)
-        grid[::stride, ::stride] = True
-        keep &= grid
-        header_comments.append(f"subsampled: every {stride}th pixel in each direction")
-    if max_depth is not None:
-        keep &= d <= max_depth
-        header_comments.append(f"points with depth > {max_depth:g} left out")
+    keep = kept
     pts = depth_to_points(d, K, mask=keep)  # [N,3], row-major order of `keep`
     fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
     if rgb is not None:
@@ -479,6 +535,11 @@ class SaveResult:
     skipped: List[Path] = field(default_factory=list)
     #: requested formats the prediction cannot provide (no uncertainty / no segmentation)
     unavailable: List[str] = field(default_factory=list)
+    #: the intrinsics the point clouds (and the image's record) use: K 3x3 and where it came from
+    K: Optional[np.ndarray] = None
+    K_source: Optional[str] = None
+    #: (min, max) of the valid values (see :func:`valid_mask`), None when no pixel is valid
+    valid_range: Optional[Tuple[float, float]] = None
 
 
 def save_outputs(out_base: PathLike, prediction: DepthPrediction, rgb: Any, formats: Union[str, Iterable[str]],
@@ -486,14 +547,19 @@ def save_outputs(out_base: PathLike, prediction: DepthPrediction, rgb: Any, form
                  exif_focal_px: Optional[float] = None, cmap: str = "Spectral",
                  near_warm: bool = True, vmin: Optional[float] = None, vmax: Optional[float] = None,
                  percentiles: Optional[Tuple[float, float]] = None, ply_stride: int = 1,
-                 ply_max_depth: Optional[float] = None) -> SaveResult:
+                 ply_max_depth: Optional[float] = None, K_file: Optional[np.ndarray] = None,
+                 K_file_source: Optional[str] = None, K_file_size: Optional[Tuple[int, int]] = None,
+                 exif_source: Optional[str] = None) -> SaveResult:
     """Write the requested outputs of one prediction next to ``out_base``:
 
     ``npy`` -> ``<base>.npy``, ``png16`` -> ``<base>_depth16.png``, ``color`` ->
     ``<base>_color.png``, ``side`` -> ``<base>_side.png``, ``ply`` -> ``<base>.ply``,
     ``uncertainty`` -> ``<base>_uncertainty.npy`` (if the prediction has one), ``seg`` ->
     ``<base>_seg.png`` (palette colours) and ``seg_ids`` -> ``<base>_seg_ids.png`` (class ids,
-    uint8, or uint16 beyond 255 classes) if ``prediction.extras["segmentation"]`` exists.
+    uint8, or uint16 beyond 255 classes) if ``prediction.extras["segmentation"]`` exists,
+    ``points`` -> ``<base>_points.npz`` (:func:`save_points_npz`), ``glb`` -> ``<base>.glb`` (the same
+    points as binary glTF, thinned to at most 250k). Intrinsics: :func:`intrinsics_for` (``focal``,
+    ``fov``, ``K_file``, ``exif_focal_px``); the result carries ``K``, ``K_source`` and ``valid_range``.
     Colour range: :func:`color_range` (``vmin``/``vmax``/``percentiles``). PLY: ``ply_stride``,
     ``ply_max_depth`` (see :func:`save_ply`).
     Existing files are kept (listed in ``skipped``) unless ``overwrite``.
@@ -503,6 +569,10 @@ def save_outputs(out_base: PathLike, prediction: DepthPrediction, rgb: Any, form
     depth = as_depth_2d(prediction.depth)
     h, w = depth.shape
     res = SaveResult()
+    res.K, res.K_source = intrinsics_for(w, h, focal, fov, exif_focal_px, K_file, K_file_source, exif_source,
+                                         K_file_size)
+    vals = depth[valid_mask(depth, kind)]
+    res.valid_range = (float(vals.min()), float(vals.max())) if vals.size else None
     rng = color_range(depth, kind, vmin, vmax, percentiles) if fmts & {"color", "side"} else None
     for fmt in OUTPUT_FORMATS:  # fixed order, so reports are stable
         if fmt not in fmts:
@@ -528,10 +598,16 @@ def save_outputs(out_base: PathLike, prediction: DepthPrediction, rgb: Any, form
                 raise InputError("the 'side' output needs the input image (rgb is None)")
             save_side_by_side(path, rgb, depth, kind, cmap, near_warm, rng)
         elif fmt == "ply":
-            K, source = intrinsics_for(w, h, focal, fov, exif_focal_px)
+            K, source = res.K, res.K_source
             k_line = f"K: fx={K[0, 0]:.6g} fy={K[1, 1]:.6g} cx={K[0, 2]:.6g} cy={K[1, 2]:.6g}"
             save_ply(path, depth, rgb, K, [f"intrinsics: {source}", k_line], kind=kind, stride=ply_stride,
                      max_depth=ply_max_depth)
+        elif fmt == "points":
+            save_points_npz(path, depth, rgb, res.K, kind, res.K_source, stride=ply_stride, max_depth=ply_max_depth)
+        elif fmt == "glb":
+            from ..demo.glb import save_glb
+
+            save_glb(path, depth, rgb if rgb is not None else np.zeros(depth.shape + (3,), np.float32), res.K, kind)
         elif fmt == "uncertainty":
             save_npy(path, as_depth_2d(prediction.uncertainty, "uncertainty"))
         elif fmt == "seg":
@@ -546,6 +622,6 @@ __all__ = [
     "PNG16_KEY", "OUTPUT_FORMATS", "color_range", "segmentation_ids", "OUTPUT_SUFFIXES", "ROBUST_PERCENTILES", "as_depth_2d", "valid_mask",
     "save_npy", "encode_png16", "save_png16", "read_png16", "depth_range", "colorize", "save_color",
     "side_by_side", "save_side_by_side", "label_palette", "colorize_segmentation", "intrinsics_for",
-    "ply_depth", "save_ply", "PlyData", "read_ply", "parse_formats", "output_path", "SaveResult",
+    "ply_depth", "save_ply", "save_points_npz", "intrinsics_kind", "PlyData", "read_ply", "parse_formats", "output_path", "SaveResult",
     "save_outputs",
 ]

@@ -13,6 +13,10 @@ Keys::
                  ``<settings id>`` or ``<settings id>:<render id>`` for outputs drawn with export
                  options (colour map, intrinsics). A file whose fingerprint differs from the
                  current run's, or that is not listed, is recomputed by a rerun.
+    records      {relative output base: record}: what each prediction is, made by
+                 :func:`image_record` (kind, quantity, scale, units, valid_range, size, intrinsics,
+                 alignment, method, checkpoint, processing_res, options, input, outputs, settings_id);
+                 read with :func:`read_record`. Written by ``predict`` and ``align``.
 
 Folders written by other tools may instead hold ``kind.txt`` (one kind name); the reader
 accepts it. A folder holding ``predictions.json`` is an output folder and is never read as
@@ -28,7 +32,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Union
 
 from ..errors import InputError
-from ..types import AFFINE_DISPARITY, DEPTH_KINDS, METRIC_DEPTH
+from ..types import AFFINE_DEPTH, AFFINE_DISPARITY, DEPTH_KINDS, METRIC_DEPTH, RELATIVE_DEPTH
 from ..utils import atomic_path
 
 PathLike = Union[str, os.PathLike]
@@ -41,6 +45,58 @@ def units_of(kind: str) -> str:
     if kind == METRIC_DEPTH:
         return "m"
     return "relative disparity" if kind == AFFINE_DISPARITY else "relative"
+
+
+#: kind -> (quantity, scale): what the values are, and up to what they are known
+KIND_PARTS = {AFFINE_DEPTH: ("depth", "affine-invariant"), AFFINE_DISPARITY: ("disparity", "affine-invariant"),
+              RELATIVE_DEPTH: ("depth", "relative"), METRIC_DEPTH: ("depth", "metric")}
+#: the keys of every per-prediction record (README: "What a prediction is")
+RECORD_KEYS = ("kind", "quantity", "scale", "units", "valid_range", "size", "intrinsics", "alignment", "method",
+               "checkpoint", "processing_res", "options", "input", "outputs", "settings_id")
+
+
+def image_record(kind: str, *, settings: Optional[dict] = None, valid_range=None, size=None, K=None,
+                 K_source: Optional[str] = None, alignment: Optional[dict] = None, processing_res=None,
+                 source: Optional[PathLike] = None, outputs: Optional[Dict[str, str]] = None,
+                 settings_id: Optional[str] = None) -> dict:
+    """The record of one prediction (one ``records`` entry of ``predictions.json``); every key of
+    :data:`RECORD_KEYS` is present (None where it does not apply)."""
+    if kind not in DEPTH_KINDS:
+        raise ValueError(f"unknown kind {kind!r}")
+    from .export import intrinsics_kind
+
+    settings = settings or {}
+    quantity, scale = KIND_PARTS[kind]
+    intr = None
+    if K is not None:
+        K = [[float(v) for v in row] for row in K]
+        intr = {"K": K, "fx": K[0][0], "fy": K[1][1], "cx": K[0][2], "cy": K[1][2], "source": K_source,
+                "from": intrinsics_kind(K_source or "")}
+    return {"kind": kind, "quantity": quantity, "scale": scale, "units": units_of(kind),
+            "valid_range": None if valid_range is None else [float(valid_range[0]), float(valid_range[1])],
+            "size": None if size is None else [int(size[0]), int(size[1])], "intrinsics": intr,
+            "alignment": alignment, "method": settings.get("method"), "checkpoint": settings.get("checkpoint"),
+            "processing_res": processing_res, "options": settings.get("options"),
+            "input": None if source is None else str(Path(source).resolve()), "outputs": dict(outputs or {}),
+            "settings_id": settings_id}
+
+
+def read_record(folder: PathLike, rel: str) -> Optional[dict]:
+    """The record of the prediction ``rel`` (output base relative to ``folder``, no suffix), else a
+    record made from the folder's own keys (older folders, ``kind.txt``), else None."""
+    data = read_sidecar(folder)
+    if data is None:
+        return None
+    rec = data.get("records", {}).get(rel)
+    if rec is not None:
+        return rec
+    if rel not in data["entries"] and data["entries"]:
+        return None
+    kind = prediction_kind(folder)
+    if kind is None:
+        return None
+    return image_record(kind, settings=data, alignment=data.get("alignment"),
+                        outputs={f: rel for f in data["entries"].get(rel, {})})
 
 
 def fingerprint(obj) -> str:
@@ -78,6 +134,7 @@ def read_sidecar(folder: PathLike) -> Optional[dict]:
         raise InputError(f"{path}: unknown kind {kind!r}; expected one of {', '.join(DEPTH_KINDS)}")
     data.setdefault("entries", {})
     data.setdefault("settings", {})
+    data.setdefault("records", {})
     return data
 
 
@@ -125,7 +182,8 @@ class OutputIndex:
         self.sid = fingerprint(settings)
         self.render = render or {}
         old = read_sidecar(self.folder) if self.folder.is_dir() else None
-        self.data = old if old is not None and old.get("format") == FORMAT else {"entries": {}, "settings": {}}
+        self.data = (old if old is not None and old.get("format") == FORMAT
+                     else {"entries": {}, "settings": {}, "records": {}})
         self._dirty = False
         self._last_flush = time.monotonic()
 
@@ -143,18 +201,35 @@ class OutputIndex:
         old = self.data.get("settings", {}).get(self.data.get("settings_id", ""))
         return old if old is not None and self.data.get("settings_id") != self.sid else None
 
-    def record(self, rel: str, formats: Iterable[str], kind: str) -> None:
+    def record(self, rel: str, formats: Iterable[str], kind: str, info: Optional[dict] = None) -> None:
+        """Note that ``rel``'s ``formats`` were written now; ``info``: its :func:`image_record`
+        (``outputs`` and ``settings_id`` are filled in here)."""
+        formats = list(formats)
         entry = self.data["entries"].setdefault(rel, {})
         for f in formats:
             entry[f] = self.file_id(f)
-        self.new[rel] = {"files": {f: self.file_id(f) for f in formats}, "kind": kind}
+        self.new[rel] = {"files": {f: self.file_id(f) for f in formats}, "kind": kind, "record": info}
+        self._put_record(rel, info)
         self._take(kind)
+
+    def _put_record(self, rel: str, info: Optional[dict]) -> None:
+        if info is None:
+            return
+        info = dict(info)
+        old = self.data["records"].get(rel) or {}
+        outputs = dict(old.get("outputs") or {}) if old.get("settings_id") == self.sid else {}
+        outputs.update(info.get("outputs") or {})
+        entry = self.data["entries"].get(rel, {})
+        info["outputs"] = {f: outputs[f] for f in sorted(outputs) if f in entry}
+        info["settings_id"] = self.sid
+        self.data["records"][rel] = info
 
     def merge(self, records: Iterable[Dict[str, dict]]) -> None:
         """Add what other processes recorded (their :attr:`new`)."""
         for new in records:
             for rel, rec in new.items():
                 self.data["entries"].setdefault(rel, {}).update(rec["files"])
+                self._put_record(rel, rec.get("record"))
                 self._take(rec["kind"])
 
     def _take(self, kind: str) -> None:
