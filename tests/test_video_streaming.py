@@ -40,7 +40,8 @@ def test_streamed_outputs_equal_the_all_in_memory_ones(tmp_path):
     clip = _clip(tmp_path / "clip.mp4", 6, 32, 48)
     out = tmp_path / "out"
     assert _predict(clip, _ckpt(tmp_path), out, 2) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["clip.npz", "clip_depth.mp4", "clip_side.mp4", "predictions.json"]  # no spool
+    names = sorted(p.name for p in out.iterdir())  # no hidden spool left
+    assert names == ["clip.npz", "clip_depth.mp4", "clip_side.mp4", "predictions.json"]
     # what predict did before streaming: every frame's depth in a list, one range over all their values
     frames = list(iter_video_frames(clip))
     pipe = DepthPipeline(_toy_methods.MeanDepth(offset=1.0), processing_res=0)
@@ -61,7 +62,8 @@ def test_streamed_outputs_equal_the_all_in_memory_ones(tmp_path):
             vw.write(side_by_side(np.round(f * 255).astype(np.uint8), d, "affine_invariant_depth", "Spectral", True,
                                   value_range=rng))
     for name in ("depth", "side"):
-        got, want = list(iter_video_frames(out / f"clip_{name}.mp4")), list(iter_video_frames(tmp_path / f"ref_{name}.mp4"))
+        got = list(iter_video_frames(out / f"clip_{name}.mp4"))
+        want = list(iter_video_frames(tmp_path / f"ref_{name}.mp4"))
         assert len(got) == len(want) == 6
         assert all(np.array_equal(a, b) for a, b in zip(got, want))
 
