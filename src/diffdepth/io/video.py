@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence as _SequenceABC
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence, Tuple, Union
@@ -302,7 +303,7 @@ def video_depth_range(depths: Sequence[Any], kind: str, robust: bool = True,
     (or ``percentiles``, or min/max) of the valid values of every frame, on an evenly strided
     (deterministic, not random) subsample of each frame: about ``max_samples``
     (default :data:`RANGE_SAMPLES`) values in all, at most twice that, whatever the clip's length.
-    Frames are read one at a time, so ``depths`` may be a memory map of a long clip."""
+    Frames are read one at a time, so ``depths`` may be a :class:`SpooledFrames` of a long clip."""
     from .export import as_depth_2d, valid_mask
 
     check_kind(kind)
@@ -328,7 +329,7 @@ def save_depth_video(path: PathLike, depths: Sequence[Any], kind: str, fps: floa
     """Write a colourised depth video (side by side with ``rgb_frames`` when given).
 
     All frames share one colour range: ``value_range`` or :func:`video_depth_range`. Frames
-    are read one at a time (``depths`` may be a memory map); ``rgb_frames`` may be any
+    are read one at a time (``depths`` may be :class:`SpooledFrames`); ``rgb_frames`` may be any
     iterable (e.g. the video decoded again), consumed in step with ``depths``."""
     from .export import colorize, side_by_side
 
@@ -359,7 +360,7 @@ def _frame_2d(d: Any) -> np.ndarray:
 def save_npz_frames(path: PathLike, depths: Union[Sequence[Any], np.ndarray], kind: str, fps: float) -> Path:
     """Write per-frame depth of a video as ``.npz``: ``depth`` float32 ``[N,H,W]``, ``kind``
     (string), ``fps`` (float) -- what ``np.savez_compressed`` writes, but the ``depth`` member
-    is streamed frame by frame (``depths`` may be a memory map of a long clip; no ``[N,H,W]``
+    is streamed frame by frame (``depths`` may be :class:`SpooledFrames` of a long clip; no ``[N,H,W]``
     copy is made in memory). Written atomically: a temporary file renamed onto ``path``."""
     import zipfile
 
@@ -390,10 +391,33 @@ def save_npz_frames(path: PathLike, depths: Union[Sequence[Any], np.ndarray], ki
     return path
 
 
+class SpooledFrames(_SequenceABC):
+    """Read-only ``[N,H,W]`` float32 frames of a :class:`DepthSpool`, each read from the file when
+    indexed (one ``np.fromfile`` per frame): unlike a memory map, pages read back do not stay
+    mapped into the process, so its resident memory stays flat over a long clip."""
+
+    def __init__(self, path: Path, count: int, shape: Tuple[int, int]):
+        self.path, self.count, self.shape = path, count, tuple(shape)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not isinstance(i, (int, np.integer)):
+            raise TypeError("spooled frames are read one at a time, by integer index")
+        i = int(i) + (self.count if i < 0 else 0)
+        if not 0 <= i < self.count:
+            raise IndexError(f"frame {i} of {self.count}")
+        size = self.shape[0] * self.shape[1]
+        with open(self.path, "rb") as f:
+            f.seek(i * size * 4)
+            return np.fromfile(f, dtype="<f4", count=size).reshape(self.shape)
+
+
 class DepthSpool:
     """Depth frames of a clip streamed to a temporary raw float32 file next to ``near`` (hidden
-    name, removed on :meth:`close` and on error), then read back as an ``[N,H,W]`` memory map:
-    memory stays flat however long the clip. Use as a context manager."""
+    name, removed on :meth:`close` and on error), then read back one at a time
+    (:class:`SpooledFrames`): memory stays flat however long the clip. A context manager."""
 
     def __init__(self, near: PathLike):
         import tempfile
@@ -405,7 +429,6 @@ class DepthSpool:
         self._file = os.fdopen(fd, "wb")
         self.shape: Optional[Tuple[int, int]] = None
         self.count = 0
-        self._map = None
 
     def append(self, depth: Any) -> None:
         f = _frame_2d(depth)
@@ -415,15 +438,12 @@ class DepthSpool:
         self._file.write(np.ascontiguousarray(f, dtype="<f4").tobytes())
         self.count += 1
 
-    def frames(self) -> np.ndarray:
-        """The frames so far as a read-only ``[N,H,W]`` float32 memory map (``N`` >= 1)."""
+    def frames(self) -> SpooledFrames:
+        """The frames written so far, as a sequence read from the file frame by frame."""
         self._file.flush()
-        if self._map is None or len(self._map) != self.count:
-            self._map = np.memmap(self.path, dtype="<f4", mode="r", shape=(self.count,) + tuple(self.shape))
-        return self._map
+        return SpooledFrames(self.path, self.count, self.shape or (0, 0))
 
     def close(self) -> None:
-        self._map = None
         if not self._file.closed:
             self._file.close()
         if self.path.exists():
