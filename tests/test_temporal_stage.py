@@ -101,3 +101,33 @@ def test_cli_predict_video_with_temporal_align(tmp_path):
     np.testing.assert_allclose(runs["align"], runs["align"][:1].repeat(5, 0), atol=0.02)
     assert cli.main(["predict", str(clip), "--method", "test-mean", "--checkpoint", str(ckpt), "--out",
                      str(tmp_path / "bad"), "--temporal-window", "0"]) == 2
+
+
+def test_align_plus_latent_is_the_alignment_of_marigolds_latent_blended_frames():
+    from diffdepth.methods.marigold import MarigoldDepth
+
+    model = MarigoldDepth.make_tiny(seed=0).eval()
+    calls = []
+    hook = model.video_step
+
+    def spy(images, state=None, **options):
+        calls.append(state is None)
+        return hook(images, state, **options)
+
+    model.video_step = spy
+    g = torch.Generator().manual_seed(3)
+    frames = [(torch.rand(32, 32, 3, generator=g).numpy() * (0.4 + 0.15 * k)).astype(np.float32) for k in range(4)]
+    out = {}
+    for mode in ("latent", "align", "align+latent"):
+        calls.clear()
+        pipe = DepthPipeline(model, processing_res=32, seed=0)
+        out[mode] = [np.asarray(p.depth, np.float32) for p in pipe.video(iter(frames), temporal=mode,
+                                                                        temporal_window=2)]
+        # the hook runs on every frame, with the state carried from the first one on, only with latent blending
+        assert calls == ([True, False, False, False] if mode.endswith("latent") else [])
+    aligner = TemporalAligner(window=2)
+    expect = [aligner(DepthPrediction(d, "affine_invariant_depth")).depth for d in out["latent"]]
+    for k in range(4):  # align+latent = the alignment stage applied to the latent-blended frames
+        np.testing.assert_allclose(out["align+latent"][k], expect[k], atol=1e-5)
+    for other in ("latent", "align"):
+        assert max(np.abs(a - b).max() for a, b in zip(out["align+latent"], out[other])) > 1e-3

@@ -616,43 +616,48 @@ def _predict_video(pipe, job: Job, out_root: Path, args, formats=("mp4", "npz"))
     """Frames in order through the method's temporal hook -> colourised mp4 + per-frame .npz
     (+ ``NAME_side.mp4``, RGB beside depth, with ``side``); returns the kind and the frame count.
 
-    The colour range is shared by all frames (no flicker), so frames are coloured at the end.
+    Memory stays flat with the clip's length: each frame's depth is streamed to a temporary
+    float32 file next to the outputs (:class:`~diffdepth.io.video.DepthSpool`). The colour
+    range is shared by all frames (no flicker), so a second pass reads the depth back one frame
+    at a time to write the videos and the .npz; ``side`` decodes the video again for the RGB.
     """
-    import numpy as np
     from tqdm import tqdm
 
-    from ..io.video import (iter_video_frames, save_depth_video, save_npz_frames, select_frames, selected_count,
-                            video_depth_range, video_info)
+    from ..io.video import (DepthSpool, iter_video_frames, save_depth_video, save_npz_frames, select_frames,
+                            selected_count, video_depth_range, video_info)
 
     fps, n, _, _ = video_info(job.source)
     pick = dict(start=args.start_frame, end=args.end_frame, stride=args.frame_stride, max_frames=args.max_frames)
     n = selected_count(n, **pick)
     fps = fps / args.frame_stride
     base = out_root / job.rel
-    depths, kind, rgbs = [], None, [] if "side" in formats else None
+    kind = None
+    with DepthSpool(base) as spool:
+        stream = pipe.video(select_frames(iter_video_frames(job.source), **pick), temporal=args.temporal,
+                            temporal_window=args.temporal_window)
+        for pred in tqdm(stream, total=n, unit="frame",
+                         desc=job.source.name, disable=None, file=sys.stderr):
+            kind = pred.kind
+            spool.append(pred.depth)
+        if not spool.count:
+            raise InputError(f"{job.source}: no frames (the video is empty or --start-frame is past its end)")
+        depths = spool.frames()
+        rng = None
+        if args.vmin is not None or args.vmax is not None or args.percentiles is not None:
+            auto = video_depth_range(depths, kind, percentiles=args.percentiles)
+            rng = (args.vmin if args.vmin is not None else auto[0], args.vmax if args.vmax is not None else auto[1])
+        elif "mp4" in formats or "side" in formats:
+            rng = video_depth_range(depths, kind)  # once for both videos
+        if "mp4" in formats:
+            save_depth_video(base.with_name(base.name + "_depth.mp4"), depths, kind, fps, cmap=args.cmap,
+                             value_range=rng)
+        if "side" in formats:
+            import numpy as np
 
-    def frames():
-        for frame in select_frames(iter_video_frames(job.source), **pick):
-            if rgbs is not None:
-                rgbs.append(np.round(frame * 255).astype(np.uint8))
-            yield frame
-
-    stream = pipe.video(frames(), temporal=args.temporal, temporal_window=args.temporal_window)
-    for pred in tqdm(stream, total=n, unit="frame",
-                     desc=job.source.name, disable=None, file=sys.stderr):
-        kind = pred.kind
-        depths.append(pred.depth)
-    if not depths:
-        raise InputError(f"{job.source}: no frames (the video is empty or --start-frame is past its end)")
-    rng = None
-    if args.vmin is not None or args.vmax is not None or args.percentiles is not None:
-        auto = video_depth_range(depths, kind, percentiles=args.percentiles)
-        rng = (args.vmin if args.vmin is not None else auto[0], args.vmax if args.vmax is not None else auto[1])
-    if "mp4" in formats:
-        save_depth_video(base.with_name(base.name + "_depth.mp4"), depths, kind, fps, cmap=args.cmap, value_range=rng)
-    if "side" in formats:
-        save_depth_video(base.with_name(base.name + "_side.mp4"), depths, kind, fps, cmap=args.cmap, rgb_frames=rgbs,
-                         value_range=rng)
-    if "npz" in formats:
-        save_npz_frames(base.with_name(base.name + ".npz"), np.stack(depths), kind, fps)
-    return kind, len(depths)
+            rgbs = (np.round(f * 255).astype(np.uint8)
+                    for f in select_frames(iter_video_frames(job.source), **pick))
+            save_depth_video(base.with_name(base.name + "_side.mp4"), depths, kind, fps, cmap=args.cmap,
+                             rgb_frames=rgbs, value_range=rng)
+        if "npz" in formats:
+            save_npz_frames(base.with_name(base.name + ".npz"), depths, kind, fps)
+        return kind, spool.count

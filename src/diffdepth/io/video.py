@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence as _SequenceABC
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence, Tuple, Union
@@ -291,21 +292,28 @@ class VideoWriter:
             pass  # the atomic context re-raises `exc`; our caller raises it
 
 
+#: at most this many depth values (summed over the frames) feed a video's shared colour range
+RANGE_SAMPLES = 1_000_000
+
+
 def video_depth_range(depths: Sequence[Any], kind: str, robust: bool = True,
-                      max_samples: int = 1_000_000, percentiles: Optional[Tuple[float, float]] = None
+                      max_samples: Optional[int] = None, percentiles: Optional[Tuple[float, float]] = None
                       ) -> Tuple[float, float]:
     """One colour range for all frames (so colours do not flicker): 2nd/98th percentiles
     (or ``percentiles``, or min/max) of the valid values of every frame, on an evenly strided
-    subsample of at most ``max_samples`` values."""
+    (deterministic, not random) subsample of each frame: about ``max_samples``
+    (default :data:`RANGE_SAMPLES`) values in all, at most twice that, whatever the clip's length.
+    Frames are read one at a time, so ``depths`` may be a :class:`SpooledFrames` of a long clip."""
     from .export import as_depth_2d, valid_mask
 
     check_kind(kind)
+    max_samples = RANGE_SAMPLES if max_samples is None else max_samples
     per = max(1, max_samples // max(1, len(depths)))
     vals = []
     for d in depths:
         a = as_depth_2d(d)
         v = a[valid_mask(a, kind)]
-        vals.append(v[:: max(1, v.size // per)])
+        vals.append(v[:: max(1, v.size // per)].copy())  # a copy: a strided view would keep the whole frame
     v = np.concatenate(vals).astype(np.float64) if vals else np.zeros(0)
     if v.size == 0:
         return float("nan"), float("nan")
@@ -317,45 +325,136 @@ def video_depth_range(depths: Sequence[Any], kind: str, robust: bool = True,
 
 def save_depth_video(path: PathLike, depths: Sequence[Any], kind: str, fps: float, cmap: str = "Spectral",
                      near_warm: bool = True, value_range: Optional[Tuple[float, float]] = None,
-                     rgb_frames: Optional[Sequence[Any]] = None) -> Path:
+                     rgb_frames: Optional[Iterable[Any]] = None) -> Path:
     """Write a colourised depth video (side by side with ``rgb_frames`` when given).
 
-    All frames share one colour range: ``value_range`` or :func:`video_depth_range`."""
+    All frames share one colour range: ``value_range`` or :func:`video_depth_range`. Frames
+    are read one at a time (``depths`` may be :class:`SpooledFrames`); ``rgb_frames`` may be any
+    iterable (e.g. the video decoded again), consumed in step with ``depths``."""
     from .export import colorize, side_by_side
 
     if len(depths) == 0:
         raise InputError(f"no depth frames to write to {path}")
-    if rgb_frames is not None and len(rgb_frames) != len(depths):
+    if rgb_frames is not None and hasattr(rgb_frames, "__len__") and len(rgb_frames) != len(depths):
         raise InputError(f"{len(rgb_frames)} RGB frames but {len(depths)} depth frames for {path}")
     rng = value_range if value_range is not None else video_depth_range(depths, kind)
+    rgb_iter = iter(rgb_frames) if rgb_frames is not None else None
     with VideoWriter(path, fps=fps) as vw:
-        for i, d in enumerate(depths):
-            if rgb_frames is None:
+        for i in range(len(depths)):
+            d = depths[i]
+            if rgb_iter is None:
                 vw.write(colorize(d, kind, cmap, near_warm, value_range=rng))
-            else:
-                vw.write(side_by_side(rgb_frames[i], d, kind, cmap, near_warm, value_range=rng))
+                continue
+            rgb = next(rgb_iter, None)
+            if rgb is None:
+                raise InputError(f"{i} RGB frames but {len(depths)} depth frames for {path}")
+            vw.write(side_by_side(rgb, d, kind, cmap, near_warm, value_range=rng))
     return Path(path)
+
+
+def _frame_2d(d: Any) -> np.ndarray:
+    f = np.asarray(d.detach().float().cpu().numpy() if hasattr(d, "detach") else d, dtype=np.float32)
+    return f.reshape(f.shape[-2:]) if f.ndim > 2 and np.prod(f.shape[:-2]) == 1 else f
 
 
 def save_npz_frames(path: PathLike, depths: Union[Sequence[Any], np.ndarray], kind: str, fps: float) -> Path:
     """Write per-frame depth of a video as ``.npz``: ``depth`` float32 ``[N,H,W]``, ``kind``
-    (string), ``fps`` (float). Written atomically through a file object, so ``np.savez``
-    never renames the temporary file by appending ``.npz``."""
+    (string), ``fps`` (float) -- what ``np.savez_compressed`` writes, but the ``depth`` member
+    is streamed frame by frame (``depths`` may be :class:`SpooledFrames` of a long clip; no ``[N,H,W]``
+    copy is made in memory). Written atomically: a temporary file renamed onto ``path``."""
+    import zipfile
+
     check_kind(kind)
-    frames = [np.asarray(d.detach().float().cpu().numpy() if hasattr(d, "detach") else d, dtype=np.float32)
-              for d in depths]
-    frames = [f.reshape(f.shape[-2:]) if f.ndim > 2 and np.prod(f.shape[:-2]) == 1 else f for f in frames]
-    if not frames:
+    n = len(depths)
+    if n == 0:
         raise InputError(f"no depth frames to write to {path}")
-    shapes = {f.shape for f in frames}
-    if len(shapes) != 1 or frames[0].ndim != 2:
-        raise InputError(f"depth frames for {path} must all be [H,W] of one size, got {sorted(shapes)}")
-    stack = np.stack(frames, 0)  # [N,H,W]
+    shape = _frame_2d(depths[0]).shape
+    if len(shape) != 2:
+        raise InputError(f"depth frames for {path} must all be [H,W] of one size, got {[shape]}")
     path = Path(path)
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, depth=stack, kind=np.array(kind), fps=np.array(float(fps)))
+        # the zip layout of np.savez_compressed: deflated members, zip64 forced, one .npy each
+        with zipfile.ZipFile(tmp, mode="w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+            with zf.open("depth.npy", "w", force_zip64=True) as fid:
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
+                          "shape": (n,) + tuple(shape)}
+                np.lib.format.write_array_header_1_0(fid, header)
+                for i in range(n):
+                    f = _frame_2d(depths[i])
+                    if f.shape != shape:
+                        raise InputError(f"depth frames for {path} must all be [H,W] of one size, "
+                                         f"got {[shape, f.shape]}")
+                    fid.write(np.ascontiguousarray(f, dtype="<f4").tobytes())
+            for key, val in (("kind", np.array(kind)), ("fps", np.array(float(fps)))):
+                with zf.open(key + ".npy", "w", force_zip64=True) as fid:
+                    np.lib.format.write_array(fid, val, allow_pickle=False)
     return path
+
+
+class SpooledFrames(_SequenceABC):
+    """Read-only ``[N,H,W]`` float32 frames of a :class:`DepthSpool`, each read from the file when
+    indexed (one ``np.fromfile`` per frame): unlike a memory map, pages read back do not stay
+    mapped into the process, so its resident memory stays flat over a long clip."""
+
+    def __init__(self, path: Path, count: int, shape: Tuple[int, int]):
+        self.path, self.count, self.shape = path, count, tuple(shape)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not isinstance(i, (int, np.integer)):
+            raise TypeError("spooled frames are read one at a time, by integer index")
+        i = int(i) + (self.count if i < 0 else 0)
+        if not 0 <= i < self.count:
+            raise IndexError(f"frame {i} of {self.count}")
+        size = self.shape[0] * self.shape[1]
+        with open(self.path, "rb") as f:
+            f.seek(i * size * 4)
+            return np.fromfile(f, dtype="<f4", count=size).reshape(self.shape)
+
+
+class DepthSpool:
+    """Depth frames of a clip streamed to a temporary raw float32 file next to ``near`` (hidden
+    name, removed on :meth:`close` and on error), then read back one at a time
+    (:class:`SpooledFrames`): memory stays flat however long the clip. A context manager."""
+
+    def __init__(self, near: PathLike):
+        import tempfile
+
+        near = Path(near)
+        near.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{near.name}.", suffix=".depth.f32", dir=near.parent)
+        self.path = Path(name)
+        self._file = os.fdopen(fd, "wb")
+        self.shape: Optional[Tuple[int, int]] = None
+        self.count = 0
+
+    def append(self, depth: Any) -> None:
+        f = _frame_2d(depth)
+        if f.ndim != 2 or (self.shape is not None and f.shape != self.shape):
+            raise InputError(f"depth frame {self.count} is {f.shape}, expected one [H,W] size {self.shape}")
+        self.shape = f.shape
+        self._file.write(np.ascontiguousarray(f, dtype="<f4").tobytes())
+        self.count += 1
+
+    def frames(self) -> SpooledFrames:
+        """The frames written so far, as a sequence read from the file frame by frame."""
+        self._file.flush()
+        return SpooledFrames(self.path, self.count, self.shape or (0, 0))
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        if self.path.exists():
+            self.path.unlink()
+
+    def __enter__(self) -> "DepthSpool":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
 
 
 def load_npz_frames(path: PathLike) -> Tuple[np.ndarray, str, float]:
