@@ -145,8 +145,7 @@ def regional_attention(q: torch.Tensor, k: torch.Tensor, height: int, width: int
     """Key-pooled softmax attention without the ``N x N`` matrix: ``[B, H, N, R*R]``
     (``pool``: ``exact`` regional mean or the ``official`` PrimeDepth pooling)."""
     w = pool_weights(pool, height, width, regions, dtype=q.dtype, device=q.device)  # [N, R*R]
-    w = w.expand(q.shape[0], q.shape[1], *w.shape)  # a view: no copy per batch/head
-    return F.scaled_dot_product_attention(q, k, w, scale=scale)
+    return over_query_chunks(_regional_rows, q, k, w, scale)
 
 
 def token_attention(q: torch.Tensor, k: torch.Tensor, scale: Optional[float] = None) -> torch.Tensor:
@@ -175,6 +174,7 @@ def over_query_chunks(fn, q: torch.Tensor, k: torch.Tensor, *args, budget: Optio
 
 
 def _regional_rows(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, scale: Optional[float]) -> torch.Tensor:
+    # the expand is a view: no copy of the [N, R*R] values per batch/head
     return F.scaled_dot_product_attention(q, k, w.expand(q.shape[0], q.shape[1], *w.shape), scale=scale)
 
 
@@ -182,6 +182,51 @@ def _to_map(probs: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """``[B, H, N, C]`` -> ``[B, H*C, h, w]`` (head-major channels)."""
     b, heads, n, c = probs.shape
     return probs.permute(0, 1, 3, 2).reshape(b, heads * c, height, width)
+
+
+def attention_inputs(attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                     temb: Optional[torch.Tensor] = None):
+    """What a diffusers attention processor does before the attention itself: spatial and group
+    norm, the projections and the head split.
+
+    Returns ``q [B,H,N,d]``, ``k``/``v [B,H,M,d]``, the context ``[B,M,C]``, the residual and the
+    input's ``(B, C, H, W)`` shape (``None`` for token inputs), for :func:`attention_output`.
+    """
+    residual = hidden_states
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    shape = tuple(hidden_states.shape) if hidden_states.ndim == 4 else None
+    if shape is not None:
+        hidden_states = hidden_states.flatten(2).transpose(1, 2)  # [B,N,C]
+    batch = hidden_states.shape[0]
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+    if encoder_hidden_states is not None and attn.norm_cross:
+        context = attn.norm_encoder_hidden_states(context)
+    heads = attn.heads
+    q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+    d = k.shape[-1] // heads
+    q = q.view(batch, -1, heads, d).transpose(1, 2)  # [B,H,N,d]
+    k = k.view(batch, -1, heads, d).transpose(1, 2)  # [B,H,M,d]
+    v = v.view(batch, -1, heads, d).transpose(1, 2)
+    if attn.norm_q is not None:
+        q = attn.norm_q(q)
+    if attn.norm_k is not None:
+        k = attn.norm_k(k)
+    return q, k, v, context, residual, shape
+
+
+def attention_output(attn, out: torch.Tensor, residual: torch.Tensor, shape: Optional[tuple]) -> torch.Tensor:
+    """What a diffusers attention processor does after the attention: ``out [B,H,N,d]`` -> heads
+    merged, output projection, back to the input's layout, residual, rescale."""
+    b, heads, n, d = out.shape
+    out = attn.to_out[1](attn.to_out[0](out.transpose(1, 2).reshape(b, n, heads * d)))  # [B,N,C]
+    if shape is not None:
+        out = out.transpose(-1, -2).reshape(shape)
+    if attn.residual_connection:
+        out = out + residual
+    return out / attn.rescale_output_factor
 
 
 class TapAttnProcessor:
@@ -202,59 +247,26 @@ class TapAttnProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  *args, **kwargs):
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        spatial = hidden_states.ndim == 4
-        if spatial:
-            b, c, h, w = hidden_states.shape
-            hidden_states = hidden_states.flatten(2).transpose(1, 2)
-            self.hw = (h, w)
-        batch, _, _ = hidden_states.shape
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        if encoder_hidden_states is not None and attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(context)
+        q, k, v, context, residual, shape = attention_inputs(attn, hidden_states, encoder_hidden_states, temb)
+        if shape is not None:
+            self.hw = shape[2:]
         if attention_mask is not None:
+            batch = q.shape[0]
             attention_mask = attn.prepare_attention_mask(attention_mask, context.shape[1], batch)
             attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
-
-        heads = attn.heads
-        q = attn.to_q(hidden_states)
-        k = attn.to_k(context)
-        v = attn.to_v(context)
-        head_dim = k.shape[-1] // heads
-        q = q.view(batch, -1, heads, head_dim).transpose(1, 2)  # [B,H,N,d]
-        k = k.view(batch, -1, heads, head_dim).transpose(1, 2)  # [B,H,M,d]
-        v = v.view(batch, -1, heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
         scale = getattr(attn, "scale", None)
-
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=scale)
-        out = out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(q.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
+        out = attention_output(attn, out.to(q.dtype), residual, shape)
 
         if self.hw is not None:
             h, w = self.hw
             if self.mode == "self":
-                if self.reference:
-                    probs = regional_attention_naive(q, k, h, w, self.regions, scale=scale, pool=self.pool)
-                else:
-                    weights = pool_weights(self.pool, h, w, self.regions, dtype=q.dtype, device=q.device)  # [N, R*R]
-                    probs = over_query_chunks(_regional_rows, q, k, weights, scale)
+                fn = regional_attention_naive if self.reference else regional_attention
+                probs = fn(q, k, h, w, self.regions, scale=scale, pool=self.pool)
             else:
                 probs = over_query_chunks(token_attention, q, k, scale=scale)
             self.sink[self.name] = _to_map(probs, h, w)
-
-        if spatial:
-            out = out.transpose(-1, -2).reshape(b, c, h, w)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        return out
 
 
 class _Stop(Exception):

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbone.taps import attention_inputs, attention_output
+
 
 # ----------------------------------------------------------------------------------------- pooling
 def official_self_pool(probs: torch.Tensor, height: int, width: int, regions: int = 8) -> torch.Tensor:
@@ -88,29 +90,8 @@ class MaterializedAttention:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  *args, **kwargs):
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        spatial = hidden_states.ndim == 4
-        if spatial:
-            b, c, h, w = hidden_states.shape
-            hidden_states = hidden_states.flatten(2).transpose(1, 2)  # [B,N,C]
-        batch = hidden_states.shape[0]
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        if encoder_hidden_states is not None and attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(context)
-        heads = attn.heads
-        q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
-        d = k.shape[-1] // heads
-        q = q.view(batch, -1, heads, d).transpose(1, 2)  # [B,H,N,d]
-        k = k.view(batch, -1, heads, d).transpose(1, 2)  # [B,H,M,d]
-        v = v.view(batch, -1, heads, d).transpose(1, 2)
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
+        q, k, v, context, residual, shape = attention_inputs(attn, hidden_states, encoder_hidden_states, temb)
+        batch, heads, _, d = q.shape
         scale = getattr(attn, "scale", None) or 1.0 / math.sqrt(d)
         sim = (q.float() @ k.float().transpose(-1, -2)) * scale  # [B,H,N,M] float32
         del q, k
@@ -118,7 +99,7 @@ class MaterializedAttention:
             mask = attn.prepare_attention_mask(attention_mask, context.shape[1], batch)
             sim = sim + mask.view(batch, heads, -1, mask.shape[-1]).float()
         sim = sim.softmax(dim=-1)
-        out = (sim.to(v.dtype) @ v).transpose(1, 2).reshape(batch, -1, heads * d)  # [B,N,C]
+        out = sim.to(v.dtype) @ v  # [B,H,N,d]
         if self.sink is not None and self.hw is not None:
             hh, ww = self.hw
             if self.mode == "self":
@@ -126,12 +107,7 @@ class MaterializedAttention:
             else:
                 self.sink[self.name] = _queries_to_map(sim, hh, ww)
         del sim
-        out = attn.to_out[1](attn.to_out[0](out))
-        if spatial:
-            out = out.transpose(-1, -2).reshape(b, c, h, w)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        return attention_output(attn, out, residual, shape)
 
 
 def _attention_modules(root: nn.Module):
