@@ -36,6 +36,16 @@ class MeanDepth(DepthModel):
         return cls(**kw)
 
 
+def solid_image(path, w=32, h=32, value=128):
+    """Write a ``w x h`` RGB PNG of one grey ``value`` at ``path`` (parents created); returns ``path``."""
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((h, w, 3), value, np.uint8)).save(path)
+    return path
+
+
 def register():
     from diffdepth.registry import MethodInfo, register as reg
 

@@ -29,3 +29,15 @@ def tiny_sd_dir(tmp_path_factory, tiny_sd):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def toy_ckpt(tmp_path):
+    """A saved ``test-mean`` checkpoint (depth = offset + mean RGB, offset 1)."""
+    import _toy_methods
+
+    _toy_methods.register()
+    path = tmp_path / "ckpt"
+    _toy_methods.MeanDepth(offset=1.0).save_pretrained(path)
+    return path
+

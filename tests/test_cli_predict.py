@@ -3,7 +3,6 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from diffdepth.cli import main
 
@@ -12,17 +11,7 @@ import _toy_methods
 _toy_methods.register()
 
 
-@pytest.fixture
-def toy_ckpt(tmp_path):
-    path = tmp_path / "ckpt"
-    _toy_methods.MeanDepth(offset=1.0).save_pretrained(path)
-    return path
-
-
-def _img(path, w=32, h=32, value=128):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((h, w, 3), value, np.uint8)).save(path)
-    return path
+_img = _toy_methods.solid_image
 
 
 def test_predict_mirrors_folders_and_writes_every_format(tmp_path, toy_ckpt, capsys):

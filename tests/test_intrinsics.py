@@ -22,13 +22,6 @@ VALUE = 128
 DEPTH = 1.0 + VALUE / 255.0  # what the toy method predicts for a uniform image of VALUE
 
 
-@pytest.fixture
-def toy_ckpt(tmp_path):
-    path = tmp_path / "ckpt"
-    _toy_methods.MeanDepth(offset=1.0).save_pretrained(path)
-    return path
-
-
 def _jpeg(path, w=48, h=32, exif_tags=None, ramp=False):
     path.parent.mkdir(parents=True, exist_ok=True)
     exif = Image.Exif()

@@ -17,17 +17,7 @@ import _toy_methods
 _toy_methods.register()
 
 
-@pytest.fixture
-def toy_ckpt(tmp_path):
-    path = tmp_path / "ckpt"
-    _toy_methods.MeanDepth(offset=1.0).save_pretrained(path)
-    return path
-
-
-def _img(path, w=32, h=32, value=128):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((h, w, 3), value, np.uint8)).save(path)
-    return path
+_img = _toy_methods.solid_image
 
 
 def _toy(ckpt, out, *extra):
