@@ -74,11 +74,26 @@ def _upload_and_run(driver, path: Path):
     clear = box.find_elements(By.CSS_SELECTOR, "button[aria-label='Clear']")
     if clear:
         clear[0].click()
+    _upload(box, path)
+    driver.find_element(By.ID, "run-image").click()
+
+
+def _upload(box, path: Path):
+    """Send ``path`` to the file input inside ``box``; returns once the component lists the file."""
+    from selenium.webdriver.common.by import By
+
     box.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(path))
-    # the file is uploaded when its name is listed in the component
     _wait(lambda: box.find_elements(By.CSS_SELECTOR, f"td.filename[aria-label='{path.name}']"),
           f"upload of {path.name} never showed")
-    driver.find_element(By.ID, "run-image").click()
+
+
+def _open_tab(driver, tab: str, box_id: str):
+    """Click the tab named ``tab``; returns its input component ``box_id`` once it is displayed."""
+    from selenium.webdriver.common.by import By
+
+    [t for t in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]") if t.text.strip() == tab][0].click()
+    return _wait(lambda: (lambda b: b if b.is_displayed() else None)(driver.find_element(By.ID, box_id)),
+                 f"the {tab} tab did not open")
 
 
 def _paste_and_run(driver, url: str, path: Path):
@@ -219,11 +234,7 @@ def test_demo_in_browser(served, tmp_path):
         with VideoWriter(clip, fps=5) as vw:
             for i in range(3):
                 vw.write(np.roll(img, 7 * i, axis=1))
-        [t for t in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]") if t.text.strip() == "Video"][0].click()
-        box = _wait(lambda: (lambda b: b if b.is_displayed() else None)(driver.find_element(By.ID, "video-input")),
-                    "the video tab did not open")
-        box.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(clip))
-        _wait(lambda: box.find_elements(By.CSS_SELECTOR, "td.filename[aria-label='clip.mp4']"), "video upload never showed")
+        _upload(_open_tab(driver, "Video", "video-input"), clip)
         driver.find_element(By.ID, "run-video").click()
         npz = _wait(lambda: [a.get_attribute("href") for a in driver.find_elements(By.CSS_SELECTOR, "#video-downloads a")
                              if (a.get_attribute("href") or "").endswith(".npz")], "no .npz download for the video")
@@ -232,11 +243,7 @@ def test_demo_in_browser(served, tmp_path):
         assert _status(driver, "video-status", "frames") == "3 frames."
 
         # 5. the compare tab: two models (here the same one twice) on one image
-        [t for t in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]") if t.text.strip() == "Compare"][0].click()
-        box = _wait(lambda: (lambda b: b if b.is_displayed() else None)(driver.find_element(By.ID, "compare-input")),
-                    "the compare tab did not open")
-        box.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(good))
-        _wait(lambda: box.find_elements(By.CSS_SELECTOR, "td.filename[aria-label='room.png']"), "compare upload never showed")
+        _upload(_open_tab(driver, "Compare", "compare-input"), good)
         driver.find_element(By.ID, "run-compare").click()
         assert _status(driver, "compare-status", "primedepth").splitlines() == ["primedepth: affine_invariant_disparity"] * 2
     finally:
