@@ -451,4 +451,17 @@ def test_save_outputs_unavailable_and_unknown_format(tmp_path):
     assert parse_formats(" NPY, ply ") == {"npy", "ply"}
     with pytest.raises(InputError, match="side"):
         save_outputs(tmp_path / "y", pred, None, "side")
-    assert RELATIVE_DEPTH  # the four kinds are importable alongside
+
+
+def test_kind_decides_validity_and_point_cloud_depth():
+    # true depths (metric, relative) are invalid where <= 0 (black); affine maps keep any value
+    d = np.array([[-1.0, 0.0, 1.0, 2.0]])
+    for kind, n_black in [(RELATIVE_DEPTH, 2), (METRIC_DEPTH, 2), (AFFINE_DEPTH, 0), (AFFINE_DISPARITY, 0)]:
+        c = colorize(d, kind, robust=False)
+        assert [not v.any() for v in c[0]] == [True] * n_black + [False] * (4 - n_black), kind
+    # relative depth is back-projected as it is; disparity as 1/x on positive values
+    rel, notes = export_mod.ply_depth(np.array([[2.0, 0.5, -1.0]]), RELATIVE_DEPTH)
+    np.testing.assert_array_equal(rel, [[2.0, 0.5, -1.0]])
+    assert notes == ["depth kind: relative_depth", "scale arbitrary (not metric)"]
+    disp, _ = export_mod.ply_depth(np.array([[2.0, 0.5, -1.0]]), AFFINE_DISPARITY)
+    np.testing.assert_array_equal(disp, [[0.5, 2.0, 0.0]])
