@@ -194,7 +194,14 @@ def test_speed_256_frame_reported():
         r = S.render_sample(kind, 1, 0, (256, 256))
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
         print(f"\nsynth {kind} 256x256 frame: {dc * 1000:.0f} ms CPU, {dt * 1000:.0f} ms wall (shared machine)")
-        assert r["image"].shape == (256, 256, 3)
+        # the same scene at 4x resolution: K scales by 4 (exact in floating point), so pixel
+        # (4i, 4j) of the 256 frame casts the very ray of pixel (i, j) of the 64 frame
+        small = S.render_sample(kind, 1, 0, (64, 64))
+        for key in ("depth", "image", "valid", "ids"):
+            np.testing.assert_array_equal(r[key][::4, ::4], small[key], err_msg=key)
+        assert len(np.unique(r["ids"][r["valid"]])) >= 5  # a scene, not a blank frame
+        d = r["depth"][r["valid"]]
+        assert d.min() > 0.5 and d.max() / d.min() > 3 and r["valid"].mean() > 0.8
 
 
 def test_command_runs_and_rejects_bad_layout(tmp_path, capsys):
