@@ -312,7 +312,7 @@ def test_folder_write_read_and_errors(tmp_path):
     split.write_text("x/y\nx/missing\n")
     ds = FolderDepthDataset(tmp_path, split)
     assert ds[0]["name"] == "x/y"
-    with pytest.raises(InputError, match=r"missing\.png.*split line 'x/missing'"):
+    with pytest.raises(InputError, match=r"missing file .*x/missing\.png \(split line 2 of .*split\.txt: 'x/missing'\)"):
         ds[1]
     # corrupt depth PNG
     (tmp_path / "x/y_depth.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
