@@ -89,7 +89,6 @@ SPLIT_URLS: Dict[str, str] = {
 }
 
 
-
 # ---------------------------------------------------------------------------- split lists
 def cache_dir() -> Path:
     base = os.environ.get("DIFFDEPTH_CACHE")
