@@ -278,6 +278,32 @@ def test_read_png16_plain_file_and_errors(tmp_path):
         read_png16(tmp_path / "nothere.png")
 
 
+def test_dataset_rgb_reader_is_read_image_without_exif_rotation(tmp_path):
+    """data.files.read_rgb decodes through io.images (alpha on white, the same values) but keeps the
+    stored pixel order: dataset ground truth is aligned with the stored pixels, not the EXIF view."""
+    from diffdepth.data.files import read_rgb
+    arr = _rgb_pattern()  # [8,10,3]
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(arr).save(tmp_path / "r.png", exif=exif)
+    assert read_image(tmp_path / "r.png").shape == (10, 8, 3)  # the user-facing reader rotates
+    np.testing.assert_array_equal(read_rgb(tmp_path / "r.png"), (arr.astype(np.float32) / 255.0).transpose(2, 0, 1))
+    rgba = np.dstack([arr, np.full(arr.shape[:2], 51, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    np.testing.assert_array_equal(read_rgb(tmp_path / "a.png"), read_image(tmp_path / "a.png").transpose(2, 0, 1))
+    np.testing.assert_allclose(read_rgb(tmp_path / "a.png")[:, 0, 0], arr[0, 0] / 255 * 0.2 + 0.8, atol=1e-6)  # on white
+
+
+def test_two_png16_contracts_have_two_names(tmp_path):
+    """data.files.read_uint16_png returns the raw counts; io.export.read_png16 decodes a prediction PNG."""
+    from diffdepth.data.files import read_uint16_png
+    path = save_png16(tmp_path / "m.png", np.array([[1.5, 0.0]], np.float32), METRIC_DEPTH)
+    raw = read_uint16_png(path)
+    assert raw.dtype == np.uint16 and raw.tolist() == [[1500, 0]]
+    metres, _ = read_png16(path)
+    assert metres[0, 0] == pytest.approx(1.5) and np.isnan(metres[0, 1])
+
+
 # ----------------------------------------------------------------------------- colour
 
 def test_spectral_endpoints_and_near_warm_direction():
