@@ -10,25 +10,30 @@ from ..errors import InputError
 
 HELP = "predict depth for images, folders (recursive), globs or videos"
 
-# CLI flag -> predict option name (the method says which it accepts)
-METHOD_OPTIONS = ("steps", "ensemble_size", "seed", "prompt", "reduction", "flip", "scale", "timestep_spacing",
-                  "preset")
+def declared_options() -> Dict[str, tuple]:
+    """The predict options registered methods declare with a help (a flag each):
+    name -> (spec, ids of the methods that take it), in registry order."""
+    from ..registry import list_methods
+
+    found: Dict[str, tuple] = {}
+    for info in list_methods():
+        try:
+            declared = getattr(info.load_class(), "predict_options", None)
+        except ImportError:  # a broken optional method does not break the others
+            continue
+        for name, spec in (declared.items() if isinstance(declared, dict) else ()):
+            if spec.get("help"):
+                found.setdefault(name, (spec, []))[1].append(info.id)
+    return found
 
 
 def add_method_options(p: argparse.ArgumentParser):
-    """The method-option flags shared by ``predict`` and ``eval``; returns their group."""
+    """The method-option flags shared by ``predict`` and ``eval``, one per declared option; returns their group."""
     g = p.add_argument_group("method options (only those the method accepts)")
-    g.add_argument("--steps", type=int, default=None, help="denoising steps (marigold/metricgold)")
-    g.add_argument("--ensemble-size", type=int, default=None, help="ensemble members (marigold/metricgold)")
-    g.add_argument("--seed", type=int, default=None, help="random seed for noise")
-    g.add_argument("--prompt", default=None, help="text prompt (primedepth; default empty)")
-    g.add_argument("--reduction", default=None, choices=["median", "mean"], help="ensemble reduction")
-    g.add_argument("--timestep-spacing", default=None, choices=["leading", "trailing"], help="DDIM spacing")
-    g.add_argument("--preset", default=None, metavar="NAME",
-                   help="named inference defaults, e.g. paper or fast (marigold/metricgold; listed by `diffdepth info`); "
-                        "the flags above override it")
-    g.add_argument("--flip", action="store_true", default=None, help="test-time horizontal flip averaging")
-    g.add_argument("--scale", type=float, default=None, help="multiply relative depth by a known factor (diffsql)")
+    for name, (spec, methods) in declared_options().items():
+        kind = {"action": "store_true"} if spec["type"] is bool else {
+            "type": spec["type"], "choices": spec.get("choices"), "metavar": spec.get("metavar")}
+        g.add_argument("--" + name.replace("_", "-"), default=None, help=f"{spec['help']} ({', '.join(methods)})", **kind)
     g.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="any other method option (YAML-typed value); repeatable")
     return g
@@ -36,7 +41,7 @@ def add_method_options(p: argparse.ArgumentParser):
 
 def method_options(args: argparse.Namespace) -> Dict[str, object]:
     """The method options the user set (flags + ``--opt``), for ``DepthPipeline``."""
-    options = {name: getattr(args, name) for name in METHOD_OPTIONS if getattr(args, name) is not None}
+    options = {name: getattr(args, name) for name in declared_options() if getattr(args, name, None) is not None}
     options.update(_parse_opts(args.opt))
     return options
 
@@ -168,10 +173,10 @@ def check_options(args: argparse.Namespace) -> set:
         raise InputError(f"--tile must be >= 1 px, got {args.tile}")
     if args.tile_overlap is not None and (args.tile is None or not 0 <= args.tile_overlap < args.tile):
         raise InputError(f"--tile-overlap {args.tile_overlap} needs --tile SIZE and must be in [0, SIZE)")
-    for name in ("steps", "ensemble_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    for name, (spec, _) in declared_options().items():
+        value = getattr(args, name, None)
+        if value is not None and spec.get("min") is not None and value < spec["min"]:
+            raise InputError(f"--{name.replace('_', '-')} must be >= {spec['min']}, got {value}")
     if args.ensemble_with:  # a folder of predictions or METHOD:CKPT, named before any model loads
         from ..ensemble import parse_spec
 
@@ -213,7 +218,7 @@ def check_method_outputs(method: str, options: Dict[str, object], formats: set) 
         return
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        allowed = ", ".join(sorted(accepted - {"with_segmentation"})) or "none"
+        allowed = ", ".join(sorted(set(accepted) - {"with_segmentation"})) or "none"
         flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
         raise InputError(f"method {method} does not take {flags} (it takes: {allowed})")
     if formats & {"seg", "seg_ids"} and "with_segmentation" not in accepted:
