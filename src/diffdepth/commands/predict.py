@@ -33,7 +33,8 @@ def add_method_options(p: argparse.ArgumentParser):
     for name, (spec, methods) in declared_options().items():
         kind = {"action": "store_true"} if spec["type"] is bool else {
             "type": spec["type"], "choices": spec.get("choices"), "metavar": spec.get("metavar")}
-        g.add_argument("--" + name.replace("_", "-"), default=None, help=f"{spec['help']} ({', '.join(methods)})", **kind)
+        g.add_argument("--" + name.replace("_", "-"), default=None, help=f"{spec['help']} ({', '.join(methods)})",
+                       **kind)
     g.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="any other method option (YAML-typed value); repeatable")
     return g

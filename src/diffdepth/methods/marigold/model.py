@@ -84,8 +84,8 @@ class LatentDepthModel(DepthModel):
         "seed": {"type": int, "help": "random seed for noise"},
         "reduction": {"type": str, "help": "ensemble reduction", "choices": ("median", "mean")},
         "timestep_spacing": {"type": str, "help": "DDIM spacing", "choices": ("leading", "trailing")},
-        "preset": {"type": str, "metavar": "NAME", "help": "named inference defaults, e.g. paper or fast (listed by `diffdepth info`); "
-                                        "the other flags override it"},
+        "preset": {"type": str, "metavar": "NAME", "help": "named inference defaults, e.g. paper or fast (listed by "
+                                                           "`diffdepth info`); the other flags override it"},
         "batch_size": {"type": int}, "video_blend": {"type": float}}
     #: preset name -> (description, options); subclasses list theirs (shown by ``diffdepth info``)
     presets: dict[str, tuple[str, dict]] = {}
