@@ -20,7 +20,7 @@ ITEMS = [f"img{i:02d}.png" for i in range(11)]
 def test_single_process_helpers_are_noops(monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
-    assert dist.rank() == 0 and dist.world_size() == 1 and dist.is_main() and not dist.is_distributed()
+    assert dist.world_size() == 1 and dist.is_main() and not dist.is_distributed()
     assert dist.shard(ITEMS) == ITEMS
     assert dist.gather_objects({"a": 1}) == [{"a": 1}] and dist.gather(ITEMS) == ITEMS
     assert dist.broadcast_object(5) == 5
@@ -68,10 +68,11 @@ def _worker(out_dir: str) -> None:
     everyone = dist.gather_objects(records)
     merged = [r for part in everyone for r in part]  # contiguous shards: rank order == input order
     flat = dist.gather(records)
-    stamp = dist.broadcast_object(f"from-rank-{dist.rank()}")
+    rank = dist.state().process_index
+    stamp = dist.broadcast_object(f"from-rank-{rank}")
     dist.barrier()
-    Path(out_dir, f"rank{dist.rank()}.json").write_text(json.dumps({
-        "rank": dist.rank(), "world": dist.world_size(), "mine": mine, "merged": merged,
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps({
+        "rank": rank, "world": dist.world_size(), "mine": mine, "merged": merged,
         "flat": flat, "stamp": stamp}))
 
 

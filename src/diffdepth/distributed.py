@@ -56,12 +56,8 @@ def _shutdown() -> None:
             tdist.destroy_process_group()
 
 
-def rank() -> int:
-    return state().process_index if is_distributed() else 0
-
-
 def is_main() -> bool:
-    return rank() == 0
+    return not is_distributed() or state().is_main_process
 
 
 def shard(items: Sequence) -> List:

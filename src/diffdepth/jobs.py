@@ -1,11 +1,6 @@
-"""Predict jobs: inputs (files, folders, globs, videos) -> planned outputs -> depth files.
-
-``diffdepth predict`` parses its flags and calls these: :func:`collect_inputs` and
-:func:`unique_jobs` plan one job per input with an output path mirroring the inputs,
-:func:`pending` says which outputs each still needs, :func:`build_pipeline` loads the model
-(+ captioner, fast paths, a second model to ensemble with) and :func:`run_jobs` predicts
-and writes them (images through the pipeline's reader/writer threads, then videos).
-"""
+"""Predict jobs (what ``diffdepth predict`` calls): inputs (files, folders, globs, videos) ->
+one job per input with an output path mirroring the inputs -> the outputs each still needs ->
+model (+ ensemble) -> depth files."""
 from __future__ import annotations
 
 import glob
@@ -142,20 +137,6 @@ def pending(jobs: List[Job], out_root: Path, formats, index, overwrite: bool = F
     return todo, needs
 
 
-def check_ensemble_for_uncertainty(model, options: dict, formats) -> None:
-    """``uncertainty`` needs an ensemble of >= 2 members (explicit, from a preset or the checkpoint)."""
-    if "uncertainty" not in formats or "ensemble_size" not in model.predict_options or "ensemble_size" in options:
-        return
-    members = int((getattr(model, "config", None) or {}).get("default_ensemble_size", 1))
-    preset = getattr(model, "presets", {}).get(options.get("preset"))
-    if preset is not None:
-        members = int(preset[1].get("ensemble_size", members))
-    if members < 2:
-        source = f"--preset {options['preset']}" if preset is not None else "this checkpoint"
-        raise InputError(f"--save uncertainty needs an ensemble; {source} predicts {members} member(s) "
-                         f"by default — add --ensemble-size N (N >= 2)")
-
-
 def build_pipeline(method: str, checkpoint, options: dict, formats=(), *, device: str = "auto", dtype: str = "fp32",
                    fast: Optional[dict] = None, caption: Optional[str] = None, ensemble_with: Optional[str] = None,
                    workers: int = 2, **pipeline_args):
@@ -167,7 +148,15 @@ def build_pipeline(method: str, checkpoint, options: dict, formats=(), *, device
     from .registry import load_model
 
     model = load_model(method, checkpoint, device=device, dtype=dtype)
-    check_ensemble_for_uncertainty(model, options, formats)
+    if "uncertainty" in formats and "ensemble_size" in model.predict_options and "ensemble_size" not in options:
+        members = int((getattr(model, "config", None) or {}).get("default_ensemble_size", 1))
+        preset = getattr(model, "presets", {}).get(options.get("preset"))
+        if preset is not None:
+            members = int(preset[1].get("ensemble_size", members))
+        if members < 2:  # uncertainty needs an ensemble: from the flags, a preset or the checkpoint
+            source = f"--preset {options['preset']}" if preset is not None else "this checkpoint"
+            raise InputError(f"--save uncertainty needs an ensemble; {source} predicts {members} member(s) "
+                             f"by default — add --ensemble-size N (N >= 2)")
     captioner = None
     if caption is not None:
         from .backbone.captions import load_captioner
@@ -203,13 +192,10 @@ def _unavailable_hint(names: List[str]) -> str:
 
 def run_jobs(pipe, jobs: List[Job], needs: Dict[Path, List[str]], out_root: Path, index, failures: list, *,
              ensemble=None, export: Optional[dict] = None, video: Optional[dict] = None) -> dict:
-    """Predict ``jobs`` and write the outputs ``needs`` names; records each in ``index``, appends
-    ``(source, reason)`` to ``failures`` and returns counts (images, videos, frames, seconds).
-
-    ``export``: :func:`~diffdepth.io.export.save_outputs` options (focal, fov, cmap, vmin, vmax,
-    percentiles, ply_stride, ply_max_depth); without focal and fov the intrinsics come from
-    ``NAME_K.txt``/the folder's file/EXIF. ``video``: :func:`predict_video` options.
-    """
+    """Predict ``jobs`` (images through the pipeline's reader/writer threads, then videos), write the
+    outputs ``needs`` names with ``export`` (:func:`~diffdepth.io.export.save_outputs` options) and
+    ``video`` (:func:`predict_video` options), record them in ``index``, append ``(source, reason)`` to
+    ``failures``; returns counts (images, videos, frames, seconds)."""
     from tqdm import tqdm
 
     from .errors import DiffdepthError

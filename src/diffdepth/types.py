@@ -39,14 +39,6 @@ class _Depth:
             raise ValueError(f"{type(self).__name__}.depth is {'[B,1,H,W]' if self.ndim == 4 else '[H,W]'}; "
                              f"got shape {tuple(np.shape(self.depth))}")
 
-    @property
-    def is_metric(self) -> bool:
-        return self.kind == METRIC_DEPTH
-
-    @property
-    def is_disparity(self) -> bool:
-        return self.kind == AFFINE_DISPARITY
-
 
 @dataclass
 class DepthPrediction(_Depth):

@@ -10,6 +10,7 @@ from ..errors import InputError
 
 HELP = "predict depth for images, folders (recursive), globs or videos"
 
+
 def declared_options() -> Dict[str, tuple]:
     """The predict options registered methods declare with a help (a flag each):
     name -> (spec, ids of the methods that take it), in registry order."""
@@ -346,7 +347,7 @@ def run(args: argparse.Namespace) -> int:
         n = total["images"] + total["frames"]
         print(f"wrote depth for {' and '.join(rate)} to {out_root} in {seconds:.1f} s "
               f"({n / max(seconds, 1e-9):.2f} {'frames' if total['frames'] else 'img'}/s)", file=sys.stderr)
-    rc = _finish(failures, total["images"] + total["videos"])
+    rc = _finish(failures)
     if getattr(args, "align_to", None) is not None:
         rc = max(rc, _align_outputs(args, out_root, [j for r in per_rank for j in r[5]]))
     return rc
@@ -368,18 +369,13 @@ def _align_outputs(args, out_root: Path, names: List[str]) -> int:
 
 
 def _describe_change(old: dict, new: dict) -> str:
-    parts = []
-    for key in ("method", "checkpoint"):
-        if old.get(key) != new.get(key):
-            parts.append(f"{key} {old.get(key)} -> {new.get(key)}")
     a, b = old.get("options") or {}, new.get("options") or {}
-    for key in sorted(set(a) | set(b)):
-        if a.get(key) != b.get(key):
-            parts.append(f"{key} {a.get(key)} -> {b.get(key)}")
-    return ", ".join(parts) or "settings changed"
+    pairs = [(k, old.get(k), new.get(k)) for k in ("method", "checkpoint")]
+    pairs += [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))]
+    return ", ".join(f"{k} {x} -> {y}" for k, x, y in pairs if x != y) or "settings changed"
 
 
-def _finish(failures, done) -> int:
+def _finish(failures) -> int:
     if failures:
         print(f"{len(failures)} input(s) failed:", file=sys.stderr)
         for source, reason in failures:
