@@ -28,7 +28,7 @@ def state():
     from accelerate import PartialState
 
     missing = [v for v in ("MASTER_ADDR", "MASTER_PORT", "RANK") if v not in os.environ]
-    if missing:
+    if missing and is_distributed():
         from .errors import InputError
 
         raise InputError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} not set — "
