@@ -85,6 +85,28 @@ def test_outputs_never_escape_out_and_collisions_are_reported(tmp_path, toy_ckpt
         assert (tmp_path / "out2") in f.parents
 
 
+def test_method_flags_come_from_declared_predict_options(tmp_path, toy_ckpt, monkeypatch, capsys):
+    from diffdepth.commands import predict as cmd
+
+    monkeypatch.setattr(_toy_methods.MeanDepth, "predict_options", {
+        "scale": {"type": float}, "levels": {"type": int, "help": "pyramid levels", "min": 2},
+        "fine": {"type": bool, "help": "fine pass"}})
+    flags = cmd.declared_options()
+    assert flags["levels"][1] == ["test-mean"] and flags["flip"][1] == ["primedepth", "seecoder-vpd", "diffsql"]
+    assert "scale" in flags and flags["scale"][1] == ["diffsql"]  # no help: no flag for test-mean's scale
+    from diffdepth.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["predict", "x.png", "--levels", "3", "--fine", "--opt", "scale=2"])
+    assert cmd.method_options(args) == {"levels": 3, "fine": True, "scale": 2}
+    rc = main(["predict", str(_img(tmp_path / "x.png")), "--method", "test-mean", "--checkpoint", str(toy_ckpt),
+               "--out", str(tmp_path / "o"), "--levels", "1"])
+    assert rc == 2 and "--levels must be >= 2, got 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["predict", "--help"])
+    assert "pyramid levels (test-mean)" in " ".join(capsys.readouterr().out.split())
+
+
 def test_method_options_are_checked(tmp_path, toy_ckpt, capsys):
     img = _img(tmp_path / "x.png")
     rc = main(["predict", str(img), "--method", "test-mean", "--checkpoint", str(toy_ckpt), "--out",
@@ -223,3 +245,12 @@ def test_eval_passes_method_options_and_rejects_unknown_ones(tmp_path, toy_ckpt,
     np.testing.assert_allclose(saved, 3 * (1 + sample["image"].mean(0)), atol=1e-5)
     assert main(common + ["--out", str(tmp_path / "e2"), "--steps", "3"]) == 2
     assert "--steps" in capsys.readouterr().err
+
+
+def test_describe_change_names_what_differs():
+    from diffdepth.commands.predict import _describe_change
+
+    old = {"method": "a", "checkpoint": "c", "options": {"steps": 1, "seed": 0}}
+    new = {"method": "a", "checkpoint": "d", "options": {"steps": 2, "seed": 0, "flip": True}}
+    assert _describe_change(old, new) == "checkpoint c -> d, flip None -> True, steps 1 -> 2"
+    assert _describe_change(old, old) == "settings changed"

@@ -18,7 +18,7 @@ from diffdepth.io import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, colorize, depth_ra
 from diffdepth.io import export as export_mod
 from diffdepth.io.colormaps import SPECTRAL_11, TURBO_256, turbo
 from diffdepth.types import (AFFINE_DEPTH, AFFINE_DISPARITY, METRIC_DEPTH, RELATIVE_DEPTH,
-                             DepthPrediction)
+                             DepthMap)
 
 SPECTRAL_RED = (158, 1, 66)  # ColorBrewer Spectral-11 first class, #9e0142
 SPECTRAL_PURPLE = (94, 79, 162)  # last class, #5e4fa2
@@ -442,7 +442,7 @@ def _prediction(kind=METRIC_DEPTH, with_extras=True):
     depth = np.linspace(1, 3, 48, dtype=np.float32).reshape(6, 8)
     unc = np.full((6, 8), 0.1, np.float32) if with_extras else None
     extras = {"segmentation": np.arange(48).reshape(6, 8) % 5} if with_extras else {}
-    return DepthPrediction(depth=depth, kind=kind, uncertainty=unc, extras=extras)
+    return DepthMap(depth=depth, kind=kind, uncertainty=unc, extras=extras)
 
 
 def test_save_outputs_all_formats_skip_and_overwrite(tmp_path):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..types import AFFINE_DEPTH, METRIC_DEPTH, RELATIVE_DEPTH, DepthPrediction, check_kind
+from ..types import AFFINE_DEPTH, METRIC_DEPTH, RELATIVE_DEPTH, DepthMap, DepthPrediction, check_kind
 from ..utils import atomic_path
 from .alignment import align, finalize_depth, fit_anchors, parse_sparse, resolve_alignment
 from .metrics import HIGHER_IS_BETTER, METRIC_NAMES, compute_metrics
@@ -126,7 +126,7 @@ def _to_2d(pred) -> np.ndarray:
 
 
 def _unpack(out, default_kind: Optional[str]):
-    if isinstance(out, DepthPrediction):
+    if isinstance(out, (DepthMap, DepthPrediction)):
         return out.depth, out.kind
     if isinstance(out, tuple) and len(out) == 2:
         return out
@@ -247,7 +247,7 @@ def evaluate(samples: Iterable[dict], predictor: Union[PathLike, Callable, Predi
     """Score every sample; returns one :class:`SampleRecord` per sample, in order.
 
     ``predictor`` is a predictions folder (path or :class:`PredictionFolder`) or a callable
-    ``fn(sample) -> DepthPrediction | (array, kind) | array`` (then ``kind`` gives the kind).
+    ``fn(sample) -> DepthMap | (array, kind) | array`` (then ``kind`` gives the kind).
     ``alignment``: ``None`` → the protocol default; ``auto`` → from the kind; ``sparse:N`` → fit
     to N ground-truth pixels drawn with ``alignment_seed``.
     ``save_dir``: write each computed prediction, resized to the ground truth, as

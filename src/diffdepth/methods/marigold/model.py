@@ -78,8 +78,15 @@ class LatentDepthModel(DepthModel):
     """Shared implementation; subclasses fix the normaliser (and hence the output kind)."""
 
     normalizer_name: str = "affine"
-    predict_options = frozenset({"steps", "ensemble_size", "seed", "reduction", "timestep_spacing", "batch_size",
-                                 "video_blend", "preset"})
+    predict_options = {
+        "steps": {"type": int, "help": "denoising steps", "min": 1},
+        "ensemble_size": {"type": int, "help": "ensemble members", "min": 1},
+        "seed": {"type": int, "help": "random seed for noise"},
+        "reduction": {"type": str, "help": "ensemble reduction", "choices": ("median", "mean")},
+        "timestep_spacing": {"type": str, "help": "DDIM spacing", "choices": ("leading", "trailing")},
+        "preset": {"type": str, "metavar": "NAME", "help": "named inference defaults, e.g. paper or fast (listed by "
+                                                           "`diffdepth info`); the other flags override it"},
+        "batch_size": {"type": int}, "video_blend": {"type": float}}
     #: preset name -> (description, options); subclasses list theirs (shown by ``diffdepth info``)
     presets: dict[str, tuple[str, dict]] = {}
     #: size inputs and outputs as diffusers' MarigoldDepthPipeline does (floored sides, no
