@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
-from diffusers import DDIMScheduler
 from torch import nn
 
 from ...backbone import StableDiffusion
@@ -28,6 +27,9 @@ from ...model import DepthModel
 from ...types import DepthPrediction
 from .ensemble import REDUCTIONS, ensemble_affine, ensemble_log
 from .normalizers import AffineNormalizer, LogNormalizer
+
+if TYPE_CHECKING:
+    from diffusers import DDIMScheduler
 
 #: diffusers DDIM config keys we keep from a checkpoint's scheduler (everything the sampler reads)
 SCHEDULER_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
@@ -115,6 +117,8 @@ class LatentDepthModel(DepthModel):
             raise ConfigError(f"default_reduction must be median or mean, got {default_reduction!r}")
         if not 0.0 <= float(video_blend) <= 1.0:
             raise ConfigError(f"video_blend must be in [0, 1], got {video_blend}")
+        from diffusers import DDIMScheduler
+
         sched = _scheduler_dict(sd.scheduler)
         for key, value, allowed in (("timestep_spacing", timestep_spacing or sched["timestep_spacing"], SPACINGS),
                                     ("timestep_spacing", sched["timestep_spacing"], SPACINGS),
@@ -183,7 +187,7 @@ class LatentDepthModel(DepthModel):
         al. 2024, Table 2): one "leading" step queries t = 1 (Garcia et al. 2024: why one-step
         Marigold fails), one "trailing" step t = 999."""
         config = self.sd.scheduler.config
-        sched = DDIMScheduler.from_config(config, timestep_spacing=spacing or self.config["timestep_spacing"]
+        sched = type(self.sd.scheduler).from_config(config, timestep_spacing=spacing or self.config["timestep_spacing"]
                                           or config.timestep_spacing)
         sched.set_timesteps(int(steps))
         return sched
@@ -413,7 +417,7 @@ class LatentDepthModel(DepthModel):
         missing = [n for n, part in parts.items() if part is None]
         if missing:
             raise CheckpointError(f"cannot save: this model has no {', '.join(missing)}")
-        StableDiffusion(**parts, scheduler=DDIMScheduler.from_config(sched), frozen=False).save_pretrained(
+        StableDiffusion(**parts, scheduler=type(self.sd.scheduler).from_config(sched), frozen=False).save_pretrained(
             path, model_index=False)
         with atomic_path(path / "model_index.json") as tmp:
             tmp.write_text(json.dumps(self.model_index(), indent=2, sort_keys=True))
