@@ -18,6 +18,11 @@ def model():
     return MarigoldDepth.make_tiny(seed=0).train()
 
 
+def _part(model, name):
+    """The UNet / VAE, held by the model or by its backbone wrapper."""
+    return getattr(model, name, None) or getattr(model.sd, name)
+
+
 def _batch():
     g = torch.Generator().manual_seed(0)
     valid = torch.ones(2, 1, 32, 32, dtype=torch.bool)
@@ -34,7 +39,7 @@ def _unet_call(model, task, batch):
         seen["x"], seen["t"] = args[0].detach(), (args[1] if len(args) > 1 else kwargs["timestep"])
         seen["out"] = (output[0] if isinstance(output, tuple) else output.sample).detach()
 
-    handle = model.unet.register_forward_hook(hook, with_kwargs=True)
+    handle = _part(model, "unet").register_forward_hook(hook, with_kwargs=True)
     try:
         result = task(batch)
     finally:
@@ -45,7 +50,8 @@ def _unet_call(model, task, batch):
 def _latents(model, batch):
     """By hand: posterior-mode latents (x0.18215 of the VAE config) of the image and of the depth
     normalised per image to [-1, 1] by its 2 % / 98 % valid quantiles (clipped, invalid = -1)."""
-    vae, sf = model.vae, model.vae.config.scaling_factor
+    vae = _part(model, "vae")
+    sf = vae.config.scaling_factor
     norm = torch.full_like(batch["depth"], -1.0)
     for i, (d, m) in enumerate(zip(batch["depth"], batch["valid"])):
         lo, hi = np.quantile(d[m].double().numpy(), [0.02, 0.98])
@@ -85,7 +91,8 @@ def test_e2e_loss_is_the_affine_invariant_l1_of_the_one_step_prediction(model):
     # v-prediction at z_t = 0: x̂₀ = √ᾱ z_t − √(1−ᾱ) v = −√(1−ᾱ_{T−1}) v
     x0 = -(1 - ALPHA_BAR[T - 1]).sqrt().float() * seen["out"]
     with torch.no_grad():
-        pred = model.vae.decode(x0 / model.vae.config.scaling_factor).sample.mean(1, keepdim=True)
+        vae = _part(model, "vae")
+        pred = vae.decode(x0 / vae.config.scaling_factor).sample.mean(1, keepdim=True)
     errors = []
     for p, g, m in zip(pred.double(), norm.double(), batch["valid"]):
         a = torch.stack([p[m], torch.ones_like(p[m])], 1)

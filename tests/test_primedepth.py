@@ -261,19 +261,15 @@ def _record(model, x, seed=0):
     return out, fusion_in, fused, refiner_in
 
 
-def _split_maps(model, lp, maps):
+def _split_maps(lp, maps, use_self, use_cross, regions, tokens):
     """Stacked maps -> [(kind, [B,heads,k,h,w])] in the official order [prev self, prev cross, enc self,
-    enc cross], for the parts the model's switches keep."""
-    cfg = model.config
-    use_self = cfg["use_attention"] and cfg["use_self_attention"]
-    use_cross = cfg["use_attention"] and cfg["use_cross_attention"]
-    r2, tokens = cfg["regions"] ** 2, model.n_tokens
+    enc cross], for the parts the switches keep."""
     parts, c = [], 0
     b, _, h, w = maps.shape
     for name, heads in ((lp.prev_attention, lp.prev_heads), (lp.enc_attention, lp.enc_heads)):
         if name is None:
             continue
-        for kind, k, on in (("self", r2, use_self), ("cross", tokens, use_cross)):
+        for kind, k, on in (("self", regions ** 2, use_self), ("cross", tokens, use_cross)):
             if on:
                 parts.append((kind, maps[:, c:c + heads * k].reshape(b, heads, k, h, w)))
                 c += heads * k
@@ -297,7 +293,8 @@ def test_attention_switches_decide_the_maps_entering_each_fusion(opts):
         if not lp.attn_in:
             assert maps is None
             continue
-        for kind, m in _split_maps(model, lp, maps):
+        for kind, m in _split_maps(lp, maps, opts.get("use_self_attention", True),
+                                   opts.get("use_cross_attention", True), regions=2, tokens=77):
             kinds.add(kind)
             if kind == "cross":
                 torch.testing.assert_close(m.sum(2), torch.ones_like(m[:, :, 0]), rtol=0, atol=1e-5)

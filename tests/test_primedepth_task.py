@@ -6,7 +6,6 @@ import torch
 
 from diffdepth.errors import ConfigError, InputError
 from diffdepth.methods.primedepth import PrimeDepth
-from diffdepth.methods.primedepth.task import to_disparity
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +37,20 @@ def _ssi_by_hand(pred, disp, valid):
     return float(np.mean(losses))
 
 
-def test_to_disparity_by_hand():
-    values = torch.tensor([2.0, 0.0, -1.0, float("inf"), float("nan"), 4.0, 5.0])
-    valid = torch.tensor([True, True, True, True, True, True, False])
-    disp, ok = to_disparity(values, valid, "depth")  # depth: inverted where > 0 and finite
-    assert ok.tolist() == [True, False, False, False, False, True, False]
-    assert disp.tolist() == [0.5, 0, 0, 0, 0, 0.25, 0]
-    disp, ok = to_disparity(values, valid, "disparity")  # disparity: kept where finite (0 is a valid disparity)
-    assert ok.tolist() == [True, True, True, False, False, True, False]
-    assert disp.tolist() == [2.0, 0.0, -1.0, 0, 0, 4.0, 0]
+@pytest.mark.parametrize("kind, disp, ok", [
+    ("depth", [0.5, 0, 0, 0, 0, 0.25, 0], [True, False, False, False, False, True, False]),  # inverted where > 0
+    ("disparity", [2.0, 0.0, -1.0, 0, 0, 4.0, 0], [True, True, True, False, False, True, False]),  # kept if finite
+])
+def test_labels_become_disparity_by_hand(model, kind, disp, ok):
+    values = torch.tensor([2.0, 0.0, -1.0, float("inf"), float("nan"), 4.0, 5.0]).reshape(1, 1, 7)
+    valid = torch.tensor([True, True, True, True, True, True, False]).reshape(1, 1, 7)
+    task = model.make_training_task(target=kind, flip_prob=0.0)
+    out = task.transform({"image": torch.rand(3, 1, 7), "depth": values, "valid": valid}, np.random.default_rng(0))
+    assert out["depth"].flatten().tolist() == disp and out["valid"].flatten().tolist() == ok
+    assert out["label_kind"] == "disparity"
+    got, got_valid = task.targets({"depth": values[None], "valid": valid[None], "label_kind": [kind]},
+                                  torch.rand(1, 3, 1, 7))  # the same conversion on a collated batch
+    assert got.flatten().tolist() == disp and got_valid.flatten().tolist() == ok
 
 
 def test_depth_and_disparity_targets_give_the_hand_computed_loss(model):
