@@ -111,8 +111,12 @@ def test_predict_shapes_kind_segmentation_and_determinism(tiny):
     c = tiny.predict(x, seed=4)
     assert torch.equal(a.depth, b.depth) and "segmentation" not in b.extras
     assert not torch.allclose(a.depth, c.depth)  # the t=1 noise is seeded
-    flipped = tiny.predict(x, seed=3, flip=True)
-    assert not torch.equal(flipped.depth, a.depth) and torch.isfinite(flipped.depth).all()
+    # flip: the mean, in disparity (the output space), of the prediction and the mirrored image's
+    # prediction mirrored back, both with the same seed
+    flipped = tiny.predict(x, seed=3, flip=True).depth
+    mirrored = tiny.predict(x.flip(-1), seed=3).depth.flip(-1)
+    torch.testing.assert_close(flipped, 0.5 * (a.depth + mirrored), rtol=1e-5, atol=1e-6)
+    assert (mirrored - a.depth).abs().max() > 1e-2 * a.depth.abs().max()  # the two halves differ: not vacuous
     with pytest.raises(InputError, match="multiple of 16"):
         tiny.predict(torch.rand(1, 3, 40, 32))
     with pytest.raises(InputError, match="steps"):
@@ -230,6 +234,150 @@ def test_ablation_switches_train_and_predict(opts):
     pred = model.eval().predict(torch.rand(1, 3, 32, 32))
     assert pred.depth.shape == (1, 1, 32, 32) and torch.isfinite(pred.depth).all()
 
+
+# ------------------------------------------------------------------ what each ablation switch changes
+def _record(model, x, seed=0):
+    """One forward pass; returns (output, {layer: fusion arguments}, {layer: fusion output},
+    {layer: refiner-layer arguments}) recorded with module hooks."""
+    import inspect
+
+    fusion_in, fused, refiner_in, handles = {}, {}, {}, []
+
+    def keep(store, i, module):
+        sig = inspect.signature(module.forward)
+        return lambda m, args, kwargs: store.__setitem__(i, dict(sig.bind(*args, **kwargs).arguments))
+
+    for i, f in enumerate(model.fusions):
+        handles.append(f.register_forward_pre_hook(keep(fusion_in, i, f), with_kwargs=True))
+        handles.append(f.register_forward_hook(lambda m, a, o, i=i: fused.__setitem__(i, o)))
+    for i, layer in enumerate(model.refiner.layers):
+        handles.append(layer.register_forward_pre_hook(keep(refiner_in, i, layer), with_kwargs=True))
+    try:
+        with torch.no_grad():
+            out = model(x, generator=torch.Generator().manual_seed(seed))
+    finally:
+        for h in handles:
+            h.remove()
+    return out, fusion_in, fused, refiner_in
+
+
+def _split_maps(lp, maps, use_self, use_cross, regions, tokens):
+    """Stacked maps -> [(kind, [B,heads,k,h,w])] in the official order [prev self, prev cross, enc self,
+    enc cross], for the parts the switches keep."""
+    parts, c = [], 0
+    b, _, h, w = maps.shape
+    for name, heads in ((lp.prev_attention, lp.prev_heads), (lp.enc_attention, lp.enc_heads)):
+        if name is None:
+            continue
+        for kind, k, on in (("self", regions ** 2, use_self), ("cross", tokens, use_cross)):
+            if on:
+                parts.append((kind, maps[:, c:c + heads * k].reshape(b, heads, k, h, w)))
+                c += heads * k
+    assert c == maps.shape[1] == lp.attn_in
+    return parts
+
+
+@pytest.mark.parametrize("opts", [{}, {"attn_norm": "mean", "attn_pool": "exact"}, {"use_self_attention": False},
+                                  {"use_cross_attention": False}])
+def test_attention_switches_decide_the_maps_entering_each_fusion(opts):
+    """Cross-attention maps are softmax rows over the tokens (each head's T maps sum to 1 at every pixel);
+    self-attention maps with ``attn_norm: max`` peak at exactly 1 per (sample, head); with ``attn_norm: mean``
+    (exact regional means x number of keys) each head's R² maps average to 1 at every pixel (R² equal regions
+    of a softmax row summing to 1). Switching a kind off removes its channels."""
+    model = PrimeDepth.make_tiny(seed=2, regions=2, **opts)
+    _, fusion_in, _, _ = _record(model, torch.rand(2, 3, 32, 32))  # key grids 4x4 and 2x2: equal 2x2 regions
+    kinds = set()
+    for i, lp in enumerate(model.plan.layers):
+        maps = fusion_in[i]["attn_maps"]
+        assert fusion_in[i]["features"].shape[1] == lp.base_in
+        if not lp.attn_in:
+            assert maps is None
+            continue
+        for kind, m in _split_maps(lp, maps, opts.get("use_self_attention", True),
+                                   opts.get("use_cross_attention", True), regions=2, tokens=77):
+            kinds.add(kind)
+            if kind == "cross":
+                torch.testing.assert_close(m.sum(2), torch.ones_like(m[:, :, 0]), rtol=0, atol=1e-5)
+            elif opts.get("attn_norm") == "mean":
+                torch.testing.assert_close(m.mean(2), torch.ones_like(m[:, :, 0]), rtol=0, atol=1e-4)
+                assert m.amax() > 1.2  # not max-normalised
+            else:
+                torch.testing.assert_close(m.flatten(2).amax(-1), torch.ones(m.shape[:2]), rtol=0, atol=0)
+    expected = {"self", "cross"} - ({"self"} if opts.get("use_self_attention") is False else set()) \
+        - ({"cross"} if opts.get("use_cross_attention") is False else set())
+    assert kinds == expected
+
+
+@pytest.mark.parametrize("opts", [{"use_attention": False}, {"use_features": False}])
+def test_feature_and_attention_switches_cut_that_input_from_every_fusion(opts):
+    model = PrimeDepth.make_tiny(seed=2, **opts)
+    _, fusion_in, _, refiner_in = _record(model, torch.rand(1, 3, 32, 32))
+    assert len(fusion_in) == len(model.plan.layers)
+    for i, lp in enumerate(model.plan.layers):
+        features, maps = fusion_in[i]["features"], fusion_in[i]["attn_maps"]
+        if "use_attention" in opts:
+            assert maps is None and model.fusions[i].attention is None
+            assert features is not None and features.shape[1] == lp.base_in
+            assert refiner_in[i]["injected"].shape[1] == lp.ch_f  # the fused features alone
+        else:
+            assert features is None and model.fusions[i].features is None
+            assert (maps is None) == (lp.attn_in == 0)
+
+
+def test_injection_block_injects_the_concatenated_preimage_once():
+    """per_stage (paper): refiner layer i gets fusion i's output. block (V.BlockPreIm): every fusion output
+    average-pooled to layer 0's size, concatenated, projected by one 1x1 conv and injected into layer 0 only."""
+    x = torch.rand(1, 3, 32, 32)
+    stage = PrimeDepth.make_tiny(seed=2)
+    _, _, fused, refiner_in = _record(stage, x)
+    for i in range(len(stage.plan.layers)):
+        assert torch.equal(refiner_in[i]["injected"], fused[i])
+    block = PrimeDepth.make_tiny(seed=2, injection="block")
+    _, _, fused, refiner_in = _record(block, x)
+    h0, w0 = fused[0].shape[-2:]
+    parts = []
+    for f in fused.values():
+        k = f.shape[-1] // w0
+        parts.append(f.reshape(*f.shape[:2], h0, k, w0, k).mean((3, 5)))  # average over k x k cells
+    assert {f.shape[-1] // w0 for f in fused.values()} == {1, 2}  # both levels are in the block
+    expected = block.block_conv(torch.cat(parts, 1))
+    torch.testing.assert_close(refiner_in[0]["injected"], expected, rtol=1e-5, atol=1e-6)
+    assert all(refiner_in[i]["injected"] is None for i in range(1, len(block.plan.layers)))
+    assert refiner_in[0]["stream"] is None and all(refiner_in[i]["stream"] is not None for i in range(1, 6))
+
+
+def test_loss_space_latent_is_the_mse_to_the_vae_latent_of_the_normalised_disparity():
+    """V.Latent: loss = MSE(latent head, VAE mode of the per-image min-max normalised disparity, x0.18215)
+    over latent cells whose 8x8 pixels are all valid; prediction = VAE decode of the latent head, channel mean."""
+    model = PrimeDepth.make_tiny(seed=2, loss_space="latent", use_segmentation_head=False).train()
+    assert model.depth_head is None
+    batch = _batch(n=2)
+    batch["valid"][0, :, :8, :12] = False  # latent rows 0, columns 0-1 of image 0 lose cells (column 1 partly)
+    torch.manual_seed(0)
+    out = model.make_training_task(target="depth")(batch)
+    latent = out["output"]["latent"].detach()
+    disp = 1.0 / batch["depth"]
+    valid = batch["valid"]
+    sd = model.sd
+    with torch.no_grad():
+        target = []
+        for i in range(2):
+            v = disp[i][valid[i]]
+            norm = ((disp[i] - v.min()) / (v.max() - v.min())).clamp(0, 1) * valid[i]
+            z = sd.vae.encode(norm.expand(3, -1, -1)[None] * 2 - 1).latent_dist.mode()
+            target.append(z[0] * sd.vae.config.scaling_factor)
+        target = torch.stack(target)
+    cells = valid.float().reshape(2, 1, 4, 8, 4, 8).amin((3, 5)) > 0  # [B,1,4,4]
+    assert int((~cells).sum()) == 2
+    cells = cells.expand_as(latent)
+    expected = ((latent - target) ** 2)[cells].mean()
+    torch.testing.assert_close(out["loss"].detach(), expected, rtol=1e-5, atol=1e-7)
+    model.eval()
+    x = batch["image"][:1]
+    with torch.no_grad():
+        z = model(x, generator=torch.Generator().manual_seed(3))["latent"]
+        by_hand = sd.vae.decode(z / sd.vae.config.scaling_factor).sample.mean(1, keepdim=True)
+    torch.testing.assert_close(model.predict(x, seed=3).depth, by_hand, rtol=1e-5, atol=1e-6)
 
 def test_bad_switches_are_rejected():
     with pytest.raises(ConfigError, match="loss_space"):

@@ -77,10 +77,24 @@ def test_cli_make_tiny_predict_train_eval(tmp_path):
     assert main(["train", str(ROOT / "configs/primedepth/debug.yaml"), f"output_dir={run}",
                  "train.max_steps=2", "val.every=0", "checkpoint.every=2"]) == 0
     final = sorted(run.glob("checkpoint-*"))[-1]
-    assert main(["eval", "--dataset", "folder", "--data-root", str(tmp_path / "scenes"), "--method", "primedepth",
-                 "--checkpoint", str(ckpt), "--out", str(tmp_path / "eval"), "--device", "cpu", "--no-progress"]) == 0
-    assert any((tmp_path / "eval").rglob("*.csv")) or any((tmp_path / "eval").rglob("*.json"))
-    assert final.exists()
+    # eval scores the checkpoint it is given: the trained one, not the make-tiny weights it started from
+    preds = {}
+    for name, path in (("untrained", ckpt), ("trained", final)):
+        assert main(["eval", "--dataset", "folder", "--data-root", str(tmp_path / "scenes"), "--method", "primedepth",
+                     "--checkpoint", str(path), "--out", str(tmp_path / name), "--device", "cpu", "--no-progress"]) == 0
+        assert (tmp_path / name / "summary.json").exists() and (tmp_path / name / "per_sample.csv").exists()
+        preds[name] = {p.stem: np.load(p) for p in (tmp_path / name / "predictions").glob("*.npy")}
+    assert len(preds["trained"]) == 2 and preds["trained"].keys() == preds["untrained"].keys()
+    # ... and its predictions are the library's prediction with the trained weights
+    from diffdepth.pipeline import DepthPipeline
+
+    pipe = DepthPipeline(PrimeDepth.from_pretrained(final))
+    for stem, trained in preds["trained"].items():
+        image = next(p for p in images if p.stem == stem)
+        expected = np.squeeze(np.asarray(torch.as_tensor(pipe(image).depth).float()))
+        assert trained.shape == expected.shape == (40, 56)
+        np.testing.assert_allclose(trained, expected, rtol=1e-4, atol=1e-6)
+        assert np.abs(trained - preds["untrained"][stem]).max() > 1e-3 * np.abs(trained).max()
 
 
 def test_debug_recipe_stopped_then_resumed_reaches_the_uninterrupted_weights(tmp_path):

@@ -26,8 +26,8 @@ def _absrel(pred, depth, valid):
 @pytest.mark.slow
 def test_debug_training_beats_constant_depth():
     """60 AdamW steps (wd 0.1, one-cycle, UNet at 0.01x lr, SeeCoder frozen but DC+SA) on 16
-    synthetic rooms: metric AbsRel (no alignment) below the best-guess constant depth (the
-    training median) on the training scenes and on 4 held-out scenes."""
+    synthetic rooms: metric AbsRel (no alignment) at least 15 % below the best-guess constant depth
+    (the training median) on the training scenes and on 4 held-out scenes."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -60,8 +60,9 @@ def test_debug_training_beats_constant_depth():
             pred = model.predict(x).depth
             results[name] = (_absrel(pred, d, v), _absrel(torch.full_like(d, const), d, v))
         print("AbsRel model vs constant:", results)
+        # measured: 0.72x (train) and 0.80x (held-out) of the constant's AbsRel; require a 15 % margin
         for name, (model_err, const_err) in results.items():
-            assert model_err < const_err, (name, model_err, const_err)
+            assert model_err < 0.85 * const_err, (name, model_err, const_err)
     finally:
         torch.set_num_threads(threads)
 
