@@ -38,6 +38,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..geometry import depth_to_disparity
 from ..types import AFFINE_DEPTH, AFFINE_DISPARITY, METRIC_DEPTH, RELATIVE_DEPTH, check_kind
 
 ALIGNMENTS = ("auto", "lsq", "lsq-disparity", "median", "none")
@@ -93,32 +94,52 @@ def _as_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def fit_scale_shift(pred, target, mask) -> tuple[float, float]:
-    """Least squares ``(s, t) = argmin Σ_mask (s·pred + t − target)²`` (float64).
+def scale_shift(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+                scale_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one least-squares fit: ``(s, t) = argmin Σ w·(s·pred + t − target)²`` over the last dim.
 
-    Raises ``ValueError`` when the mask is empty. A constant prediction gets the
-    minimum-norm solution (numpy ``lstsq``), i.e. a finite pair.
+    Torch, differentiable, computed in at least float32. Closed form, centred for accuracy:
+    ``s = Σw(p−p̄)(g−ḡ) / Σw(p−p̄)²``, ``t = ḡ − s·p̄`` (weighted means); ``scale_only``:
+    ``s = Σw·p·g / Σw·p²``, ``t = 0``. A constant prediction gets ``s = 0, t = ḡ`` (the
+    least-squares aligned value); no weight gives ``(0, 0)``. Weight-0 entries may hold NaN.
     """
-    p = _as_numpy(pred).astype(np.float64)
-    g = _as_numpy(target).astype(np.float64)
-    m = _as_numpy(mask).astype(bool)
+    dtype = torch.promote_types(pred.dtype, torch.float32)
+    w = weight.to(dtype)
+    p = torch.where(w > 0, pred.to(dtype), 0.0)
+    g = torch.where(w > 0, target.to(dtype), 0.0)
+    spp = (w * p * p).sum(-1)
+    if scale_only:
+        ok = spp > 0
+        s = torch.where(ok, (w * p * g).sum(-1) / torch.where(ok, spp, 1.0), 0.0)
+        return s, torch.zeros_like(s)
+    n = w.sum(-1).clamp_min(torch.finfo(dtype).tiny)
+    pm, gm = (w * p).sum(-1) / n, (w * g).sum(-1) / n
+    dp = p - pm[..., None]
+    var = (w * dp * dp).sum(-1)
+    ok = var > (8 * torch.finfo(dtype).eps) ** 2 * spp  # else p is constant up to rounding
+    s = torch.where(ok, (w * dp * (g - gm[..., None])).sum(-1) / torch.where(ok, var, 1.0), 0.0)
+    return s, gm - s * pm
+
+
+def _lstsq(pv, gv, weights=None, scale_only: bool = False) -> tuple[float, float]:
+    """:func:`scale_shift` on numpy arrays (float64); ``weights`` default 1."""
+    w = np.ones(np.shape(pv)) if weights is None else weights
+    s, t = scale_shift(*(torch.as_tensor(np.asarray(a, dtype=np.float64)).reshape(-1) for a in (pv, gv, w)),
+                       scale_only=scale_only)
+    return float(s), float(t)
+
+
+def fit_scale_shift(pred, target, mask) -> tuple[float, float]:
+    """Least squares ``(s, t) = argmin Σ_mask (s·pred + t − target)²`` (float64, :func:`scale_shift`).
+
+    Raises ``ValueError`` when the mask is empty; a constant prediction gets ``s = 0``.
+    """
+    p, g, m = _as_numpy(pred), _as_numpy(target), _as_numpy(mask).astype(bool)
     if p.shape != g.shape or p.shape != m.shape:
         raise ValueError(f"shapes differ: pred {p.shape}, target {g.shape}, mask {m.shape}")
     if not m.any():
         raise ValueError("cannot fit scale and shift: the valid mask is empty")
-    return _lstsq(p[m], g[m])
-
-
-def _lstsq(pv: np.ndarray, gv: np.ndarray, weights: Optional[np.ndarray] = None,
-           scale_only: bool = False) -> tuple[float, float]:
-    """(Weighted) least squares of ``s·pv + t ≈ gv`` on 1-D float64 vectors (``t = 0`` with ``scale_only``)."""
-    a = pv[:, None] if scale_only else np.stack([pv, np.ones_like(pv)], axis=1)  # [N,1|2]
-    b = gv
-    if weights is not None:
-        r = np.sqrt(weights)
-        a, b = a * r[:, None], b * r
-    sol, *_ = np.linalg.lstsq(a, b, rcond=None)
-    return (float(sol[0]), 0.0) if scale_only else (float(sol[0]), float(sol[1]))
+    return _lstsq(p, g, m)
 
 
 def fit_median_scale(pred, target, mask) -> float:
@@ -169,14 +190,12 @@ def align(pred, gt, mask, method: str, *, max_depth: Optional[float] = None,
         return AlignResult(p.copy(), method)
     if method == "lsq":
         pf, gf, mf = _downsample_like_marigold([p, g, fit_mask], fit_max_res)
-        s, t = fit_scale_shift(np.where(mf, pf, 0.0), gf, mf)
+        s, t = fit_scale_shift(pf, gf, mf)
         return AlignResult(s * p + t, method, s, t)
     if method == "lsq-disparity":
-        gt_disp = np.zeros_like(g)
-        gt_disp[g > 0] = 1.0 / g[g > 0]
         fit_mask = fit_mask & (g > 0) & (p > 0)
-        pf, gf, mf = _downsample_like_marigold([p, gt_disp, fit_mask], fit_max_res)
-        s, t = fit_scale_shift(np.where(mf, pf, 0.0), gf, mf)
+        pf, gf, mf = _downsample_like_marigold([p, depth_to_disparity(g), fit_mask], fit_max_res)
+        s, t = fit_scale_shift(pf, gf, mf)
         disp = s * p + t
         floor = DISPARITY_FLOOR
         if max_depth is not None and math.isfinite(max_depth) and max_depth > 0:
