@@ -130,3 +130,14 @@ def test_video_frames_go_through_the_temporal_hook():
     preds = list(DepthPipeline(Stateful(), processing_res=0).video(frames))
     assert calls == [None, 1, 2]
     assert [float(p.depth.mean()) for p in preds] == pytest.approx([1.0, 1.5, 2.0])
+
+
+def test_resize_depth_in_disparity_space_by_hand():
+    from diffdepth.pipeline import resize_depth
+
+    # depth [1, 0(invalid)] -> disparity [1, 0], bilinear 2 -> 4 (half-pixel centres): [1, .75, .25, 0]
+    # -> depth [1, 4/3, 4, 0]; in depth space the same resize gives [1, .75, .25, 0]
+    x = torch.tensor([[[[1.0, 0.0]]]], dtype=torch.float64)
+    out = resize_depth(x, (1, 4), space="disparity")[0, 0, 0]
+    torch.testing.assert_close(out, torch.tensor([1.0, 4 / 3, 4.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(resize_depth(x, (1, 4))[0, 0, 0], torch.tensor([1.0, 0.75, 0.25, 0.0], dtype=torch.float64))
