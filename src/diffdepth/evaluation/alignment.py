@@ -121,25 +121,19 @@ def scale_shift(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
     return s, gm - s * pm
 
 
-def _lstsq(pv, gv, weights=None, scale_only: bool = False) -> tuple[float, float]:
-    """:func:`scale_shift` on numpy arrays (float64); ``weights`` default 1."""
-    w = np.ones(np.shape(pv)) if weights is None else weights
-    s, t = scale_shift(*(torch.as_tensor(np.asarray(a, dtype=np.float64)).reshape(-1) for a in (pv, gv, w)),
-                       scale_only=scale_only)
-    return float(s), float(t)
-
-
-def fit_scale_shift(pred, target, mask) -> tuple[float, float]:
-    """Least squares ``(s, t) = argmin Σ_mask (s·pred + t − target)²`` (float64, :func:`scale_shift`).
+def fit_scale_shift(pred, target, mask, scale_only: bool = False) -> tuple[float, float]:
+    """Least squares ``(s, t) = argmin Σ_mask (s·pred + t − target)²`` on numpy/torch arrays in float64
+    (:func:`scale_shift`); ``mask`` is bool or non-negative weights.
 
     Raises ``ValueError`` when the mask is empty; a constant prediction gets ``s = 0``.
     """
-    p, g, m = _as_numpy(pred), _as_numpy(target), _as_numpy(mask).astype(bool)
+    p, g, m = (torch.as_tensor(np.asarray(_as_numpy(a), dtype=np.float64)) for a in (pred, target, mask))
     if p.shape != g.shape or p.shape != m.shape:
-        raise ValueError(f"shapes differ: pred {p.shape}, target {g.shape}, mask {m.shape}")
+        raise ValueError(f"shapes differ: pred {tuple(p.shape)}, target {tuple(g.shape)}, mask {tuple(m.shape)}")
     if not m.any():
         raise ValueError("cannot fit scale and shift: the valid mask is empty")
-    return _lstsq(p, g, m)
+    s, t = scale_shift(p.reshape(-1), g.reshape(-1), m.reshape(-1), scale_only)
+    return float(s), float(t)
 
 
 def fit_median_scale(pred, target, mask) -> float:
@@ -153,6 +147,18 @@ def fit_median_scale(pred, target, mask) -> float:
     if med_p == 0.0 or not math.isfinite(med_p):
         raise ValueError(f"cannot compute the median ratio: median prediction is {med_p}")
     return float(np.median(g[m])) / med_p
+
+
+def disparity_floor(max_depth: Optional[float]) -> float:
+    """Aligned disparity is clamped at ``max(1/max_depth, 1e-3)`` before inverting (see the module docstring)."""
+    finite = max_depth is not None and math.isfinite(max_depth) and max_depth > 0
+    return max(DISPARITY_FLOOR, 1.0 / max_depth) if finite else DISPARITY_FLOOR
+
+
+def clamped_inverse(disparity: np.ndarray, floor: float) -> np.ndarray:
+    """``1 / max(disparity, floor)``: aligned disparity to depth (NaN stays NaN)."""
+    with np.errstate(invalid="ignore"):
+        return 1.0 / np.maximum(disparity, floor)
 
 
 def _downsample_like_marigold(arrays, max_res: Optional[int]):
@@ -196,13 +202,7 @@ def align(pred, gt, mask, method: str, *, max_depth: Optional[float] = None,
         fit_mask = fit_mask & (g > 0) & (p > 0)
         pf, gf, mf = _downsample_like_marigold([p, depth_to_disparity(g), fit_mask], fit_max_res)
         s, t = fit_scale_shift(pf, gf, mf)
-        disp = s * p + t
-        floor = DISPARITY_FLOOR
-        if max_depth is not None and math.isfinite(max_depth) and max_depth > 0:
-            floor = max(floor, 1.0 / max_depth)
-        with np.errstate(invalid="ignore"):
-            disp = np.where(np.isnan(disp), disp, np.maximum(disp, floor))
-        return AlignResult(1.0 / disp, method, s, t)
+        return AlignResult(clamped_inverse(s * p + t, disparity_floor(max_depth)), method, s, t)
     if method == "median":
         ratio = fit_median_scale(p, g, fit_mask & (p > 0))
         return AlignResult(p * ratio, method, ratio, 0.0)
@@ -300,7 +300,7 @@ def robust_scale_shift(pv, gv, *, scale_only: bool = False, seed: int = 0, trial
         if med < best_med:
             best, best_med = (s, t), med
     if best is None:  # every subset degenerate (a constant prediction): plain least squares
-        best = _lstsq(p, g, scale_only=scale_only)
+        best = fit_scale_shift(p, g, np.ones_like(p), scale_only)
     s, t = best
     floor = 1e-9 * float(np.median(np.abs(g))) + 1e-300  # exact data: MAD 0
     for _ in range(iterations):
@@ -310,7 +310,7 @@ def robust_scale_shift(pv, gv, *, scale_only: bool = False, seed: int = 0, trial
         w = np.where(np.abs(u) < 1, (1 - u ** 2) ** 2, 0.0)
         if np.count_nonzero(w) < k:
             break
-        s_new, t_new = _lstsq(p, g, w, scale_only)
+        s_new, t_new = fit_scale_shift(p, g, w, scale_only)
         done = abs(s_new - s) <= 1e-12 * abs(s) + 1e-300 and abs(t_new - t) <= 1e-12 * (abs(t) + abs(s)) + 1e-300
         s, t = s_new, t_new
         if done:
@@ -319,7 +319,7 @@ def robust_scale_shift(pv, gv, *, scale_only: bool = False, seed: int = 0, trial
     sigma = max(_MAD_TO_SIGMA * float(np.median(np.abs(r))), floor)
     inliers = np.abs(r) < _TUKEY_C * sigma
     if np.count_nonzero(inliers) >= k:
-        s, t = _lstsq(p[inliers], g[inliers], scale_only=scale_only)
+        s, t = fit_scale_shift(p, g, inliers, scale_only)
     return s, t, inliers, sigma
 
 
@@ -353,10 +353,7 @@ class AnchorFit:
         """The aligned depth (float64, metres) as computed: a disparity is clamped at ``floor`` and inverted."""
         p = _as_numpy(pred).astype(np.float64)
         v = self.scale * p + self.shift
-        if self.space != "disparity":
-            return v
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return 1.0 / np.where(np.isnan(v), v, np.maximum(v, self.floor))
+        return clamped_inverse(v, self.floor) if self.space == "disparity" else v
 
     def apply(self, pred) -> np.ndarray:
         """Metric depth (float32 [H,W], metres); pixels that come out non-positive or non-finite are 0 (no depth)."""
@@ -408,9 +405,7 @@ def fit_anchors(pred, anchors, kind: str, *, fit: str = "auto", seed: int = 0,
     held, used = order[:n_hold], order[n_hold:]
     target = 1.0 / gv if space == "disparity" else gv
     s, t, inl, _ = robust_scale_shift(pv[used], target[used], scale_only=mode == "scale", seed=seed)
-    floor = DISPARITY_FLOOR
-    if max_depth is not None and math.isfinite(max_depth) and max_depth > 0:
-        floor = max(floor, 1.0 / max_depth)
+    floor = disparity_floor(max_depth)
     res = AnchorFit(s, t, space, mode, kind, n, len(used), int(inl.sum()), float(inl.mean()),
                     math.nan, math.nan, n_hold, None, None, seed, floor)
     depth_all = res.apply(pv).astype(np.float64)
