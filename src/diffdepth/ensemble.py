@@ -97,8 +97,7 @@ class Ensembler:
         ours = np.squeeze(np.asarray(pred.depth, dtype=np.float64))
         if pred.kind != AFFINE_DISPARITY:  # depth known up to scale or metric: invert, no value = NaN
             ours = depth_to_disparity(ours, invalid=np.nan)
-        valid = np.isfinite(ours)
-        out = ensemble_with(np.where(valid, ours, np.nan), other, other_kind, weight=self.weight)
+        out = ensemble_with(ours, other, other_kind, weight=self.weight)  # non-finite ours -> 0 below
         out = np.where(np.isfinite(out), out, 0.0).astype(np.float32)
         keep = pred.uncertainty if pred.kind == AFFINE_DISPARITY else None
         return DepthPrediction(out, AFFINE_DISPARITY, keep, pred.extras)

@@ -53,10 +53,8 @@ def color_jitter(frames: np.ndarray, rng, brightness=0.2, contrast=0.2, saturati
 
 def median_scaled_abs_rel(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, lo: float = 1e-3,
                           hi: float = 80.0) -> float:
-    """Mean over images of AbsRel after per-image median scaling (Monodepth2 protocol), clipped to
-    [lo, hi], on ground truth in (lo, hi): what ``eval`` computes (:func:`~diffdepth.evaluation.alignment.align`
-    ``"median"``, :func:`~diffdepth.evaluation.alignment.finalize_depth`, AbsRel). Images that
-    cannot be aligned are left out."""
+    """Mean over images of AbsRel after median scaling, clipped to [lo, hi], on ground truth in (lo, hi):
+    what ``eval`` computes (``align(..., "median")``, ``finalize_depth``); unalignable images are left out."""
     from ...evaluation.alignment import align, finalize_depth
     from ...evaluation.metrics import abs_rel
 
