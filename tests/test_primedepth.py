@@ -231,6 +231,21 @@ def test_ablation_switches_train_and_predict(opts):
     assert pred.depth.shape == (1, 1, 32, 32) and torch.isfinite(pred.depth).all()
 
 
+def test_latent_loss_skips_latent_cells_with_an_invalid_pixel():
+    model = PrimeDepth.make_tiny(seed=2, loss_space="latent")
+    task, f = model.make_training_task(), model.sd.latent_factor
+    disp = torch.rand(1, 1, 4 * f, 4 * f, generator=torch.Generator().manual_seed(0)) + 0.5
+    valid = torch.ones_like(disp, dtype=torch.bool)
+    latent = torch.zeros(1, 4, 4, 4)
+    bad = latent.clone()
+    bad[:, :, 1, 0] = 1e3  # a large error in latent cell (1, 0) ...
+    assert task._latent_loss(bad, disp, valid) > task._latent_loss(latent, disp, valid) + 1e4
+    valid[0, 0, f + 1, 2] = False  # ... does not count once one of its pixels is invalid
+    torch.testing.assert_close(task._latent_loss(bad, disp, valid), task._latent_loss(latent, disp, valid))
+    with pytest.raises(InputError, match="no latent cell"):
+        task._latent_loss(latent, disp, torch.zeros_like(valid))
+
+
 def test_bad_switches_are_rejected():
     with pytest.raises(ConfigError, match="loss_space"):
         PrimeDepth.make_tiny(loss_space="latnet")
