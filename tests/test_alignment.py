@@ -118,3 +118,94 @@ def test_marigold_fit_max_res_subsamples_width_only():
     assert res.scale == pytest.approx(1.0) and res.shift == pytest.approx(0.0, abs=1e-12)
     full = align(pred, gt, mask, "lsq")
     assert abs(full.shift) > 1.0  # the full-resolution fit differs
+
+
+# ---------------------------------------------------------------------------- the one least-squares / median core
+def test_scale_shift_core_hand_values_batched_weighted_and_degenerate():
+    from diffdepth.evaluation.alignment import scale_shift
+
+    nan = float("nan")
+    p = torch.tensor([[0.0, 1.0, 2.0, 3.0, nan],  # weight 0 on the NaN: ignored
+                      [5.0, 5.0, 5.0, 5.0, 9.0],  # constant where weighted
+                      [1.0, 2.0, 3.0, 4.0, 5.0]])  # no weight at all
+    g = torch.tensor([[1.0, 2.0, 3.0, 10.0, nan], [1.0, 2.0, 3.0, 10.0, 7.0], [1.0, 1.0, 1.0, 1.0, 1.0]])
+    w = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0, 0.0], [0.0] * 5])
+    s, t = scale_shift(p, g, w)
+    # row 0: p̄ = 1.5, ḡ = 4, cov = 14, var = 5 -> s = 2.8, t = 4 - 2.8·1.5 = -0.2
+    # row 1: constant prediction -> s = 0, t = ḡ = 4; row 2: nothing to fit -> (0, 0)
+    torch.testing.assert_close(s, torch.tensor([2.8, 0.0, 0.0]))
+    torch.testing.assert_close(t, torch.tensor([-0.2, 4.0, 0.0]))
+    # a weight counts as repeated pixels: weight 2 on (p 0, g 0) = that pixel twice
+    s, t = scale_shift(torch.tensor([0.0, 1.0, 2.0]), torch.tensor([0.0, 3.0, 3.0]), torch.tensor([2.0, 1.0, 1.0]))
+    ref = fit_scale_shift(np.array([0.0, 0.0, 1.0, 2.0]), np.array([0.0, 0.0, 3.0, 3.0]), np.ones(4, bool))
+    assert (float(s), float(t)) == (pytest.approx(ref[0]), pytest.approx(ref[1]))
+    # p̄ = 3/4, ḡ = 3/2, cov = 9/2, var = 11/4 -> s = 18/11, t = 3/2 - 18/11·3/4 = 3/11
+    assert ref == (pytest.approx(18 / 11), pytest.approx(3 / 11))
+    # scale only: s = Σpg / Σp² = (1·2 + 2·5) / (1 + 4) = 2.4
+    s, t = scale_shift(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 5.0]), torch.ones(2), scale_only=True)
+    assert (float(s), float(t)) == (pytest.approx(2.4), 0.0)
+
+
+def test_scale_shift_float32_far_from_zero_stays_exact():
+    """Predictions 1000 + [0, 1, 2] against [1, 3, 5] (s = 2, t = -1999): the uncentred float32
+    normal equations lose the 2x2 determinant (6) to rounding of Σp² ≈ 3e6; the centred form is exact."""
+    from diffdepth.evaluation.alignment import scale_shift
+
+    s, t = scale_shift(torch.tensor([1000.0, 1001.0, 1002.0]), torch.tensor([1.0, 3.0, 5.0]), torch.ones(3))
+    assert s.dtype == torch.float32
+    assert float(s) == pytest.approx(2.0, rel=1e-6) and float(t) == pytest.approx(-1999.0, rel=1e-6)
+
+
+def test_scale_shift_gradients_match_finite_differences():
+    from diffdepth.evaluation.alignment import scale_shift
+
+    g = torch.Generator().manual_seed(0)
+    p = torch.rand(2, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    tgt = torch.rand(2, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    w = (torch.rand(2, 6, generator=g, dtype=torch.float64) > 0.3).double()
+    assert torch.autograd.gradcheck(lambda a, b: scale_shift(a, b, w), (p, tgt))
+
+
+def test_lsq_disparity_hand_values():
+    # p = [1, 2, 3] against 1/gt = [1, 1/2, 1/4]: p̄ = 2, ḡ = 7/12, cov = -3/4, var = 2
+    # -> s = -3/8, t = 7/12 + 3/4 = 4/3; disparities [23/24, 7/12, 5/24] -> depths [24/23, 12/7, 24/5]
+    res = align(np.array([[1.0, 2.0, 3.0]]), np.array([[1.0, 2.0, 4.0]]), np.ones((1, 3), bool),
+                "lsq-disparity", max_depth=10.0)
+    assert res.scale == pytest.approx(-0.375) and res.shift == pytest.approx(4 / 3)
+    np.testing.assert_allclose(res.depth[0], [24 / 23, 12 / 7, 24 / 5], rtol=1e-12)
+    # in depth space the same data fits s = 1.5, t = -2/3
+    res = align(np.array([[1.0, 2.0, 3.0]]), np.array([[1.0, 2.0, 4.0]]), np.ones((1, 3), bool), "lsq")
+    assert res.scale == pytest.approx(1.5) and res.shift == pytest.approx(-2 / 3)
+
+
+def test_median_of_an_even_count_is_the_mean_of_the_middle_pair():
+    # numpy's median (the published numbers): gt [1,2,4,8] -> 3, pred [1,2,3,4] -> 2.5, ratio 1.2;
+    # torch's lower median would give 2 / 2 = 1
+    pred, gt = np.array([[1.0, 2.0, 3.0, 4.0, 0.0]]), np.array([[1.0, 2.0, 4.0, 8.0, 5.0]])
+    mask = np.ones((1, 5), bool)  # the non-positive prediction is left out of the median
+    assert align(pred, gt, mask, "median").scale == pytest.approx(1.2)
+    with pytest.raises(ValueError, match="empty"):
+        fit_median_scale(pred, gt, np.zeros((1, 5), bool))
+
+
+def test_fit_scale_shift_degenerate_cases():
+    s, t = fit_scale_shift(np.full(4, 2.0), np.array([1.0, 2.0, 3.0, 6.0]), np.ones(4, bool))
+    assert (s, t) == (0.0, pytest.approx(3.0))  # a constant prediction is aligned to the mean target
+    with pytest.raises(ValueError, match="empty"):
+        fit_scale_shift(np.ones(3), np.ones(3), np.zeros(3, bool))
+    with pytest.raises(ValueError, match="shapes differ"):
+        fit_scale_shift(np.ones(3), np.ones(4), np.ones(3, bool))
+
+
+def test_depth_to_disparity_one_conversion_two_invalid_values():
+    from diffdepth.geometry import depth_to_disparity
+
+    d = np.array([2.0, 0.0, -1.0, np.nan, 4.0], dtype=np.float32)
+    np.testing.assert_array_equal(depth_to_disparity(d), [0.5, 0, 0, 0, 0.25])
+    assert depth_to_disparity(d).dtype == np.float32 and depth_to_disparity(np.array([2, 0])).dtype == np.float64
+    np.testing.assert_array_equal(depth_to_disparity(d, invalid=np.nan), [0.5, np.nan, np.nan, np.nan, 0.25])
+    torch.testing.assert_close(depth_to_disparity(torch.from_numpy(d), invalid=np.nan),
+                               torch.tensor([0.5, np.nan, np.nan, np.nan, 0.25]), equal_nan=True)
+    x = torch.tensor([0.0, 4.0], requires_grad=True)
+    depth_to_disparity(x).sum().backward()  # the invalid branch never divides by zero
+    torch.testing.assert_close(x.grad, torch.tensor([0.0, -1 / 16]))

@@ -252,6 +252,39 @@ def test_median_scaled_abs_rel_is_scale_invariant():
     assert median_scaled_abs_rel(noisy * 3, gt, valid) == pytest.approx(expected, rel=1e-4)
 
 
+def test_median_scaled_abs_rel_hand_values_use_numpys_median():
+    # valid: gt in (1e-3, 80) and the valid flag -> pred [1,2,3,4] vs gt [1,2,4,8]; numpy's medians
+    # 2.5 and 3 give the ratio 1.2 (torch's lower medians would give 1) ->
+    # AbsRel = (0.2/1 + 0.4/2 + 0.4/4 + 3.2/8) / 4 = 0.225
+    pred = torch.tensor([1.0, 2.0, 3.0, 4.0, 50.0, 7.0, 1000.0]).view(1, 1, 1, 7)
+    gt = torch.tensor([1.0, 2.0, 4.0, 8.0, 0.0, 100.0, 5.0]).view(1, 1, 1, 7)
+    valid = torch.tensor([True] * 6 + [False]).view(1, 1, 1, 7)
+    assert median_scaled_abs_rel(pred, gt, valid) == pytest.approx(0.225, rel=1e-12)
+
+
+def test_median_scaled_abs_rel_log_equals_eval_on_the_same_sample(tiny):
+    """The training log's ``abs_rel_median`` is what ``eval`` (median alignment, range clip) reports."""
+    from dataclasses import replace
+
+    from diffdepth.evaluation import evaluate_sample, get_protocol
+
+    torch.manual_seed(1)
+    task = tiny.make_training_task()
+    frames = torch.rand(2, 3, 3, 64, 64)
+    K = torch.tensor([[40.0, 0, 32], [0, 40.0, 32], [0, 0, 1]]).expand(2, 3, 3).clone()
+    depth = torch.rand(2, 1, 64, 64) * 10 + 1
+    valid = torch.rand(2, 1, 64, 64) > 0.25
+    with torch.no_grad():
+        out = task({"frames": frames, "intrinsics": K, "depth": depth, "valid": valid})
+    hi = float(depth.max()) + 1  # the task clips to the batch's depth range
+    protocol = replace(get_protocol("kitti_mono2"), crop=None, max_depth=hi)
+    records = [evaluate_sample({"name": str(i), "depth": depth[i, 0].numpy(), "valid": valid[i, 0].numpy()},
+                               out["depth"][i, 0], "relative_depth", protocol) for i in range(2)]
+    assert all(r.status == "ok" and r.alignment == "median" for r in records)
+    expected = np.mean([r.metrics["abs_rel"] for r in records])
+    assert 0.01 < expected and out["logs"]["abs_rel_median"] == pytest.approx(expected, rel=1e-12)
+
+
 def test_full_size_architecture_builds_with_sd21_channels():
     """The benchmark's full-size model (SD 2.1-sized VAE/UNet, ResNet-50), built on the meta device."""
     from diffusers import AutoencoderKL, UNet2DConditionModel

@@ -254,6 +254,17 @@ def test_affine_invariant_l1():
     assert a.item() > 0.05 and a.item() == pytest.approx(b.item(), rel=1e-4)
 
 
+def test_affine_invariant_l1_hand_values():
+    # image 1: p [0,1,2,3] vs g [1,2,3,10] (5th pixel masked out): s = 2.8, t = -0.2,
+    # residuals [-1.2, 0.6, 2.4, -1.8] -> Σ|r| = 6; image 2: constant prediction -> s = 0, t = ḡ = 4,
+    # Σ|g − 4| = 12; mean over the 8 valid pixels = 18 / 8
+    pred = torch.tensor([[0.0, 1.0, 2.0, 3.0, 50.0], [5.0, 5.0, 5.0, 5.0, 5.0]]).view(2, 1, 1, 5)
+    target = torch.tensor([[1.0, 2.0, 3.0, 10.0, 1000.0], [1.0, 2.0, 3.0, 10.0, 1000.0]]).view(2, 1, 1, 5)
+    mask = torch.tensor([True, True, True, True, False]).view(1, 1, 1, 5).expand(2, 1, 1, 5)
+    assert affine_invariant_l1(pred, target, mask).item() == pytest.approx(18 / 8)
+    assert affine_invariant_l1(pred[:1], target[:1], mask[:1]).item() == pytest.approx(6 / 4)
+
+
 def test_flip_transform(tiny):
     task = tiny.make_training_task(flip_prob=1.0)
     img = np.arange(3 * 2 * 4, dtype=np.float32).reshape(3, 2, 4)

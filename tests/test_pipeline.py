@@ -147,3 +147,14 @@ def test_two_contracts_batched_prediction_and_one_image_map():
     with pytest.raises(ValueError, match=r"DepthPrediction.depth is \[B,1,H,W\]"):
         DepthPrediction(pred.depth, pred.kind)
     assert diffdepth.DepthPrediction is DepthPrediction and diffdepth.DepthMap is DepthMap
+
+
+def test_resize_depth_in_disparity_space_by_hand():
+    from diffdepth.pipeline import resize_depth
+
+    # depth [1, 0(invalid)] -> disparity [1, 0], bilinear 2 -> 4 (half-pixel centres): [1, .75, .25, 0]
+    # -> depth [1, 4/3, 4, 0]; in depth space the same resize gives [1, .75, .25, 0]
+    x = torch.tensor([[[[1.0, 0.0]]]], dtype=torch.float64)
+    out = resize_depth(x, (1, 4), space="disparity")[0, 0, 0]
+    torch.testing.assert_close(out, torch.tensor([1.0, 4 / 3, 4.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(resize_depth(x, (1, 4))[0, 0, 0], torch.tensor([1.0, 0.75, 0.25, 0.0], dtype=torch.float64))

@@ -379,6 +379,22 @@ def test_loss_space_latent_is_the_mse_to_the_vae_latent_of_the_normalised_dispar
         by_hand = sd.vae.decode(z / sd.vae.config.scaling_factor).sample.mean(1, keepdim=True)
     torch.testing.assert_close(model.predict(x, seed=3).depth, by_hand, rtol=1e-5, atol=1e-6)
 
+
+def test_latent_loss_skips_latent_cells_with_an_invalid_pixel():
+    model = PrimeDepth.make_tiny(seed=2, loss_space="latent")
+    task, f = model.make_training_task(), model.sd.latent_factor
+    disp = torch.rand(1, 1, 4 * f, 4 * f, generator=torch.Generator().manual_seed(0)) + 0.5
+    valid = torch.ones_like(disp, dtype=torch.bool)
+    latent = torch.zeros(1, 4, 4, 4)
+    bad = latent.clone()
+    bad[:, :, 1, 0] = 1e3  # a large error in latent cell (1, 0) ...
+    assert task._latent_loss(bad, disp, valid) > task._latent_loss(latent, disp, valid) + 1e4
+    valid[0, 0, f + 1, 2] = False  # ... does not count once one of its pixels is invalid
+    torch.testing.assert_close(task._latent_loss(bad, disp, valid), task._latent_loss(latent, disp, valid))
+    with pytest.raises(InputError, match="no latent cell"):
+        task._latent_loss(latent, disp, torch.zeros_like(valid))
+
+
 def test_bad_switches_are_rejected():
     with pytest.raises(ConfigError, match="loss_space"):
         PrimeDepth.make_tiny(loss_space="latnet")
@@ -457,6 +473,20 @@ def test_save_load_round_trip(tiny, tmp_path):
     a = tiny.predict(x, seed=2, with_segmentation=True)
     b = loaded.predict(x, seed=2, with_segmentation=True)
     assert torch.equal(a.depth, b.depth) and torch.equal(a.extras["segmentation"], b.extras["segmentation"])
+
+
+def test_ensembler_inverts_a_depth_first_model_and_zeroes_its_invalid_pixels(tmp_path):
+    from diffdepth.ensemble import Ensembler
+    from diffdepth.types import DepthPrediction
+
+    # ours: metric depth [1, 2, 4, 0 (none)] -> disparity [1, 1/2, 1/4, NaN]; the saved disparity
+    # 2·d + 1 (7 where ours has no value) aligns back exactly (s = 1/2, t = -1/2): the average is ours
+    ext = np.array([[3.0, 2.0], [1.5, 7.0]], dtype=np.float32)
+    np.save(tmp_path / "x.npy", ext)
+    (tmp_path / "kind.txt").write_text("affine_invariant_disparity\n")
+    out = Ensembler(str(tmp_path))(DepthPrediction(np.array([[1.0, 2.0], [4.0, 0.0]], np.float32), "metric_depth"), "x")
+    assert out.kind == "affine_invariant_disparity"
+    np.testing.assert_allclose(out.depth, [[1.0, 0.5], [0.25, 0.0]], rtol=1e-6, atol=1e-7)
 
 
 def test_ensemble_with_aligns_then_averages(tmp_path):

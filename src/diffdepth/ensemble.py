@@ -24,6 +24,7 @@ from typing import Optional, Union
 import numpy as np
 
 from .errors import InputError
+from .geometry import depth_to_disparity
 from .types import AFFINE_DEPTH, AFFINE_DISPARITY, DepthMap
 
 
@@ -40,15 +41,6 @@ def parse_spec(text: str):
         return ("model", method, checkpoint or None if sep else None)
     raise InputError(f"--ensemble-with {text}: neither a folder of predictions nor METHOD:CHECKPOINT "
                      f"(methods: {', '.join(ids)}; e.g. hf:depth-anything/Depth-Anything-V2-Large-hf)")
-
-
-def to_disparity(depth: np.ndarray, kind: str) -> np.ndarray:
-    """Disparity of a map of ``kind``: disparities as they are, depths inverted (values <= 0 → NaN)."""
-    depth = np.asarray(depth, dtype=np.float64)
-    if kind == AFFINE_DISPARITY:
-        return depth
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(depth > 0, 1.0 / np.where(depth > 0, depth, 1.0), np.nan)
 
 
 class Ensembler:
@@ -102,9 +94,10 @@ class Ensembler:
                              f"inverted); this method gives {pred.kind}, whose unknown shift makes 1/depth no "
                              f"disparity — put a disparity or metric model first")
         other, other_kind = self.second(rel, image)
-        ours = to_disparity(np.squeeze(np.asarray(pred.depth)), pred.kind)
-        valid = np.isfinite(ours)
-        out = ensemble_with(np.where(valid, ours, np.nan), other, other_kind, weight=self.weight)
+        ours = np.squeeze(np.asarray(pred.depth, dtype=np.float64))
+        if pred.kind != AFFINE_DISPARITY:  # depth known up to scale or metric: invert, no value = NaN
+            ours = depth_to_disparity(ours, invalid=np.nan)
+        out = ensemble_with(ours, other, other_kind, weight=self.weight)  # non-finite ours -> 0 below
         out = np.where(np.isfinite(out), out, 0.0).astype(np.float32)
         keep = pred.uncertainty if pred.kind == AFFINE_DISPARITY else None
         return DepthMap(out, AFFINE_DISPARITY, keep, pred.extras)

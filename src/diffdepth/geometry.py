@@ -63,15 +63,17 @@ def project(points: torch.Tensor, K: torch.Tensor, T: Optional[torch.Tensor] = N
     return cam[:, :2] / (z + eps), z
 
 
-def depth_to_disparity(depth, eps: float = 1e-8):
-    """1/depth where depth > 0, else 0 (numpy or torch)."""
+def depth_to_disparity(depth, invalid: float = 0.0, eps: float = 0.0):
+    """``1/depth`` where ``depth > eps``, else ``invalid`` (0, or NaN to keep "no value" apart from
+    "far"); numpy (float64 unless float32 in) or torch. NaN depth is invalid."""
     if isinstance(depth, torch.Tensor):
-        return torch.where(depth > eps, 1.0 / depth.clamp_min(eps), torch.zeros_like(depth))
+        ok = depth > eps
+        return torch.where(ok, 1.0 / torch.where(ok, depth, 1.0), invalid)
     depth = np.asarray(depth)
-    out = np.zeros_like(depth, dtype=np.float64 if depth.dtype == np.float64 else np.float32)
-    mask = depth > eps
-    out[mask] = 1.0 / depth[mask]
-    return out
+    depth = depth if depth.dtype == np.float32 else depth.astype(np.float64)
+    ok = depth > eps
+    with np.errstate(invalid="ignore"):
+        return np.where(ok, 1.0 / np.where(ok, depth, 1.0), np.asarray(invalid, depth.dtype))
 
 
 disparity_to_depth = depth_to_disparity  # the map is its own inverse

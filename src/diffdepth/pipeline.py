@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .geometry import depth_to_disparity
 from .model import DepthModel
 from .types import METRIC_DEPTH, RELATIVE_DEPTH, DepthMap, DepthPrediction
 
@@ -118,9 +119,7 @@ def resize_depth(x: torch.Tensor, size: Tuple[int, int], space: str = "depth",
         return resize(x, size, antialias=antialias)
     if space != "disparity":
         raise ValueError(f"resize space must be one of {', '.join(RESIZE_SPACES)}, got {space!r}")
-    disp = torch.where(x > 0, 1.0 / x.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
-    disp = resize(disp, size, antialias=antialias)
-    return torch.where(disp > 0, 1.0 / disp.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(disp))
+    return depth_to_disparity(resize(depth_to_disparity(x), size, antialias=antialias))
 
 
 class DepthPipeline:

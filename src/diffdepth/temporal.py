@@ -17,7 +17,7 @@ from typing import Deque, Optional, Tuple
 import numpy as np
 
 from .errors import InputError
-from .types import AFFINE_DEPTH, AFFINE_DISPARITY, METRIC_DEPTH, RELATIVE_DEPTH, DepthMap
+from .types import AFFINE_DEPTH, AFFINE_DISPARITY, DepthMap
 
 #: ``--temporal`` values: ``latent`` (default, as before) runs the method's own temporal hook
 #: (Marigold: latent blending), ``none`` predicts every frame alone, ``align`` adds this stage to
@@ -27,20 +27,17 @@ TEMPORAL_MODES = ("latent", "none", "align", "align+latent")
 
 def robust_fit(kind: str, values: np.ndarray, reference: np.ndarray, trim: float = 0.2,
                rounds: int = 3) -> Tuple[float, float]:
-    """``(scale, shift)`` mapping ``values`` onto ``reference`` by kind, trimming the largest residuals."""
-    from .evaluation.alignment import fit_median_scale, fit_scale_shift
+    """``(scale, shift)`` mapping ``values`` onto ``reference`` by kind (:func:`~diffdepth.tiling.fit_tile`),
+    for the affine kinds refitted ``rounds - 1`` times without the largest residuals."""
+    from .evaluation.alignment import fit_scale_shift
+    from .tiling import fit_tile
 
+    s, t = fit_tile(kind, values, reference)
     mask = np.isfinite(values) & np.isfinite(reference)
-    if kind == METRIC_DEPTH or not mask.any():
-        return 1.0, 0.0
-    if kind == RELATIVE_DEPTH:
-        mask &= (values > 0) & (reference > 0)
-        return (fit_median_scale(values, reference, mask), 0.0) if mask.any() else (1.0, 0.0)
-    if kind not in (AFFINE_DEPTH, AFFINE_DISPARITY):
-        raise ValueError(f"unknown depth kind {kind!r}")
+    if kind not in (AFFINE_DEPTH, AFFINE_DISPARITY) or not mask.any():
+        return s, t
     v = np.where(mask, values, 0.0)
     r = np.where(mask, reference, 0.0)
-    s, t = fit_scale_shift(v, r, mask)
     for _ in range(rounds - 1 if trim > 0 else 0):
         residual = np.abs(s * v + t - r)
         cut = np.quantile(residual[mask], 1.0 - trim)

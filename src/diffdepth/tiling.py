@@ -92,7 +92,7 @@ def fit_tile(kind: str, tile_values: np.ndarray, global_values: np.ndarray,
     if kind == METRIC_DEPTH or not mask.any():
         return 1.0, 0.0
     if kind in (AFFINE_DEPTH, AFFINE_DISPARITY):
-        return fit_scale_shift(np.where(mask, tile_values, 0.0), np.where(mask, global_values, 0.0), mask)
+        return fit_scale_shift(tile_values, global_values, mask)
     if kind == RELATIVE_DEPTH:
         mask &= (tile_values > 0) & (global_values > 0)
         if not mask.any():

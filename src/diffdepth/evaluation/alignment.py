@@ -38,6 +38,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..geometry import depth_to_disparity
 from ..types import AFFINE_DEPTH, AFFINE_DISPARITY, METRIC_DEPTH, RELATIVE_DEPTH, check_kind
 
 ALIGNMENTS = ("auto", "lsq", "lsq-disparity", "median", "none")
@@ -93,32 +94,46 @@ def _as_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def fit_scale_shift(pred, target, mask) -> tuple[float, float]:
-    """Least squares ``(s, t) = argmin Σ_mask (s·pred + t − target)²`` (float64).
+def scale_shift(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+                scale_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one least-squares fit: ``(s, t) = argmin Σ w·(s·pred + t − target)²`` over the last dim.
 
-    Raises ``ValueError`` when the mask is empty. A constant prediction gets the
-    minimum-norm solution (numpy ``lstsq``), i.e. a finite pair.
+    Torch, differentiable, computed in at least float32. Closed form, centred for accuracy:
+    ``s = Σw(p−p̄)(g−ḡ) / Σw(p−p̄)²``, ``t = ḡ − s·p̄`` (weighted means); ``scale_only``:
+    ``s = Σw·p·g / Σw·p²``, ``t = 0``. A constant prediction gets ``s = 0, t = ḡ`` (the
+    least-squares aligned value); no weight gives ``(0, 0)``. Weight-0 entries may hold NaN.
     """
-    p = _as_numpy(pred).astype(np.float64)
-    g = _as_numpy(target).astype(np.float64)
-    m = _as_numpy(mask).astype(bool)
+    dtype = torch.promote_types(pred.dtype, torch.float32)
+    w = weight.to(dtype)
+    p = torch.where(w > 0, pred.to(dtype), 0.0)
+    g = torch.where(w > 0, target.to(dtype), 0.0)
+    spp = (w * p * p).sum(-1)
+    if scale_only:
+        ok = spp > 0
+        s = torch.where(ok, (w * p * g).sum(-1) / torch.where(ok, spp, 1.0), 0.0)
+        return s, torch.zeros_like(s)
+    n = w.sum(-1).clamp_min(torch.finfo(dtype).tiny)
+    pm, gm = (w * p).sum(-1) / n, (w * g).sum(-1) / n
+    dp = p - pm[..., None]
+    var = (w * dp * dp).sum(-1)
+    ok = var > (8 * torch.finfo(dtype).eps) ** 2 * spp  # else p is constant up to rounding
+    s = torch.where(ok, (w * dp * (g - gm[..., None])).sum(-1) / torch.where(ok, var, 1.0), 0.0)
+    return s, gm - s * pm
+
+
+def fit_scale_shift(pred, target, mask, scale_only: bool = False) -> tuple[float, float]:
+    """Least squares ``(s, t) = argmin Σ_mask (s·pred + t − target)²`` on numpy/torch arrays in float64
+    (:func:`scale_shift`); ``mask`` is bool or non-negative weights.
+
+    Raises ``ValueError`` when the mask is empty; a constant prediction gets ``s = 0``.
+    """
+    p, g, m = (torch.as_tensor(np.asarray(_as_numpy(a), dtype=np.float64)) for a in (pred, target, mask))
     if p.shape != g.shape or p.shape != m.shape:
-        raise ValueError(f"shapes differ: pred {p.shape}, target {g.shape}, mask {m.shape}")
+        raise ValueError(f"shapes differ: pred {tuple(p.shape)}, target {tuple(g.shape)}, mask {tuple(m.shape)}")
     if not m.any():
         raise ValueError("cannot fit scale and shift: the valid mask is empty")
-    return _lstsq(p[m], g[m])
-
-
-def _lstsq(pv: np.ndarray, gv: np.ndarray, weights: Optional[np.ndarray] = None,
-           scale_only: bool = False) -> tuple[float, float]:
-    """(Weighted) least squares of ``s·pv + t ≈ gv`` on 1-D float64 vectors (``t = 0`` with ``scale_only``)."""
-    a = pv[:, None] if scale_only else np.stack([pv, np.ones_like(pv)], axis=1)  # [N,1|2]
-    b = gv
-    if weights is not None:
-        r = np.sqrt(weights)
-        a, b = a * r[:, None], b * r
-    sol, *_ = np.linalg.lstsq(a, b, rcond=None)
-    return (float(sol[0]), 0.0) if scale_only else (float(sol[0]), float(sol[1]))
+    s, t = scale_shift(p.reshape(-1), g.reshape(-1), m.reshape(-1), scale_only)
+    return float(s), float(t)
 
 
 def fit_median_scale(pred, target, mask) -> float:
@@ -132,6 +147,18 @@ def fit_median_scale(pred, target, mask) -> float:
     if med_p == 0.0 or not math.isfinite(med_p):
         raise ValueError(f"cannot compute the median ratio: median prediction is {med_p}")
     return float(np.median(g[m])) / med_p
+
+
+def disparity_floor(max_depth: Optional[float]) -> float:
+    """Aligned disparity is clamped at ``max(1/max_depth, 1e-3)`` before inverting (see the module docstring)."""
+    finite = max_depth is not None and math.isfinite(max_depth) and max_depth > 0
+    return max(DISPARITY_FLOOR, 1.0 / max_depth) if finite else DISPARITY_FLOOR
+
+
+def clamped_inverse(disparity: np.ndarray, floor: float) -> np.ndarray:
+    """``1 / max(disparity, floor)``: aligned disparity to depth (NaN stays NaN)."""
+    with np.errstate(invalid="ignore"):
+        return 1.0 / np.maximum(disparity, floor)
 
 
 def _downsample_like_marigold(arrays, max_res: Optional[int]):
@@ -169,21 +196,13 @@ def align(pred, gt, mask, method: str, *, max_depth: Optional[float] = None,
         return AlignResult(p.copy(), method)
     if method == "lsq":
         pf, gf, mf = _downsample_like_marigold([p, g, fit_mask], fit_max_res)
-        s, t = fit_scale_shift(np.where(mf, pf, 0.0), gf, mf)
+        s, t = fit_scale_shift(pf, gf, mf)
         return AlignResult(s * p + t, method, s, t)
     if method == "lsq-disparity":
-        gt_disp = np.zeros_like(g)
-        gt_disp[g > 0] = 1.0 / g[g > 0]
         fit_mask = fit_mask & (g > 0) & (p > 0)
-        pf, gf, mf = _downsample_like_marigold([p, gt_disp, fit_mask], fit_max_res)
-        s, t = fit_scale_shift(np.where(mf, pf, 0.0), gf, mf)
-        disp = s * p + t
-        floor = DISPARITY_FLOOR
-        if max_depth is not None and math.isfinite(max_depth) and max_depth > 0:
-            floor = max(floor, 1.0 / max_depth)
-        with np.errstate(invalid="ignore"):
-            disp = np.where(np.isnan(disp), disp, np.maximum(disp, floor))
-        return AlignResult(1.0 / disp, method, s, t)
+        pf, gf, mf = _downsample_like_marigold([p, depth_to_disparity(g), fit_mask], fit_max_res)
+        s, t = fit_scale_shift(pf, gf, mf)
+        return AlignResult(clamped_inverse(s * p + t, disparity_floor(max_depth)), method, s, t)
     if method == "median":
         ratio = fit_median_scale(p, g, fit_mask & (p > 0))
         return AlignResult(p * ratio, method, ratio, 0.0)
@@ -281,7 +300,7 @@ def robust_scale_shift(pv, gv, *, scale_only: bool = False, seed: int = 0, trial
         if med < best_med:
             best, best_med = (s, t), med
     if best is None:  # every subset degenerate (a constant prediction): plain least squares
-        best = _lstsq(p, g, scale_only=scale_only)
+        best = fit_scale_shift(p, g, np.ones_like(p), scale_only)
     s, t = best
     floor = 1e-9 * float(np.median(np.abs(g))) + 1e-300  # exact data: MAD 0
     for _ in range(iterations):
@@ -291,7 +310,7 @@ def robust_scale_shift(pv, gv, *, scale_only: bool = False, seed: int = 0, trial
         w = np.where(np.abs(u) < 1, (1 - u ** 2) ** 2, 0.0)
         if np.count_nonzero(w) < k:
             break
-        s_new, t_new = _lstsq(p, g, w, scale_only)
+        s_new, t_new = fit_scale_shift(p, g, w, scale_only)
         done = abs(s_new - s) <= 1e-12 * abs(s) + 1e-300 and abs(t_new - t) <= 1e-12 * (abs(t) + abs(s)) + 1e-300
         s, t = s_new, t_new
         if done:
@@ -300,7 +319,7 @@ def robust_scale_shift(pv, gv, *, scale_only: bool = False, seed: int = 0, trial
     sigma = max(_MAD_TO_SIGMA * float(np.median(np.abs(r))), floor)
     inliers = np.abs(r) < _TUKEY_C * sigma
     if np.count_nonzero(inliers) >= k:
-        s, t = _lstsq(p[inliers], g[inliers], scale_only=scale_only)
+        s, t = fit_scale_shift(p, g, inliers, scale_only)
     return s, t, inliers, sigma
 
 
@@ -334,10 +353,7 @@ class AnchorFit:
         """The aligned depth (float64, metres) as computed: a disparity is clamped at ``floor`` and inverted."""
         p = _as_numpy(pred).astype(np.float64)
         v = self.scale * p + self.shift
-        if self.space != "disparity":
-            return v
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return 1.0 / np.where(np.isnan(v), v, np.maximum(v, self.floor))
+        return clamped_inverse(v, self.floor) if self.space == "disparity" else v
 
     def apply(self, pred) -> np.ndarray:
         """Metric depth (float32 [H,W], metres); pixels that come out non-positive or non-finite are 0 (no depth)."""
@@ -389,9 +405,7 @@ def fit_anchors(pred, anchors, kind: str, *, fit: str = "auto", seed: int = 0,
     held, used = order[:n_hold], order[n_hold:]
     target = 1.0 / gv if space == "disparity" else gv
     s, t, inl, _ = robust_scale_shift(pv[used], target[used], scale_only=mode == "scale", seed=seed)
-    floor = DISPARITY_FLOOR
-    if max_depth is not None and math.isfinite(max_depth) and max_depth > 0:
-        floor = max(floor, 1.0 / max_depth)
+    floor = disparity_floor(max_depth)
     res = AnchorFit(s, t, space, mode, kind, n, len(used), int(inl.sum()), float(inl.mean()),
                     math.nan, math.nan, n_hold, None, None, seed, floor)
     depth_all = res.apply(pv).astype(np.float64)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..geometry import depth_to_disparity
 from ..types import AFFINE_DEPTH, METRIC_DEPTH, RELATIVE_DEPTH, DepthMap, DepthPrediction, check_kind
 from ..utils import atomic_path
 from .alignment import align, finalize_depth, fit_anchors, parse_sparse, resolve_alignment
@@ -99,10 +100,9 @@ def resize_prediction(pred: np.ndarray, shape, mode: str = "bilinear", kind: Opt
     t = torch.as_tensor(np.ascontiguousarray(pred), dtype=torch.float64)[None, None]  # [1,1,h,w]
     if mode == "disparity":
         if kind in (RELATIVE_DEPTH, METRIC_DEPTH):
-            disp = torch.where(t > 0, 1.0 / torch.where(t > 0, t, torch.ones_like(t)), torch.zeros_like(t))
-            disp = torch.nn.functional.interpolate(disp, size=tuple(shape), mode="bilinear", align_corners=False)
-            t = torch.where(disp > 0, 1.0 / torch.where(disp > 0, disp, torch.ones_like(disp)), torch.zeros_like(disp))
-            return t[0, 0].numpy()
+            disp = torch.nn.functional.interpolate(depth_to_disparity(t), size=tuple(shape), mode="bilinear",
+                                                   align_corners=False)
+            return depth_to_disparity(disp)[0, 0].numpy()
         mode = "bilinear"
     if mode == "bilinear":
         t = torch.nn.functional.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False)

@@ -5,7 +5,7 @@ Pure functions on tensors, validated loudly:
 * :func:`normalize_target` — d* = (d − t(d)) / s(d) with t(d) = median(d) and
   s(d) = mean |d − t(d)| over the valid pixels of each image (PrimeDepth Sec. 3.4).
 * :func:`align_least_squares` — per-image scale a and shift b minimising
-  Σ_valid (a·p + b − d*)² (closed form, differentiable in p).
+  Σ_valid (a·p + b − d*)² (the evaluation's closed form, differentiable in p).
 * :func:`ssi_mse_loss` — L_ssi = MSE(d*, α(d*, p̂)) over valid pixels, averaged over images.
 
 Images with fewer than two valid pixels are left out of the batch mean; a batch with no
@@ -16,6 +16,8 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
+
+from ..evaluation.alignment import scale_shift
 
 
 def _check(pred: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor], what: str) -> torch.Tensor:
@@ -65,28 +67,17 @@ def normalize_target(target: torch.Tensor, mask: Optional[torch.Tensor] = None, 
     return out, usable
 
 
-def align_least_squares(pred: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                        eps: float = 1e-12) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Least-squares scale/shift of ``pred`` onto ``target`` per image.
+def align_least_squares(pred: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor] = None
+                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Least-squares scale/shift of ``pred`` onto ``target`` per image
+    (:func:`diffdepth.evaluation.alignment.scale_shift`; gradients flow through the closed form).
 
-    Returns ``(aligned [B,1,H,W], scale [B], shift [B])`` with ``aligned = scale·pred + shift``.
-    Solves the 2x2 normal equations; a constant prediction gets scale 0 and shift = mean target.
-    Gradients flow through the closed form (as in MiDaS' trimmed-free SSI-MSE).
+    Returns ``(aligned [B,1,H,W], scale [B], shift [B])`` with ``aligned = scale·pred + shift``;
+    a constant prediction gets scale 0 and shift = mean target.
     """
     mask = _check(pred, target, mask, "align_least_squares")
-    m = mask.float()
-    p = pred.float() * m
-    d = torch.where(mask, target.float(), torch.zeros_like(target, dtype=torch.float32))
-    dims = (1, 2, 3)
-    n = m.sum(dims)
-    sp, sd = p.sum(dims), d.sum(dims)
-    spp, spd = (p * p).sum(dims), (p * d).sum(dims)
-    det = n * spp - sp * sp
-    ok = det.abs() > eps * (n * spp).clamp_min(eps)
-    safe = torch.where(ok, det, torch.ones_like(det))
-    scale = torch.where(ok, (n * spd - sp * sd) / safe, torch.zeros_like(det))
-    shift = torch.where(ok, (spp * sd - sp * spd) / safe, sd / n.clamp_min(1.0))
-    aligned = scale.view(-1, 1, 1, 1) * pred.float() + shift.view(-1, 1, 1, 1)
+    scale, shift = scale_shift(pred.flatten(1), target.flatten(1), mask.flatten(1))
+    aligned = scale.view(-1, 1, 1, 1) * pred.to(scale.dtype) + shift.view(-1, 1, 1, 1)
     return aligned, scale, shift
 
 

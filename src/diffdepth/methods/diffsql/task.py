@@ -53,15 +53,20 @@ def color_jitter(frames: np.ndarray, rng, brightness=0.2, contrast=0.2, saturati
 
 def median_scaled_abs_rel(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, lo: float = 1e-3,
                           hi: float = 80.0) -> float:
-    """Mean over images of AbsRel after per-image median scaling (Monodepth2 protocol), clipped to [lo, hi]."""
+    """Mean over images of AbsRel after median scaling, clipped to [lo, hi], on ground truth in (lo, hi):
+    what ``eval`` computes (``align(..., "median")``, ``finalize_depth``); unalignable images are left out."""
+    from ...evaluation.alignment import align, finalize_depth
+    from ...evaluation.metrics import abs_rel
+
     vals = []
     for p, g, m in zip(pred, gt, valid):
-        m = m.bool() & (g > lo) & (g < hi) & torch.isfinite(g)
-        if m.sum() == 0:
+        p, g = (x.detach().cpu().double().numpy().reshape(x.shape[-2:]) for x in (p, g))
+        m = m.cpu().numpy().reshape(g.shape).astype(bool) & (g > lo) & (g < hi) & np.isfinite(g)
+        try:
+            depth, _ = finalize_depth(align(p, g, m, "median").depth, m, lo, hi)
+        except ValueError:  # no valid pixel or no positive prediction
             continue
-        pp, gg = p[m].float(), g[m].float()
-        pp = (pp * (gg.median() / pp.median().clamp_min(1e-8))).clamp(lo, hi)
-        vals.append(((pp - gg).abs() / gg).mean().item())
+        vals.append(abs_rel(depth, g, m))
     return float(np.mean(vals)) if vals else float("nan")
 
 

@@ -25,6 +25,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from ...errors import ConfigError, InputError
+from ...evaluation.alignment import scale_shift
 from ...losses.latent import latent_valid_mask, masked_latent_mse
 from .noise import annealed_strength, pyramid_noise
 
@@ -32,24 +33,13 @@ OBJECTIVES = ("diffusion", "e2e")
 
 
 def affine_invariant_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per image: (s, t) = argmin Σ_mask (s·pred + t − target)² in closed form, then mean |s·pred + t − target|.
+    """Per image: least-squares (s, t) on the mask (:func:`~diffdepth.evaluation.alignment.scale_shift`,
+    gradients flow through them), then the mean of |s·pred + t − target| over the batch's valid pixels.
 
-    pred, target [B,1,H,W]; mask bool [B,1,H,W]. Gradients flow through s and t. Images with
-    fewer than 2 valid pixels contribute nothing.
+    pred, target [B,1,H,W]; mask bool [B,1,H,W].
     """
-    m = mask.to(pred.dtype)
-    n = m.flatten(1).sum(1).clamp(min=1.0)  # [B]
-    p, g = pred.flatten(1), target.flatten(1)
-    mw = m.flatten(1)
-    sp, sg = (mw * p).sum(1), (mw * g).sum(1)
-    spp, spg = (mw * p * p).sum(1), (mw * p * g).sum(1)
-    det = n * spp - sp * sp
-    ok = det.abs() > 1e-12
-    det = torch.where(ok, det, torch.ones_like(det))
-    s = torch.where(ok, (n * spg - sp * sg) / det, torch.ones_like(det))
-    t = torch.where(ok, (spp * sg - sp * spg) / det, torch.zeros_like(det))
-    err = (s[:, None] * p + t[:, None] - g).abs() * mw  # [B,HW]
-    return err.sum() / mw.sum().clamp(min=1.0)
+    s, t = scale_shift(pred.flatten(1), target.flatten(1), mask.flatten(1))
+    return masked_l1(s[:, None] * pred.flatten(1) + t[:, None], target.flatten(1), mask.flatten(1))
 
 
 def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

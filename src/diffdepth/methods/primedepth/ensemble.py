@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import InputError
-from ...types import AFFINE_DEPTH, AFFINE_DISPARITY, DEPTH_KINDS, METRIC_DEPTH, RELATIVE_DEPTH
+from ...evaluation.alignment import fit_scale_shift
+from ...geometry import depth_to_disparity
+from ...types import AFFINE_DEPTH, AFFINE_DISPARITY, DEPTH_KINDS
 
 Array = Union[np.ndarray, torch.Tensor]
 EXTENSIONS = (".npy", ".npz", ".png")
@@ -53,9 +55,9 @@ def ensemble_with(pred_disparity: Array, external: Array, external_kind: str = A
     if not 0.0 <= weight <= 1.0:
         raise InputError(f"ensemble weight must be in [0, 1], got {weight}")
     valid_ext = np.isfinite(ext)
-    if kind in (AFFINE_DEPTH, METRIC_DEPTH, RELATIVE_DEPTH):
+    if kind != AFFINE_DISPARITY:
         valid_ext &= ext > 0
-        ext = np.where(valid_ext, 1.0 / np.where(valid_ext, ext, 1.0), 0.0)
+        ext = depth_to_disparity(np.where(valid_ext, ext, 0.0))
     if ext.shape != ours.shape:
         t = torch.from_numpy(np.stack([np.where(valid_ext, ext, 0.0), valid_ext.astype(np.float64)]))[None]
         t = F.interpolate(t, size=ours.shape, mode="bilinear", align_corners=False)[0].numpy()
@@ -64,9 +66,7 @@ def ensemble_with(pred_disparity: Array, external: Array, external_kind: str = A
     both = valid_ext & np.isfinite(ours)
     if both.sum() < 2:
         raise InputError("the external prediction has fewer than 2 valid pixels overlapping ours")
-    e, o = ext[both], ours[both]
-    a = np.stack([e, np.ones_like(e)], 1)
-    (scale, shift), *_ = np.linalg.lstsq(a, o, rcond=None)
+    scale, shift = fit_scale_shift(ext, ours, both)
     aligned = scale * ext + shift
     out = np.where(valid_ext, (1.0 - weight) * ours + weight * aligned, ours)
     return out.astype(np.float32)

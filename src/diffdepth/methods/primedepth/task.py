@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import ConfigError, InputError
+from ...geometry import depth_to_disparity
+from ...losses.latent import latent_valid_mask, masked_latent_mse
 from ...losses.segmentation import FOCAL_REDUCTIONS, IGNORE_INDEX, primedepth_loss
 from ...losses.ssi import ssi_mse_loss
 
@@ -55,9 +57,9 @@ def to_disparity(values: torch.Tensor, valid: torch.Tensor, kind: str):
     """Labels in ``kind`` -> (disparity, valid): depth is inverted where > 0."""
     valid = valid & torch.isfinite(values)
     if kind == "disparity":
-        return torch.where(valid, values, torch.zeros_like(values)), valid
+        return torch.where(valid, values, 0.0), valid
     valid = valid & (values > 0)
-    return torch.where(valid, 1.0 / values.clamp_min(1e-8), torch.zeros_like(values)), valid
+    return depth_to_disparity(torch.where(valid, values, 0.0)), valid
 
 
 class PrimeDepthTask:
@@ -241,12 +243,10 @@ class PrimeDepthTask:
                 if v.numel() >= 2 and float(v.max() - v.min()) > 0:
                     norm[i] = ((disp[i] - v.min()) / (v.max() - v.min())).clamp(0, 1) * valid[i]
             target = sd.encode_image(norm.expand(-1, 3, -1, -1))  # [B,4,h,w]
-            f = sd.latent_factor
-            lmask = (-F.max_pool2d(-valid.float(), f, f)) > 0.5  # latent cells whose pixels are all valid
-        lmask = lmask.expand_as(latent)
+            lmask = latent_valid_mask(valid, sd.latent_factor)
         if not bool(lmask.any()):
             raise InputError("no latent cell has a fully valid label; the latent loss is undefined")
-        return F.mse_loss(latent.float()[lmask], target.float()[lmask])
+        return masked_latent_mse(latent, target, lmask)
 
     def visualize(self, batch: Dict[str, Any], output: Dict[str, Any]) -> Dict[str, np.ndarray]:
         disp = output.get("output", {}).get("disparity") if isinstance(output, dict) else None
