@@ -477,14 +477,14 @@ def test_save_load_round_trip(tiny, tmp_path):
 
 def test_ensembler_inverts_a_depth_first_model_and_zeroes_its_invalid_pixels(tmp_path):
     from diffdepth.ensemble import Ensembler
-    from diffdepth.types import DepthPrediction
+    from diffdepth.types import DepthMap
 
     # ours: metric depth [1, 2, 4, 0 (none)] -> disparity [1, 1/2, 1/4, NaN]; the saved disparity
     # 2·d + 1 (7 where ours has no value) aligns back exactly (s = 1/2, t = -1/2): the average is ours
     ext = np.array([[3.0, 2.0], [1.5, 7.0]], dtype=np.float32)
     np.save(tmp_path / "x.npy", ext)
     (tmp_path / "kind.txt").write_text("affine_invariant_disparity\n")
-    out = Ensembler(str(tmp_path))(DepthPrediction(np.array([[1.0, 2.0], [4.0, 0.0]], np.float32), "metric_depth"), "x")
+    out = Ensembler(str(tmp_path))(DepthMap(np.array([[1.0, 2.0], [4.0, 0.0]], np.float32), "metric_depth"), "x")
     assert out.kind == "affine_invariant_disparity"
     np.testing.assert_allclose(out.depth, [[1.0, 0.5], [0.25, 0.0]], rtol=1e-6, atol=1e-7)
 
