@@ -3,11 +3,15 @@ folder, KITTI-raw-like sequence); see :func:`write_dataset`."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
+from PIL import Image
 
+from ...utils import atomic_path
+from ..folder import encode_depth_uint16, write_folder_sample, write_matrix, write_png16, write_rgb, write_text
 from .geometry import Camera
 from .rendering import lidar_scan, render
 from .scenes import default_intrinsics, make_sequence, render_sample
@@ -25,13 +29,15 @@ def drive_name(index: int, date: str = SYNTH_DATE) -> str:
     return f"{date}_drive_{index:04d}_sync"
 
 
+def _fmt(values) -> str:
+    return " ".join(f"{float(v):.12e}" for v in np.asarray(values).ravel())
+
+
 def kitti_calib_text(K: np.ndarray, width: int, height: int) -> str:
     """``calib_cam_to_cam.txt`` in the KITTI raw format for a rectified rig whose four
     cameras share ``K`` (R = R_rect = I, D = 0); P_rect_0i = K [I | t_i], with
     t_i = (x_i, 0, 0) so that P_rect_0i[0,3] = fx * x_i as in KITTI."""
-    def fmt(vals) -> str:
-        return " ".join(f"{float(v):.12e}" for v in np.asarray(vals).ravel())
-
+    fmt = _fmt
     lines = ["calib_time: 01-Jan-2000 00:00:00", f"corner_dist: {fmt([0.0995])}"]
     K = np.asarray(K, dtype=np.float64)
     for i, x in enumerate(_KITTI_CAM_X):
@@ -54,39 +60,8 @@ def kitti_velo_calib_text() -> str:
     X_cam0 = R X_velo + T with T = -(camera-2 offset), so that P_rect_02 R_rect_00 [R|T]
     maps a scan point to its pixel in image_02 and velodyne x equals camera-2 depth."""
     T = np.array([-_KITTI_CAM_X[2], 0.0, 0.0])
-    fmt = lambda v: " ".join(f"{float(x):.12e}" for x in np.asarray(v).ravel())  # noqa: E731
-    return (f"calib_time: 01-Jan-2000 00:00:00\nR: {fmt(VELO_TO_CAM_R)}\nT: {fmt(T)}\n"
-            f"delta_f: {fmt([0, 0])}\ndelta_c: {fmt([0, 0])}\n")
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    try:
-        from tqdm import tqdm
-
-        return tqdm(total=total, desc=desc, disable=None if enabled else True, leave=False)  # None: off when not a terminal
-    except ImportError:  # pragma: no cover
-        return None
-
-
-def write_pseudo_sample(out, kind: str, name: str, r: Dict[str, np.ndarray]) -> None:
-    """One sample of the ``pseudo`` layout (see :func:`write_dataset`)."""
-    from PIL import Image
-
-    from ...utils import atomic_path
-    from ..folder import write_rgb, write_text
-
-    out = Path(out)
-    write_rgb(out / "images" / f"{name}.png", r["image"])
-    with atomic_path(out / "depth" / f"{name}.npy") as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, np.where(r["valid"], r["depth"], 0.0).astype(np.float32))
-    ids = r["ids"]
-    seg = np.where((ids >= 0) & (ids < 150), ids, 255).astype(np.uint8)
-    with atomic_path(out / "segmentation" / f"{name}.png") as tmp:
-        Image.fromarray(seg, "L").save(tmp)
-    n_obj = len(np.unique(ids[ids >= 0]))
-    what = "room" if kind == "indoor" else "street"
-    write_text(out / "captions" / f"{name}.txt", f"a rendered {what} with {n_obj} visible surfaces\n")
+    return (f"calib_time: 01-Jan-2000 00:00:00\nR: {_fmt(VELO_TO_CAM_R)}\nT: {_fmt(T)}\n"
+            f"delta_f: {_fmt([0, 0])}\ndelta_c: {_fmt([0, 0])}\n")
 
 
 def write_dataset(out, kind: str, n: int, size: Tuple[int, int], seed: int, layout: Optional[str] = None,
@@ -126,12 +101,23 @@ def write_dataset(out, kind: str, n: int, size: Tuple[int, int], seed: int, layo
 
     Returns a summary dict (paths, counts, seconds per frame).
     """
-    import time
-    from pathlib import Path
+    layout = _check_request(kind, n, layout)
+    out = Path(out)
+    summary: Dict = {"out": str(out), "kind": kind, "layout": layout, "n": n, "size": list(size), "seed": seed}
+    frames = _Frames(n, f"synth {kind}", progress)
+    try:
+        if kind == "sequence":
+            summary.update(_write_sequence(out, n, size, seed, frames))
+        else:
+            summary.update(_write_stills(out, kind, n, size, seed, layout, frames))
+    finally:
+        frames.close()
+    summary["seconds_per_frame"] = frames.seconds / n
+    return summary
 
-    from ...utils import atomic_path
-    from ..folder import encode_depth_uint16, write_folder_sample, write_matrix, write_png16, write_rgb, write_text
 
+def _check_request(kind: str, n: int, layout: Optional[str]) -> str:
+    """The layout to write (the kind's default when None); ValueError for an impossible request."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")
     if layout is None:
@@ -146,88 +132,118 @@ def write_dataset(out, kind: str, n: int, size: Tuple[int, int], seed: int, layo
         raise ValueError(f"n must be >= 1, got {n}")
     if kind == "sequence" and n < 3:
         raise ValueError(f"a sequence needs at least 3 frames (target and two neighbours), got {n}")
-    out = Path(out)
+    return layout
+
+
+class _Frames:
+    """``frames(render_one)`` yields ``(i, render_one(i))`` for i < n, timing the rendering (not the
+    writing) in ``seconds`` and advancing a progress bar once each sample is written."""
+
+    def __init__(self, n: int, desc: str, progress: bool):
+        self.n, self.seconds, self.bar = n, 0.0, None
+        try:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=n, desc=desc, disable=None if progress else True, leave=False)  # None: off when not a terminal
+        except ImportError:  # pragma: no cover
+            pass
+
+    def __call__(self, render_one: Callable[[int], Dict[str, np.ndarray]]):
+        for i in range(self.n):
+            t0 = time.perf_counter()
+            r = render_one(i)
+            self.seconds += time.perf_counter() - t0
+            yield i, r
+            if self.bar is not None:
+                self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _write_sequence(out: Path, n: int, size: Tuple[int, int], seed: int, frames: _Frames) -> Dict:
+    """The ``sequence`` layout (see :func:`write_dataset`); returns the split sizes."""
     h, w = size
-    bar = _progress(n, f"synth {kind}", progress)
-    t_render = 0.0
-    summary: Dict = {"out": str(out), "kind": kind, "layout": layout, "n": n, "size": [h, w], "seed": seed}
+    date, drive = SYNTH_DATE, drive_name(0)
+    scene, poses = make_sequence(np.random.default_rng([int(seed), 0]), n)
+    K = default_intrinsics("outdoor", h, w)
+    write_text(out / date / "calib_cam_to_cam.txt", kitti_calib_text(K, w, h))
+    write_text(out / date / "calib_velo_to_cam.txt", kitti_velo_calib_text())
+    drive_dir = out / date / drive
+    gt_lines = []
+    for i, r in frames(lambda i: render(scene, Camera(K, poses[i], h, w))):
+        write_rgb(drive_dir / "image_02" / "data" / f"{i:010d}.png", r["image"])
+        gt_rel = f"{date}/{drive}/proj_depth/groundtruth/image_02/{i:010d}.png"
+        write_png16(out / gt_rel, encode_depth_uint16(r["depth"], 256.0))
+        with atomic_path(drive_dir / "velodyne_points" / "data" / f"{i:010d}.bin") as tmp:
+            lidar_scan(scene, Camera(K, poses[i], h, w)).astype("<f4").tofile(tmp)
+        gt_lines.append(f"{date}/{drive}/image_02/data/{i:010d}.png {gt_rel} {K[0, 0]:.4f}")
+    write_text(drive_dir / "poses.txt", "".join(" ".join(f"{v:.12e}" for v in P[:3].ravel()) + "\n" for P in poses))
+    inner = list(range(1, n - 1))
+    val = [i for j, i in enumerate(inner) if j % 5 == 2]
+    train = [i for i in inner if i not in set(val)]
+    for name, ids in (("train_files.txt", train), ("val_files.txt", val), ("test_files.txt", range(n))):
+        write_text(out / name, "".join(f"{date}/{drive} {i} l\n" for i in ids))
+    write_text(out / "test_files_with_gt.txt", "\n".join(gt_lines) + "\n")
+    return {"train": len(train), "val": len(val)}
 
-    def tick():
-        if bar is not None:
-            bar.update(1)
 
-    if kind == "sequence":
-        date, drive = SYNTH_DATE, drive_name(0)
-        rng = np.random.default_rng([int(seed), 0])
-        scene, poses = make_sequence(rng, n)
-        K = default_intrinsics("outdoor", h, w)
-        write_text(out / date / "calib_cam_to_cam.txt", kitti_calib_text(K, w, h))
-        write_text(out / date / "calib_velo_to_cam.txt", kitti_velo_calib_text())
-        drive_dir = out / date / drive
-        gt_lines = []
-        for i, pose in enumerate(poses):
-            t0 = time.perf_counter()
-            cam = Camera(K, pose, h, w)
-            r = render(scene, cam)
-            t_render += time.perf_counter() - t0
-            write_rgb(drive_dir / "image_02" / "data" / f"{i:010d}.png", r["image"])
-            gt_rel = f"{date}/{drive}/proj_depth/groundtruth/image_02/{i:010d}.png"
-            write_png16(out / gt_rel, encode_depth_uint16(r["depth"], 256.0))
-            scan = lidar_scan(scene, cam)
-            with atomic_path(drive_dir / "velodyne_points" / "data" / f"{i:010d}.bin") as tmp:
-                scan.astype("<f4").tofile(tmp)
-            gt_lines.append(f"{date}/{drive}/image_02/data/{i:010d}.png {gt_rel} {K[0, 0]:.4f}")
-            tick()
-        write_text(drive_dir / "poses.txt",
-                   "".join(" ".join(f"{v:.12e}" for v in P[:3].ravel()) + "\n" for P in poses))
-        inner = list(range(1, n - 1))
-        val = [i for j, i in enumerate(inner) if j % 5 == 2]
-        train = [i for i in inner if i not in set(val)]
-        write_text(out / "train_files.txt", "".join(f"{date}/{drive} {i} l\n" for i in train))
-        write_text(out / "val_files.txt", "".join(f"{date}/{drive} {i} l\n" for i in val))
-        write_text(out / "test_files_with_gt.txt", "\n".join(gt_lines) + "\n")
-        write_text(out / "test_files.txt", "".join(f"{date}/{drive} {i} l\n" for i in range(n)))
-        summary.update(train=len(train), val=len(val))
-    else:
-        K = default_intrinsics(kind, h, w)
-        lines = []
-        if layout == "kitti":
-            date, drive = SYNTH_DATE, drive_name(0)
-            write_text(out / date / "calib_cam_to_cam.txt", kitti_calib_text(K, w, h))
-        for i in range(n):
-            t0 = time.perf_counter()
-            r = render_sample(kind, i, seed, (h, w))
-            t_render += time.perf_counter() - t0
-            if layout == "folder":
-                write_folder_sample(out, f"{kind}_{i:05d}", r["image"], r["depth"], r["K"])
-            elif layout == "pseudo":
-                write_pseudo_sample(out, kind, f"{kind}_{i:05d}", r)
-            elif layout == "nyu":
-                scene_dir = f"test/{kind}_{i:04d}"
-                rgb, dep, fil = (f"{scene_dir}/{p}_{i:04d}.png" for p in ("rgb", "depth", "filled"))
-                write_rgb(out / rgb, r["image"])
-                q = encode_depth_uint16(r["depth"], 1000.0)
-                write_png16(out / dep, q)
-                write_png16(out / fil, q)
-                lines.append(f"{rgb} {dep} {fil}")
-            else:
-                rgb = f"{date}/{drive}/image_02/data/{i:010d}.png"
-                dep = f"{drive}/proj_depth/groundtruth/image_02/{i:010d}.png"
-                write_rgb(out / rgb, r["image"])
-                write_png16(out / dep, encode_depth_uint16(r["depth"], 256.0))
-                lines.append(f"{rgb} {dep} {K[0, 0]:.4f}")
-            tick()
-        if layout == "nyu":
-            write_text(out / "filename_list_test.txt", "\n".join(lines) + "\n")
-            summary["split_file"] = str(out / "filename_list_test.txt")
-        elif layout == "kitti":
-            write_text(out / "eigen_test_files_with_gt.txt", "\n".join(lines) + "\n")
-            summary["split_file"] = str(out / "eigen_test_files_with_gt.txt")
-        if layout == "pseudo":
-            write_text(out / "labels.json", json.dumps({"depth_kind": "depth", "teacher": "diffdepth synth (exact depth)"}) + "\n")
-        elif layout != "folder":
-            write_matrix(out / "intrinsics.txt", K)
-    if bar is not None:
-        bar.close()
-    summary["seconds_per_frame"] = t_render / n
-    return summary
+def _write_stills(out: Path, kind: str, n: int, size: Tuple[int, int], seed: int, layout: str,
+                  frames: _Frames) -> Dict:
+    """The still-scene layouts (folder, nyu, kitti, pseudo); returns the split file, if any."""
+    h, w = size
+    K = default_intrinsics(kind, h, w)
+    if layout == "kitti":
+        write_text(out / SYNTH_DATE / "calib_cam_to_cam.txt", kitti_calib_text(K, w, h))
+    write_sample, split_name = _STILL_LAYOUTS[layout]
+    lines = [write_sample(out, kind, i, r) for i, r in frames(lambda i: render_sample(kind, i, seed, (h, w)))]
+    if layout == "pseudo":
+        write_text(out / "labels.json", json.dumps({"depth_kind": "depth", "teacher": "diffdepth synth (exact depth)"}) + "\n")
+    if split_name is None:
+        return {}
+    write_text(out / split_name, "\n".join(lines) + "\n")
+    write_matrix(out / "intrinsics.txt", K)
+    return {"split_file": str(out / split_name)}
+
+
+def _folder_sample(out: Path, kind: str, i: int, r: Dict[str, np.ndarray]) -> None:
+    write_folder_sample(out, f"{kind}_{i:05d}", r["image"], r["depth"], r["K"])
+
+
+def _pseudo_sample(out: Path, kind: str, i: int, r: Dict[str, np.ndarray]) -> None:
+    name = f"{kind}_{i:05d}"
+    write_rgb(out / "images" / f"{name}.png", r["image"])
+    with atomic_path(out / "depth" / f"{name}.npy") as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.where(r["valid"], r["depth"], 0.0).astype(np.float32))
+    ids = r["ids"]
+    seg = np.where((ids >= 0) & (ids < 150), ids, 255).astype(np.uint8)
+    with atomic_path(out / "segmentation" / f"{name}.png") as tmp:
+        Image.fromarray(seg, "L").save(tmp)
+    n_obj = len(np.unique(ids[ids >= 0]))
+    what = "room" if kind == "indoor" else "street"
+    write_text(out / "captions" / f"{name}.txt", f"a rendered {what} with {n_obj} visible surfaces\n")
+
+
+def _nyu_sample(out: Path, kind: str, i: int, r: Dict[str, np.ndarray]) -> str:
+    rgb, dep, fil = (f"test/{kind}_{i:04d}/{p}_{i:04d}.png" for p in ("rgb", "depth", "filled"))
+    write_rgb(out / rgb, r["image"])
+    q = encode_depth_uint16(r["depth"], 1000.0)
+    write_png16(out / dep, q)
+    write_png16(out / fil, q)
+    return f"{rgb} {dep} {fil}"
+
+
+def _kitti_sample(out: Path, kind: str, i: int, r: Dict[str, np.ndarray]) -> str:
+    drive = drive_name(0)
+    rgb = f"{SYNTH_DATE}/{drive}/image_02/data/{i:010d}.png"
+    dep = f"{drive}/proj_depth/groundtruth/image_02/{i:010d}.png"
+    write_rgb(out / rgb, r["image"])
+    write_png16(out / dep, encode_depth_uint16(r["depth"], 256.0))
+    return f"{rgb} {dep} {r['K'][0, 0]:.4f}"
+
+
+#: still layout -> (writer of one sample ``(out, kind, index, rendering) -> split line``, split file)
+_STILL_LAYOUTS = {"folder": (_folder_sample, None), "pseudo": (_pseudo_sample, None),
+                  "nyu": (_nyu_sample, "filename_list_test.txt"), "kitti": (_kitti_sample, "eigen_test_files_with_gt.txt")}

@@ -105,9 +105,29 @@ def render(scene: Scene, camera: Camera, pixels: Optional[np.ndarray] = None,
     ``cull=False`` tests every ray against every primitive (for checking the culling).
     """
     o, d = camera_rays(camera, pixels, scene.reference_pose)  # [3], [N,3]
-    n_rays = len(d)
+    best_t, best_id = _first_hits(scene, camera, o, d, pixels, cull)
+    hit = best_id >= 0
+    color = _shade(scene, o, d, best_t, best_id)
+    valid = hit & (best_t <= scene.max_depth)
+    depth = np.where(valid, best_t, 0.0)
+    shape = (camera.height, camera.width) if pixels is None else (len(d),)
+    return {
+        "image": color.reshape(*shape, 3).astype(np.float32),
+        "depth": depth.reshape(shape).astype(np.float32),
+        "depth64": np.where(hit, best_t, _INF).reshape(shape),
+        "valid": valid.reshape(shape),
+        "ids": best_id.reshape(shape),  # index of the primitive hit, -1 = sky
+        "K": np.asarray(camera.K, dtype=np.float64),
+        "pose": np.asarray(camera.pose, dtype=np.float64),
+    }
+
+
+def _first_hits(scene: Scene, camera: Camera, o: np.ndarray, d: np.ndarray, pixels: Optional[np.ndarray],
+                cull: bool) -> Tuple[np.ndarray, np.ndarray]:
+    """Ray parameter [N] and primitive index [N] of the nearest hit of every ray (inf / -1: none).
+    With ``cull`` each primitive is tested only on the rays of its conservative screen bounds."""
     grid = pixels is None
-    shape2 = (camera.height, camera.width) if grid else (n_rays,)
+    shape2 = (camera.height, camera.width) if grid else (len(d),)
     rays = Rays(o, *(np.ascontiguousarray(d[:, k].reshape(shape2)) for k in range(3)))
     best_t = np.full(shape2, _INF)
     best_id = np.full(shape2, -1, dtype=np.int64)
@@ -117,14 +137,9 @@ def render(scene: Scene, camera: Camera, pixels: Optional[np.ndarray] = None,
     if not grid:
         pu, pv = np.asarray(pixels, dtype=np.float64)[:, 0], np.asarray(pixels, dtype=np.float64)[:, 1]
     for k, prim in enumerate(scene.primitives):
-        if grid and not cull:
-            win = (slice(None), slice(None))
-            t = intersect(prim, rays[win])
-            closer = t < best_t
-            best_t[closer] = t[closer]
-            best_id[closer] = k
-        elif grid:  # screen-space culling: only the window the primitive can cover
-            win = screen_window(prim, K, world_to_cam, camera.height, camera.width, scene.far_clip)
+        if grid:  # screen-space culling: only the window the primitive can cover
+            win = (screen_window(prim, K, world_to_cam, camera.height, camera.width, scene.far_clip) if cull
+                   else (slice(None), slice(None)))
             if win is None:
                 continue
             t = intersect(prim, rays[win])
@@ -137,7 +152,7 @@ def render(scene: Scene, camera: Camera, pixels: Optional[np.ndarray] = None,
             if bnd is None:
                 continue
             if bnd == "all":
-                sel = np.arange(n_rays)
+                sel = np.arange(len(d))
             else:
                 sel = np.nonzero((pu >= bnd[0]) & (pu <= bnd[1]) & (pv >= bnd[2]) & (pv <= bnd[3]))[0]
                 if not len(sel):
@@ -146,11 +161,13 @@ def render(scene: Scene, camera: Camera, pixels: Optional[np.ndarray] = None,
             closer = t < best_t[sel]
             best_t[sel[closer]] = t[closer]
             best_id[sel[closer]] = k
-    best_t = best_t.reshape(-1)
-    best_id = best_id.reshape(-1)
+    return best_t.reshape(-1), best_id.reshape(-1)
 
+
+def _shade(scene: Scene, o: np.ndarray, d: np.ndarray, best_t: np.ndarray, best_id: np.ndarray) -> np.ndarray:
+    """Gamma-encoded colour [N,3] of every ray: the sky gradient on a miss, albedo x light on a hit."""
     hit = best_id >= 0
-    color = np.empty((n_rays, 3))
+    color = np.empty((len(d), 3))
     # sky: gradient on the elevation of the unit ray direction (-y is up)
     dn = d / np.linalg.norm(d, axis=1, keepdims=True)
     up = np.clip(-dn[:, 1], 0.0, 1.0)[:, None] ** 0.6
@@ -174,32 +191,24 @@ def render(scene: Scene, camera: Camera, pixels: Optional[np.ndarray] = None,
             nk = surface_normal(prim, p_all[sel], d[idx_hit[sel]])
             normals[sel] = nk
             alb[sel] = albedo(prim.material, p_all[sel], nk, noise)
-        light = np.full(len(p_all), float(scene.ambient))
-        for lt in scene.lights:
-            if isinstance(lt, DirectionalLight):
-                ldir = -np.asarray(lt.direction, dtype=np.float64)
-                ldir = ldir / np.linalg.norm(ldir)
-                light += lt.intensity * np.clip(normals @ ldir, 0.0, None)
-            else:
-                L = np.asarray(lt.position, dtype=np.float64) - p_all
-                dist2 = np.einsum("ij,ij->i", L, L)
-                lam = np.einsum("ij,ij->i", normals, L) / np.sqrt(np.maximum(dist2, 1e-12))
-                light += lt.intensity * np.clip(lam, 0.0, None) / (1.0 + lt.falloff * dist2)
-        color[idx_hit] = alb * light[:, None]
+        color[idx_hit] = alb * _light(scene, p_all, normals)[:, None]
+    return np.clip(color, 0.0, 1.0) ** (1.0 / scene.gamma)
 
-    color = np.clip(color, 0.0, 1.0) ** (1.0 / scene.gamma)
-    valid = hit & (best_t <= scene.max_depth)
-    depth = np.where(valid, best_t, 0.0)
-    shape = (camera.height, camera.width) if pixels is None else (n_rays,)
-    return {
-        "image": color.reshape(*shape, 3).astype(np.float32),
-        "depth": depth.reshape(shape).astype(np.float32),
-        "depth64": np.where(hit, best_t, _INF).reshape(shape),
-        "valid": valid.reshape(shape),
-        "ids": best_id.reshape(shape),  # index of the primitive hit, -1 = sky
-        "K": np.asarray(camera.K, dtype=np.float64),
-        "pose": np.asarray(camera.pose, dtype=np.float64),
-    }
+
+def _light(scene: Scene, p: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """Lambertian irradiance [N] at points p [N,3]: ambient + directional + point lights (with falloff)."""
+    light = np.full(len(p), float(scene.ambient))
+    for lt in scene.lights:
+        if isinstance(lt, DirectionalLight):
+            ldir = -np.asarray(lt.direction, dtype=np.float64)
+            ldir = ldir / np.linalg.norm(ldir)
+            light += lt.intensity * np.clip(normals @ ldir, 0.0, None)
+        else:
+            L = np.asarray(lt.position, dtype=np.float64) - p
+            dist2 = np.einsum("ij,ij->i", L, L)
+            lam = np.einsum("ij,ij->i", normals, L) / np.sqrt(np.maximum(dist2, 1e-12))
+            light += lt.intensity * np.clip(lam, 0.0, None) / (1.0 + lt.falloff * dist2)
+    return light
 
 
 def lidar_scan(scene: Scene, camera: Camera, n_beams: int = 64, elevation_deg=(2.0, -24.8),

@@ -44,7 +44,7 @@ def make_indoor_scene(rng: np.random.Generator) -> Tuple[Scene, np.ndarray]:
     cam_h = rng.uniform(1.1, 1.7)  # camera height above the floor; world y = 0 at the camera
     x0 = rng.uniform(-0.25, 0.25) * w  # room centre offset in x
     xl, xr = x0 - w / 2, x0 + w / 2
-    zb, zf = -rng.uniform(0.6, 1.5), None
+    zb = -rng.uniform(0.6, 1.5)
     zf = zb + length
     floor_y, ceil_y = cam_h, cam_h - height
     prims: List = [
@@ -55,16 +55,33 @@ def make_indoor_scene(rng: np.random.Generator) -> Tuple[Scene, np.ndarray]:
         Plane((0, 0, -1), -zf, _material(rng, ("plain", "stripes", "noise", "checker"), (0.2, 1.0))),
         Plane((0, 0, 1), zb, _material(rng, ("plain", "noise"), (0.2, 1.0))),
     ]
-
-    def clear_of_camera(xa, xb, za, zb_):
-        return not (xa < 0.7 and xb > -0.7 and za < 1.2 and zb_ > -1.0)
-
     # rug
     rx, rz = rng.uniform(0.8, 2.0), rng.uniform(0.8, 2.0)
     cxr, czr = rng.uniform(xl + rx / 2, xr - rx / 2), rng.uniform(1.0, zf - rz / 2 - 0.2)
     prims.append(Box((cxr - rx / 2, floor_y - 0.01, czr - rz / 2), (cxr + rx / 2, floor_y + 0.01, czr + rz / 2),
                      _material(rng, ("checker", "stripes", "noise"), (0.1, 0.4))))
-    # furniture boxes on the floor (some against the walls)
+    prims += _furniture(rng, xl, xr, zf, floor_y)
+    prims += _free_standing(rng, xl, xr, zf, floor_y, height)
+    prims += _pictures(rng, xl, xr, zf, floor_y, ceil_y)
+    lights = [PointLight((rng.uniform(xl + 0.5, xr - 0.5), ceil_y + 0.3, rng.uniform(0.5, zf - 0.5)),
+                         intensity=rng.uniform(0.8, 1.6), falloff=rng.uniform(0.05, 0.2))
+              for _ in range(int(rng.integers(1, 4)))]
+    scene = Scene(prims, lights, ambient=float(rng.uniform(0.2, 0.35)), max_depth=math.inf,
+                  noise_seed=int(rng.integers(2**31)))
+    pose = make_pose((0.0, 0.0, 0.0), yaw=rng.uniform(-0.35, 0.35), pitch=rng.uniform(0.0, 0.3),
+                     roll=rng.uniform(-0.03, 0.03))
+    return scene, pose
+
+
+def _clear_of_camera(xa: float, xb: float, za: float, zb: float) -> bool:
+    """The floor footprint [xa, xb] x [za, zb] leaves the camera (at the origin) free."""
+    return not (xa < 0.7 and xb > -0.7 and za < 1.2 and zb > -1.0)
+
+
+def _furniture(rng, xl: float, xr: float, zf: float, floor_y: float) -> List:
+    """2-5 boxes on the floor of the room [xl, xr] x [.., zf] (some against the side walls), half
+    of them with a sphere on top."""
+    prims: List = []
     for _ in range(int(rng.integers(2, 6))):
         for _try in range(10):
             bw, bd, bh = rng.uniform(0.4, 1.6), rng.uniform(0.4, 1.2), rng.uniform(0.4, 1.3)
@@ -73,25 +90,35 @@ def make_indoor_scene(rng: np.random.Generator) -> Tuple[Scene, np.ndarray]:
             else:
                 xa = rng.uniform(xl, xr - bw)
             za = rng.uniform(0.5, zf - bd)
-            if clear_of_camera(xa, xa + bw, za, za + bd):
+            if _clear_of_camera(xa, xa + bw, za, za + bd):
                 prims.append(Box((xa, floor_y - bh, za), (xa + bw, floor_y, za + bd), _material(rng)))
                 if rng.random() < 0.5:  # an object on top
                     r = rng.uniform(0.08, min(bw, bd) / 2.2)
                     prims.append(Sphere((xa + bw / 2, floor_y - bh - r, za + bd / 2), r, _material(rng)))
                 break
-    # free-standing spheres and cylinders
+    return prims
+
+
+def _free_standing(rng, xl: float, xr: float, zf: float, floor_y: float, height: float) -> List:
+    """Free-standing spheres and cylinders on the floor."""
+    prims: List = []
     for _ in range(int(rng.integers(1, 4))):
         r = rng.uniform(0.15, 0.5)
         cx, cz = rng.uniform(xl + r, xr - r), rng.uniform(1.5 + r, zf - r)
-        if clear_of_camera(cx - r, cx + r, cz - r, cz + r):
+        if _clear_of_camera(cx - r, cx + r, cz - r, cz + r):
             prims.append(Sphere((cx, floor_y - r, cz), r, _material(rng)))
     for _ in range(int(rng.integers(1, 4))):
         r = rng.uniform(0.08, 0.4)
         hgt = rng.uniform(0.3, min(2.0, height - 0.2))
         cx, cz = rng.uniform(xl + r, xr - r), rng.uniform(1.5 + r, zf - r)
-        if clear_of_camera(cx - r, cx + r, cz - r, cz + r):
+        if _clear_of_camera(cx - r, cx + r, cz - r, cz + r):
             prims.append(Cylinder(cx, cz, r, floor_y - hgt, floor_y, _material(rng)))
-    # pictures on the far and side walls
+    return prims
+
+
+def _pictures(rng, xl: float, xr: float, zf: float, floor_y: float, ceil_y: float) -> List:
+    """1-3 thin textured boxes on the far and side walls."""
+    prims: List = []
     for _ in range(int(rng.integers(1, 4))):
         pw, ph = rng.uniform(0.4, 1.2), rng.uniform(0.3, 0.9)
         py = rng.uniform(ceil_y + 0.3, floor_y - 1.2 - ph) if floor_y - 1.2 - ph > ceil_y + 0.3 else ceil_y + 0.3
@@ -104,15 +131,7 @@ def make_indoor_scene(rng: np.random.Generator) -> Tuple[Scene, np.ndarray]:
             pz = rng.uniform(1.0, max(1.1, zf - pw - 0.1))
             xs = (xl - 0.01, xl + 0.03) if wall == 1 else (xr - 0.03, xr + 0.01)
             prims.append(Box((xs[0], py, pz), (xs[1], py + ph, pz + pw), mat))
-    lights = []
-    for _ in range(int(rng.integers(1, 4))):
-        lights.append(PointLight((rng.uniform(xl + 0.5, xr - 0.5), ceil_y + 0.3, rng.uniform(0.5, zf - 0.5)),
-                                 intensity=rng.uniform(0.8, 1.6), falloff=rng.uniform(0.05, 0.2)))
-    scene = Scene(prims, lights, ambient=float(rng.uniform(0.2, 0.35)), max_depth=math.inf,
-                  noise_seed=int(rng.integers(2**31)))
-    pose = make_pose((0.0, 0.0, 0.0), yaw=rng.uniform(-0.35, 0.35), pitch=rng.uniform(0.0, 0.3),
-                     roll=rng.uniform(-0.03, 0.03))
-    return scene, pose
+    return prims
 
 
 def make_outdoor_scene(rng: np.random.Generator, z_min: float = -30.0, z_max: float = 150.0,
@@ -136,56 +155,14 @@ def make_outdoor_scene(rng: np.random.Generator, z_min: float = -30.0, z_max: fl
         xa, xb = sorted((side * road, side * (road + walk)))
         prims.append(Box((xa, cam_h - 0.15, z_min), (xb, cam_h + 0.5, z_max),
                          Material("checker", _color(rng, 0.5, 0.75), _color(rng, 0.4, 0.65), rng.uniform(0.4, 1.0), 0.08)))
-        # façades
-        z = z_min
-        while z < z_max:
-            bl = rng.uniform(6.0, 20.0)
-            setback = rng.uniform(0.0, 2.0)
-            depth = rng.uniform(6.0, 12.0)
-            bh = rng.uniform(6.0, 25.0)
-            x_in = road + walk + setback
-            xa, xb = sorted((side * x_in, side * (x_in + depth)))
-            prims.append(Box((xa, cam_h - bh, z), (xb, cam_h, z + bl),
-                             _material(rng, ("stripes", "checker", "noise", "plain"), (0.5, 2.5))))
-            z += bl + rng.uniform(0.0, 4.0)
-        # parked cars
-        z = z_min + rng.uniform(0.0, 10.0)
-        while z < z_max:
-            if rng.random() < 0.6:
-                xc = side * (road - 1.1)
-                cl = rng.uniform(3.8, 4.8)
-                body = _material(rng, ("plain", "noise"), (0.3, 1.0), 0.04)
-                prims.append(Box((xc - 0.9, cam_h - 1.0, z), (xc + 0.9, cam_h - 0.25, z + cl), body))
-                prims.append(Box((xc - 0.75, cam_h - 1.5, z + 0.9), (xc + 0.75, cam_h - 1.0, z + cl - 1.0),
-                                 Material("plain", (0.15, 0.18, 0.22), (0.1, 0.1, 0.1), 1.0, 0.03)))
-                z += cl + rng.uniform(1.0, 6.0)
-            else:
-                z += rng.uniform(4.0, 12.0)
-        # poles and trees
-        z = z_min + rng.uniform(0.0, 15.0)
-        while z < z_max:
-            xp = side * (road + 0.5)
-            if rng.random() < 0.5:
-                ph = rng.uniform(4.0, 7.0)
-                prims.append(Cylinder(xp, z, rng.uniform(0.08, 0.15), cam_h - ph, cam_h,
-                                      Material("plain", _color(rng, 0.3, 0.6), (0.2, 0.2, 0.2), 1.0, 0.05)))
-            else:
-                th = rng.uniform(2.0, 3.5)
-                prims.append(Cylinder(xp, z, rng.uniform(0.12, 0.25), cam_h - th, cam_h,
-                                      Material("noise", (0.35, 0.25, 0.15), (0.2, 0.15, 0.1), 0.2, 0.1)))
-                cr = rng.uniform(1.0, 2.0)
-                prims.append(Sphere((xp, cam_h - th - cr * 0.7, z), cr,
-                                    Material("noise", (0.2, 0.5, 0.15), (0.1, 0.3, 0.08), rng.uniform(0.1, 0.4), 0.15)))
-            z += rng.uniform(10.0, 25.0)
+        prims += _facades(rng, side, road + walk, cam_h, z_min, z_max)
+        prims += _parked_cars(rng, side, road, cam_h, z_min, z_max)
+        prims += _poles_and_trees(rng, side, road, cam_h, z_min, z_max)
     if traffic:
         for _ in range(int(rng.integers(0, 3))):
             xc = rng.choice([-1.0, 1.0]) * rng.uniform(1.3, max(1.4, road - 2.0))
             zc = rng.uniform(8.0, 40.0)
-            cl = rng.uniform(3.8, 4.8)
-            prims.append(Box((xc - 0.9, cam_h - 1.0, zc), (xc + 0.9, cam_h - 0.25, zc + cl),
-                             _material(rng, ("plain", "noise"), (0.3, 1.0), 0.04)))
-            prims.append(Box((xc - 0.75, cam_h - 1.5, zc + 0.9), (xc + 0.75, cam_h - 1.0, zc + cl - 1.0),
-                             Material("plain", (0.15, 0.18, 0.22), (0.1, 0.1, 0.1), 1.0, 0.03)))
+            prims += _car(rng, xc, zc, rng.uniform(3.8, 4.8), cam_h)
     az = rng.uniform(-math.pi, math.pi)
     el = rng.uniform(math.radians(25), math.radians(65))
     sun = DirectionalLight((math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)),
@@ -195,6 +172,66 @@ def make_outdoor_scene(rng: np.random.Generator, z_min: float = -30.0, z_max: fl
     pose = make_pose((rng.uniform(-0.8, 0.8), 0.0, 0.0), yaw=rng.uniform(-0.12, 0.12),
                      pitch=rng.uniform(-0.02, 0.06))
     return scene, pose
+
+
+def _car(rng, xc: float, z: float, length: float, cam_h: float) -> List:
+    """A car (body and cabin boxes) centred at x = ``xc``, from z to z + ``length``."""
+    body = _material(rng, ("plain", "noise"), (0.3, 1.0), 0.04)
+    return [Box((xc - 0.9, cam_h - 1.0, z), (xc + 0.9, cam_h - 0.25, z + length), body),
+            Box((xc - 0.75, cam_h - 1.5, z + 0.9), (xc + 0.75, cam_h - 1.0, z + length - 1.0),
+                Material("plain", (0.15, 0.18, 0.22), (0.1, 0.1, 0.1), 1.0, 0.03))]
+
+
+def _facades(rng, side: float, x_walk: float, cam_h: float, z_min: float, z_max: float) -> List:
+    """Building boxes beyond the sidewalk (outer edge at ``side * x_walk``) from z_min to z_max."""
+    prims: List = []
+    z = z_min
+    while z < z_max:
+        bl = rng.uniform(6.0, 20.0)
+        setback = rng.uniform(0.0, 2.0)
+        depth = rng.uniform(6.0, 12.0)
+        bh = rng.uniform(6.0, 25.0)
+        x_in = x_walk + setback
+        xa, xb = sorted((side * x_in, side * (x_in + depth)))
+        prims.append(Box((xa, cam_h - bh, z), (xb, cam_h, z + bl),
+                         _material(rng, ("stripes", "checker", "noise", "plain"), (0.5, 2.5))))
+        z += bl + rng.uniform(0.0, 4.0)
+    return prims
+
+
+def _parked_cars(rng, side: float, road: float, cam_h: float, z_min: float, z_max: float) -> List:
+    """Cars parked along the kerb (a car with probability 0.6 at each slot)."""
+    prims: List = []
+    z = z_min + rng.uniform(0.0, 10.0)
+    while z < z_max:
+        if rng.random() < 0.6:
+            cl = rng.uniform(3.8, 4.8)
+            prims += _car(rng, side * (road - 1.1), z, cl, cam_h)
+            z += cl + rng.uniform(1.0, 6.0)
+        else:
+            z += rng.uniform(4.0, 12.0)
+    return prims
+
+
+def _poles_and_trees(rng, side: float, road: float, cam_h: float, z_min: float, z_max: float) -> List:
+    """Poles (cylinders) and trees (trunk cylinder, sphere crown) along the kerb."""
+    prims: List = []
+    z = z_min + rng.uniform(0.0, 15.0)
+    while z < z_max:
+        xp = side * (road + 0.5)
+        if rng.random() < 0.5:
+            ph = rng.uniform(4.0, 7.0)
+            prims.append(Cylinder(xp, z, rng.uniform(0.08, 0.15), cam_h - ph, cam_h,
+                                  Material("plain", _color(rng, 0.3, 0.6), (0.2, 0.2, 0.2), 1.0, 0.05)))
+        else:
+            th = rng.uniform(2.0, 3.5)
+            prims.append(Cylinder(xp, z, rng.uniform(0.12, 0.25), cam_h - th, cam_h,
+                                  Material("noise", (0.35, 0.25, 0.15), (0.2, 0.15, 0.1), 0.2, 0.1)))
+            cr = rng.uniform(1.0, 2.0)
+            prims.append(Sphere((xp, cam_h - th - cr * 0.7, z), cr,
+                                Material("noise", (0.2, 0.5, 0.15), (0.1, 0.3, 0.08), rng.uniform(0.1, 0.4), 0.15)))
+        z += rng.uniform(10.0, 25.0)
+    return prims
 
 
 def make_sequence(rng: np.random.Generator, n_frames: int, max_depth: float = 80.0,
