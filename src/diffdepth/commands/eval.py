@@ -167,34 +167,18 @@ def run(args: argparse.Namespace) -> int:
         records = evaluate(samples, predictor, protocol, args.alignment, alignment_seed=args.alignment_seed,
                            progress=not args.no_progress and distributed.is_main(), total=len(mine))
     else:
-        import numpy as np
-
         import diffdepth
-        from ..pipeline import DepthPipeline
-
-        model = diffdepth.load_model(args.method, args.checkpoint, device=args.device, dtype=args.dtype)
-        res = args.processing_res if args.processing_res is not None else protocol.processing_res
-        if args.processing_res is None and getattr(model, "owns_resize", False):
-            res = 0  # e.g. hf: the model's own image processor picks the resolution
+        from ..evaluation.runner import ModelPredictor
         from .predict import method_options
 
+        model = diffdepth.load_model(args.method, args.checkpoint, device=args.device, dtype=args.dtype)
         options = method_options(args)
-        # the Monodepth2-family protocols map predictions back to the frame in disparity space
-        space = "disparity" if protocol.pred_resize == "disparity" else "depth"
-        pipe = DepthPipeline(model, processing_res=res, resize_space=space, **options)
-
-        ensemble = None
+        predict = ModelPredictor(model, protocol, args.processing_res, **options)
         if args.ensemble_with:
             from ..ensemble import Ensembler
 
-            ensemble = Ensembler(args.ensemble_with, device=args.device, dtype=args.dtype)
-
-        def predict(sample):
-            image = np.ascontiguousarray(np.asarray(sample["image"], dtype=np.float32).transpose(1, 2, 0))  # [H,W,3]
-            pred = pipe([image])[0]
-            return ensemble(pred, rel=sample["name"], image=image) if ensemble else pred
-
-        input_size = getattr(pipe, "input_size", None)  # the model's exact input size, when it has one
+            predict.ensemble = Ensembler(args.ensemble_with, device=args.device, dtype=args.dtype)
+        res, input_size = predict.processing_res, getattr(predict.pipe, "input_size", None)  # the model's exact size
         info.update(method=args.method, checkpoint=str(args.checkpoint), processing_res=res,
                     input_size=list(input_size) if input_size else None, options=options,
                     ensemble_with=args.ensemble_with,
