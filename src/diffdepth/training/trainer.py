@@ -23,7 +23,7 @@ while the task keeps calling the (same) model object directly.
 Exact resumption: the checkpoint carries the trainable weights, optimizer,
 grad scaler, every process's RNG state, the EMA and the number of micro-batches
 consumed (the sampler position, :mod:`diffdepth.training.data`); the schedule is a
-function of the step. Validation and image logging run under a forked RNG so they
+function of the step. Validation and image logging run under forked RNGs (:func:`evaluating`) so they
 never change the training random stream.
 """
 from __future__ import annotations
@@ -99,40 +99,23 @@ def build_model(cfg: dict) -> nn.Module:
         LOCAL_HINT.reset(token)
 
 
-def _snapshot_rng() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _restore_rng(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 @contextlib.contextmanager
-def isolated_rng():
-    """Run a block without changing any global RNG (validation, visualisation)."""
-    state = _snapshot_rng()
+def evaluating(model: nn.Module):
+    """Run a block with ``model`` in eval mode, without gradients and on forked RNGs: validation and
+    visualisation never change the training random streams, nor any submodule's mode (a task may
+    keep frozen parts in eval) or BatchNorm statistics."""
+    modes = {name: m.training for name, m in model.named_modules()}
+    py_state, np_state = random.getstate(), np.random.get_state()
+    model.eval()
     try:
-        yield
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())), torch.no_grad():
+            yield
     finally:
-        _restore_rng(state)
-
-
-def _train_modes(model: nn.Module) -> Dict[str, bool]:
-    return {name: m.training for name, m in model.named_modules()}
-
-
-def _restore_train_modes(model: nn.Module, modes: Dict[str, bool]) -> None:
-    """Put every submodule back in the mode it had (a task may keep frozen parts in eval)."""
-    for name, m in model.named_modules():
-        if name in modes:
-            m.training = modes[name]
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        for name, m in model.named_modules():
+            if name in modes:
+                m.training = modes[name]
 
 
 def _scalar(v: Any) -> Optional[float]:
@@ -483,7 +466,6 @@ class Trainer:
         self.log(f"resumed from {path} (step {self.step})")
 
     # ------------------------------------------------------------------ validation / images
-    @torch.no_grad()
     def validate(self) -> Dict[str, float]:
         """Evaluation-protocol metrics on the first ``val.samples`` samples of ``val.data``.
 
@@ -497,20 +479,16 @@ class Trainer:
         v = self.cfg["val"]
         n = min(v["samples"], len(self.val_set))
         protocol = get_protocol(v["protocol"]).with_overrides(min_depth=v["min_depth"], max_depth=v["max_depth"])
-        model = self.model
-        modes = _train_modes(model)
-        model.eval()
-        if self.ema is not None:
-            self.ema.swap(model)
-        try:
-            with isolated_rng():
-                predictor = ModelPredictor(model, protocol, v["processing_res"], **v["predict"])
+        with evaluating(self.model):
+            if self.ema is not None:
+                self.ema.swap(self.model)
+            try:
+                predictor = ModelPredictor(self.model, protocol, v["processing_res"], **v["predict"])
                 records = evaluate((self.val_set[i] for i in range(n)), predictor, protocol,
                                    alignment=v["alignment"], progress=False)
-        finally:
-            if self.ema is not None:
-                self.ema.swap(model)
-            _restore_train_modes(model, modes)
+            finally:
+                if self.ema is not None:
+                    self.ema.swap(self.model)
         summary = summarize(records, protocol)
         if not summary["metrics"]:
             self.log(f"validation: no sample could be scored ({summary['counts']})")
@@ -520,13 +498,8 @@ class Trainer:
         vis = getattr(self.task, "visualize", None)
         if vis is None or self.tb is None:
             return
-        modes = _train_modes(self.model)
-        self.model.eval()  # visualising must not change the model (BatchNorm statistics, ...)
-        try:
-            with isolated_rng(), torch.no_grad():
-                images = vis(batch, output) or {}
-        finally:
-            _restore_train_modes(self.model, modes)
+        with evaluating(self.model):
+            images = vis(batch, output) or {}
         for name, img in images.items():
             arr = np.asarray(img)
             if arr.ndim != 3 or arr.shape[-1] != 3:
