@@ -23,8 +23,8 @@ while the task keeps calling the (same) model object directly.
 Exact resumption: the checkpoint carries the trainable weights, optimizer,
 grad scaler, every process's RNG state, the EMA and the number of micro-batches
 consumed (the sampler position, :mod:`diffdepth.training.data`); the schedule is a
-function of the step. Validation and image logging run under forked RNGs (:func:`evaluating`) so they
-never change the training random stream.
+function of the step. Validation and image logging run under forked RNGs
+(:func:`evaluating`) so they never change the training random stream.
 """
 from __future__ import annotations
 

@@ -111,7 +111,7 @@ def write_dataset(out, kind: str, n: int, size: Tuple[int, int], seed: int, layo
         else:
             summary.update(_write_stills(out, kind, n, size, seed, layout, frames))
     finally:
-        frames.close()
+        frames.bar.close()
     summary["seconds_per_frame"] = frames.seconds / n
     return summary
 
@@ -140,13 +140,11 @@ class _Frames:
     writing) in ``seconds`` and advancing a progress bar once each sample is written."""
 
     def __init__(self, n: int, desc: str, progress: bool):
-        self.n, self.seconds, self.bar = n, 0.0, None
-        try:
-            from tqdm import tqdm
+        from tqdm import tqdm
 
-            self.bar = tqdm(total=n, desc=desc, disable=None if progress else True, leave=False)  # None: off when not a terminal
-        except ImportError:  # pragma: no cover
-            pass
+        self.n, self.seconds = n, 0.0
+        # disable=None: no bar when stderr is not a terminal
+        self.bar = tqdm(total=n, desc=desc, disable=None if progress else True, leave=False)
 
     def __call__(self, render_one: Callable[[int], Dict[str, np.ndarray]]):
         for i in range(self.n):
@@ -154,12 +152,7 @@ class _Frames:
             r = render_one(i)
             self.seconds += time.perf_counter() - t0
             yield i, r
-            if self.bar is not None:
-                self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+            self.bar.update(1)
 
 
 def _write_sequence(out: Path, n: int, size: Tuple[int, int], seed: int, frames: _Frames) -> Dict:
@@ -246,4 +239,5 @@ def _kitti_sample(out: Path, kind: str, i: int, r: Dict[str, np.ndarray]) -> str
 
 #: still layout -> (writer of one sample ``(out, kind, index, rendering) -> split line``, split file)
 _STILL_LAYOUTS = {"folder": (_folder_sample, None), "pseudo": (_pseudo_sample, None),
-                  "nyu": (_nyu_sample, "filename_list_test.txt"), "kitti": (_kitti_sample, "eigen_test_files_with_gt.txt")}
+                  "nyu": (_nyu_sample, "filename_list_test.txt"),
+                  "kitti": (_kitti_sample, "eigen_test_files_with_gt.txt")}
