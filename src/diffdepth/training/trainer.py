@@ -182,14 +182,7 @@ class Trainer:
     def _state_keys(self) -> list:
         """Names saved in trainable.safetensors: trainable params + buffers (persistent)."""
         params = dict(self.model.named_parameters())
-        keys = []
-        for k in self.model.state_dict().keys():
-            if k in params:
-                if params[k].requires_grad:
-                    keys.append(k)
-            else:
-                keys.append(k)
-        return keys
+        return [k for k in self.model.state_dict() if k not in params or params[k].requires_grad]
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
