@@ -209,3 +209,28 @@ def test_load_errors_are_one_line(tmp_path):
         StableDiffusion.from_pretrained(tmp_path / "empty")
     with pytest.raises(CheckpointError, match="does not exist"):
         StableDiffusion.from_pretrained(tmp_path / "missing")
+
+
+def test_unpadded_empty_prompt_option(tiny_sd):
+    """diffusers' MarigoldDepthPipeline encodes "" without padding: BOS + EOS, a [1,2,D] context."""
+    sd = StableDiffusion(unet=tiny_sd.unet, text_encoder=tiny_sd.text_encoder, tokenizer=tiny_sd.tokenizer,
+                         pad_empty_prompt=False)
+    tok = tiny_sd.tokenizer
+    with torch.no_grad():
+        expected = tiny_sd.text_encoder(torch.tensor([[tok.bos_token_id, tok.eos_token_id]]))[0]
+    torch.testing.assert_close(sd.empty_prompt(), expected, atol=0, rtol=0)
+    assert sd.encode_prompt(None, batch_size=3).shape == (3, 2, sd.context_dim)
+    sd.pad_empty_prompt = True  # changing the option drops the cached embedding
+    torch.testing.assert_close(sd.empty_prompt(), tiny_sd.empty_prompt(), atol=0, rtol=0)
+    assert sd.empty_prompt().shape == (1, 77, sd.context_dim)
+
+
+def test_loads_folders_with_only_fp16_weight_files(tmp_path, tiny_sd):
+    tiny_sd.save_pretrained(tmp_path / "sd", components=("vae", "unet"))
+    for name, weights in (("vae", "diffusion_pytorch_model"), ("unet", "diffusion_pytorch_model")):
+        f = tmp_path / "sd" / name / f"{weights}.safetensors"
+        f.rename(f.with_name(f"{weights}.fp16.safetensors"))  # as some hub repos ship them
+    back = StableDiffusion.from_pretrained(tmp_path / "sd", components=("vae", "unet"))
+    a, b = tiny_sd.state_dict(), back.state_dict()
+    assert set(b) == {k for k in a if k.startswith(("vae.", "unet."))}
+    assert all(torch.equal(a[k], b[k]) for k in b)

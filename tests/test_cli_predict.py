@@ -85,6 +85,28 @@ def test_outputs_never_escape_out_and_collisions_are_reported(tmp_path, toy_ckpt
         assert (tmp_path / "out2") in f.parents
 
 
+def test_method_flags_come_from_declared_predict_options(tmp_path, toy_ckpt, monkeypatch, capsys):
+    from diffdepth.commands import predict as cmd
+
+    monkeypatch.setattr(_toy_methods.MeanDepth, "predict_options", {
+        "scale": {"type": float}, "levels": {"type": int, "help": "pyramid levels", "min": 2},
+        "fine": {"type": bool, "help": "fine pass"}})
+    flags = cmd.declared_options()
+    assert flags["levels"][1] == ["test-mean"] and flags["flip"][1] == ["primedepth", "seecoder-vpd", "diffsql"]
+    assert "scale" in flags and flags["scale"][1] == ["diffsql"]  # no help: no flag for test-mean's scale
+    from diffdepth.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["predict", "x.png", "--levels", "3", "--fine", "--opt", "scale=2"])
+    assert cmd.method_options(args) == {"levels": 3, "fine": True, "scale": 2}
+    rc = main(["predict", str(_img(tmp_path / "x.png")), "--method", "test-mean", "--checkpoint", str(toy_ckpt),
+               "--out", str(tmp_path / "o"), "--levels", "1"])
+    assert rc == 2 and "--levels must be >= 2, got 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["predict", "--help"])
+    assert "pyramid levels (test-mean)" in " ".join(capsys.readouterr().out.split())
+
+
 def test_method_options_are_checked(tmp_path, toy_ckpt, capsys):
     img = _img(tmp_path / "x.png")
     rc = main(["predict", str(img), "--method", "test-mean", "--checkpoint", str(toy_ckpt), "--out",
@@ -110,17 +132,27 @@ def test_ensemble_with_external_folder(tmp_path, capsys):
     globals()["MeanDisparity"] = MeanDisparity
     ckpt = tmp_path / "ckpt"
     MeanDisparity().save_pretrained(ckpt)
-    img = _img(tmp_path / "x.png")
+    from PIL import Image
+
+    # our disparity: 1 + mean(RGB) = 1 on the black left half, 2 on the white right half
+    img = tmp_path / "x.png"
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    rgb[:, 16:] = 255
+    Image.fromarray(rgb).save(img)
     ext = tmp_path / "ext"
     ext.mkdir()
-    gradient = np.tile(np.linspace(1, 2, 32, dtype=np.float32), (32, 1))
-    np.save(ext / "x.npy", 1.0 / gradient)  # a depth map ...
-    (ext / "kind.txt").write_text("affine_invariant_depth\n")  # ... so it is inverted before aligning
+    # the external model saved depth 1/1, 1/5 (top-left, top-right) and 1/3, 1/7 (bottom), ...
+    depth = 1.0 / np.kron(np.array([[1.0, 5.0], [3.0, 7.0]]), np.ones((16, 16))).astype(np.float32)
+    np.save(ext / "x.npy", depth)
+    (ext / "kind.txt").write_text("affine_invariant_depth\n")  # ... so it is inverted to disparity 1, 5, 3, 7
     rc = main(["predict", str(img), "--method", "test-mean-disparity", "--checkpoint", str(ckpt), "--out",
                str(tmp_path / "o"), "--save", "npy", "--ensemble-with", str(ext)])
     assert rc == 0
-    # our map is constant, so the external disparity aligned to it is that constant too
-    np.testing.assert_allclose(np.load(tmp_path / "o" / "x.npy"), 1 + 128 / 255, atol=1e-5)
+    # by hand: least squares of ours (1, 2) on theirs (1, 3 | 5, 7), equal pixel counts:
+    # s = cov/var = 4 (2 - 1) / 20 = 0.2, t = 1.5 - 4 s = 0.7 -> aligned 0.9, 1.7 / 1.3, 2.1;
+    # the average with ours: (1 + 0.9) / 2, (2 + 1.7) / 2 / (1 + 1.3) / 2, (2 + 2.1) / 2
+    expected = np.kron(np.array([[0.95, 1.85], [1.15, 2.05]]), np.ones((16, 16)))
+    np.testing.assert_allclose(np.load(tmp_path / "o" / "x.npy"), expected, atol=1e-5)
     # affine depth outputs cannot be averaged this way: the image is reported, not written
     ck2 = tmp_path / "ck2"
     _toy_methods.MeanDepth().save_pretrained(ck2)
@@ -213,3 +245,12 @@ def test_eval_passes_method_options_and_rejects_unknown_ones(tmp_path, toy_ckpt,
     np.testing.assert_allclose(saved, 3 * (1 + sample["image"].mean(0)), atol=1e-5)
     assert main(common + ["--out", str(tmp_path / "e2"), "--steps", "3"]) == 2
     assert "--steps" in capsys.readouterr().err
+
+
+def test_describe_change_names_what_differs():
+    from diffdepth.commands.predict import _describe_change
+
+    old = {"method": "a", "checkpoint": "c", "options": {"steps": 1, "seed": 0}}
+    new = {"method": "a", "checkpoint": "d", "options": {"steps": 2, "seed": 0, "flip": True}}
+    assert _describe_change(old, new) == "checkpoint c -> d, flip None -> True, steps 1 -> 2"
+    assert _describe_change(old, old) == "settings changed"

@@ -1,4 +1,4 @@
-"""diffdepth.distributed: sharding arithmetic, single-process no-ops, and a real 2-process gloo run.
+"""diffdepth.distributed (on Accelerate's PartialState): single-process no-ops and a real 2-process gloo run.
 
 Run as a script under a launcher, this file is the worker of the 2-process test:
     torchrun --nproc_per_node 2 tests/test_distributed.py OUT_DIR
@@ -17,37 +17,12 @@ from diffdepth import distributed as dist
 ITEMS = [f"img{i:02d}.png" for i in range(11)]
 
 
-def test_shard_indices_partition_for_every_world_size():
-    for n in (0, 1, 5, 11, 16):
-        for world in (1, 2, 3, 4, 7):
-            for mode in ("contiguous", "strided"):
-                parts = [dist.shard_indices(n, mode, r, world) for r in range(world)]
-                flat = sorted(i for p in parts for i in p)
-                assert flat == list(range(n))
-                sizes = [len(p) for p in parts]
-                assert max(sizes) - min(sizes) <= 1
-                if mode == "contiguous":
-                    assert all(p == list(range(p[0], p[0] + len(p))) for p in parts if p)
-    # hand values: 11 items on 3 ranks
-    assert dist.shard_indices(11, "contiguous", 0, 3) == [0, 1, 2, 3]
-    assert dist.shard_indices(11, "contiguous", 2, 3) == [8, 9, 10]
-    assert dist.shard_indices(11, "strided", 1, 3) == [1, 4, 7, 10]
-
-
-def test_unshard_inverts_shard():
-    for mode in ("contiguous", "strided"):
-        per_rank = [[ITEMS[i] for i in dist.shard_indices(len(ITEMS), mode, r, 3)] for r in range(3)]
-        assert dist.unshard(per_rank, len(ITEMS), mode) == ITEMS
-    with pytest.raises(ValueError, match="rank 1"):
-        dist.unshard([[1, 2, 3], [4]], 5)
-
-
 def test_single_process_helpers_are_noops(monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
-    assert dist.rank() == 0 and dist.world_size() == 1 and dist.is_main() and not dist.is_distributed()
+    assert dist.world_size() == 1 and dist.is_main() and not dist.is_distributed()
     assert dist.shard(ITEMS) == ITEMS
-    assert dist.gather_objects({"a": 1}) == [{"a": 1}]
+    assert dist.gather_objects({"a": 1}) == [{"a": 1}] and dist.gather(ITEMS) == ITEMS
     assert dist.broadcast_object(5) == 5
     dist.barrier()
 
@@ -92,12 +67,13 @@ def _worker(out_dir: str) -> None:
     records = [{"name": x, "value": len(x) * 10 + int(x[3:5])} for x in mine]
     everyone = dist.gather_objects(records)
     merged = [r for part in everyone for r in part]  # contiguous shards: rank order == input order
-    strided = dist.unshard(dist.gather_objects(dist.shard(ITEMS, "strided")), len(ITEMS), "strided")
-    stamp = dist.broadcast_object(f"from-rank-{dist.rank()}")
+    flat = dist.gather(records)
+    rank = dist.state().process_index
+    stamp = dist.broadcast_object(f"from-rank-{rank}")
     dist.barrier()
-    Path(out_dir, f"rank{dist.rank()}.json").write_text(json.dumps({
-        "rank": dist.rank(), "world": dist.world_size(), "mine": mine, "merged": merged,
-        "strided": strided, "stamp": stamp}))
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps({
+        "rank": rank, "world": dist.world_size(), "mine": mine, "merged": merged,
+        "flat": flat, "stamp": stamp}))
 
 
 def test_two_process_gloo_shard_and_gather(tmp_path):
@@ -114,7 +90,7 @@ def test_two_process_gloo_shard_and_gather(tmp_path):
     assert r0["mine"] == ITEMS[:6] and r1["mine"] == ITEMS[6:]
     single = [{"name": x, "value": len(x) * 10 + int(x[3:5])} for x in ITEMS]  # the 1-process result
     assert r0["merged"] == r1["merged"] == single
-    assert r0["strided"] == r1["strided"] == ITEMS
+    assert r0["flat"] == r1["flat"] == single
     assert r0["stamp"] == r1["stamp"] == "from-rank-0"
 
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from diffdepth import cli
-from diffdepth.types import DepthPrediction
+from diffdepth.types import DepthMap
 
 MIN_D, MAX_D = 1e-3, 65.535  # the folder protocol's range (uint16 millimetres)
 
@@ -188,7 +188,7 @@ def test_eval_with_method_saves_predictions_that_rescore_identically(dataset, tm
 
         def __call__(self, images):
             # a deterministic "model": disparity-like output from the image brightness
-            return [DepthPrediction(depth=(0.2 + im.mean(axis=2)).astype(np.float32),
+            return [DepthMap(depth=(0.2 + im.mean(axis=2)).astype(np.float32),
                                     kind="affine_invariant_disparity") for im in images]
 
     monkeypatch.setattr(diffdepth, "load_model", lambda *a, **k: object())

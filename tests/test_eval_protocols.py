@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from diffdepth.data import benchmarks as B
+from diffdepth.data.files import read_kitti_calib
 from diffdepth.errors import InputError
 from diffdepth.evaluation.protocols import (get_protocol, kb_crop_box, kitti_eigen_crop_mask, kitti_garg_crop_mask,
                                             nyu_eigen_crop_mask)
@@ -106,8 +107,8 @@ def _write_calib(folder):
 
 def test_velodyne_projection_hand_computed(tmp_path):
     _write_calib(tmp_path)
-    cam2cam = B.read_calib_file(tmp_path / "calib_cam_to_cam.txt")
-    velo2cam = B.read_calib_file(tmp_path / "calib_velo_to_cam.txt")
+    cam2cam = read_kitti_calib(tmp_path / "calib_cam_to_cam.txt")
+    velo2cam = read_kitti_calib(tmp_path / "calib_velo_to_cam.txt")
     assert cam2cam["calib_time"] == "09-Jan-2012 13:57:47"
     depth = B.velodyne_depth_map(POINTS, cam2cam, velo2cam)
     expected = np.zeros((6, 8), np.float32)

@@ -38,7 +38,7 @@ def test_half_precision_end_to_end_within_the_dtype_tolerance(models, method, dt
     x, got = models
     model, opts, ref = got[method]
     fast = apply_fast_paths(copy.deepcopy(model), dtype=dtype)
-    unet = fast.sd.unet if method == "primedepth" else fast.unet
+    unet = fast.sd.unet
     vae = vaes_of(fast)[0]
     assert next(unet.parameters()).dtype == dtype
     # bf16 runs the VAE in bf16 too; fp16 keeps SD's VAE in fp32 (force_upcast: it overflows in fp16)
@@ -69,7 +69,7 @@ def test_vae_tiling_only_above_the_threshold(models):
     below = apply_fast_paths(copy.deepcopy(model), vae_tiling_above=64)  # 32x48 is not above 64
     above = apply_fast_paths(copy.deepcopy(model), vae_tiling_above=32)
     for m in (below, above):
-        vae = m.vae
+        vae = m.sd.vae
         for name in ("_tiled_encode", "tiled_decode"):
             orig = getattr(vae, name)
             setattr(vae, name, lambda *a, _o=orig, _n=name, **k: (calls.append(_n), _o(*a, **k))[1])
@@ -77,7 +77,7 @@ def test_vae_tiling_only_above_the_threshold(models):
     depth = _run(above, x, opts)
     assert set(calls) == {"_tiled_encode", "tiled_decode"}
     assert depth.shape == ref.shape and torch.isfinite(depth).all()
-    assert above.vae.tile_sample_min_size == 32 and above.vae.tile_latent_min_size == 32 // above.latent_factor
+    assert above.sd.vae.tile_sample_min_size == 32 and above.sd.vae.tile_latent_min_size == 32 // above.latent_factor
     with pytest.raises(InputError, match="multiple of 32 px"):
         apply_fast_paths(copy.deepcopy(model), vae_tiling_above=48)
 

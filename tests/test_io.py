@@ -16,9 +16,9 @@ from diffdepth.io import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, colorize, depth_ra
                           save_color, save_npy, save_outputs, save_ply, save_png16, side_by_side,
                           to_float_rgb)
 from diffdepth.io import export as export_mod
-from diffdepth.io.colormaps import SPECTRAL_11, turbo
+from diffdepth.io.colormaps import SPECTRAL_11, TURBO_256, turbo
 from diffdepth.types import (AFFINE_DEPTH, AFFINE_DISPARITY, METRIC_DEPTH, RELATIVE_DEPTH,
-                             DepthPrediction)
+                             DepthMap)
 
 SPECTRAL_RED = (158, 1, 66)  # ColorBrewer Spectral-11 first class, #9e0142
 SPECTRAL_PURPLE = (94, 79, 162)  # last class, #5e4fa2
@@ -278,6 +278,32 @@ def test_read_png16_plain_file_and_errors(tmp_path):
         read_png16(tmp_path / "nothere.png")
 
 
+def test_dataset_rgb_reader_is_read_image_without_exif_rotation(tmp_path):
+    """data.files.read_rgb decodes through io.images (alpha on white, the same values) but keeps the
+    stored pixel order: dataset ground truth is aligned with the stored pixels, not the EXIF view."""
+    from diffdepth.data.files import read_rgb
+    arr = _rgb_pattern()  # [8,10,3]
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(arr).save(tmp_path / "r.png", exif=exif)
+    assert read_image(tmp_path / "r.png").shape == (10, 8, 3)  # the user-facing reader rotates
+    np.testing.assert_array_equal(read_rgb(tmp_path / "r.png"), (arr.astype(np.float32) / 255.0).transpose(2, 0, 1))
+    rgba = np.dstack([arr, np.full(arr.shape[:2], 51, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    np.testing.assert_array_equal(read_rgb(tmp_path / "a.png"), read_image(tmp_path / "a.png").transpose(2, 0, 1))
+    np.testing.assert_allclose(read_rgb(tmp_path / "a.png")[:, 0, 0], arr[0, 0] / 255 * 0.2 + 0.8, atol=1e-6)  # on white
+
+
+def test_two_png16_contracts_have_two_names(tmp_path):
+    """data.files.read_uint16_png returns the raw counts; io.export.read_png16 decodes a prediction PNG."""
+    from diffdepth.data.files import read_uint16_png
+    path = save_png16(tmp_path / "m.png", np.array([[1.5, 0.0]], np.float32), METRIC_DEPTH)
+    raw = read_uint16_png(path)
+    assert raw.dtype == np.uint16 and raw.tolist() == [[1500, 0]]
+    metres, _ = read_png16(path)
+    assert metres[0, 0] == pytest.approx(1.5) and np.isnan(metres[0, 1])
+
+
 # ----------------------------------------------------------------------------- colour
 
 def test_spectral_endpoints_and_near_warm_direction():
@@ -298,11 +324,18 @@ def test_spectral_endpoints_and_near_warm_direction():
     np.testing.assert_allclose(q[0, 1], (np.array([158, 1, 66]) + [213, 62, 79]) / 2, atol=0.51)
 
 
-def test_turbo_shape_and_direction():
-    # the polynomial approximation stays near the published Turbo LUT ends
-    # (t=0: (48,18,59) dark blue-violet, t=1: (122,4,3) dark red); it is coarser at the ends
-    np.testing.assert_allclose(turbo(np.array(0.0)) * 255, [48, 18, 59], atol=35)
-    np.testing.assert_allclose(turbo(np.array(1.0)) * 255, [122, 4, 3], atol=35)
+def test_turbo_is_the_published_table():
+    from matplotlib import colormaps  # an independent copy of Google's table (test extra)
+
+    ref = colormaps["turbo"](np.arange(256))[:, :3]
+    np.testing.assert_array_equal(TURBO_256, ref)
+    np.testing.assert_array_equal(turbo(np.linspace(0, 1, 256)), ref)  # entry i at t = i/255
+    np.testing.assert_allclose(turbo((np.arange(255) + 0.5) / 255), (ref[:-1] + ref[1:]) / 2, rtol=0, atol=1e-12)
+    assert tuple(TURBO_256[0]) == (0.18995, 0.07176, 0.23217) and tuple(TURBO_256[-1]) == (0.4796, 0.01583, 0.01055)
+    np.testing.assert_array_equal(turbo(np.array([-1.0, 2.0])), ref[[0, -1]])  # clipped to [0, 1]
+
+
+def test_turbo_direction_in_colorize():
     blue, green, red = turbo(np.array([0.15, 0.5, 0.9]))
     assert blue.argmax() == 2 and green.argmax() == 1 and red.argmax() == 0
     c = colorize(np.array([[1.0, 5.0]]), METRIC_DEPTH, cmap="turbo")
@@ -409,7 +442,7 @@ def _prediction(kind=METRIC_DEPTH, with_extras=True):
     depth = np.linspace(1, 3, 48, dtype=np.float32).reshape(6, 8)
     unc = np.full((6, 8), 0.1, np.float32) if with_extras else None
     extras = {"segmentation": np.arange(48).reshape(6, 8) % 5} if with_extras else {}
-    return DepthPrediction(depth=depth, kind=kind, uncertainty=unc, extras=extras)
+    return DepthMap(depth=depth, kind=kind, uncertainty=unc, extras=extras)
 
 
 def test_save_outputs_all_formats_skip_and_overwrite(tmp_path):
@@ -451,4 +484,17 @@ def test_save_outputs_unavailable_and_unknown_format(tmp_path):
     assert parse_formats(" NPY, ply ") == {"npy", "ply"}
     with pytest.raises(InputError, match="side"):
         save_outputs(tmp_path / "y", pred, None, "side")
-    assert RELATIVE_DEPTH  # the four kinds are importable alongside
+
+
+def test_kind_decides_validity_and_point_cloud_depth():
+    # true depths (metric, relative) are invalid where <= 0 (black); affine maps keep any value
+    d = np.array([[-1.0, 0.0, 1.0, 2.0]])
+    for kind, n_black in [(RELATIVE_DEPTH, 2), (METRIC_DEPTH, 2), (AFFINE_DEPTH, 0), (AFFINE_DISPARITY, 0)]:
+        c = colorize(d, kind, robust=False)
+        assert [not v.any() for v in c[0]] == [True] * n_black + [False] * (4 - n_black), kind
+    # relative depth is back-projected as it is; disparity as 1/x on positive values
+    rel, notes = export_mod.ply_depth(np.array([[2.0, 0.5, -1.0]]), RELATIVE_DEPTH)
+    np.testing.assert_array_equal(rel, [[2.0, 0.5, -1.0]])
+    assert notes == ["depth kind: relative_depth", "scale arbitrary (not metric)"]
+    disp, _ = export_mod.ply_depth(np.array([[2.0, 0.5, -1.0]]), AFFINE_DISPARITY)
+    np.testing.assert_array_equal(disp, [[0.5, 2.0, 0.0]])

@@ -37,11 +37,11 @@ def test_our_folder_is_a_marigold_pipeline(pair):
     assert pipe.unet.config.in_channels == 8
 
 
-@pytest.mark.parametrize("steps", [1, 4])
+@pytest.mark.parametrize("steps", [1, 3])  # 3 trailing steps: 999, 666, 332, each stepping to t - 1000 // 3
 @pytest.mark.parametrize("ensemble", [1, 3])
 def test_prediction_matches_diffusers(pair, steps, ensemble):
     ours, pipe, _ = pair
-    n = 1 if (steps, ensemble) == (4, 3) else 2  # BFGS ensembling costs ~1 s per image (here and in diffusers)
+    n = 1 if (steps, ensemble) == (3, 3) else 2  # BFGS ensembling costs ~1 s per image (here and in diffusers)
     x = torch.rand(n, 3, 48, 32, generator=torch.Generator().manual_seed(11))
     ref = pipe(x, num_inference_steps=steps, ensemble_size=ensemble, processing_resolution=0,
                generator=torch.Generator().manual_seed(5), output_type="pt", batch_size=2,

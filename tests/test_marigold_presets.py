@@ -35,7 +35,7 @@ def models():
 def diffusers_timesteps(model, spacing: str, steps: int) -> list[int]:
     from diffusers import DDIMScheduler
 
-    sched = DDIMScheduler.from_config({**model.scheduler_config, "timestep_spacing": spacing})
+    sched = DDIMScheduler.from_config({**model.sd.scheduler.config, "timestep_spacing": spacing})
     sched.set_timesteps(steps)
     return [int(t) for t in sched.timesteps]
 
@@ -53,7 +53,7 @@ def test_preset_sets_spacing_steps_and_members(models, method, preset):
     if members > 1 and method == "marigold" and steps > 1:
         resolved = model._resolve({"preset": preset})  # the 50 x 10 run itself is covered for metricgold
         assert (resolved["steps"], resolved["timestep_spacing"], resolved["ensemble_size"]) == (steps, spacing, 10)
-        assert model.schedule.timesteps(steps, spacing) == diffusers_timesteps(model, spacing, steps)
+        assert model.ddim(steps, spacing).timesteps.tolist() == diffusers_timesteps(model, spacing, steps)
         return
     x = torch.rand(1, 3, 16, 32, generator=torch.Generator().manual_seed(0))
     pred = model.predict(x, preset=preset, seed=4)
@@ -70,11 +70,11 @@ def test_preset_sets_spacing_steps_and_members(models, method, preset):
 def test_paper_leading_and_fast_trailing_timesteps_by_hand(models):
     model = models["metricgold"]
     paper = model._resolve({"preset": "paper"})
-    ts = model.schedule.timesteps(paper["steps"], paper["timestep_spacing"])
+    ts = model.ddim(paper["steps"], paper["timestep_spacing"]).timesteps.tolist()
     # SD 2's scheduler (steps_offset 1), leading: 49*20+1 ... 1 every 20; trailing one step: 999
     assert ts == list(range(981, 0, -20)) and len(ts) == 50
     fast = model._resolve({"preset": "fast"})
-    assert model.schedule.timesteps(fast["steps"], fast["timestep_spacing"]) == [999]
+    assert model.ddim(fast["steps"], fast["timestep_spacing"]).timesteps.tolist() == [999]
 
 
 def test_explicit_options_override_the_preset(models):

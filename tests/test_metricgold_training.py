@@ -42,8 +42,8 @@ def test_diffusion_objective_learns_and_only_touches_the_unet():
         losses.append(out["loss"].item())
     assert out["logs"]["valid_latent_frac"] == pytest.approx(1 - 1 / 128)
     assert losses[-1] < 0.5 * losses[0], losses
-    assert all(p.grad is None for p in model.vae.parameters())
-    assert all(p.grad is None for p in model.text_encoder.parameters())
+    assert all(p.grad is None for p in model.sd.vae.parameters())
+    assert all(p.grad is None for p in model.sd.text_encoder.parameters())
 
 
 def test_task_options_are_validated():
@@ -68,11 +68,11 @@ def test_task_options_are_validated():
 def test_zero_terminal_snr_task_updates_the_saved_schedule(tmp_path):
     model = MarigoldDepth.make_tiny(seed=0)
     model.make_training_task(zero_terminal_snr=True)
-    assert model.schedule.alphas_cumprod[-1].item() == pytest.approx(0.0, abs=1e-10)
+    assert model.sd.scheduler.alphas_cumprod[-1].item() == pytest.approx(0.0, abs=1e-10)
     model.save_pretrained(tmp_path / "z")
     loaded = MarigoldDepth.from_pretrained(tmp_path / "z")
-    assert loaded.scheduler_config["rescale_betas_zero_snr"] is True
-    assert loaded.schedule.alphas_cumprod[-1].item() == pytest.approx(0.0, abs=1e-10)
+    assert loaded.sd.scheduler.config.rescale_betas_zero_snr is True
+    assert loaded.sd.scheduler.alphas_cumprod[-1].item() == pytest.approx(0.0, abs=1e-10)
 
 
 @pytest.mark.slow

@@ -130,3 +130,20 @@ def test_video_frames_go_through_the_temporal_hook():
     preds = list(DepthPipeline(Stateful(), processing_res=0).video(frames))
     assert calls == [None, 1, 2]
     assert [float(p.depth.mean()) for p in preds] == pytest.approx([1.0, 1.5, 2.0])
+
+
+def test_two_contracts_batched_prediction_and_one_image_map():
+    import diffdepth
+    from diffdepth.types import DepthMap, DepthPrediction
+
+    model = MeanDepth()
+    out = model.predict(torch.rand(2, 3, 16, 32))
+    assert isinstance(out, DepthPrediction) and tuple(out.depth.shape) == (2, 1, 16, 32)
+    pred = DepthPipeline(model, processing_res=0)(np.zeros((20, 30, 3), np.float32))
+    assert isinstance(pred, DepthMap) and pred.depth.shape == (20, 30) and pred.depth.dtype == np.float32
+    assert pred.uncertainty.shape == (20, 30)
+    with pytest.raises(ValueError, match=r"DepthMap.depth is \[H,W\]"):
+        DepthMap(out.depth, out.kind)
+    with pytest.raises(ValueError, match=r"DepthPrediction.depth is \[B,1,H,W\]"):
+        DepthPrediction(pred.depth, pred.kind)
+    assert diffdepth.DepthPrediction is DepthPrediction and diffdepth.DepthMap is DepthMap

@@ -407,3 +407,28 @@ def test_eval_with_every_prediction_missing_fails(tmp_path, capsys):
     assert main(["eval", "--dataset", "folder", "--data-root", str(scenes), "--predictions", str(tmp_path / "empty"),
                  "--kind", "metric_depth", "--out", str(tmp_path / "ev"), "--no-progress"]) == 1
     assert "no sample could be evaluated" in capsys.readouterr().err
+
+
+def test_every_offered_colour_map_renders(tmp_path, toy_ckpt):
+    # what `predict --cmap` and the demo's drop-downs offer must exist: each name is rendered
+    import argparse
+
+    from diffdepth.cli import build_parser
+    from diffdepth.demo.app import CMAPS
+    from diffdepth.io import colorize
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    predict_cmaps = next(a for a in sub.choices["predict"]._actions if "--cmap" in a.option_strings).choices
+    offered = set(predict_cmaps) | set(CMAPS)
+    assert {"spectral", "turbo", "gray"} <= offered and "inferno" not in offered
+    img = tmp_path / "x.png"
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    rgb[:, :, :] = np.linspace(0, 255, 32).astype(np.uint8)[None, :, None]  # depth grows to the right
+    Image.fromarray(rgb).save(img)
+    for name in sorted(offered):
+        ramp = colorize(np.linspace(1.0, 2.0, 32)[None], "affine_invariant_depth", cmap=name, robust=False)
+        assert len({tuple(c) for c in ramp[0]}) > 16, name  # a ramp, not one colour
+        out = tmp_path / name
+        assert main(["predict", str(img), *_toy(toy_ckpt, out, "--save", "npy,color", "--cmap", name)]) == 0
+        color = np.asarray(Image.open(out / "x_color.png"))
+        np.testing.assert_array_equal(color, colorize(np.load(out / "x.npy"), "affine_invariant_depth", name))

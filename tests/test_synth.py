@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from diffdepth.data import synth as S
-from diffdepth.data.folder import FolderDepthDataset, read_png16, read_rgb
+from diffdepth.data.files import read_rgb, read_uint16_png
+from diffdepth.data.folder import FolderDepthDataset
 from diffdepth.data.sequences import KittiRawSequences, kitti_intrinsics
 from diffdepth.errors import InputError
 
@@ -124,9 +125,9 @@ def test_nyu_layout_files_and_split(tmp_path):
                         "test/indoor_0001/filled_0001.png"]
     for i, (rgb, dep, fil) in enumerate(lines):
         ref = S.render_sample("indoor", i, seed, size)
-        raw = read_png16(tmp_path / dep)
+        raw = read_uint16_png(tmp_path / dep)
         np.testing.assert_array_equal((raw * 1e-3).astype(np.float32), _quant(ref["depth"], 1000.0))
-        np.testing.assert_array_equal(read_png16(tmp_path / fil), raw)
+        np.testing.assert_array_equal(read_uint16_png(tmp_path / fil), raw)
         assert read_rgb(tmp_path / rgb).shape == (3, *size)
     K = np.loadtxt(tmp_path / "intrinsics.txt")
     np.testing.assert_allclose(K, S.default_intrinsics("indoor", *size), rtol=1e-9)
@@ -144,14 +145,14 @@ def test_kitti_layout_files_and_split(tmp_path):
     np.testing.assert_allclose(kitti_intrinsics(tmp_path / d / "calib_cam_to_cam.txt"), K, rtol=1e-11)
     for i, (rgb, dep, _) in enumerate(lines):
         ref = S.render_sample("outdoor", i, seed, size)
-        raw = read_png16(tmp_path / dep)
+        raw = read_uint16_png(tmp_path / dep)
         np.testing.assert_array_equal((raw / 256.0).astype(np.float32), _quant(ref["depth"], 256.0))
         ok = raw > 0
         assert np.abs(raw[ok] / 256.0 - ref["depth"][ok]).max() <= 1 / 512 + 1e-6
 
 
 def test_layouts_read_by_benchmark_readers(tmp_path):
-    """The evaluation engineer's NYUv2 / KittiEigen / FolderDataset readers consume synth output."""
+    """The evaluation engineer's NYUv2 / KittiEigen / folder readers consume synth output."""
     import diffdepth.data.benchmarks as bm
     size, seed = (30, 40), 2
     S.write_dataset(tmp_path / "nyu", "indoor", 2, size, seed, "nyu")
@@ -159,7 +160,7 @@ def test_layouts_read_by_benchmark_readers(tmp_path):
     S.write_dataset(tmp_path / "folder", "indoor", 2, size, seed, "folder")
     nyu = bm.NYUv2(tmp_path / "nyu", tmp_path / "nyu" / "filename_list_test.txt")
     kit = bm.KittiEigen(tmp_path / "kitti", tmp_path / "kitti" / "eigen_test_files_with_gt.txt")
-    fol = bm.FolderDataset(tmp_path / "folder")
+    fol = bm.open_benchmark("folder", tmp_path / "folder")
     for i in range(2):
         ref_in = S.render_sample("indoor", i, seed, size)["depth"]
         ref_out = S.render_sample("outdoor", i, seed, size)["depth"]
@@ -194,7 +195,14 @@ def test_speed_256_frame_reported():
         r = S.render_sample(kind, 1, 0, (256, 256))
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
         print(f"\nsynth {kind} 256x256 frame: {dc * 1000:.0f} ms CPU, {dt * 1000:.0f} ms wall (shared machine)")
-        assert r["image"].shape == (256, 256, 3)
+        # the same scene at 4x resolution: K scales by 4 (exact in floating point), so pixel
+        # (4i, 4j) of the 256 frame casts the very ray of pixel (i, j) of the 64 frame
+        small = S.render_sample(kind, 1, 0, (64, 64))
+        for key in ("depth", "image", "valid", "ids"):
+            np.testing.assert_array_equal(r[key][::4, ::4], small[key], err_msg=key)
+        assert len(np.unique(r["ids"][r["valid"]])) >= 5  # a scene, not a blank frame
+        d = r["depth"][r["valid"]]
+        assert d.min() > 0.5 and d.max() / d.min() > 3 and r["valid"].mean() > 0.8
 
 
 def test_command_runs_and_rejects_bad_layout(tmp_path, capsys):
@@ -296,7 +304,7 @@ def test_sequence_on_disk_consistent_through_reader(tmp_path):
     # frame t = 1 -> t + 1 = 2
     T = np.linalg.inv(s["poses"][2].astype(np.float64)) @ s["poses"][0].astype(np.float64)
     (u1, v1), u2, v2, z2 = _warp(s["depth"][0], K, T)
-    depth2 = read_png16(tmp_path / drive / "proj_depth/groundtruth/image_02/0000000002.png") / 256.0
+    depth2 = read_uint16_png(tmp_path / drive / "proj_depth/groundtruth/image_02/0000000002.png") / 256.0
     inside = (z2 > 0) & (u2 >= 0) & (u2 < w - 1) & (v2 >= 0) & (v2 < h - 1)
     u1, v1, u2, v2, z2 = u1[inside], v1[inside], u2[inside], v2[inside], z2[inside]
     u0, v0 = np.floor(u2).astype(int), np.floor(v2).astype(int)
@@ -350,7 +358,7 @@ def test_sequence_velodyne_scans_lie_on_the_scene(tmp_path):
     import diffdepth.data.benchmarks as bm
     sample = bm.KittiVelodyne(tmp_path, tmp_path / "test_files.txt")[1]
     gt = sample["depth"][0]
-    dense = read_png16(tmp_path / drive / "proj_depth/groundtruth/image_02/0000000001.png") / 256.0
+    dense = read_uint16_png(tmp_path / drive / "proj_depth/groundtruth/image_02/0000000001.png") / 256.0
     r, c = np.nonzero(gt)
     ok = (r + 1 < h) & (c + 1 < w)
     ref = dense[r[ok] + 1, c[ok] + 1]  # the devkit stores the point at round(u) - 1, round(v) - 1

@@ -10,7 +10,7 @@ from diffdepth.evaluation.temporal import sequence_tae
 from diffdepth.model import DepthModel
 from diffdepth.pipeline import DepthPipeline
 from diffdepth.temporal import TemporalAligner, robust_fit
-from diffdepth.types import DepthPrediction
+from diffdepth.types import DepthMap, DepthPrediction
 
 
 def test_robust_fit_ignores_a_moving_object():
@@ -31,7 +31,7 @@ def test_window_is_bounded_and_first_frame_sets_the_scale():
     aligner = TemporalAligner(window=3)
     base = np.linspace(1, 2, 200).reshape(10, 20)
     for k in range(10):
-        out = aligner(DepthPrediction(base * (1 + 0.1 * k) + k, "affine_invariant_depth"))
+        out = aligner(DepthMap(base * (1 + 0.1 * k) + k, "affine_invariant_depth"))
         np.testing.assert_allclose(out.depth, base, atol=1e-5)
         assert len(aligner.window) == min(k + 1, 3)
     with pytest.raises(InputError, match="window"):
@@ -126,7 +126,7 @@ def test_align_plus_latent_is_the_alignment_of_marigolds_latent_blended_frames()
         # the hook runs on every frame, with the state carried from the first one on, only with latent blending
         assert calls == ([True, False, False, False] if mode.endswith("latent") else [])
     aligner = TemporalAligner(window=2)
-    expect = [aligner(DepthPrediction(d, "affine_invariant_depth")).depth for d in out["latent"]]
+    expect = [aligner(DepthMap(d, "affine_invariant_depth")).depth for d in out["latent"]]
     for k in range(4):  # align+latent = the alignment stage applied to the latent-blended frames
         np.testing.assert_allclose(out["align+latent"][k], expect[k], atol=1e-5)
     for other in ("latent", "align"):

@@ -312,7 +312,7 @@ def test_folder_write_read_and_errors(tmp_path):
     split.write_text("x/y\nx/missing\n")
     ds = FolderDepthDataset(tmp_path, split)
     assert ds[0]["name"] == "x/y"
-    with pytest.raises(InputError, match=r"missing\.png.*split line 'x/missing'"):
+    with pytest.raises(InputError, match=r"missing file .*x/missing\.png \(split line 2 of .*split\.txt: 'x/missing'\)"):
         ds[1]
     # corrupt depth PNG
     (tmp_path / "x/y_depth.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
@@ -324,6 +324,43 @@ def test_folder_write_read_and_errors(tmp_path):
         FolderDepthDataset(tmp_path)[0]
     with pytest.raises(InputError, match="does not exist"):
         FolderDepthDataset(tmp_path / "nope")
+
+
+def test_one_folder_reader_for_training_and_eval(tmp_path):
+    """``eval --dataset folder`` opens the training reader; split lines may name a depth file;
+    errors name the file and the split file's line."""
+    from diffdepth.data.benchmarks import open_benchmark
+    from diffdepth.data.folder import write_folder_sample
+
+    depth = np.random.default_rng(2).uniform(0.5, 9, (H, W)).astype(np.float32)
+    write_folder_sample(tmp_path, "s/a.v1", _rgb(5), depth)
+    _save16(tmp_path / "other/gt.png", np.full((H, W), 2500, np.uint16))
+    split = tmp_path / "split.txt"
+    split.write_text("# comment\ns/a.v1\n\ns/a.v1.png other/gt.png\ns/b\n")
+    ds = open_benchmark("folder", tmp_path, split)
+    assert type(ds) is FolderDepthDataset and ds.num_listed == 3
+    assert ds.names == ["s/a.v1", "s/a.v1", "s/b"]  # only an image extension is dropped from a name
+    train = FolderDepthDataset(tmp_path, split)[0]
+    for key in ("image", "depth", "valid"):
+        np.testing.assert_array_equal(ds[0][key], train[key])
+    np.testing.assert_array_equal(ds[1]["depth"], np.full((1, H, W), 2.5, np.float32))  # the listed depth file
+    with pytest.raises(InputError, match=r"missing file .*s/b\.png \(split line 5 of .*split\.txt: 's/b'\)"):
+        ds[2]
+    split.write_text("# nothing\n")
+    with pytest.raises(InputError, match="lists no samples"):
+        open_benchmark("folder", tmp_path, split)
+
+
+def test_decode_depth_equals_float32_division_for_every_uint16():
+    """Benchmarks decoded PNGs as float32 ``v / 1000`` (``v / 256``); the one decoder computes
+    ``v * scale`` in float64: equal for every 16-bit count, so eval values did not move."""
+    from diffdepth.data.files import decode_depth
+
+    v = np.arange(65536, dtype=np.uint16)
+    for units in (1000.0, 256.0, 100.0):
+        depth, valid = decode_depth(v, 1.0 / units)
+        np.testing.assert_array_equal(depth, v.astype(np.float32) / np.float32(units))
+        assert depth.dtype == np.float32 and valid.tolist() == (v > 0).tolist()
 
 
 def test_resize_is_valid_aware_and_scales_intrinsics():

@@ -1,7 +1,7 @@
 """diffdepth: monocular depth estimation with a Stable Diffusion prior."""
 __version__ = "0.1.0"
 
-from .types import DepthPrediction, DEPTH_KINDS  # noqa: E402
+from .types import DepthMap, DepthPrediction, DEPTH_KINDS  # noqa: E402
 from .registry import list_methods, load_model  # noqa: E402
 
 
@@ -13,4 +13,4 @@ def __getattr__(name):  # lazy: the pipeline pulls in PIL/diffusers helpers
     raise AttributeError(name)
 
 
-__all__ = ["DepthPrediction", "DEPTH_KINDS", "DepthPipeline", "list_methods", "load_model", "__version__"]
+__all__ = ["DepthMap", "DepthPrediction", "DEPTH_KINDS", "DepthPipeline", "list_methods", "load_model", "__version__"]

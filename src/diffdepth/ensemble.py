@@ -24,7 +24,7 @@ from typing import Optional, Union
 import numpy as np
 
 from .errors import InputError
-from .types import AFFINE_DEPTH, AFFINE_DISPARITY, DepthPrediction
+from .types import AFFINE_DEPTH, AFFINE_DISPARITY, DepthMap
 
 
 def parse_spec(text: str):
@@ -88,8 +88,8 @@ class Ensembler:
         pred = self.pipe([image])[0]
         return pred.depth, pred.kind
 
-    def __call__(self, pred: DepthPrediction, rel: Union[str, Path] = "", image: Optional[np.ndarray] = None
-                 ) -> DepthPrediction:
+    def __call__(self, pred: DepthMap, rel: Union[str, Path] = "", image: Optional[np.ndarray] = None
+                 ) -> DepthMap:
         """``pred`` (``depth [H,W]`` at the input size) averaged with the second model's map.
 
         ``rel``: the input's relative path (finds saved predictions); ``image``: ``[H,W,3]`` in
@@ -107,4 +107,4 @@ class Ensembler:
         out = ensemble_with(np.where(valid, ours, np.nan), other, other_kind, weight=self.weight)
         out = np.where(np.isfinite(out), out, 0.0).astype(np.float32)
         keep = pred.uncertainty if pred.kind == AFFINE_DISPARITY else None
-        return DepthPrediction(out, AFFINE_DISPARITY, keep, pred.extras)
+        return DepthMap(out, AFFINE_DISPARITY, keep, pred.extras)

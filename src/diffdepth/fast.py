@@ -84,9 +84,10 @@ def _unets_of(model: nn.Module) -> List[nn.Module]:
 
 
 def _is_tapped(model: nn.Module, unet: nn.Module) -> bool:
-    """Whether the method hooks into this UNet during inference (PrimeDepth, SeeCoder-VPD, DiffSQL do)."""
+    """Whether the method hooks into this UNet during inference (PrimeDepth, SeeCoder-VPD, DiffSQL do;
+    Marigold runs its backbone's UNet whole and says so with ``taps_unet = False``)."""
     sd = getattr(model, "sd", None)
-    return sd is not None and getattr(sd, "unet", None) is unet
+    return getattr(model, "taps_unet", True) and sd is not None and getattr(sd, "unet", None) is unet
 
 
 def _compile_forward(module: nn.Module, mode: Optional[str], backend: str) -> None:

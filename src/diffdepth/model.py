@@ -35,8 +35,9 @@ class DepthModel(nn.Module):
     method: ClassVar[str] = ""
     #: one of diffdepth.types.DEPTH_KINDS
     output_kind: ClassVar[str] = ""
-    #: options ``predict`` understands beyond the images (e.g. {"steps", "ensemble_size"})
-    predict_options: ClassVar[frozenset] = frozenset()
+    #: options ``predict`` understands beyond the images: name -> {"type", "help", "choices", "min", "metavar"};
+    #: the CLI makes a flag ``--name`` of each with a help (bool: a switch), the others go by ``--opt``
+    predict_options: ClassVar[dict] = {}
 
     #: the pipeline pads inputs to a multiple of this
     size_multiple: int = 8

@@ -1,4 +1,4 @@
-"""Images in any form -> batches -> model -> :class:`DepthPrediction` at each input's size.
+"""Images in any form -> batches -> model -> a :class:`DepthMap` at each input's size.
 
 The pipeline owns everything around the tensor-in/tensor-out model (DESIGN.md,
 principle 1): reading, the processing resolution (long side) or the model's exact input
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .errors import InputError
 from .model import DepthModel
-from .types import METRIC_DEPTH, RELATIVE_DEPTH, DepthPrediction
+from .types import METRIC_DEPTH, RELATIVE_DEPTH, DepthMap, DepthPrediction
 
 #: how predicted depth is resized back to the input size: in depth, or as its inverse
 #: (disparity: bilinear on 1/depth, then inverted — Monodepth2's evaluation)
@@ -258,7 +258,7 @@ class DepthPipeline:
                 results[-1].extras["caption"] = captions[i]
         return results, video_state
 
-    def _finish(self, pred: DepthPrediction, i: int, pads, size) -> DepthPrediction:
+    def _finish(self, pred: DepthPrediction, i: int, pads, size) -> DepthMap:
         def back(t: Optional[torch.Tensor], mode: str = "bilinear", space: str = "depth") -> Optional[np.ndarray]:
             if t is None:
                 return None
@@ -277,10 +277,10 @@ class DepthPipeline:
         # only depth up to scale (relative, metric) is resized as its inverse: an affine-invariant
         # depth has an unknown shift (its inverse means nothing), a disparity is resized as it is
         space = self.resize_space if pred.kind in (RELATIVE_DEPTH, METRIC_DEPTH) else "depth"
-        return DepthPrediction(back(pred.depth, space=space), pred.kind, back(pred.uncertainty), extras)
+        return DepthMap(back(pred.depth, space=space), pred.kind, back(pred.uncertainty), extras)
 
     def iter_predictions(self, inputs: Iterable[ImageInput], on_error: Optional[Callable[[int, Any, Exception], None]] = None,
-                         names: Optional[Sequence[str]] = None) -> Iterator[Tuple[Prepared, DepthPrediction]]:
+                         names: Optional[Sequence[str]] = None) -> Iterator[Tuple[Prepared, DepthMap]]:
         """Yield ``(prepared, prediction)`` in input order, batching equal processed sizes.
 
         With ``on_error``, unreadable inputs are reported through it and skipped;
@@ -337,7 +337,7 @@ class DepthPipeline:
                 for _, _, fut in queue:
                     fut.cancel()
 
-    def process(self, inputs: Sequence[ImageInput], write: Callable[[Prepared, DepthPrediction], Any],
+    def process(self, inputs: Sequence[ImageInput], write: Callable[[Prepared, DepthMap], Any],
                 on_error: Optional[Callable[[int, Any, Exception], None]] = None,
                 names: Optional[Sequence[str]] = None,
                 catch: Tuple[type, ...] = ()) -> Iterator[Tuple[Prepared, Optional[BaseException]]]:
@@ -351,7 +351,7 @@ class DepthPipeline:
         raised by ``write`` are yielded; any other exception propagates. ``write`` must be
         safe to run concurrently for different inputs (each input writes its own files).
         """
-        def guarded(item: Prepared, pred: DepthPrediction) -> Optional[BaseException]:
+        def guarded(item: Prepared, pred: DepthMap) -> Optional[BaseException]:
             try:
                 write(item, pred)
             except catch as err:  # noqa: PERF203 - one try per item
@@ -385,14 +385,14 @@ class DepthPipeline:
                 for _, fut in queue:
                     fut.cancel()
 
-    def __call__(self, inputs: Union[ImageInput, Sequence[ImageInput]]) -> Union[DepthPrediction, List[DepthPrediction]]:
+    def __call__(self, inputs: Union[ImageInput, Sequence[ImageInput]]) -> Union[DepthMap, List[DepthMap]]:
         """Predict depth. A single input gives one prediction, a list (or ``[B,3,H,W]``) a list."""
         single = not isinstance(inputs, (list, tuple)) and not (isinstance(inputs, torch.Tensor) and inputs.ndim == 4)
         preds = [pr for _, pr in self.iter_predictions(self._expand(inputs))]
         return preds[0] if single else preds
 
     def video(self, frames: Iterable[np.ndarray], temporal: str = "latent",
-              temporal_window: int = 8) -> Iterator[DepthPrediction]:
+              temporal_window: int = 8) -> Iterator[DepthMap]:
         """Frames in order, one at a time (streaming). ``temporal`` (:mod:`diffdepth.temporal`):
         ``latent`` (default) through ``model.video_step``, the per-method temporal hook;
         ``none`` every frame alone; ``align`` / ``align+latent`` add the alignment of each frame

@@ -17,7 +17,7 @@ from typing import Deque, Optional, Tuple
 import numpy as np
 
 from .errors import InputError
-from .types import AFFINE_DEPTH, AFFINE_DISPARITY, METRIC_DEPTH, RELATIVE_DEPTH, DepthPrediction
+from .types import AFFINE_DEPTH, AFFINE_DISPARITY, METRIC_DEPTH, RELATIVE_DEPTH, DepthMap
 
 #: ``--temporal`` values: ``latent`` (default, as before) runs the method's own temporal hook
 #: (Marigold: latent blending), ``none`` predicts every frame alone, ``align`` adds this stage to
@@ -70,7 +70,7 @@ class TemporalAligner:
             return self.window[0]
         return np.median(np.stack(self.window), axis=0)
 
-    def __call__(self, pred: DepthPrediction) -> DepthPrediction:
+    def __call__(self, pred: DepthMap) -> DepthMap:
         values = np.asarray(pred.depth, dtype=np.float64)
         ref = self.reference()
         if ref is not None and ref.shape != values.shape:
@@ -80,4 +80,4 @@ class TemporalAligner:
         aligned = (s * values + t).astype(np.float32)
         self.window.append(aligned)
         unc = None if pred.uncertainty is None else (abs(s) * np.asarray(pred.uncertainty)).astype(np.float32)
-        return DepthPrediction(aligned, pred.kind, unc, dict(pred.extras or {}))
+        return DepthMap(aligned, pred.kind, unc, dict(pred.extras or {}))

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, List, Optional, Tuple
 import numpy as np
 
 from .errors import InputError
-from .types import AFFINE_DEPTH, AFFINE_DISPARITY, METRIC_DEPTH, RELATIVE_DEPTH, DepthPrediction
+from .types import AFFINE_DEPTH, AFFINE_DISPARITY, METRIC_DEPTH, RELATIVE_DEPTH, DepthMap
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import DepthPipeline, Prepared
@@ -140,7 +140,7 @@ class Tiler:
         return [(y, x, th, tw) for y in tile_starts(height, self.tile, self.overlap)
                 for x in tile_starts(width, self.tile, self.overlap)]
 
-    def refine(self, item: "Prepared", global_pred: DepthPrediction) -> DepthPrediction:
+    def refine(self, item: "Prepared", global_pred: DepthMap) -> DepthMap:
         import torch
 
         from .pipeline import Prepared
@@ -188,4 +188,4 @@ class Tiler:
                     unc_num[y:y + th, x:x + tw] += weight * abs(s) * np.asarray(pred.uncertainty, dtype=np.float64)
         depth = (num / den).astype(np.float32)
         uncertainty = global_pred.uncertainty if unc_num is None else (unc_num / den).astype(np.float32)
-        return DepthPrediction(depth, kind, uncertainty, dict(global_pred.extras or {}))
+        return DepthMap(depth, kind, uncertainty, dict(global_pred.extras or {}))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, ClassVar, Optional, Union
 
 import numpy as np
 import torch
@@ -26,28 +26,34 @@ def check_kind(kind: str) -> str:
 
 
 @dataclass
-class DepthPrediction:
-    """A depth prediction.
-
-    From ``model.predict`` ``depth`` is a tensor ``[B,1,H,W]``; from the pipeline it is a
-    float32 numpy array ``[H,W]`` at the input's size. ``kind`` says what the values mean
-    (see :data:`DEPTH_KINDS`); ``uncertainty`` has the shape of ``depth`` when the method
-    provides one (e.g. ensembles). ``extras`` carries optional per-method outputs
-    (e.g. a segmentation map) in the same layout.
-    """
-
+class _Depth:
     depth: Array
     kind: str
     uncertainty: Optional[Array] = None
     extras: dict[str, Any] = field(default_factory=dict)
+    ndim: ClassVar[int] = 0
 
     def __post_init__(self) -> None:
         check_kind(self.kind)
+        if np.ndim(self.depth) != self.ndim:
+            raise ValueError(f"{type(self).__name__}.depth is {'[B,1,H,W]' if self.ndim == 4 else '[H,W]'}; "
+                             f"got shape {tuple(np.shape(self.depth))}")
 
-    @property
-    def is_metric(self) -> bool:
-        return self.kind == METRIC_DEPTH
 
-    @property
-    def is_disparity(self) -> bool:
-        return self.kind == AFFINE_DISPARITY
+@dataclass
+class DepthPrediction(_Depth):
+    """What ``model.predict`` returns for a batch: ``depth`` a tensor ``[B,1,H,W]``. ``kind`` says
+    what the values mean (see :data:`DEPTH_KINDS`); ``uncertainty`` has the shape of ``depth`` when
+    the method provides one (e.g. ensembles); ``extras`` carries optional per-method outputs
+    (e.g. a segmentation map) in the same layout."""
+
+    ndim: ClassVar[int] = 4
+
+
+@dataclass
+class DepthMap(_Depth):
+    """One image's prediction as the pipeline (and ensembles, tiling, the temporal stage) returns it:
+    ``depth`` a float32 numpy array ``[H,W]`` at the input's size; ``uncertainty`` and map-like
+    ``extras`` likewise; ``kind`` as in :class:`DepthPrediction`."""
+
+    ndim: ClassVar[int] = 2

@@ -11,11 +11,12 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..hub import resolve_checkpoint
-from ..utils import apply_umask
+from ..utils import atomic_dir
 from .taps import Preimage, _Stop, tapped
 
 DEFAULT_SD = "stabilityai/stable-diffusion-2-1"
 COMPONENTS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
+MODULES = ("vae", "unet", "text_encoder")  # the nn.Module components (safetensors weights)
 
 
 def _allow_patterns(components: Iterable[str]) -> List[str]:
@@ -31,10 +32,12 @@ class StableDiffusion(nn.Module):
     ``vae``, ``unet`` and ``text_encoder`` are submodules (so ``.to()``, ``state_dict`` and
     ``requires_grad_`` reach them); ``tokenizer`` and ``scheduler`` are plain attributes.
     Device and dtype are those of the UNet; every entry point casts its inputs to them.
+    ``pad_empty_prompt=False`` tokenises the empty prompt without padding (BOS, EOS: ``[1,2,D]``),
+    as diffusers' ``MarigoldDepthPipeline`` does; ``True``: padded to 77 tokens like any prompt.
     """
 
     def __init__(self, vae=None, unet=None, text_encoder=None, tokenizer=None, scheduler=None,
-                 source: Optional[str] = None, frozen: bool = True):
+                 source: Optional[str] = None, frozen: bool = True, pad_empty_prompt: bool = True):
         super().__init__()
         self.vae = vae
         self.unet = unet
@@ -42,7 +45,7 @@ class StableDiffusion(nn.Module):
         self.tokenizer = tokenizer
         self.scheduler = scheduler
         self.source = source
-        self._empty_prompt: Optional[torch.Tensor] = None
+        self.pad_empty_prompt = pad_empty_prompt
         if frozen:
             self.freeze()
 
@@ -59,19 +62,14 @@ class StableDiffusion(nn.Module):
             raise ValueError(f"unknown SD components {sorted(unknown)}; choose from {COMPONENTS}")
         root = resolve_checkpoint(source, allow_patterns=_allow_patterns(components))
         parts = {}
-        loaders = {
-            "vae": lambda p: AutoencoderKL.from_pretrained(p, subfolder="vae"),
-            "unet": lambda p: UNet2DConditionModel.from_pretrained(p, subfolder="unet"),
-            "text_encoder": lambda p: CLIPTextModel.from_pretrained(p, subfolder="text_encoder"),
-            "tokenizer": lambda p: CLIPTokenizer.from_pretrained(p, subfolder="tokenizer"),
-            "scheduler": lambda p: DDPMScheduler.from_pretrained(p, subfolder="scheduler"),
-        }
+        loaders = {"vae": AutoencoderKL, "unet": UNet2DConditionModel, "text_encoder": CLIPTextModel,
+                   "tokenizer": CLIPTokenizer, "scheduler": DDPMScheduler}
         for name in components:
             if not (root / name).is_dir():
                 raise CheckpointError(f"{source} has no {name}/ folder — is it a diffusers Stable Diffusion folder?")
             try:
                 with _quiet_transformers():
-                    parts[name] = loaders[name](str(root))
+                    parts[name] = loaders[name].from_pretrained(str(root), subfolder=name, **_variant(root / name))
             except (OSError, ValueError, json.JSONDecodeError) as err:
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 raise CheckpointError(f"cannot load {name} from {root / name}: {first}") from None
@@ -89,12 +87,8 @@ class StableDiffusion(nn.Module):
             part = present.get(name)
             if part is None:
                 raise ValueError(f"this StableDiffusion has no {name}")
-            if name in ("vae", "unet", "text_encoder"):
-                with _quiet_transformers():
-                    part.save_pretrained(path / name, safe_serialization=True)
-            else:
-                part.save_pretrained(path / name)
-            apply_umask(path / name)  # safetensors writes 0600; follow the user's umask
+            with atomic_dir(path / name) as tmp, _quiet_transformers():  # follows the user's umask
+                part.save_pretrained(tmp, **({"safe_serialization": True} if name in MODULES else {}))
         if model_index:
             index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": _diffusers_version()}
             for name in COMPONENTS:
@@ -182,21 +176,30 @@ class StableDiffusion(nn.Module):
             prompts = list(prompts) * batch_size
         return self._encode_text(list(prompts))
 
+    @property
+    def pad_empty_prompt(self) -> bool:
+        return self._pad_empty
+
+    @pad_empty_prompt.setter
+    def pad_empty_prompt(self, pad: bool) -> None:
+        self._pad_empty, self._empty_prompt = bool(pad), None  # a new tokenisation: drop the cache
+
     def empty_prompt(self) -> torch.Tensor:
-        """The empty-prompt embedding ``[1,77,D]``, computed once per device/dtype."""
+        """The empty-prompt embedding ``[1,77,D]`` (``[1,2,D]`` unpadded), computed once per device/dtype."""
         cached = self._empty_prompt
         if cached is None or cached.device != self.device or cached.dtype != self.dtype:
             if cached is not None and self.text_encoder is None:  # a stored embedding, no encoder to redo it
                 self._empty_prompt = cached.to(device=self.device, dtype=self.dtype)
             else:
                 with torch.no_grad():
-                    self._empty_prompt = self._encode_text([""])
+                    self._empty_prompt = self._encode_text([""], pad=self.pad_empty_prompt)
         return self._empty_prompt
 
-    def _encode_text(self, prompts: List[str]) -> torch.Tensor:
+    def _encode_text(self, prompts: List[str], pad: bool = True) -> torch.Tensor:
         if self.text_encoder is None or self.tokenizer is None:
             raise CheckpointError("this model was loaded without a text encoder/tokenizer; prompts are unavailable")
-        tok = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+        tok = self.tokenizer(prompts, padding="max_length" if pad else "do_not_pad",
+                             max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt")
         ids = tok.input_ids.to(self.text_encoder.device)
         ctx = self.text_encoder(ids)[0]
@@ -313,6 +316,12 @@ class _quiet_transformers:
 
         if self._was:
             tlog.enable_progress_bar()
+
+
+def _variant(folder: Path) -> dict:
+    """``variant="fp16"`` for a sub-folder with only fp16 weights (some hub repos ship both, some one)."""
+    names = [f.name for f in folder.glob("*.safetensors")]
+    return {"variant": "fp16"} if names and all(".fp16." in n for n in names) else {}
 
 
 def _diffusers_version() -> str:

@@ -167,13 +167,16 @@ def make_model(method: str, tiny: bool, device, dtype):
         def factory():
             from diffusers import AutoencoderKL, UNet2DConditionModel
 
+            from ..backbone import StableDiffusion
             from .marigold import SD21_SCHEDULER, SD21_UNET, SD21_VAE
 
-            return cls(UNet2DConditionModel(**SD21_UNET), AutoencoderKL(**SD21_VAE), None, None,
-                       dict(SD21_SCHEDULER), default_denoising_steps=1, default_processing_resolution=768)
+            sd = StableDiffusion(vae=AutoencoderKL(**SD21_VAE), unet=UNet2DConditionModel(**SD21_UNET),
+                                 scheduler=dict(SD21_SCHEDULER))
+            return cls(sd, default_denoising_steps=1, default_processing_resolution=768)
 
         model = build_random(factory, device, dtype)
-        model._empty = (torch.randn(1, 2, 1024, generator=torch.Generator().manual_seed(2)) * 0.5).to(device, dtype)
+        ctx = torch.randn(1, 2, 1024, generator=torch.Generator().manual_seed(2)) * 0.5
+        model.sd._empty_prompt = ctx.to(device, dtype)
         return model
     if method == "seecoder-vpd":
         from .seecoder_vpd import build_model
@@ -438,10 +441,10 @@ class Run:
             x = self.images(1, s)
             self.record(method, "1 step", s, 1, lambda: predict(x))
             with torch.inference_mode():
-                z_img = model.encode_image(x)
+                z_img = model.sd.encode_image(x)
             z = torch.randn(z_img.shape, generator=torch.Generator().manual_seed(s)).to(self.device, self.dtype)
-            self.record(method, "VAE encode", s, 1, lambda: model.encode_image(x))
-            self.record(method, "UNet step", s, 1, lambda: model.denoise(z_img, z, [999]))
+            self.record(method, "VAE encode", s, 1, lambda: model.sd.encode_image(x))
+            self.record(method, "UNet step", s, 1, lambda: model.denoise(z_img, z, model.ddim(1, "trailing")))
             self.record(method, "VAE decode", s, 1, lambda: model.decode_depth(z))
             with torch.inference_mode():
                 depth = model.decode_depth(z).float()

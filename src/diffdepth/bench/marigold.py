@@ -2,7 +2,7 @@
 
 The model is Marigold at SD 2.1 size (UNet 320/640/1280/1280 with an 8-channel conv_in, VAE
 128/256/512/512) with random weights, run through our own code paths
-(``MarigoldDepth.encode_image`` / ``denoise`` / ``decode_depth`` and ``ensemble_affine``).
+(``StableDiffusion.encode_image``, ``MarigoldDepth.denoise`` / ``decode_depth`` and ``ensemble_affine``).
 The empty-prompt context is a fixed random [1,2,1024] tensor (the text encoder runs once per
 model, not per image, so it is not part of the per-image cost).
 
@@ -73,6 +73,7 @@ def build_model(device, dtype, tiny: bool = False):
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
+    from ..backbone import StableDiffusion
     from ..methods.marigold import MarigoldDepth
 
     if tiny:
@@ -83,10 +84,10 @@ def build_model(device, dtype, tiny: bool = False):
         vae = AutoencoderKL(**SD21_VAE)
     unet = _init_random(unet.to_empty(device="cpu"), 0)
     vae = _init_random(vae.to_empty(device="cpu"), 1)
-    model = MarigoldDepth(unet, vae, None, None, dict(SD21_SCHEDULER), default_denoising_steps=1,
-                          default_processing_resolution=768).eval()
+    sd = StableDiffusion(vae=vae, unet=unet, scheduler=dict(SD21_SCHEDULER))
+    model = MarigoldDepth(sd, default_denoising_steps=1, default_processing_resolution=768).eval()
     model = model.to(device=device, dtype=dtype)
-    model._empty = (torch.randn(1, 2, 1024, generator=torch.Generator().manual_seed(2)) * 0.5).to(device, dtype)
+    sd._empty_prompt = (torch.randn(1, 2, 1024, generator=torch.Generator().manual_seed(2)) * 0.5).to(device, dtype)
     return model
 
 
@@ -167,13 +168,13 @@ def measure(model, side: int, args, meter: MemoryMeter) -> dict:
     res: dict = {"side": side}
     with torch.inference_mode():
         with meter.phase(mem, "encode"):
-            z_img, res["encode"] = _timed(device, lambda: model.encode_image(x))
+            z_img, res["encode"] = _timed(device, lambda: model.sd.encode_image(x))
         cpu = {"encode": CPU_TIMES[-1]}
         z = torch.randn(z_img.shape, generator=g).to(device, model.dtype)
-        step_times = []
+        step_times, one_step = [], model.ddim(1, "trailing")  # t = 999
         with meter.phase(mem, "step"):
             for k in range(max(1, args.measure_steps)):
-                z, dt = _timed(device, lambda: model.denoise(z_img, z, [999]))
+                z, dt = _timed(device, lambda: model.denoise(z_img, z, one_step))
                 step_times.append(dt)
         cpu["step"] = sum(CPU_TIMES[-len(step_times):]) / len(step_times)
         res["step"] = sum(step_times) / len(step_times)
@@ -227,8 +228,8 @@ def run(args: argparse.Namespace) -> int:
     meter = MemoryMeter(device)
     t0 = time.perf_counter()
     model = build_model(device, dtype, args.tiny)
-    n_unet = sum(p.numel() for p in model.unet.parameters()) / 1e6
-    n_vae = sum(p.numel() for p in model.vae.parameters()) / 1e6
+    n_unet = sum(p.numel() for p in model.sd.unet.parameters()) / 1e6
+    n_vae = sum(p.numel() for p in model.sd.vae.parameters()) / 1e6
     say(f"device {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
           f"torch {torch.__version__}, {args.dtype}; UNet {n_unet:.0f} M + VAE {n_vae:.0f} M parameters, "
           f"random weights{' (TINY model)' if args.tiny else ''}, built in {time.perf_counter() - t0:.1f} s")
@@ -236,8 +237,8 @@ def run(args: argparse.Namespace) -> int:
         t1 = time.perf_counter()
         with torch.inference_mode():
             x = torch.rand(1, 3, 64, 64).to(device)
-            z = model.encode_image(x)
-            model.decode_depth(model.denoise(z, torch.randn_like(z), [999]))
+            z = model.sd.encode_image(x)
+            model.decode_depth(model.denoise(z, torch.randn_like(z), model.ddim(1, "trailing")))
         say(f"warm-up at 64² (untimed in the table): {time.perf_counter() - t1:.1f} s")
     rows = [measure(model, side, args, meter) for side, _ in args.sizes]
     S, M = args.steps, args.members

@@ -93,12 +93,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import sys
-    from pathlib import Path
 
     from ..data.benchmarks import open_benchmark
     from ..errors import InputError
     from ..evaluation.protocols import get_protocol
-    from ..evaluation.runner import PredictionFolder, evaluate, read_kind_file, summarize, write_reports
 
     protocol = get_protocol(args.dataset).with_overrides(
         crop=args.crop, min_depth=args.min_depth, max_depth=args.max_depth)
@@ -113,7 +111,6 @@ def run(args: argparse.Namespace) -> int:
     if args.predictions is not None and args.checkpoint is not None:
         raise InputError("--checkpoint applies only with --method (saved --predictions need no model)")
 
-    from .. import distributed
     from ..evaluation.leaderboard import Bench, entries_from_flags, pair_flags, read_models_file
 
     flags = getattr(args, "ordered_flags", None)
@@ -144,59 +141,18 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--alignment-seed applies to one model; a leaderboard draws sparse pixels with seed 0")
     if args.models or len(entries) > 1:
         return _leaderboard(args, entries, [Bench(protocol, dataset, n, protocol.name)])
-    # under `accelerate launch`/torchrun each process scores its own block of samples;
-    # the records are gathered into one summary below (identical to a single process)
-    mine = distributed.shard_indices(n)
-    samples = (dataset[i] for i in mine)
-    out = Path(args.out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    from ..evaluation.job import run_eval
+    from .predict import method_options
 
-    info = {"data_root": str(Path(args.data_root).expanduser()),
-            "split_file": str(args.split_file) if args.split_file else (
-                "published" if getattr(dataset, "split_key", None) else None),  # None: every sample of the folder
-            "split_listed": getattr(dataset, "num_listed", len(dataset)),
-            "alignment": args.alignment or protocol.alignment}
-    if str(info["alignment"]).startswith("sparse:"):
-        info["alignment_seed"] = args.alignment_seed
-    if args.predictions is not None:
-        predictor = PredictionFolder(args.predictions, args.kind)
-        info.update(predictions=str(predictor.folder), kind=predictor.kind)
-        if predictor.kind_source == "default":
-            print(f"note: {predictor.folder} records no kind (no predictions.json or kind.txt); reading the "
-                  f"predictions as {predictor.kind} — pass --kind if they are something else", file=sys.stderr)
-        records = evaluate(samples, predictor, protocol, args.alignment, alignment_seed=args.alignment_seed,
-                           progress=not args.no_progress and distributed.is_main(), total=len(mine))
-    else:
-        import diffdepth
-        from ..evaluation.runner import ModelPredictor
-        from .predict import method_options
-
-        model = diffdepth.load_model(args.method, args.checkpoint, device=args.device, dtype=args.dtype)
-        options = method_options(args)
-        predict = ModelPredictor(model, protocol, args.processing_res, **options)
-        if args.ensemble_with:
-            from ..ensemble import Ensembler
-
-            predict.ensemble = Ensembler(args.ensemble_with, device=args.device, dtype=args.dtype)
-        res, input_size = predict.processing_res, getattr(predict.pipe, "input_size", None)  # the model's exact size
-        info.update(method=args.method, checkpoint=str(args.checkpoint), processing_res=res,
-                    input_size=list(input_size) if input_size else None, options=options,
-                    ensemble_with=args.ensemble_with,
-                    predictions=str(out / "predictions"))
-        records = evaluate(samples, predict, protocol, args.alignment, kind=args.kind,
-                           alignment_seed=args.alignment_seed,
-                           save_dir=out / "predictions", progress=not args.no_progress and distributed.is_main(),
-                           total=len(mine), record={"method": args.method, "checkpoint": args.checkpoint,
-                                                    "options": {**options, "processing_res": res}})
-        distributed.barrier()  # every process has written its predictions (and predictions.json)
-        info["kind"] = read_kind_file(out / "predictions")
-
-    records = distributed.unshard(distributed.gather_objects(records), n)
-    if not distributed.is_main():
+    done = run_eval(protocol, dataset, args.out, n=n, data_root=args.data_root, split_file=args.split_file,
+                    predictions=args.predictions, kind=args.kind, method=args.method, checkpoint=args.checkpoint,
+                    options=method_options(args) if args.predictions is None else None,
+                    ensemble_with=args.ensemble_with, processing_res=args.processing_res, alignment=args.alignment,
+                    alignment_seed=args.alignment_seed, device=args.device, dtype=args.dtype,
+                    progress=not args.no_progress)
+    if done is None:  # not the main process
         return 0
-
-    summary = summarize(records, protocol, **info)
-    paths = write_reports(out, summary, records)
+    summary, paths = done
     c = summary["counts"]
     notes = []
     if c["resized_predictions"]:

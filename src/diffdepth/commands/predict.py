@@ -2,36 +2,40 @@
 from __future__ import annotations
 
 import argparse
-import glob
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List
 
 from ..errors import InputError
 
 HELP = "predict depth for images, folders (recursive), globs or videos"
 
-# CLI flag -> predict option name (the method says which it accepts)
-METHOD_OPTIONS = ("steps", "ensemble_size", "seed", "prompt", "reduction", "flip", "scale", "timestep_spacing",
-                  "preset")
+
+def declared_options() -> Dict[str, tuple]:
+    """The predict options registered methods declare with a help (a flag each):
+    name -> (spec, ids of the methods that take it), in registry order."""
+    from ..registry import list_methods
+
+    found: Dict[str, tuple] = {}
+    for info in list_methods():
+        try:
+            declared = getattr(info.load_class(), "predict_options", None)
+        except ImportError:  # a broken optional method does not break the others
+            continue
+        for name, spec in (declared.items() if isinstance(declared, dict) else ()):
+            if spec.get("help"):
+                found.setdefault(name, (spec, []))[1].append(info.id)
+    return found
 
 
 def add_method_options(p: argparse.ArgumentParser):
-    """The method-option flags shared by ``predict`` and ``eval``; returns their group."""
+    """The method-option flags shared by ``predict`` and ``eval``, one per declared option; returns their group."""
     g = p.add_argument_group("method options (only those the method accepts)")
-    g.add_argument("--steps", type=int, default=None, help="denoising steps (marigold/metricgold)")
-    g.add_argument("--ensemble-size", type=int, default=None, help="ensemble members (marigold/metricgold)")
-    g.add_argument("--seed", type=int, default=None, help="random seed for noise")
-    g.add_argument("--prompt", default=None, help="text prompt (primedepth; default empty)")
-    g.add_argument("--reduction", default=None, choices=["median", "mean"], help="ensemble reduction")
-    g.add_argument("--timestep-spacing", default=None, choices=["leading", "trailing"], help="DDIM spacing")
-    g.add_argument("--preset", default=None, metavar="NAME",
-                   help="named inference defaults, e.g. paper or fast (marigold/metricgold; listed by `diffdepth info`); "
-                        "the flags above override it")
-    g.add_argument("--flip", action="store_true", default=None, help="test-time horizontal flip averaging")
-    g.add_argument("--scale", type=float, default=None, help="multiply relative depth by a known factor (diffsql)")
+    for name, (spec, methods) in declared_options().items():
+        kind = {"action": "store_true"} if spec["type"] is bool else {
+            "type": spec["type"], "choices": spec.get("choices"), "metavar": spec.get("metavar")}
+        g.add_argument("--" + name.replace("_", "-"), default=None, help=f"{spec['help']} ({', '.join(methods)})",
+                       **kind)
     g.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="any other method option (YAML-typed value); repeatable")
     return g
@@ -39,7 +43,7 @@ def add_method_options(p: argparse.ArgumentParser):
 
 def method_options(args: argparse.Namespace) -> Dict[str, object]:
     """The method options the user set (flags + ``--opt``), for ``DepthPipeline``."""
-    options = {name: getattr(args, name) for name in METHOD_OPTIONS if getattr(args, name) is not None}
+    options = {name: getattr(args, name) for name in declared_options() if getattr(args, name, None) is not None}
     options.update(_parse_opts(args.opt))
     return options
 
@@ -128,90 +132,6 @@ def add_fast_path_options(p: argparse.ArgumentParser):
     return g
 
 
-def apply_fast_path_options(model, args: argparse.Namespace):
-    from ..fast import apply_fast_paths
-
-    return apply_fast_paths(model, dtype=args.dtype, channels_last=args.channels_last, compile=args.compile,
-                            cuda_graphs=args.cuda_graphs, vae_tiling_above=args.vae_tiling_above,
-                            vae_slicing=args.vae_slicing)
-
-
-@dataclass
-class Job:
-    source: Path
-    rel: Path  # output path relative to --out, without suffix
-
-
-def _split_glob(pattern: str) -> Path:
-    """The non-magic leading directory of a glob pattern."""
-    parts = Path(pattern).parts
-    base = []
-    for part in parts:
-        if glob.has_magic(part):
-            break
-        base.append(part)
-    return Path(*base) if base else Path(".")
-
-
-def collect_inputs(inputs: List[str], out_root: Optional[Path] = None,
-                   skipped: Optional[Dict[str, int]] = None) -> Tuple[List[Job], List[Tuple[str, str]]]:
-    """Expand files, folders and globs into jobs with output paths mirroring the inputs.
-
-    Folders and globs never yield files of an output folder (``out_root``, or any folder
-    holding a ``predictions.json``) nor ground-truth maps (``X_depth.png`` beside ``X.png``);
-    ``skipped`` counts what was left out and why.
-    """
-    from ..io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-    from ..io.sidecar import excluded_input
-
-    jobs: List[Job] = []
-    failures: List[Tuple[str, str]] = []
-    known = tuple(IMAGE_EXTENSIONS) + tuple(VIDEO_EXTENSIONS)
-    skipped = skipped if skipped is not None else {}
-    cache: Dict[Path, bool] = {}
-
-    def keep(f: Path) -> bool:
-        reason = excluded_input(f, out_root, cache)
-        if reason:
-            skipped[reason] = skipped.get(reason, 0) + 1
-        return reason is None
-
-    for text in inputs:
-        path = Path(text).expanduser()
-        if path.is_dir():
-            found = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in known
-                           and not any(part.startswith(".") for part in f.relative_to(path).parts))
-            if not found:
-                failures.append((text, "folder holds no image or video files"))
-            kept = [f for f in found if keep(f)]
-            if found and not kept:
-                failures.append((text, "folder holds only outputs of diffdepth (predictions.json) or ground-truth maps"))
-            jobs += [Job(f, f.relative_to(path).with_suffix("")) for f in kept]
-        elif path.is_file():
-            jobs.append(Job(path, Path(path.stem)))
-        elif glob.has_magic(text):
-            base = _split_glob(text)
-            found = sorted(Path(f) for f in glob.glob(text, recursive=True) if Path(f).is_file())
-            found = [f for f in found if f.suffix.lower() not in known or keep(f)]
-            if not found:
-                failures.append((text, "pattern matches no file"))
-            for f in found:
-                try:
-                    rel = f.relative_to(base)
-                except ValueError:
-                    rel = Path(f.name)
-                jobs.append(Job(f, rel.with_suffix("")))
-        else:
-            failures.append((text, "no such file or folder"))
-    return jobs, failures
-
-
-def _safe_rel(rel: Path) -> Path:
-    """Strip anything that could leave the output folder (absolute parts, '..')."""
-    parts = [p for p in rel.parts if p not in ("", ".", "..", "/") and not Path(p).is_absolute()]
-    return Path(*parts) if parts else Path("output")
-
-
 def _parse_opts(items: List[str]) -> Dict[str, object]:
     import yaml
 
@@ -255,10 +175,10 @@ def check_options(args: argparse.Namespace) -> set:
         raise InputError(f"--tile must be >= 1 px, got {args.tile}")
     if args.tile_overlap is not None and (args.tile is None or not 0 <= args.tile_overlap < args.tile):
         raise InputError(f"--tile-overlap {args.tile_overlap} needs --tile SIZE and must be in [0, SIZE)")
-    for name in ("steps", "ensemble_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    for name, (spec, _) in declared_options().items():
+        value = getattr(args, name, None)
+        if value is not None and spec.get("min") is not None and value < spec["min"]:
+            raise InputError(f"--{name.replace('_', '-')} must be >= {spec['min']}, got {value}")
     if args.ensemble_with:  # a folder of predictions or METHOD:CKPT, named before any model loads
         from ..ensemble import parse_spec
 
@@ -300,7 +220,7 @@ def check_method_outputs(method: str, options: Dict[str, object], formats: set) 
         return
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        allowed = ", ".join(sorted(accepted - {"with_segmentation"})) or "none"
+        allowed = ", ".join(sorted(set(accepted) - {"with_segmentation"})) or "none"
         flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
         raise InputError(f"method {method} does not take {flags} (it takes: {allowed})")
     if formats & {"seg", "seg_ids"} and "with_segmentation" not in accepted:
@@ -327,7 +247,6 @@ def run_settings(args: argparse.Namespace, method: str, checkpoint, options: Dic
         opts["vae_tiling_above"] = args.vae_tiling_above
     if args.ensemble_with:
         from ..ensemble import parse_spec
-        from ..io.sidecar import checkpoint_identity
 
         spec = parse_spec(args.ensemble_with)
         opts["ensemble_with"] = (str(spec[1].resolve()) if spec[0] == "folder"
@@ -344,13 +263,8 @@ def _render_settings(args: argparse.Namespace) -> Dict[str, dict]:
             "ply": cloud, "points": cloud, "glb": {"focal": args.focal, "fov": args.fov}}
 
 
-VIDEO_OUTPUTS = {"mp4": "_depth.mp4", "npz": ".npz", "side": "_side.mp4"}
-
-
 def run(args: argparse.Namespace) -> int:
-    from .. import distributed
-    from ..io import VIDEO_EXTENSIONS
-    from ..io.export import output_path
+    from .. import distributed, jobs as J
     from ..io.sidecar import OutputIndex
     from ..registry import resolve_method
 
@@ -358,26 +272,15 @@ def run(args: argparse.Namespace) -> int:
     out_root = Path(args.out).expanduser()
     method, checkpoint = resolve_method(args.method, args.checkpoint)
     skipped: Dict[str, int] = {}
-    jobs, failures = collect_inputs(args.inputs, out_root, skipped)
+    jobs, failures = J.collect_inputs(args.inputs, out_root, skipped)
     for reason, count in sorted(skipped.items()):
         if distributed.is_main():
             print(f"left out {count} file(s) of the input folders: {reason}", file=sys.stderr)
-    # unique output names: two inputs must never write the same files
-    seen: Dict[Path, Path] = {}
-    unique: List[Job] = []
-    for job in jobs:
-        job.rel = _safe_rel(job.rel)
-        if job.rel in seen:
-            if seen[job.rel].resolve() != job.source.resolve():  # the same file named twice is one input
-                failures.append((str(job.source), f"its outputs would collide with those of {seen[job.rel]}; "
-                                                  f"predict it separately"))
-            continue
-        seen[job.rel] = job.source
-        unique.append(job)
+    unique = J.unique_jobs(jobs, failures)  # two inputs must never write the same files
     if getattr(args, "align_to", None) is not None and Path(args.align_to).expanduser().is_file() and len(unique) > 1:
         raise InputError(f"--align-to {args.align_to} is one anchors file for {len(unique)} inputs; give a folder "
                          f"of anchor files named like the outputs (<name>.npy|png|csv|bin)")
-    jobs = distributed.shard(unique)
+    mine = distributed.shard(unique)  # under torchrun/accelerate each process predicts its block
 
     options = method_options(args)
     check_method_outputs(method, options, formats)
@@ -393,42 +296,34 @@ def run(args: argparse.Namespace) -> int:
     if formats & {"seg", "seg_ids"}:
         options["with_segmentation"] = True
     index = OutputIndex(out_root, run_settings(args, method, checkpoint, options),
-                        render=_render_settings(args),
-                        writer=distributed.is_main())
-    image_formats = sorted(formats)
-    video_formats = ["mp4", "npz"] + (["side"] if "side" in formats else [])
-    ignored_for_video = sorted(formats & {"png16", "ply", "points", "glb", "uncertainty", "seg", "seg_ids"})
-
-    # what each input still needs: missing files, files made with other settings, unrecorded files
-    todo: List[Job] = []
-    needs: Dict[Path, List[str]] = {}
-    for job in jobs:
-        base = out_root / job.rel
-        is_video = job.source.suffix.lower() in VIDEO_EXTENSIONS
-        if is_video:
-            paths = {f: base.with_name(base.name + VIDEO_OUTPUTS[f]) for f in video_formats}
-        else:
-            paths = {f: output_path(base, f) for f in image_formats}
-        want = list(paths) if args.overwrite else index.missing(job.rel.as_posix(), paths, paths)
-        if want:
-            needs[job.rel] = want
-            todo.append(job)
-    kept = len(jobs) - len(todo)
-    jobs_all = jobs
+                        render=_render_settings(args), writer=distributed.is_main())
+    todo, needs = J.pending(mine, out_root, formats, index, args.overwrite)
     changed = index.settings_changed()
-    jobs = todo
     stats = {"images": 0, "videos": 0, "frames": 0, "seconds": 0.0}
-    if jobs:
-        if ignored_for_video and any(j.source.suffix.lower() in VIDEO_EXTENSIONS for j in jobs):
+    if todo:
+        ignored_for_video = sorted(formats & {"png16", "ply", "points", "glb", "uncertainty", "seg", "seg_ids"})
+        if ignored_for_video and any(J.is_video(j) for j in todo):
             print(f"note: --save {','.join(ignored_for_video)} applies to images only; videos get NAME_depth.mp4, "
                   f"NAME.npz (and NAME_side.mp4 with side)", file=sys.stderr)
         try:
-            _run_jobs(args, jobs, needs, method, checkpoint, options, formats, out_root, index, failures, stats)
+            pipe, ensemble = J.build_pipeline(
+                method, checkpoint, options, formats, device=args.device, dtype=args.dtype, caption=args.caption,
+                ensemble_with=args.ensemble_with, workers=args.workers, processing_res=args.processing_res,
+                batch_size=args.batch_size, tile=args.tile, tile_overlap=args.tile_overlap,
+                fast=dict(channels_last=args.channels_last, compile=args.compile, cuda_graphs=args.cuda_graphs,
+                          vae_tiling_above=args.vae_tiling_above, vae_slicing=args.vae_slicing))
+            stats = J.run_jobs(pipe, todo, needs, out_root, index, failures, ensemble=ensemble,
+                               export=dict(focal=args.focal, fov=args.fov, cmap=args.cmap, vmin=args.vmin,
+                                           vmax=args.vmax, percentiles=args.percentiles, ply_stride=args.ply_stride,
+                                           ply_max_depth=args.ply_max_depth),
+                               video=dict(start=args.start_frame, end=args.end_frame, stride=args.frame_stride,
+                                          max_frames=args.max_frames, temporal=args.temporal,
+                                          temporal_window=args.temporal_window))
         finally:
             index.flush()
     # one summary for all processes (under torchrun/accelerate each handled its shard)
-    images = [j.rel.as_posix() for j in jobs_all if j.source.suffix.lower() not in VIDEO_EXTENSIONS]
-    per_rank = distributed.gather_objects((kept, bool(jobs), stats, failures, index.new, images))
+    images = [j.rel.as_posix() for j in mine if not J.is_video(j)]
+    per_rank = distributed.gather_objects((len(mine) - len(todo), bool(todo), stats, failures, index.new, images))
     if not distributed.is_main():
         return 1 if failures else 0
     index.merge([r[4] for r in per_rank[1:]])
@@ -452,7 +347,7 @@ def run(args: argparse.Namespace) -> int:
         n = total["images"] + total["frames"]
         print(f"wrote depth for {' and '.join(rate)} to {out_root} in {seconds:.1f} s "
               f"({n / max(seconds, 1e-9):.2f} {'frames' if total['frames'] else 'img'}/s)", file=sys.stderr)
-    rc = _finish(failures, total["images"] + total["videos"])
+    rc = _finish(failures)
     if getattr(args, "align_to", None) is not None:
         rc = max(rc, _align_outputs(args, out_root, [j for r in per_rank for j in r[5]]))
     return rc
@@ -473,191 +368,17 @@ def _align_outputs(args, out_root: Path, names: List[str]) -> int:
     return print_report(report, align_out, sys.stderr)
 
 
-class _StopRun(InputError):
-    """An error that is the same for every input: the run stops instead of failing each."""
-
-
-def _run_jobs(args, jobs, needs, method, checkpoint, options, formats, out_root, index, failures, stats) -> None:
-    from tqdm import tqdm
-
-    from ..errors import DiffdepthError
-    from ..io import VIDEO_EXTENSIONS
-    from ..io.export import output_path, save_outputs
-    from ..io.intrinsics import k_from_file
-    from ..io.sidecar import image_record
-    from ..pipeline import DepthPipeline
-    from ..registry import load_model
-
-    model = load_model(method, checkpoint, device=args.device, dtype=args.dtype)
-    if "uncertainty" in formats and "ensemble_size" in model.predict_options and "ensemble_size" not in options:
-        members = int((getattr(model, "config", None) or {}).get("default_ensemble_size", 1))
-        preset = getattr(model, "presets", {}).get(options.get("preset"))
-        if preset is not None:
-            members = int(preset[1].get("ensemble_size", members))
-        if members < 2:
-            source = f"--preset {options['preset']}" if preset is not None else "this checkpoint"
-            raise InputError(f"--save uncertainty needs an ensemble; {source} predicts {members} member(s) "
-                             f"by default — add --ensemble-size N (N >= 2)")
-    captioner = None
-    if args.caption is not None:
-        from ..backbone.captions import load_captioner
-
-        captioner = load_captioner(args.caption, device=args.device)
-    apply_fast_path_options(model, args)
-    ensemble = None
-    if args.ensemble_with:
-        from ..ensemble import Ensembler
-
-        ensemble = Ensembler(args.ensemble_with, device=args.device, dtype=args.dtype)
-    # a second model runs inside write(): keep it on this thread (workers = 0), one call at a time
-    workers = 0 if ensemble is not None and ensemble.pipe is not None else args.workers
-    pipe = DepthPipeline(model, processing_res=args.processing_res, batch_size=args.batch_size,
-                         captioner=captioner, workers=workers, tile=args.tile, tile_overlap=args.tile_overlap,
-                         **options)
-
-    images = [j for j in jobs if j.source.suffix.lower() not in VIDEO_EXTENSIONS]
-    videos = [j for j in jobs if j.source.suffix.lower() in VIDEO_EXTENSIONS]
-    start = time.perf_counter()
-
-    def on_error(index_, source, err):
-        failures.append((str(images[index_].source), str(err)))
-        bar.write(_skipped(images[index_].source, err), file=sys.stderr)
-
-    written = {}  # input index -> (kind, save_outputs result), filled by the writer threads
-
-    def write(item, pred):  # runs on the pipeline's writer threads (each input writes its own files)
-        job = images[item.index]
-        if ensemble is not None:
-            pred = ensemble(pred, rel=job.rel, image=item.rgb)
-        meta = item.meta
-        size = (meta.width, meta.height) if meta is not None else None
-        K_file = K_src = None
-        if args.focal is None and args.fov is None:  # flags win; else NAME_K.txt, the folder's file, EXIF
-            K_file, K_src = k_from_file(job.source, size or pred.depth.shape[-2:][::-1])
-        res = save_outputs(out_root / job.rel, pred, item.rgb, needs[job.rel], overwrite=True,
-                           focal=args.focal, fov=args.fov, exif_focal_px=getattr(meta, "focal_px", None),
-                           exif_source=getattr(meta, "focal_source", None), K_file=K_file, K_file_source=K_src,
-                           K_file_size=size, cmap=args.cmap, vmin=args.vmin, vmax=args.vmax,
-                           percentiles=args.percentiles, ply_stride=args.ply_stride,
-                           ply_max_depth=args.ply_max_depth)
-        res_shape = tuple(int(x) for x in pred.depth.shape[-2:])
-        info = image_record(pred.kind, settings=index.settings, valid_range=res.valid_range, size=res_shape,
-                            K=res.K, K_source=res.K_source, processing_res=pipe.processing_res, source=job.source,
-                            outputs={f: output_path(job.rel, f).as_posix() for f in needs[job.rel]
-                                     if f not in res.unavailable})
-        written[item.index] = (pred.kind, res, info)
-
-    with tqdm(total=len(images), unit="img", desc="predict", disable=None, file=sys.stderr) as bar:
-        stream = pipe.process([j.source for j in images], write, on_error=on_error, catch=(DiffdepthError,))
-        for item, err in stream:
-            job = images[item.index]
-            if err is None:  # the index and the summary are kept on this thread
-                kind, res, info = written.pop(item.index)
-                index.record(job.rel.as_posix(), [f for f in needs[job.rel] if f not in res.unavailable], kind, info)
-                stats["images"] += 1
-                if res.unavailable:
-                    stream.close()
-                    raise _StopRun(f"--save {','.join(res.unavailable)}: this method gives no "
-                                   f"{' or '.join(res.unavailable)} ({_unavailable_hint(res.unavailable)}); "
-                                   f"drop it from --save")
-            else:
-                failures.append((str(job.source), str(err)))
-                bar.write(_skipped(job.source, err), file=sys.stderr)
-            bar.update(1)
-    for job in videos:
-        try:
-            kind, n = _predict_video(pipe, job, out_root, args, needs[job.rel])
-            base = job.rel.as_posix()
-            info = image_record(kind, settings=index.settings, processing_res=pipe.processing_res,
-                                source=job.source, outputs={f: base + VIDEO_OUTPUTS[f] for f in needs[job.rel]})
-            index.record(base, needs[job.rel], kind, info)
-            stats["videos"] += 1
-            stats["frames"] += n
-        except DiffdepthError as err:
-            failures.append((str(job.source), str(err)))
-            print(_skipped(job.source, err), file=sys.stderr)
-    stats["seconds"] = time.perf_counter() - start
-
-
-def _skipped(source: Path, err: Exception) -> str:
-    """``skipped SOURCE: message``, naming the path once when the message already does."""
-    text = str(err)
-    return f"skipped: {text}" if str(source) in text else f"skipped {source}: {text}"
-
-
-def _unavailable_hint(names: List[str]) -> str:
-    hints = {"uncertainty": "uncertainty comes from an ensemble: marigold/metricgold with --ensemble-size N >= 2",
-             "seg": "seg needs a method with a segmentation head, e.g. primedepth"}
-    return "; ".join(hints[n] for n in names if n in hints)
-
-
 def _describe_change(old: dict, new: dict) -> str:
-    parts = []
-    for key in ("method", "checkpoint"):
-        if old.get(key) != new.get(key):
-            parts.append(f"{key} {old.get(key)} -> {new.get(key)}")
     a, b = old.get("options") or {}, new.get("options") or {}
-    for key in sorted(set(a) | set(b)):
-        if a.get(key) != b.get(key):
-            parts.append(f"{key} {a.get(key)} -> {b.get(key)}")
-    return ", ".join(parts) or "settings changed"
+    pairs = [(k, old.get(k), new.get(k)) for k in ("method", "checkpoint")]
+    pairs += [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))]
+    return ", ".join(f"{k} {x} -> {y}" for k, x, y in pairs if x != y) or "settings changed"
 
 
-def _finish(failures, done) -> int:
+def _finish(failures) -> int:
     if failures:
         print(f"{len(failures)} input(s) failed:", file=sys.stderr)
         for source, reason in failures:
             print(f"  {reason}" if source in reason else f"  {source}: {reason}", file=sys.stderr)
         return 1
     return 0
-
-
-def _predict_video(pipe, job: Job, out_root: Path, args, formats=("mp4", "npz")) -> Tuple[str, int]:
-    """Frames in order through the method's temporal hook -> colourised mp4 + per-frame .npz
-    (+ ``NAME_side.mp4``, RGB beside depth, with ``side``); returns the kind and the frame count.
-
-    Memory stays flat with the clip's length: each frame's depth is streamed to a temporary
-    float32 file next to the outputs (:class:`~diffdepth.io.video.DepthSpool`). The colour
-    range is shared by all frames (no flicker), so a second pass reads the depth back one frame
-    at a time to write the videos and the .npz; ``side`` decodes the video again for the RGB.
-    """
-    from tqdm import tqdm
-
-    from ..io.video import (DepthSpool, iter_video_frames, save_depth_video, save_npz_frames, select_frames,
-                            selected_count, video_depth_range, video_info)
-
-    fps, n, _, _ = video_info(job.source)
-    pick = dict(start=args.start_frame, end=args.end_frame, stride=args.frame_stride, max_frames=args.max_frames)
-    n = selected_count(n, **pick)
-    fps = fps / args.frame_stride
-    base = out_root / job.rel
-    kind = None
-    with DepthSpool(base) as spool:
-        stream = pipe.video(select_frames(iter_video_frames(job.source), **pick), temporal=args.temporal,
-                            temporal_window=args.temporal_window)
-        for pred in tqdm(stream, total=n, unit="frame",
-                         desc=job.source.name, disable=None, file=sys.stderr):
-            kind = pred.kind
-            spool.append(pred.depth)
-        if not spool.count:
-            raise InputError(f"{job.source}: no frames (the video is empty or --start-frame is past its end)")
-        depths = spool.frames()
-        rng = None
-        if args.vmin is not None or args.vmax is not None or args.percentiles is not None:
-            auto = video_depth_range(depths, kind, percentiles=args.percentiles)
-            rng = (args.vmin if args.vmin is not None else auto[0], args.vmax if args.vmax is not None else auto[1])
-        elif "mp4" in formats or "side" in formats:
-            rng = video_depth_range(depths, kind)  # once for both videos
-        if "mp4" in formats:
-            save_depth_video(base.with_name(base.name + "_depth.mp4"), depths, kind, fps, cmap=args.cmap,
-                             value_range=rng)
-        if "side" in formats:
-            import numpy as np
-
-            rgbs = (np.round(f * 255).astype(np.uint8)
-                    for f in select_frames(iter_video_frames(job.source), **pick))
-            save_depth_video(base.with_name(base.name + "_side.mp4"), depths, kind, fps, cmap=args.cmap,
-                             rgb_frames=rgbs, value_range=rng)
-        if "npz" in formats:
-            save_npz_frames(base.with_name(base.name + ".npz"), depths, kind, fps)
-        return kind, spool.count

@@ -26,6 +26,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from ..errors import InputError
+from .files import decode_depth, load_velodyne, read_kitti_calib, read_npy, read_uint16_png
 
 PathLike = Union[str, os.PathLike]
 ANCHOR_EXTENSIONS = (".npy", ".png", ".csv", ".bin")
@@ -39,32 +40,15 @@ def _clean(depth: np.ndarray) -> np.ndarray:
 
 
 def read_npy_anchors(path: PathLike) -> np.ndarray:
-    path = Path(path)
-    try:
-        arr = np.load(path)
-    except (OSError, ValueError) as err:
-        raise InputError(f"cannot read anchors {path} ({err})") from None
-    arr = np.squeeze(arr)
+    arr = np.squeeze(read_npy(path))
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
         raise InputError(f"anchors {path} hold a {arr.dtype} array of shape {arr.shape}; expected a float map [H,W]")
     return _clean(arr)
 
 
 def read_png_anchors(path: PathLike, scale: float = 1000.0) -> np.ndarray:
-    from .benchmarks import read_png_depth
-
-    path = Path(path)
-    try:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            mode = im.mode
-    except (OSError, ValueError) as err:
-        raise InputError(f"cannot read anchors {path} ({err})") from None
-    if mode not in ("I;16", "I;16B", "I;16L", "I"):
-        raise InputError(f"anchors {path} are a {mode} PNG; expected a single-channel 16-bit PNG "
-                         f"(depth in mm, or KITTI's depth×256 with --png-scale kitti)")
-    return _clean(read_png_depth(path, scale))
+    """16-bit PNG: depth in mm (``scale`` 1000) or KITTI's depth×256 (``--png-scale kitti``)."""
+    return decode_depth(read_uint16_png(path), 1.0 / scale)[0]
 
 
 def read_csv_anchors(path: PathLike, shape: Tuple[int, int]) -> np.ndarray:
@@ -108,12 +92,12 @@ def find_kitti_calib(scan: Path, calib: Optional[PathLike] = None) -> Path:
 
 
 def read_velodyne_anchors(path: PathLike, calib: Optional[PathLike] = None) -> np.ndarray:
-    from .benchmarks import load_velodyne, read_calib_file, velodyne_depth_map
+    from .benchmarks import velodyne_depth_map
 
     path = Path(path)
     folder = find_kitti_calib(path, calib)
-    cam2cam = read_calib_file(folder / KITTI_CALIB[0])
-    velo2cam = read_calib_file(folder / KITTI_CALIB[1])
+    cam2cam = read_kitti_calib(folder / KITTI_CALIB[0])
+    velo2cam = read_kitti_calib(folder / KITTI_CALIB[1])
     try:
         return _clean(velodyne_depth_map(load_velodyne(path), cam2cam, velo2cam, cam=2, velo_depth=True))
     except KeyError as err:

@@ -56,27 +56,22 @@ fields, paths relative to ``root``; blank lines and ``#`` comments ignored):
     (``Position3DGrid`` 55×305×4, channel 3 = depth in metres). Split: optional, one ``<id>``
     (or ``img-<id>.jpg``) per line; default: every image in ``Test134``. The image is cut to
     its central 2:1 band (rows 710:1562), the depth to rows 17:38 (21×305).
-``FolderDataset`` (generic folder, also written by ``diffdepth synth --layout folder``)
-    ``<name>.png|.jpg`` (8-bit RGB) + ``<name>_depth.png`` (uint16, metres × 1000,
-    0 = invalid) + optional ``<name>_K.txt`` (3×3 intrinsics, whitespace-separated);
-    names are relative paths without extension, subfolders allowed. Split: optional, one
-    name (or image path) per line; default: every image with a ``_depth.png`` partner.
+``folder``: :class:`diffdepth.data.folder.FolderDepthDataset` (the training reader too).
 """
 from __future__ import annotations
 
 import os
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
-from PIL import Image
 
 from ..errors import InputError
-from ..utils import atomic_path
-
-PathLike = Union[str, os.PathLike]
+from ..utils import PathLike, atomic_path
+from .files import (SplitLine, decode_depth, kitti_intrinsics, load_velodyne, missing_file, read_kitti_calib,
+                    read_npy, read_poses, read_rgb, read_split, read_uint16_png, require_file)
+from .folder import FolderDepthDataset
 
 _MARIGOLD = "https://raw.githubusercontent.com/prs-eth/Marigold/main/data_split/"
 _MONODEPTH2 = "https://raw.githubusercontent.com/nianticlabs/monodepth2/master/splits/"
@@ -93,21 +88,8 @@ SPLIT_URLS: Dict[str, str] = {
     "kitti_mono2_improved": _MONODEPTH2 + "eigen_benchmark/test_files.txt",
 }
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
-
-# ---------------------------------------------------------------------------- split files
-@dataclass(frozen=True)
-class SplitLine:
-    lineno: int  # 1-based line number in the split file
-    text: str
-    fields: Tuple[str, ...]
-    source: str  # the split file's path or URL
-
-    def where(self) -> str:
-        return f"{self.source} line {self.lineno}: {self.text!r}"
-
-
+# ---------------------------------------------------------------------------- split lists
 def cache_dir() -> Path:
     base = os.environ.get("DIFFDEPTH_CACHE")
     return (Path(base) if base else Path.home() / ".cache" / "diffdepth") / "splits"
@@ -133,76 +115,16 @@ def fetch_split(key: str, timeout: float = 20.0) -> Path:
     return local
 
 
-def read_split(path: PathLike) -> List[SplitLine]:
-    """Parse a whitespace-separated split file, keeping line numbers for error messages."""
-    path = Path(path).expanduser()
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InputError(f"split file {path} does not exist — check --split-file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read split file {path} ({type(err).__name__})") from None
-    lines = []
-    for i, raw in enumerate(text.splitlines(), start=1):
-        s = raw.strip()
-        if not s or s.startswith("#"):
-            continue
-        lines.append(SplitLine(i, s, tuple(s.split()), str(path)))
-    return lines
-
-
 def load_split(key: Optional[str], split_file: Optional[PathLike] = None) -> List[SplitLine]:
     return read_split(split_file if split_file is not None else fetch_split(key))
 
 
-# ---------------------------------------------------------------------------- file readers
-def _missing(path: Path, line: Optional[SplitLine]) -> InputError:
-    where = f" (listed at {line.where()})" if line is not None else ""
-    return InputError(f"missing file {path}{where} — check --data-root and the split file")
-
-
-def read_rgb(path: Path, line: Optional[SplitLine] = None) -> np.ndarray:
-    """8-bit image → float32 [3,H,W] in [0,1] (no EXIF rotation: benchmarks store pixels as is)."""
-    if not path.is_file():
-        raise _missing(path, line)
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    except (OSError, ValueError) as err:
-        raise InputError(f"cannot read image {path} ({err})") from None
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
-
-
-def read_png_depth(path: Path, scale: float, line: Optional[SplitLine] = None) -> np.ndarray:
-    """16-bit PNG → float32 [H,W] = value / scale (0 stays 0 = invalid)."""
-    if not path.is_file():
-        raise _missing(path, line)
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im)
-    except (OSError, ValueError) as err:
-        raise InputError(f"cannot read depth PNG {path} ({err})") from None
-    if arr.ndim != 2:
-        raise InputError(f"depth PNG {path} has shape {arr.shape}; expected a single-channel 16-bit image")
-    return arr.astype(np.float32) / np.float32(scale)
-
-
-def _npy(path: Path, line: Optional[SplitLine]) -> np.ndarray:
-    if not path.is_file():
-        raise _missing(path, line)
-    try:
-        return np.load(path)
-    except (OSError, ValueError) as err:
-        raise InputError(f"cannot read {path} ({err})") from None
-
-
+# ---------------------------------------------------------------------------- samples
 def _sample(name, image_path, image, depth, valid=None, intrinsics=None, **extra) -> dict:
-    depth = np.asarray(depth, dtype=np.float32)
-    depth = np.where(np.isfinite(depth), depth, 0.0).astype(np.float32)
-    ok = depth > 0
+    depth, ok = decode_depth(np.asarray(depth, dtype=np.float32), 1.0, None)
     if valid is not None:
         ok &= np.asarray(valid, dtype=bool)
-    depth = np.where(ok, depth, 0.0).astype(np.float32)
+        depth = np.where(ok, depth, 0.0).astype(np.float32)
     out = {"name": name, "image_path": image_path, "image": image, "depth": depth[None],
            "valid": ok[None], "intrinsics": intrinsics}
     out.update(extra)
@@ -271,7 +193,7 @@ class _MillimetrePngPairs(BenchmarkDataset):
     def _load(self, line: SplitLine) -> dict:
         rgb, depth = line.fields[0], line.fields[1]
         image = read_rgb(self.root / rgb, line)
-        d = read_png_depth(self.root / depth, 1000.0, line)
+        d = decode_depth(read_uint16_png(self.root / depth, line), 1e-3)[0]
         return _sample(_stem(rgb), rgb, image, d)
 
 
@@ -364,7 +286,7 @@ class KittiEigen(BenchmarkDataset):
 
         rgb, depth = line.fields[0], line.fields[1]
         image = read_rgb(self.root / rgb, line)
-        d = read_png_depth(self.root / depth, 256.0, line)
+        d = decode_depth(read_uint16_png(self.root / depth, line), 1 / 256)[0]
         if d.shape != image.shape[1:]:
             raise InputError(f"image {image.shape[1:]} and depth {d.shape} sizes differ: {line.where()}")
         full_shape, box = d.shape, None
@@ -381,24 +303,6 @@ class KittiEigen(BenchmarkDataset):
 
 
 # ---------------------------------------------------------------------------- KITTI (Monodepth2)
-def read_calib_file(path: PathLike) -> Dict[str, Union[np.ndarray, str]]:
-    """KITTI calibration text (``key: v1 v2 …``); numeric values become float64 arrays."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"missing calibration file {path}")
-    data: Dict[str, Union[np.ndarray, str]] = {}
-    for raw in path.read_text().splitlines():
-        if ":" not in raw:
-            continue
-        key, value = raw.split(":", 1)
-        value = value.strip()
-        try:
-            data[key.strip()] = np.array([float(v) for v in value.split()], dtype=np.float64)
-        except ValueError:
-            data[key.strip()] = value
-    return data
-
-
 def velodyne_projection(cam2cam: dict, velo2cam: dict, cam: int = 2) -> np.ndarray:
     """3×4 matrix ``P_rect_0{cam} @ R_rect_00 @ [R|T]_velo→cam`` (Geiger et al. 2013, KITTI raw devkit)."""
     rt = np.eye(4)
@@ -445,15 +349,6 @@ def velodyne_depth_map(points: np.ndarray, cam2cam: dict, velo2cam: dict, cam: i
     return depth.reshape(h, w).astype(np.float32)
 
 
-def load_velodyne(path: PathLike) -> np.ndarray:
-    """KITTI ``.bin`` scan → float32 [N,4] (x, y, z, reflectance)."""
-    path = Path(path)
-    raw = np.fromfile(path, dtype=np.float32)
-    if raw.size % 4:
-        raise InputError(f"{path} has {raw.size} floats, not a multiple of 4 — not a KITTI Velodyne scan")
-    return raw.reshape(-1, 4)
-
-
 class _KittiMono2Base(BenchmarkDataset):
     min_fields = 2
 
@@ -473,8 +368,6 @@ class _KittiMono2Base(BenchmarkDataset):
             return
         cache = self.__dict__.setdefault("_poses", {})
         if folder not in cache:
-            from .sequences import read_poses
-
             cache[folder] = read_poses(poses_file)
         poses = cache[folder]
         if not 0 <= frame < len(poses):
@@ -485,8 +378,7 @@ class _KittiMono2Base(BenchmarkDataset):
             calib = self.root / folder.split("/")[0] / "calib_cam_to_cam.txt"
             if not calib.is_file():
                 return
-            sample["intrinsics"] = np.asarray(read_calib_file(calib)[f"P_rect_0{cam}"],
-                                              dtype=np.float64).reshape(3, 4)[:, :3].copy()
+            sample["intrinsics"] = kitti_intrinsics(calib, cam)
         sample["pose"] = poses[frame]
         sample["sequence"] = f"{folder}/image_0{cam}"
 
@@ -501,7 +393,7 @@ class _KittiMono2Base(BenchmarkDataset):
             if (self.root / rel).is_file():
                 return rel, self.root / rel
         rel = f"{folder}/{cam}/data/{frame:010d}.png"
-        raise _missing(self.root / rel, line)
+        raise missing_file(self.root / rel, line)
 
     def _name(self, line: SplitLine) -> str:
         side = line.fields[2] if len(line.fields) > 2 else "l"
@@ -520,15 +412,11 @@ class KittiVelodyne(_KittiMono2Base):
         folder, frame = line.fields[0], int(line.fields[1])
         calib_dir = self.root / folder.split("/")[0]
         velo = self.root / folder / "velodyne_points" / "data" / f"{frame:010d}.bin"
-        if not velo.is_file():
-            raise _missing(velo, line)
-        for name in ("calib_cam_to_cam.txt", "calib_velo_to_cam.txt"):
-            if not (calib_dir / name).is_file():
-                raise _missing(calib_dir / name, line)
-        cam2cam = read_calib_file(calib_dir / "calib_cam_to_cam.txt")
-        velo2cam = read_calib_file(calib_dir / "calib_velo_to_cam.txt")
-        depth = velodyne_depth_map(load_velodyne(velo), cam2cam, velo2cam, cam=2, velo_depth=True)
-        K = np.asarray(cam2cam["P_rect_02"], dtype=np.float64).reshape(3, 4)[:, :3].copy()
+        scan = load_velodyne(velo, line)
+        cam2cam = read_kitti_calib(calib_dir / "calib_cam_to_cam.txt", line)
+        velo2cam = read_kitti_calib(calib_dir / "calib_velo_to_cam.txt", line)
+        depth = velodyne_depth_map(scan, cam2cam, velo2cam, cam=2, velo_depth=True)
+        K = kitti_intrinsics(cam2cam, 2)
         return _sample(self._name(line), rel, image, depth, intrinsics=K)
 
 
@@ -547,8 +435,8 @@ class KittiImprovedGT(_KittiMono2Base):
                       self.root / "train" / drive / tail, self.root / "val" / drive / tail]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
-            raise _missing(candidates[0], line)
-        depth = read_png_depth(found, 256.0, line)
+            raise missing_file(candidates[0], line)
+        depth = decode_depth(read_uint16_png(found, line), 1 / 256)[0]
         return _sample(self._name(line), rel, image, depth)
 
 
@@ -568,9 +456,7 @@ class ETH3D(BenchmarkDataset):
     def _load(self, line: SplitLine) -> dict:
         rgb, depth_rel = line.fields[0], line.fields[1]
         image = read_rgb(self.root / rgb, line)
-        path = self.root / depth_rel
-        if not path.is_file():
-            raise _missing(path, line)
+        path = require_file(self.root / depth_rel, line)
         raw = np.fromfile(path, dtype="<f4")
         h, w = self.shape
         if raw.size != h * w:
@@ -601,8 +487,8 @@ class DIODE(BenchmarkDataset):
     def _load(self, line: SplitLine) -> dict:
         rgb, depth_rel, mask_rel = line.fields[:3]
         image = read_rgb(self.root / rgb, line)
-        depth = np.asarray(_npy(self.root / depth_rel, line), dtype=np.float32).squeeze()
-        mask = np.asarray(_npy(self.root / mask_rel, line)).squeeze().astype(bool)
+        depth = np.asarray(read_npy(self.root / depth_rel, line), dtype=np.float32).squeeze()
+        mask = np.asarray(read_npy(self.root / mask_rel, line)).squeeze().astype(bool)
         if depth.shape != mask.shape or depth.shape != image.shape[1:]:
             raise InputError(f"image {image.shape[1:]}, depth {depth.shape} and mask {mask.shape} "
                              f"sizes differ: {line.where()}")
@@ -655,8 +541,7 @@ class Make3D(BenchmarkDataset):
         r0, r1 = make3d_image_rows(*image.shape[1:])
         image = np.ascontiguousarray(image[:, r0:r1])
         mat = self.root / self.DEPTH_DIR / f"depth_sph_corr-{ident}.mat"
-        if not mat.is_file():
-            raise _missing(mat, line)
+        require_file(mat, line)
         from scipy.io import loadmat
 
         try:
@@ -668,56 +553,9 @@ class Make3D(BenchmarkDataset):
         return _sample(self._name(line), rgb, image, depth[d0:d1])
 
 
-# ---------------------------------------------------------------------------- generic folder
-class FolderDataset(BenchmarkDataset):
-    """``<name>.png|.jpg`` + ``<name>_depth.png`` (uint16 mm) + optional ``<name>_K.txt``."""
-
-    DEPTH_SUFFIX = "_depth.png"
-    K_SUFFIX = "_K.txt"
-    DEPTH_SCALE = 1000.0
-
-    def _split_lines(self, split_file):
-        if split_file is not None:
-            return read_split(split_file)
-        if not self.root.is_dir():
-            raise InputError(f"{self.root} is not a folder")
-        lines = []
-        for p in sorted(self.root.rglob("*")):
-            if p.suffix.lower() not in IMAGE_SUFFIXES or p.name.endswith(self.DEPTH_SUFFIX):
-                continue
-            rel = p.relative_to(self.root).as_posix()
-            if (self.root / (_stem(rel) + self.DEPTH_SUFFIX)).is_file():
-                lines.append(SplitLine(len(lines) + 1, rel, (rel,), str(self.root)))
-        if not lines:
-            raise InputError(f"no <name>.png with a <name>{self.DEPTH_SUFFIX} partner under {self.root}")
-        return lines
-
-    def _name(self, line: SplitLine) -> str:
-        s = line.fields[0]
-        return _stem(s) if Path(s).suffix.lower() in IMAGE_SUFFIXES else s
-
-    def _load(self, line: SplitLine) -> dict:
-        name = self._name(line)
-        rel = next((name + ext for ext in IMAGE_SUFFIXES if (self.root / (name + ext)).is_file()), None)
-        if rel is None:
-            raise _missing(self.root / (name + ".png"), line)
-        image = read_rgb(self.root / rel, line)
-        depth = read_png_depth(self.root / (name + self.DEPTH_SUFFIX), self.DEPTH_SCALE, line)
-        if depth.shape != image.shape[1:]:
-            raise InputError(f"image {image.shape[1:]} and depth {depth.shape} sizes differ: {line.where()}")
-        K = None
-        k_path = self.root / (name + self.K_SUFFIX)
-        if k_path.is_file():
-            try:
-                K = np.loadtxt(k_path, dtype=np.float64).reshape(3, 3)
-            except ValueError as err:
-                raise InputError(f"{k_path} is not a 3x3 matrix ({err})") from None
-        return _sample(name, rel, image, depth, intrinsics=K)
-
-
 # ---------------------------------------------------------------------------- factory
 READERS = {cls.__name__: cls for cls in (NYUv2, NYUv2Labeled, KittiEigen, KittiVelodyne, KittiImprovedGT,
-                                          ETH3D, ScanNet, DIODE, Make3D, FolderDataset)}
+                                          ETH3D, ScanNet, DIODE, Make3D, FolderDepthDataset)}
 
 
 def open_benchmark(dataset: str, root: PathLike, split_file: Optional[PathLike] = None,

@@ -1,4 +1,5 @@
-"""Generic folder of RGB-D pairs, plus the small file helpers every reader in ``data/`` shares.
+"""The generic folder of RGB-D pairs (one dataset class for training and evaluation), the
+shared sample dict and its resizing, and the folder writers.
 
 Folder format (written by ``diffdepth synth --layout folder``)::
 
@@ -10,7 +11,7 @@ Folder format (written by ``diffdepth synth --layout folder``)::
 (:class:`FolderDepthDataset` ``depth_format``/``depth_scale``/``invalid_value``) so
 folders written by other tools (``.npy`` metres, KITTI-style PNG /256, PFM) read too.
 
-Every reader yields the same sample dict::
+Every training reader yields the same sample dict::
 
     {"name": str,                      # relative path of the image without extension
      "image": float32 [3,H,W] in [0,1],
@@ -20,8 +21,6 @@ Every reader yields the same sample dict::
 """
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -32,168 +31,7 @@ from torch.utils.data import Dataset
 from ..errors import InputError
 from ..geometry import scale_intrinsics
 from ..utils import PathLike, atomic_path
-
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-DEPTH_FORMATS = ("png16", "npy", "pfm", "exr", "tiff")
-
-# --------------------------------------------------------------------------- reading
-
-
-def _where(path: PathLike, line: Optional[str] = None) -> str:
-    return f"{path}" + (f" (split line {line!r})" if line else "")
-
-
-def require_file(path: PathLike, line: Optional[str] = None) -> Path:
-    """``path`` as a Path, or InputError naming it (and the split line it came from)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"missing file {_where(path, line)}; check the dataset root and split file")
-    return path
-
-
-def read_rgb(path: PathLike, line: Optional[str] = None) -> np.ndarray:
-    """8-bit image file -> float32 [3,H,W] in [0,1]."""
-    from PIL import Image
-
-    path = require_file(path, line)
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))
-    except Exception as err:  # PIL raises many kinds for corrupt files
-        raise InputError(f"cannot read image {_where(path, line)}: {err}") from None
-    return (arr.astype(np.float32) / 255.0).transpose(2, 0, 1).copy()
-
-
-def read_png16(path: PathLike, line: Optional[str] = None) -> np.ndarray:
-    """16-bit single-channel PNG -> uint16 [H,W] (raw values, no scaling)."""
-    from PIL import Image
-
-    path = require_file(path, line)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode not in ("I;16", "I;16B", "I;16L", "I", "L"):
-                raise ValueError(f"expected a 16-bit single-channel PNG, got mode {im.mode}")
-            arr = np.asarray(im)
-    except Exception as err:
-        raise InputError(f"cannot read 16-bit depth PNG {_where(path, line)}: {err}") from None
-    if arr.dtype != np.uint16:
-        if arr.min() < 0 or arr.max() > 65535:
-            raise InputError(f"depth PNG {_where(path, line)} has values outside uint16")
-        arr = arr.astype(np.uint16)
-    return arr
-
-
-def read_npy(path: PathLike, line: Optional[str] = None) -> np.ndarray:
-    path = require_file(path, line)
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except Exception as err:
-        raise InputError(f"cannot read .npy file {_where(path, line)}: {err}") from None
-    return np.asarray(arr)
-
-
-def read_pfm(path: PathLike, line: Optional[str] = None) -> np.ndarray:
-    """Portable float map (``Pf`` grey or ``PF`` colour; first channel kept), top row first."""
-    path = require_file(path, line)
-    try:
-        with open(path, "rb") as f:
-            header = f.readline().strip()
-            if header not in (b"PF", b"Pf"):
-                raise ValueError("not a PFM file (header must be PF or Pf)")
-            dims = f.readline().split()
-            while not dims:
-                dims = f.readline().split()
-            w, h = int(dims[0]), int(dims[1])
-            scale = float(f.readline().strip())
-            dtype = "<f4" if scale < 0 else ">f4"
-            ch = 3 if header == b"PF" else 1
-            data = np.frombuffer(f.read(), dtype=dtype, count=w * h * ch)
-    except Exception as err:
-        raise InputError(f"cannot read PFM file {_where(path, line)}: {err}") from None
-    arr = data.reshape(h, w, ch)[..., 0]
-    return np.flipud(arr).astype(np.float32)  # PFM stores the bottom row first
-
-
-def read_depth_file(path: PathLike, depth_format: str, line: Optional[str] = None) -> np.ndarray:
-    """Raw depth values [H,W] as stored (no scaling), for one of :data:`DEPTH_FORMATS`."""
-    if depth_format == "png16":
-        return read_png16(path, line)
-    if depth_format == "npy":
-        arr = read_npy(path, line)
-    elif depth_format == "pfm":
-        arr = read_pfm(path, line)
-    elif depth_format in ("exr", "tiff"):
-        path = require_file(path, line)
-        try:
-            import imageio.v3 as iio
-
-            arr = np.asarray(iio.imread(path))
-        except Exception as err:
-            raise InputError(f"cannot read {depth_format} depth {_where(path, line)}: {err} "
-                             f"(EXR needs an imageio plugin such as imageio[freeimage] or OpenEXR)") from None
-    else:
-        raise InputError(f"unknown depth format {depth_format!r}; use one of {', '.join(DEPTH_FORMATS)}")
-    arr = np.squeeze(arr)
-    if arr.ndim == 3:  # multi-channel float maps: first channel is depth
-        arr = arr[..., 0] if arr.shape[-1] <= 4 else arr[0]
-    if arr.ndim != 2:
-        raise InputError(f"depth file {_where(path, line)} has shape {arr.shape}; expected [H,W]")
-    return arr
-
-
-def decode_depth(raw: np.ndarray, scale: float, invalid_value: Optional[float] = 0,
-                 max_depth: Optional[float] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """Raw stored values -> (depth metres float32 [H,W] with 0 where invalid, valid bool [H,W]).
-
-    Invalid: equal to ``invalid_value``, non-finite, <= 0 after scaling, or >= ``max_depth``.
-    """
-    raw_f = raw.astype(np.float64)
-    valid = np.isfinite(raw_f)
-    if invalid_value is not None:
-        valid &= raw_f != invalid_value
-    depth = np.where(valid, raw_f * scale, 0.0)
-    valid &= depth > 0
-    if max_depth is not None:
-        valid &= depth < max_depth
-    depth = np.where(valid, depth, 0.0).astype(np.float32)
-    return depth, valid
-
-
-def read_matrix(path: PathLike, line: Optional[str] = None) -> np.ndarray:
-    """A 3x3 intrinsics matrix from a text file (9 numbers) or ``fx fy cx cy`` (4 numbers)."""
-    path = require_file(path, line)
-    try:
-        vals = [float(v) for v in re.split(r"[\s,]+", path.read_text().strip()) if v]
-    except ValueError as err:
-        raise InputError(f"cannot parse intrinsics file {_where(path, line)}: {err}") from None
-    if len(vals) == 9:
-        K = np.array(vals, dtype=np.float64).reshape(3, 3)
-    elif len(vals) == 4:
-        fx, fy, cx, cy = vals
-        K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dtype=np.float64)
-    else:
-        raise InputError(f"intrinsics file {_where(path, line)} has {len(vals)} numbers; "
-                         f"expected 9 (a 3x3 matrix) or 4 (fx fy cx cy)")
-    if not (K[0, 0] > 0 and K[1, 1] > 0):
-        raise InputError(f"intrinsics file {_where(path, line)} has non-positive focal lengths")
-    return K
-
-
-def read_split_file(path: PathLike) -> List[Tuple[str, List[str]]]:
-    """Non-empty, non-comment lines of a split file as (line text, whitespace tokens)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"split file {path} does not exist; pass --split-file PATH")
-    out = []
-    for raw in path.read_text().splitlines():
-        text = raw.strip()
-        if text and not text.startswith("#"):
-            out.append((text, text.split()))
-    if not out:
-        raise InputError(f"split file {path} lists no samples")
-    return out
-
+from .files import DEPTH_FORMATS, IMAGE_EXTS, SplitLine, decode_depth, read_depth_file, read_matrix, read_rgb, read_split
 
 # --------------------------------------------------------------------------- resizing
 
@@ -315,13 +153,14 @@ def write_folder_sample(root: PathLike, name: str, image: np.ndarray, depth: np.
 
 
 class FolderDepthDataset(Dataset):
-    """Image/depth pairs in one folder tree (see module docstring for the layout).
+    """Image/depth pairs in one folder tree (see module docstring for the layout): the
+    ``type: folder`` training reader and the ``eval --dataset folder`` benchmark reader.
 
     Args:
         root: dataset folder.
-        split_file: optional list of samples, one per line: ``<image path>`` (with or
-            without extension) or ``<image path> <depth path>``, relative to ``root``.
-            Without it every image under ``root`` that has a depth file is used.
+        split_file: optional list of samples, one per line: ``<name>`` or ``<image path>``,
+            optionally followed by ``<depth path>``, relative to ``root``. Without it every
+            image under ``root`` that has a depth file is used.
         depth_suffix: depth file = image stem + suffix + extension of the format.
         depth_format: ``png16`` | ``npy`` | ``pfm`` | ``exr`` | ``tiff``.
         depth_scale: metres per stored unit; default 1/1000 for ``png16`` (millimetres),
@@ -333,13 +172,15 @@ class FolderDepthDataset(Dataset):
         size: optional (H, W) to resize to.
     """
 
+    split_key = None  # evaluation: no published split list
+
     def __init__(self, root: PathLike, split_file: Optional[PathLike] = None, depth_suffix: str = "_depth",
                  depth_format: str = "png16", depth_scale: Optional[float] = None,
                  invalid_value: Optional[float] = 0, max_depth: Optional[float] = None,
                  intrinsics_suffix: str = "_K", size: Optional[Sequence[int]] = None) -> None:
-        self.root = Path(root)
+        self.root = Path(root).expanduser()
         if not self.root.is_dir():
-            raise InputError(f"dataset folder {self.root} does not exist")
+            raise InputError(f"dataset folder {self.root} does not exist — check --data-root")
         if depth_format not in DEPTH_FORMATS:
             raise InputError(f"unknown depth format {depth_format!r}; use one of {', '.join(DEPTH_FORMATS)}")
         self.depth_suffix = depth_suffix
@@ -350,21 +191,21 @@ class FolderDepthDataset(Dataset):
         self.max_depth = max_depth
         self.intrinsics_suffix = intrinsics_suffix
         self.size = size
-        self.depth_ext = {"png16": ".png", "npy": ".npy", "pfm": ".pfm", "exr": ".exr", "tiff": ".tiff"}[depth_format]
+        self.depth_ext = DEPTH_FORMATS[depth_format]
         # items: (name, image path, depth path, split line or None)
-        self.items: List[Tuple[str, Path, Path, Optional[str]]] = []
+        self.items: List[Tuple[str, Path, Path, Optional[SplitLine]]] = []
         if split_file is not None:
-            for text, toks in read_split_file(split_file):
-                img = self._image_path(toks[0], text)
-                name = os.path.splitext(toks[0])[0]
-                depth = self.root / toks[1] if len(toks) > 1 else self._depth_path(name)
-                self.items.append((name, img, depth, text))
+            for line in read_split(split_file):
+                rel = line.fields[0]
+                has_ext = Path(rel).suffix.lower() in IMAGE_EXTS
+                name = rel[:-len(Path(rel).suffix)] if has_ext else rel
+                depth = self.root / line.fields[1] if len(line.fields) > 1 else self._depth_path(name)
+                self.items.append((name, self.root / rel if has_ext else self._image_path(name), depth, line))
         else:
             for path in sorted(self.root.rglob("*")):
                 if path.suffix.lower() not in IMAGE_EXTS or not path.is_file():
                     continue
-                stem = path.stem
-                if stem.endswith(self.depth_suffix) or path.name.startswith("."):
+                if path.stem.endswith(self.depth_suffix) or path.name.startswith("."):
                     continue
                 name = path.relative_to(self.root).with_suffix("").as_posix()
                 depth = self._depth_path(name)
@@ -377,17 +218,22 @@ class FolderDepthDataset(Dataset):
     def _depth_path(self, name: str) -> Path:
         return self.root / f"{name}{self.depth_suffix}{self.depth_ext}"
 
-    def _image_path(self, rel: str, line: str) -> Path:
-        p = self.root / rel
-        if p.suffix.lower() in IMAGE_EXTS:
-            return p
+    def _image_path(self, name: str) -> Path:
         for ext in IMAGE_EXTS:
-            if (self.root / f"{rel}{ext}").is_file():
-                return self.root / f"{rel}{ext}"
-        return self.root / f"{rel}.png"  # reported as missing on access
+            if (self.root / f"{name}{ext}").is_file():
+                return self.root / f"{name}{ext}"
+        return self.root / f"{name}.png"  # reported as missing on access
 
     def __len__(self) -> int:
         return len(self.items)
+
+    @property
+    def num_listed(self) -> int:
+        return len(self.items)
+
+    @property
+    def names(self) -> List[str]:
+        return [item[0] for item in self.items]
 
     def __getitem__(self, index: int) -> Dict:
         name, img_path, depth_path, line = self.items[index]

@@ -32,7 +32,8 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from ..utils import PathLike, atomic_path
-from .folder import IMAGE_EXTS, read_npy, read_png16, read_rgb, resize_sample
+from .files import IMAGE_EXTS, read_npy, read_rgb, read_uint16_png
+from .folder import resize_sample
 
 KINDS = ("disparity", "depth")
 IGNORE = 255
@@ -176,7 +177,7 @@ class PseudoLabelDataset:
         return len(self.items)
 
     def _read_depth(self, path: Path) -> Tuple[np.ndarray, np.ndarray]:
-        raw = read_png16(path) if path.suffix == ".png" else read_npy(path)
+        raw = read_uint16_png(path) if path.suffix == ".png" else read_npy(path)
         raw = np.squeeze(raw).astype(np.float32)
         if raw.ndim != 2:
             raise InputError(f"teacher label {path} must be a [H,W] map, got shape {raw.shape}")

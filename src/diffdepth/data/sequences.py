@@ -27,52 +27,13 @@ from torch.utils.data import Dataset
 
 from ..errors import InputError
 from ..utils import PathLike
-from .folder import IMAGE_EXTS, decode_depth, read_matrix, read_png16, read_rgb, read_split_file, resize_sample
+from .files import (IMAGE_EXTS, SplitLine, decode_depth, kitti_intrinsics, missing_file, read_kitti_calib,
+                    read_matrix, read_poses, read_rgb, read_split, read_uint16_png)
+from .folder import resize_sample
 
 #: Monodepth2's KITTI training resolution (H, W)
 KITTI_TRAIN_SIZE = (192, 640)
 _SIDES = {"l": "image_02", "r": "image_03", "2": "image_02", "3": "image_03"}
-
-
-def read_kitti_calib(path: PathLike) -> Dict[str, np.ndarray]:
-    """KITTI calibration text (``key: v1 v2 ...``) -> {key: float64 array}; non-numeric
-    entries (e.g. ``calib_time``) are skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"missing calibration file {path}; KITTI raw keeps calib_cam_to_cam.txt in the date folder")
-    out: Dict[str, np.ndarray] = {}
-    for raw in path.read_text().splitlines():
-        if ":" not in raw:
-            continue
-        key, value = raw.split(":", 1)
-        try:
-            out[key.strip()] = np.array([float(v) for v in value.split()], dtype=np.float64)
-        except ValueError:
-            continue
-    return out
-
-
-def kitti_intrinsics(calib_file: PathLike, cam: int = 2) -> np.ndarray:
-    """3x3 K of rectified camera ``cam`` = the left 3x3 block of ``P_rect_0{cam}``."""
-    calib = read_kitti_calib(calib_file)
-    key = f"P_rect_0{cam}"
-    if key not in calib or calib[key].size != 12:
-        raise InputError(f"{calib_file} has no 12-number {key} entry; is it a KITTI calib_cam_to_cam.txt?")
-    return calib[key].reshape(3, 4)[:, :3].copy()
-
-
-def read_poses(path: PathLike) -> np.ndarray:
-    """Poses file with one row-major 3x4 camera-to-world matrix per line -> [N,4,4] float64."""
-    path = Path(path)
-    try:
-        rows = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    except Exception as err:
-        raise InputError(f"cannot read poses file {path}: {err}") from None
-    if rows.shape[1] != 12:
-        raise InputError(f"poses file {path} has {rows.shape[1]} numbers per line; expected 12 (a 3x4 matrix)")
-    poses = np.tile(np.eye(4), (len(rows), 1, 1))
-    poses[:, :3, :] = rows.reshape(-1, 3, 4)
-    return poses
 
 
 def _frame_path(root: Path, folder: str, cam_dir: str, index: int) -> Optional[Path]:
@@ -114,20 +75,20 @@ class KittiRawSequences(Dataset):
         self._K: Dict[Tuple[str, int], np.ndarray] = {}
         self._poses: Dict[str, Optional[np.ndarray]] = {}
         # items: (folder, frame index, side, split line or None)
-        self.items: List[Tuple[str, int, str, Optional[str]]] = []
+        self.items: List[Tuple[str, int, str, Optional[SplitLine]]] = []
         if split_file is not None:
-            for text, toks in read_split_file(split_file):
+            for line in read_split(split_file):
+                toks = line.fields
                 if len(toks) < 2:
-                    raise InputError(f"split line {text!r} in {split_file}: expected '<folder> <frame_index> [l|r]'")
+                    raise InputError(f"expected '<folder> <frame_index> [l|r]' on {line.where()}")
                 side = toks[2] if len(toks) > 2 else "l"
                 if side not in _SIDES:
-                    raise InputError(f"split line {text!r} in {split_file}: side must be l or r, got {side!r}")
+                    raise InputError(f"side must be l or r, got {side!r} on {line.where()}")
                 try:
                     idx = int(toks[1])
                 except ValueError:
-                    raise InputError(f"split line {text!r} in {split_file}: frame index {toks[1]!r} "
-                                     f"is not an integer") from None
-                self.items.append((toks[0], idx, side, text))
+                    raise InputError(f"frame index {toks[1]!r} is not an integer on {line.where()}") from None
+                self.items.append((toks[0], idx, side, line))
         else:
             for data_dir in sorted(self.root.glob("*/*_sync/image_02/data")):
                 folder = data_dir.parent.parent.relative_to(self.root).as_posix()
@@ -144,14 +105,11 @@ class KittiRawSequences(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def intrinsics(self, folder: str, cam: int, line: Optional[str] = None) -> np.ndarray:
+    def intrinsics(self, folder: str, cam: int, line: Optional[SplitLine] = None) -> np.ndarray:
         date = folder.split("/")[0]
         key = (date, cam)
         if key not in self._K:
-            calib = self.root / date / "calib_cam_to_cam.txt"
-            if not calib.is_file():
-                raise InputError(f"missing calibration file {calib}" + (f" (split line {line!r})" if line else ""))
-            self._K[key] = kitti_intrinsics(calib, cam)
+            self._K[key] = kitti_intrinsics(read_kitti_calib(self.root / date / "calib_cam_to_cam.txt", line), cam)
         return self._K[key]
 
     def _depth_file(self, folder: str, index: int, cam: int) -> Optional[Path]:
@@ -173,8 +131,8 @@ class KittiRawSequences(Dataset):
             p = _frame_path(self.root, folder, cam_dir, idx + f)
             if p is None:
                 missing = self.root / folder / cam_dir / "data" / f"{idx + f:010d}.png"
-                raise InputError(f"missing file {missing} (frame {f:+d} of"
-                                 + (f" split line {line!r})" if line else f" {folder} {idx})"))
+                err = missing_file(missing, line)
+                raise InputError(f"{err} (frame {f:+d} of {folder} {idx})")
             frames.append(read_rgb(p, line))
         shapes = {fr.shape for fr in frames}
         if len(shapes) != 1:
@@ -189,7 +147,7 @@ class KittiRawSequences(Dataset):
         if self.load_depth:
             dp = self._depth_file(folder, idx, cam)
             if dp is not None:
-                depth, valid = decode_depth(read_png16(dp, line), 1.0 / 256.0, 0)
+                depth, valid = decode_depth(read_uint16_png(dp, line), 1.0 / 256.0, 0)
                 if depth.shape != frames[0].shape[-2:]:
                     raise InputError(f"depth {dp} is {depth.shape} but the image is {frames[0].shape[-2:]}")
                 sample["depth"], sample["valid"] = depth[None], valid[None]

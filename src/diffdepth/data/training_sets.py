@@ -53,7 +53,8 @@ from torch.utils.data import Dataset
 from ..errors import InputError
 from ..geometry import distance_to_planar_depth
 from ..utils import PathLike
-from .folder import decode_depth, make_sample, read_npy, read_png16, read_rgb, read_split_file, require_file
+from .files import SplitLine, decode_depth, read_npy, read_rgb, read_split, read_uint16_png, require_file, where
+from .folder import make_sample
 
 HYPERSIM_FOCAL = 886.81  # px at 1024x768
 HYPERSIM_SIZE = (768, 1024)
@@ -62,11 +63,7 @@ TARTANAIR_SIZE = (480, 640)
 VKITTI2_SKY = 65535  # stored value of the 655.35 m far plane (sky)
 
 
-def _where(path, line):
-    return f"{path}" + (f" (split line {line!r})" if line else "")
-
-
-def _read_h5(path: Path, line: Optional[str], key: str = "dataset") -> np.ndarray:
+def _read_h5(path: Path, line: Optional[SplitLine], key: str = "dataset") -> np.ndarray:
     import h5py
 
     require_file(path, line)
@@ -76,7 +73,7 @@ def _read_h5(path: Path, line: Optional[str], key: str = "dataset") -> np.ndarra
                 raise KeyError(f"no '{key}' dataset (has {', '.join(f.keys()) or 'nothing'})")
             return np.asarray(f[key])
     except Exception as err:
-        raise InputError(f"cannot read HDF5 file {_where(path, line)}: {err}") from None
+        raise InputError(f"cannot read HDF5 file {where(path, line)}: {err}") from None
 
 
 def hypersim_tone_map(rgb: np.ndarray, valid: Optional[np.ndarray] = None) -> np.ndarray:
@@ -134,10 +131,10 @@ class HypersimDataset(Dataset):
         self.items: List[Tuple] = []
         if layout == "processed":
             if split_file is not None:
-                for text, toks in read_split_file(split_file):
-                    if len(toks) < 2:
-                        raise InputError(f"split line {text!r} in {split_file}: expected '<rgb> <depth>'")
-                    self.items.append((toks[0], toks[1], text))
+                for line in read_split(split_file):
+                    if len(line.fields) < 2:
+                        raise InputError(f"expected '<rgb> <depth>' on {line.where()}")
+                    self.items.append((*line.fields[:2], line))
             else:
                 for p in sorted(self.root.rglob("rgb_*.png")):
                     rel = p.relative_to(self.root).as_posix()
@@ -148,10 +145,10 @@ class HypersimDataset(Dataset):
             if split_file is not None and str(split_file).endswith(".csv"):
                 self.items = self._read_csv(Path(split_file), split)
             elif split_file is not None:
-                for text, toks in read_split_file(split_file):
-                    if len(toks) < 3:
-                        raise InputError(f"split line {text!r} in {split_file}: expected '<scene> <camera> <frame>'")
-                    self.items.append((toks[0], toks[1], int(toks[2]), text))
+                for line in read_split(split_file):
+                    if len(line.fields) < 3:
+                        raise InputError(f"expected '<scene> <camera> <frame>' on {line.where()}")
+                    self.items.append((line.fields[0], line.fields[1], int(line.fields[2]), line))
             else:
                 for p in sorted(self.root.glob("*/images/scene_*_geometry_hdf5/frame.*.depth_meters.hdf5")):
                     scene = p.parents[2].name
@@ -184,7 +181,7 @@ class HypersimDataset(Dataset):
         if self.layout == "processed":
             rgb_rel, dep_rel, line = self.items[index]
             image = read_rgb(self.root / rgb_rel, line)
-            depth, valid = decode_depth(read_png16(self.root / dep_rel, line), 1e-3, 0)
+            depth, valid = decode_depth(read_uint16_png(self.root / dep_rel, line), 1e-3, 0)
             h, w = depth.shape
             return make_sample(os.path.splitext(rgb_rel)[0], image, depth, valid,
                                hypersim_intrinsics(h, w, self.focal), self.size)
@@ -250,13 +247,13 @@ class VirtualKitti2Dataset(Dataset):
             raise InputError(f"Virtual KITTI 2 root {self.root} does not exist")
         self.size, self.max_depth = size, float(max_depth)
         self._K: Dict[Path, Dict] = {}
-        self.items: List[Tuple[str, Optional[str], Optional[str]]] = []  # (rgb rel, depth rel, line)
+        self.items: List[Tuple[str, str, Optional[SplitLine]]] = []  # (rgb rel, depth rel, line)
         if split_file is not None:
-            for text, toks in read_split_file(split_file):
-                if len(toks) < 2:
-                    raise InputError(f"split line {text!r} in {split_file}: expected '<rgb> <depth>'")
-                if toks[1] != "None":
-                    self.items.append((toks[0], toks[1], text))
+            for line in read_split(split_file):
+                if len(line.fields) < 2:
+                    raise InputError(f"expected '<rgb> <depth>' on {line.where()}")
+                if line.fields[1] != "None":
+                    self.items.append((*line.fields[:2], line))
         else:
             for p in sorted(self.root.rglob("rgb_*.jpg")) + sorted(self.root.rglob("rgb_*.png")):
                 rel = p.relative_to(self.root).as_posix()
@@ -287,7 +284,7 @@ class VirtualKitti2Dataset(Dataset):
     def __getitem__(self, index: int) -> Dict:
         rgb_rel, dep_rel, line = self.items[index]
         image = read_rgb(self.root / rgb_rel, line)
-        raw = read_png16(self.root / dep_rel, line)
+        raw = read_uint16_png(self.root / dep_rel, line)
         depth, valid = decode_depth(raw, 0.01, 0, self.max_depth)
         valid &= raw != VKITTI2_SKY
         depth = np.where(valid, depth, 0.0).astype(np.float32)
@@ -301,8 +298,7 @@ class VirtualKitti2Dataset(Dataset):
                 table = self._K[kf]
                 K = table.get((int(m["frame"]), int(m["cam"])))
                 if K is None:
-                    raise InputError(f"{kf} has no row for frame {int(m['frame'])} camera {int(m['cam'])}"
-                                     + (f" (split line {line!r})" if line else ""))
+                    raise InputError(f"{where(kf, line)} has no row for frame {int(m['frame'])} camera {int(m['cam'])}")
         return make_sample(os.path.splitext(rgb_rel)[0], image, depth, valid, K, self.size)
 
 
@@ -316,11 +312,11 @@ class TartanAirDataset(Dataset):
         if not self.root.is_dir():
             raise InputError(f"TartanAir root {self.root} does not exist")
         self.size, self.max_depth = size, max_depth
-        self.items: List[Tuple[str, str, Optional[str]]] = []
+        self.items: List[Tuple[str, str, Optional[SplitLine]]] = []
         if split_file is not None:
-            for text, toks in read_split_file(split_file):
-                dep = toks[1] if len(toks) > 1 else self._depth_rel(toks[0])
-                self.items.append((toks[0], dep, text))
+            for line in read_split(split_file):
+                toks = line.fields
+                self.items.append((toks[0], toks[1] if len(toks) > 1 else self._depth_rel(toks[0]), line))
         else:
             for p in sorted(self.root.rglob("image_left/*_left.png")):
                 rel = p.relative_to(self.root).as_posix()
@@ -344,7 +340,7 @@ class TartanAirDataset(Dataset):
         raw = read_npy(self.root / dep_rel, line)
         raw = np.squeeze(raw)
         if raw.ndim != 2:
-            raise InputError(f"depth {_where(self.root / dep_rel, line)} has shape {raw.shape}; expected [H,W]")
+            raise InputError(f"depth {where(self.root / dep_rel, line)} has shape {raw.shape}; expected [H,W]")
         depth, valid = decode_depth(raw.astype(np.float32), 1.0, None, self.max_depth)
         h, w = depth.shape
         K = TARTANAIR_K.copy()

@@ -8,12 +8,13 @@ import os
 from typing import Any, Optional
 
 from ..errors import DiffdepthError as DiffdepthErrorType
+from ..io.colormaps import COLORMAPS
 from .backend import DemoBackend, one_line
 
 log = logging.getLogger(__name__)
 
 AUTO = "auto (from the checkpoint)"
-CMAPS = ["Spectral", "turbo", "inferno", "gray"]
+CMAPS = list(COLORMAPS)  # the maps that exist, no others
 
 
 def _int_or_none(x: Any) -> Optional[int]:
@@ -122,7 +123,7 @@ def build_app(backend: DemoBackend):
                             seed = gr.Number(None, precision=0, label="Seed")
                         with gr.Row():
                             flip = gr.Checkbox(False, label="Flip averaging")
-                            cmap = gr.Dropdown(CMAPS, value="Spectral", label="Colour map")
+                            cmap = gr.Dropdown(CMAPS, value=CMAPS[0], label="Colour map")
                     run = gr.Button("Estimate depth", variant="primary", elem_id="run-image")
                     status = gr.Markdown("", elem_id="status")
                 with gr.Column(scale=2):
@@ -143,7 +144,7 @@ def build_app(backend: DemoBackend):
                     with gr.Row():
                         vres = gr.Number(None, precision=0, label="Processing resolution (0: native)")
                         vseed = gr.Number(None, precision=0, label="Seed")
-                    vcmap = gr.Dropdown(CMAPS, value="Spectral", label="Colour map")
+                    vcmap = gr.Dropdown(CMAPS, value=CMAPS[0], label="Colour map")
                     vid_run = gr.Button("Estimate depth", variant="primary", elem_id="run-video")
                     vid_status = gr.Markdown("", elem_id="video-status")
                 with gr.Column(scale=2):
@@ -158,7 +159,7 @@ def build_app(backend: DemoBackend):
                     cmp_in = gr.File(label="Image", type="filepath", elem_id="compare-input")
                     m1, c1 = model_pickers(" A")
                     m2, c2 = model_pickers(" B")
-                    cmp_cmap = gr.Dropdown(CMAPS, value="Spectral", label="Colour map")
+                    cmp_cmap = gr.Dropdown(CMAPS, value=CMAPS[0], label="Colour map")
                     cmp_run = gr.Button("Compare", variant="primary", elem_id="run-compare")
                     cmp_status = gr.Markdown("", elem_id="compare-status")
                 with gr.Column(scale=2):

@@ -215,7 +215,7 @@ def _score_bench(entry, model, param, ensemble, bench: Bench, out: Path, *, alig
         timing["images"] += 1
         return pred
 
-    mine = distributed.shard_indices(n)
+    mine = distributed.shard(range(n))
     out.mkdir(parents=True, exist_ok=True)
     if mine:  # one untimed warm-up image: lazy initialisation is not charged to the first model's s/image
         predict(dataset[mine[0]])
@@ -229,7 +229,7 @@ def _score_bench(entry, model, param, ensemble, bench: Bench, out: Path, *, alig
     gathered = distributed.gather_objects((records, timing, peak))
     if not distributed.is_main():
         return None
-    records = distributed.unshard([g[0] for g in gathered], n)
+    records = [r for g in gathered for r in g[0]]  # contiguous shards: rank order is sample order
     seconds = sum(g[1]["seconds"] for g in gathered)
     images = sum(g[1]["images"] for g in gathered)
     summary = summarize(records, protocol, method=entry.method, checkpoint=entry.checkpoint, label=entry.label,

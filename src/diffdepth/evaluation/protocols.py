@@ -202,7 +202,7 @@ PROTOCOLS: Dict[str, Protocol] = {p.name: p for p in [
        "median scaling", "Make3D", "test134", 134, 1e-3, 70.0, gt_min=0.0, gt_max=70.0,
        alignment="median", pred_resize="nearest"),
     _P("folder", "generic folder: <name>.png + <name>_depth.png (uint16 mm) [+ <name>_K.txt]",
-       "FolderDataset", "all", 0, 1e-3, 65.535),
+       "FolderDepthDataset", "all", 0, 1e-3, 65.535),
 ]}
 
 ALIASES = {"nyu": "nyuv2", "kitti": "kitti_eigen", "diode_all": "diode",

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..types import AFFINE_DEPTH, METRIC_DEPTH, RELATIVE_DEPTH, DepthPrediction, check_kind
+from ..types import AFFINE_DEPTH, METRIC_DEPTH, RELATIVE_DEPTH, DepthMap, DepthPrediction, check_kind
 from ..utils import atomic_path
 from .alignment import align, finalize_depth, fit_anchors, parse_sparse, resolve_alignment
 from .metrics import HIGHER_IS_BETTER, METRIC_NAMES, compute_metrics
@@ -98,7 +98,7 @@ def sample_image(sample: dict) -> Optional[np.ndarray]:
 
 
 class ModelPredictor:
-    """``predictor(sample) -> DepthPrediction``: ``model`` through a :class:`~diffdepth.pipeline.DepthPipeline`
+    """``predictor(sample) -> DepthMap``: ``model`` through a :class:`~diffdepth.pipeline.DepthPipeline`
     on the sample's image (:func:`sample_image`), then the ``ensemble`` partner
     (:class:`~diffdepth.ensemble.Ensembler`) when set. The one predictor of ``diffdepth eval``, the
     leaderboard and the trainer's validation, so that they score a model alike.
@@ -116,7 +116,7 @@ class ModelPredictor:
         self.pipe = DepthPipeline(model, processing_res=processing_res, resize_space=space, **options)
         self.ensemble = ensemble
 
-    def __call__(self, sample: dict) -> DepthPrediction:
+    def __call__(self, sample: dict) -> DepthMap:
         image = np.ascontiguousarray(sample_image(sample).transpose(1, 2, 0))  # [H,W,3]
         pred = self.pipe([image])[0]
         return self.ensemble(pred, rel=sample["name"], image=image) if self.ensemble is not None else pred
@@ -159,7 +159,7 @@ def _to_2d(pred) -> np.ndarray:
 
 
 def _unpack(out, default_kind: Optional[str]):
-    if isinstance(out, DepthPrediction):
+    if isinstance(out, (DepthMap, DepthPrediction)):
         return out.depth, out.kind
     if isinstance(out, tuple) and len(out) == 2:
         return out
@@ -280,7 +280,7 @@ def evaluate(samples: Iterable[dict], predictor: Union[PathLike, Callable, Predi
     """Score every sample; returns one :class:`SampleRecord` per sample, in order.
 
     ``predictor`` is a predictions folder (path or :class:`PredictionFolder`) or a callable
-    ``fn(sample) -> DepthPrediction | (array, kind) | array`` (then ``kind`` gives the kind).
+    ``fn(sample) -> DepthMap | (array, kind) | array`` (then ``kind`` gives the kind).
     ``alignment``: ``None`` → the protocol default; ``auto`` → from the kind; ``sparse:N`` → fit
     to N ground-truth pixels drawn with ``alignment_seed``.
     ``save_dir``: write each computed prediction, resized to the ground truth, as

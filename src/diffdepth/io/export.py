@@ -29,7 +29,7 @@ from PIL import Image, PngImagePlugin
 from ..errors import InputError
 from ..geometry import (DEFAULT_FOV_DEG, depth_to_points, intrinsics_from_focal, intrinsics_from_fov,
                         scale_intrinsics)
-from ..types import AFFINE_DISPARITY, DEPTH_KINDS, METRIC_DEPTH, RELATIVE_DEPTH, DepthPrediction
+from ..types import AFFINE_DISPARITY, DEPTH_KINDS, METRIC_DEPTH, RELATIVE_DEPTH, DepthMap
 from ..utils import atomic_path
 from .colormaps import COLORMAPS, WARM_END
 from .images import to_float_rgb
@@ -542,7 +542,7 @@ class SaveResult:
     valid_range: Optional[Tuple[float, float]] = None
 
 
-def save_outputs(out_base: PathLike, prediction: DepthPrediction, rgb: Any, formats: Union[str, Iterable[str]],
+def save_outputs(out_base: PathLike, prediction: DepthMap, rgb: Any, formats: Union[str, Iterable[str]],
                  overwrite: bool = False, focal: Optional[float] = None, fov: Optional[float] = None,
                  exif_focal_px: Optional[float] = None, cmap: str = "Spectral",
                  near_warm: bool = True, vmin: Optional[float] = None, vmax: Optional[float] = None,

@@ -92,8 +92,9 @@ def read_image(path: PathLike) -> np.ndarray:
     return read_image_with_meta(path)[0]
 
 
-def read_image_with_meta(path: PathLike) -> Tuple[np.ndarray, ImageMeta]:
-    """Read an image file; return ``(rgb float32 [H,W,3] in [0,1], ImageMeta)``."""
+def read_image_with_meta(path: PathLike, exif_orientation: bool = True) -> Tuple[np.ndarray, ImageMeta]:
+    """Read an image file; return ``(rgb float32 [H,W,3] in [0,1], ImageMeta)``.
+    ``exif_orientation=False`` keeps the stored pixel order (dataset readers)."""
     name = _name(path)
     p = Path(path)
     if not p.exists():
@@ -112,7 +113,8 @@ def read_image_with_meta(path: PathLike) -> Tuple[np.ndarray, ImageMeta]:
                 raw_size = im.size
                 exif = im.getexif()
                 orientation = int(exif.get(_TAG_ORIENTATION, 1) or 1)
-                im = ImageOps.exif_transpose(im)
+                if exif_orientation:
+                    im = ImageOps.exif_transpose(im)
                 rgb, bit_depth, has_alpha, mode = _pil_to_float_rgb(im)
     except InputError as err:
         raise InputError(f"cannot read image {name}: {err}") from None

@@ -80,7 +80,8 @@ class DiffSQL(DepthModel):
 
     method = "diffsql"
     output_kind = RELATIVE_DEPTH
-    predict_options = frozenset({"scale", "flip"})
+    predict_options = {"scale": {"type": float, "help": "multiply relative depth by a known factor"},
+                       "flip": {"type": bool, "help": "test-time horizontal flip averaging"}}
     min_size = 32
     default_processing_res = 640
 

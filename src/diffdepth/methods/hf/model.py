@@ -62,7 +62,7 @@ class HFDepth(DepthModel):
 
     method = "hf"
     output_kind = ""  # per instance: see ``self.kind``
-    predict_options = frozenset({"output_kind"})
+    predict_options = {"output_kind": {"type": str}}
     size_multiple = 1  # the image processor resizes to its own multiple
     min_size = 2
     default_processing_res = 0  # the image processor picks the resolution

@@ -16,25 +16,28 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 from torch import nn
 
+from ...backbone import StableDiffusion
 from ...errors import CheckpointError, ConfigError, InputError
 from ...model import DepthModel
 from ...types import DepthPrediction
 from .ensemble import REDUCTIONS, ensemble_affine, ensemble_log
 from .normalizers import AffineNormalizer, LogNormalizer
-from .schedule import SPACINGS, NoiseSchedule
+
+if TYPE_CHECKING:
+    from diffusers import DDIMScheduler
 
 #: diffusers DDIM config keys we keep from a checkpoint's scheduler (everything the sampler reads)
 SCHEDULER_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
                   "prediction_type", "rescale_betas_zero_snr", "set_alpha_to_one", "steps_offset",
                   "clip_sample", "clip_sample_range", "timestep_spacing")
-
-#: the sub-folders of a Marigold diffusers checkpoint
-SUBFOLDERS = ("unet", "vae", "scheduler", "text_encoder", "tokenizer")
+#: DDIM timestep spacings (Lin et al. 2024, Table 2) and UNet parameterisations
+SPACINGS = ("leading", "trailing", "linspace")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 def expand_conv_in(unet: nn.Module, copies: int = 2) -> nn.Module:
@@ -68,38 +71,51 @@ PAPER = {"steps": 50, "timestep_spacing": "leading", "ensemble_size": 10}
 FAST = {"steps": 1, "timestep_spacing": "trailing", "ensemble_size": 1}
 
 
+#: what a scheduler config that omits these keys means here (Stable Diffusion 2's values)
+SCHEDULER_DEFAULTS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                          prediction_type="v_prediction", set_alpha_to_one=False, timestep_spacing="leading")
+
+
 def _scheduler_dict(scheduler: Any) -> dict:
-    cfg = dict(getattr(scheduler, "config", scheduler) or {})
-    out = {k: cfg[k] for k in SCHEDULER_KEYS if k in cfg}
-    return out
+    cfg = {**SCHEDULER_DEFAULTS, **dict(getattr(scheduler, "config", scheduler) or {})}
+    return {k: cfg[k] for k in SCHEDULER_KEYS if k in cfg}
 
 
 class LatentDepthModel(DepthModel):
     """Shared implementation; subclasses fix the normaliser (and hence the output kind)."""
 
     normalizer_name: str = "affine"
-    predict_options = frozenset({"steps", "ensemble_size", "seed", "reduction", "timestep_spacing", "batch_size",
-                                 "video_blend", "preset"})
+    predict_options = {
+        "steps": {"type": int, "help": "denoising steps", "min": 1},
+        "ensemble_size": {"type": int, "help": "ensemble members", "min": 1},
+        "seed": {"type": int, "help": "random seed for noise"},
+        "reduction": {"type": str, "help": "ensemble reduction", "choices": ("median", "mean")},
+        "timestep_spacing": {"type": str, "help": "DDIM spacing", "choices": ("leading", "trailing")},
+        "preset": {"type": str, "metavar": "NAME", "help": "named inference defaults, e.g. paper or fast (listed by "
+                                                           "`diffdepth info`); the other flags override it"},
+        "batch_size": {"type": int}, "video_blend": {"type": float}}
     #: preset name -> (description, options); subclasses list theirs (shown by ``diffdepth info``)
     presets: dict[str, tuple[str, dict]] = {}
     #: size inputs and outputs as diffusers' MarigoldDepthPipeline does (floored sides, no
     #: antialiasing of the output); the padding is done in :meth:`run`
     resize_convention = "marigold"
+    #: the UNet runs whole, without hooks (``apply_fast_paths(compile=True)`` compiles it in one piece)
+    taps_unet = False
 
-    def __init__(self, unet: nn.Module, vae: nn.Module, text_encoder: Optional[nn.Module], tokenizer: Any,
-                 scheduler: Any, *, default_denoising_steps: int = 4, default_processing_resolution: int = 768,
-                 timestep_spacing: Optional[str] = None, init_noise: str = "gaussian", video_blend: float = 0.1,
-                 default_ensemble_size: int = 1, default_reduction: str = "median", batch_size: int = 0,
+    def __init__(self, sd: StableDiffusion, *, default_denoising_steps: int = 4,
+                 default_processing_resolution: int = 768, timestep_spacing: Optional[str] = None,
+                 init_noise: str = "gaussian", video_blend: float = 0.1, default_ensemble_size: int = 1,
+                 default_reduction: str = "median", batch_size: int = 0,
                  d_min: float = 0.1, d_max: float = 100.0, q_low: float = 0.02, q_high: float = 0.98,
                  **unknown: Any):
         super().__init__()
         unknown.pop("normalizer", None)  # fixed by the class; kept in saved configs for readers
         if unknown:
             raise ConfigError(f"unknown {self.method} option(s) {sorted(unknown)}")
-        lat = int(vae.config.latent_channels)
-        if unet.config.in_channels != 2 * lat or unet.config.out_channels != lat:
+        lat = int(sd.vae.config.latent_channels)
+        if sd.unet.config.in_channels != 2 * lat or sd.unet.config.out_channels != lat:
             raise CheckpointError(
-                f"the UNet takes {unet.config.in_channels} channels and returns {unet.config.out_channels}; a "
+                f"the UNet takes {sd.unet.config.in_channels} channels and returns {sd.unet.config.out_channels}; a "
                 f"{self.method} UNet needs {2 * lat} in (image latent ‖ depth latent) and {lat} out — start from "
                 f"`build` (it widens conv_in) or load a Marigold checkpoint")
         if init_noise not in ("gaussian", "zeros"):
@@ -108,14 +124,22 @@ class LatentDepthModel(DepthModel):
             raise ConfigError(f"default_reduction must be median or mean, got {default_reduction!r}")
         if not 0.0 <= float(video_blend) <= 1.0:
             raise ConfigError(f"video_blend must be in [0, 1], got {video_blend}")
-        self.unet = unet
-        self.vae = vae
-        self.text_encoder = text_encoder
-        self.tokenizer = tokenizer
-        self.scheduler_config = _scheduler_dict(scheduler)
-        if timestep_spacing is not None and timestep_spacing not in SPACINGS:
-            raise ConfigError(f"timestep_spacing must be one of {SPACINGS}, got {timestep_spacing!r}")
-        self.schedule = NoiseSchedule.from_config(self.scheduler_config)  # validates prediction_type etc.
+        from diffusers import DDIMScheduler
+
+        sched = _scheduler_dict(sd.scheduler)
+        for key, value, allowed in (("timestep_spacing", timestep_spacing or sched["timestep_spacing"], SPACINGS),
+                                    ("timestep_spacing", sched["timestep_spacing"], SPACINGS),
+                                    ("prediction_type", sched["prediction_type"], PREDICTION_TYPES)):
+            if value not in allowed:
+                raise ConfigError(f"{key} must be one of {allowed}, got {value!r}")
+        try:
+            sd.scheduler = DDIMScheduler.from_config(sched)  # η = 0 sampling; its betas also serve training
+        except (NotImplementedError, ValueError) as err:
+            raise ConfigError(f"scheduler config: {err}") from None
+        # Marigold trains the UNet only; the VAE and the text encoder stay frozen
+        self.sd = sd.freeze()
+        sd.unet.requires_grad_(True)
+        sd.pad_empty_prompt = False  # BOS + EOS only, as diffusers' MarigoldDepthPipeline encodes ""
         if self.normalizer_name == "log":
             self.normalizer = LogNormalizer(d_min, d_max)
         else:
@@ -134,92 +158,61 @@ class LatentDepthModel(DepthModel):
         self.config.update({"d_min": self.normalizer.d_min, "d_max": self.normalizer.d_max}
                            if self.normalizer_name == "log" else
                            {"q_low": self.normalizer.q_low, "q_high": self.normalizer.q_high})
-        vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.latent_factor = vae_factor
+        self.latent_factor = sd.latent_factor
         # The model pads its own input (bottom/right, replicate, to the VAE factor) and crops the
         # members before ensembling, as diffusers' MarigoldDepthPipeline does; so the pipeline pads
         # nothing. The UNet takes latents of any size (diffusers forwards the upsample sizes).
         self.size_multiple = 1
-        self.min_size = vae_factor * 2 ** (len(unet.config.block_out_channels) - 1)
+        self.min_size = sd.size_multiple
         self.default_processing_res = int(default_processing_resolution)
-        self._empty: Optional[torch.Tensor] = None
-        # Marigold trains the UNet only; the VAE and the text encoder stay frozen.
-        self.unet.requires_grad_(True)
-        for m in (self.vae, self.text_encoder):
-            if m is not None:
-                m.requires_grad_(False)
-                m.eval()
 
     # ------------------------------------------------------------------ small helpers
-    def train(self, mode: bool = True):
-        super().train(mode)
-        for m in (self.vae, self.text_encoder):  # frozen parts never switch to training mode
-            if m is not None:
-                m.eval()
-        return self
-
     @property
     def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+        return self.sd.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
-
-    @property
-    def scaling_factor(self) -> float:
-        return float(self.vae.config.scaling_factor)
-
-    def empty_context(self, batch: int) -> torch.Tensor:
-        """The empty-prompt CLIP embedding [B,n,D] (Marigold: tokenised without padding, n = 2)."""
-        cached = self._empty
-        if cached is None or cached.device != self.device or cached.dtype != self.dtype:
-            if self.text_encoder is None or self.tokenizer is None:
-                raise CheckpointError(f"{self.method} needs the text encoder and tokenizer for its empty prompt")
-            tok = self.tokenizer("", padding="do_not_pad", max_length=self.tokenizer.model_max_length,
-                                 truncation=True, return_tensors="pt")
-            with torch.no_grad():
-                ctx = self.text_encoder(tok.input_ids.to(self.text_encoder.device))[0]  # [1,n,D]
-            self._empty = cached = ctx.to(device=self.device, dtype=self.dtype)
-        return cached.repeat(batch, 1, 1)
-
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """[B,3,H,W] in [0,1] -> scaled posterior-mode latent [B,4,H/8,W/8]."""
-        x = images.to(device=self.device, dtype=self.vae.dtype) * 2.0 - 1.0
-        z = self.vae.encode(x).latent_dist.mode() * self.scaling_factor
-        return z.to(self.dtype)  # an fp32-upcast VAE (fp16 fast path) under an fp16 UNet
+        return self.sd.dtype
 
     def encode_depth(self, depth: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         """[B,1,H,W] depth -> normalise -> repeat to 3 channels -> scaled latent [B,4,h,w]."""
-        x = self.normalizer.encode(depth, valid).to(device=self.device, dtype=self.vae.dtype)
-        return self.vae.encode(x.repeat(1, 3, 1, 1)).latent_dist.mode() * self.scaling_factor
+        x = self.normalizer.encode(depth, valid).to(device=self.device, dtype=self.sd.vae.dtype)
+        return self.sd.vae.encode(x.repeat(1, 3, 1, 1)).latent_dist.mode() * self.sd.scaling_factor
 
     def decode_normalized(self, z: torch.Tensor, clip: bool = True) -> torch.Tensor:
         """Scaled latent [B,4,h,w] -> VAE decode -> mean of the 3 channels [B,1,H,W] (clipped to [-1,1])."""
-        y = self.vae.decode(z.to(self.vae.dtype) / self.scaling_factor).sample  # [B,3,H,W]
-        y = y.mean(dim=1, keepdim=True)  # [B,1,H,W]
+        y = self.sd.decode_latent(z).mean(dim=1, keepdim=True)  # [B,1,H,W]
         return torch.clip(y, -1.0, 1.0) if clip else y
 
     def decode_depth(self, z: torch.Tensor) -> torch.Tensor:
         """Scaled latent -> depth: [0,1] affine-invariant (marigold) or metres (metricgold)."""
         return self.normalizer.decode(self.decode_normalized(z))
 
-    def denoise(self, image_latent: torch.Tensor, latent: torch.Tensor, timesteps: list[int],
+    def ddim(self, steps: int, spacing: Optional[str] = None) -> DDIMScheduler:
+        """diffusers' DDIMScheduler of this checkpoint with ``steps`` timesteps in ``spacing`` (Lin et
+        al. 2024, Table 2): one "leading" step queries t = 1 (Garcia et al. 2024: why one-step
+        Marigold fails), one "trailing" step t = 999."""
+        config = self.sd.scheduler.config
+        sched = type(self.sd.scheduler).from_config(config, timestep_spacing=spacing or self.config["timestep_spacing"]
+                                          or config.timestep_spacing)
+        sched.set_timesteps(int(steps))
+        return sched
+
+    def denoise(self, image_latent: torch.Tensor, latent: torch.Tensor, scheduler: DDIMScheduler,
                 context: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """DDIM over ``timesteps`` (descending): depth latent [B,4,h,w] conditioned on the image latent."""
-        B = latent.shape[0]
-        ctx = self.empty_context(B) if context is None else context
-        for k, t in enumerate(timesteps):
-            t_prev = timesteps[k + 1] if k + 1 < len(timesteps) else None
+        """DDIM (η = 0, Song et al. 2021, Eq. 12) over ``scheduler.timesteps``: depth latent [B,4,h,w]
+        conditioned on the image latent."""
+        ctx = self.sd.encode_prompt(None, batch_size=latent.shape[0]) if context is None else context
+        for t in scheduler.timesteps:
             x = torch.cat([image_latent, latent], dim=1)  # [B,8,h,w]
-            tt = torch.tensor(t, dtype=torch.long, device=latent.device)
-            out = self.unet(x, tt, encoder_hidden_states=ctx, return_dict=False)[0]  # [B,4,h,w]
-            latent, _ = self.schedule.ddim_step(out, t, t_prev, latent)
+            out = self.sd.unet(x, t, encoder_hidden_states=ctx, return_dict=False)[0]  # [B,4,h,w]
+            latent = scheduler.step(out, t, latent).prev_sample
         return latent
 
     # ------------------------------------------------------------------ inference
     def _resolve(self, options: dict) -> dict:
-        cfg = self.config
+        cfg, sched = self.config, self.sd.scheduler.config
         preset = options.get("preset")
         if preset is not None:
             if preset not in self.presets:
@@ -229,13 +222,13 @@ class LatentDepthModel(DepthModel):
             options = {**self.presets[preset][1], **given}
         steps = options.get("steps") or cfg["default_denoising_steps"]
         ensemble = options.get("ensemble_size") or cfg["default_ensemble_size"]
-        spacing = options.get("timestep_spacing") or cfg["timestep_spacing"] or self.schedule.timestep_spacing
+        spacing = options.get("timestep_spacing") or cfg["timestep_spacing"] or sched.timestep_spacing
         reduction = options.get("reduction") or cfg["default_reduction"]
         batch = options.get("batch_size") or cfg["batch_size"]
         blend = options.get("video_blend")
         blend = cfg["video_blend"] if blend is None else float(blend)
-        if int(steps) < 1:
-            raise InputError(f"--steps must be >= 1, got {steps}")
+        if not 1 <= int(steps) <= sched.num_train_timesteps:
+            raise InputError(f"--steps must be between 1 and {sched.num_train_timesteps}, got {steps}")
         if int(ensemble) < 1:
             raise InputError(f"--ensemble-size must be >= 1, got {ensemble}")
         if spacing not in SPACINGS:
@@ -251,7 +244,7 @@ class LatentDepthModel(DepthModel):
     def latent_shape(self, n: int, height: int, width: int) -> tuple[int, int, int, int]:
         """Depth latents for n members of an H×W image: [n, 4, ⌈H/f⌉, ⌈W/f⌉] (f = ``latent_factor``)."""
         f = self.latent_factor
-        return n, int(self.vae.config.latent_channels), -(-int(height) // f), -(-int(width) // f)
+        return n, int(self.sd.vae.config.latent_channels), -(-int(height) // f), -(-int(width) // f)
 
     def initial_latents(self, shape, seed: Optional[int] = None,
                         generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -288,19 +281,18 @@ class LatentDepthModel(DepthModel):
             images = torch.nn.functional.pad(images, (0, pw, 0, ph), mode="replicate")
         N, E = images.shape[0], int(ensemble_size)
         steps = int(steps or self.config["default_denoising_steps"])
-        spacing = timestep_spacing or self.config["timestep_spacing"] or self.schedule.timestep_spacing
-        timesteps = self.schedule.timesteps(steps, spacing)
+        scheduler = self.ddim(steps, timestep_spacing)
         bs = int(batch_size) if batch_size else N * E
         lat_shape = self.latent_shape(N * E, H, W)
 
-        image_latent = torch.cat([self.encode_image(images[i:i + bs]) for i in range(0, N, bs)])  # [N,4,h,w]
+        image_latent = torch.cat([self.sd.encode_image(images[i:i + bs]) for i in range(0, N, bs)])  # [N,4,h,w]
         image_latent = image_latent.repeat_interleave(E, dim=0)  # [N*E,4,h,w]
         if latents is None:
             latents = self.initial_latents(lat_shape, seed=seed, generator=generator)
         elif tuple(latents.shape) != lat_shape:
             raise InputError(f"latents must have shape {lat_shape}, got {tuple(latents.shape)}")
         latents = latents.to(device=self.device, dtype=self.dtype)
-        final = torch.cat([self.denoise(image_latent[i:i + bs], latents[i:i + bs], timesteps)
+        final = torch.cat([self.denoise(image_latent[i:i + bs], latents[i:i + bs], scheduler)
                            for i in range(0, N * E, bs)])  # [N*E,4,h,w]
         members = torch.cat([self.decode_depth(final[i:i + bs]) for i in range(0, N * E, bs)])  # [N*E,1,H+ph,W+pw]
         members = members[..., :H, :W].float()  # [N*E,1,H,W]: the padding never enters the ensemble
@@ -320,7 +312,7 @@ class LatentDepthModel(DepthModel):
                 uncs.append(u)
             depth, uncertainty = torch.cat(depths), torch.cat(uncs)  # [N,1,H,W]
         pred = DepthPrediction(depth=depth, kind=self.output_kind, uncertainty=uncertainty,
-                               extras={"steps": steps, "timesteps": timesteps, "ensemble_size": E})
+                               extras={"steps": steps, "timesteps": scheduler.timesteps.tolist(), "ensemble_size": E})
         return (pred, final) if return_latents else pred
 
     def predict(self, images: torch.Tensor, **options: Any) -> DepthPrediction:
@@ -373,23 +365,19 @@ class LatentDepthModel(DepthModel):
     def from_sd(cls, sd: Any, **config: Any) -> "LatentDepthModel":
         """Wrap a (4-channel) StableDiffusion: widen conv_in, DDIM scheduler config, defaults."""
         sched = _scheduler_dict(sd.scheduler)
-        sched.setdefault("prediction_type", "v_prediction")
         if config.get("prediction_type"):  # e.g. train an SD 1.5 (epsilon) backbone with v-prediction
             sched["prediction_type"] = config.pop("prediction_type")
         config.pop("prediction_type", None)
         sched.update({"set_alpha_to_one": False, "clip_sample": False, "timestep_spacing": "trailing"})
-        unet = sd.unet
-        if unet.config.in_channels == sd.vae.config.latent_channels:
-            expand_conv_in(unet)
-        return cls(unet, sd.vae, sd.text_encoder, sd.tokenizer, sched, **config)
+        if sd.unet.config.in_channels == sd.vae.config.latent_channels:
+            expand_conv_in(sd.unet)
+        sd.scheduler = sched
+        return cls(sd, **config)
 
     @classmethod
     def build(cls, backbone: str = "stabilityai/stable-diffusion-2-1", **config: Any) -> "LatentDepthModel":
         """A new model around a pretrained SD (hub id or folder): conv_in widened, UNet trainable."""
-        from ...backbone import StableDiffusion
-
-        sd = StableDiffusion.from_pretrained(source=backbone, frozen=False)
-        return cls.from_sd(sd, **config)
+        return cls.from_sd(StableDiffusion.from_pretrained(source=backbone, frozen=False), **config)
 
     @classmethod
     def make_tiny(cls, seed: int = 0, **overrides: Any) -> "LatentDepthModel":
@@ -414,11 +402,11 @@ class LatentDepthModel(DepthModel):
             "shift_invariant": affine,
             "default_denoising_steps": self.config["default_denoising_steps"],
             "default_processing_resolution": self.config["default_processing_resolution"],
-            "unet": ["diffusers", type(self.unet).__name__],
-            "vae": ["diffusers", type(self.vae).__name__],
+            "unet": ["diffusers", type(self.sd.unet).__name__],
+            "vae": ["diffusers", type(self.sd.vae).__name__],
             "scheduler": ["diffusers", "DDIMScheduler"],
-            "text_encoder": ["transformers", type(self.text_encoder).__name__],
-            "tokenizer": ["transformers", type(self.tokenizer).__name__],
+            "text_encoder": ["transformers", type(self.sd.text_encoder).__name__],
+            "tokenizer": ["transformers", type(self.sd.tokenizer).__name__],
         }
         return index
 
@@ -426,25 +414,18 @@ class LatentDepthModel(DepthModel):
         """Marigold diffusers layout (unet/ vae/ scheduler/ text_encoder/ tokenizer/ model_index.json)
         plus ``diffdepth.json`` (normaliser, d_min/d_max, inference defaults). Each sub-folder is
         written to a temporary folder and renamed into place."""
-        from diffusers import DDIMScheduler
-
-        from ...utils import atomic_dir, atomic_path
+        from ...utils import atomic_path
 
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        sched = dict(self.scheduler_config)
+        sched = _scheduler_dict(self.sd.scheduler)
         if self.config["timestep_spacing"]:
             sched["timestep_spacing"] = self.config["timestep_spacing"]
-        parts = {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder, "tokenizer": self.tokenizer,
-                 "scheduler": DDIMScheduler.from_config(sched)}
-        for name, part in parts.items():
-            if part is None:
-                raise CheckpointError(f"cannot save: this model has no {name}")
-            with atomic_dir(path / name) as tmp:
-                if name in ("unet", "vae", "text_encoder"):
-                    part.save_pretrained(tmp, safe_serialization=True)
-                else:
-                    part.save_pretrained(tmp)
+        parts = {n: getattr(self.sd, n) for n in ("vae", "unet", "text_encoder", "tokenizer")}
+        missing = [n for n, part in parts.items() if part is None]
+        if missing:
+            raise CheckpointError(f"cannot save: this model has no {', '.join(missing)}")
+        StableDiffusion(**parts, scheduler=type(self.sd.scheduler).from_config(sched), frozen=False).save_pretrained(
+            path, model_index=False)
         with atomic_path(path / "model_index.json") as tmp:
             tmp.write_text(json.dumps(self.model_index(), indent=2, sort_keys=True))
         self.write_marker(path, extra={"scheduler": sched})
@@ -458,58 +439,19 @@ class LatentDepthModel(DepthModel):
 
         path = resolve_checkpoint(source, allow_patterns=["model_index.json", "diffdepth.json", "*/*.json",
                                                           "*/*.txt", "*/*.safetensors"])
-        parts = load_components(path)
+        sd = StableDiffusion.from_pretrained(path, components=("vae", "unet", "text_encoder", "tokenizer"),
+                                             frozen=False)
+        sched_file = path / "scheduler" / "scheduler_config.json"
+        try:
+            sd.scheduler = json.loads(sched_file.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise CheckpointError(f"cannot read {sched_file}: {err}") from None
+        if sd.scheduler.get("_class_name", "DDIMScheduler") not in ("DDIMScheduler", "DDPMScheduler"):
+            raise CheckpointError(f"{sched_file} names {sd.scheduler.get('_class_name')}; only DDIM checkpoints are "
+                                  f"supported (use marigold-depth-v1-0 or -v1-1, not the LCM variant)")
         config = _config_from_folder(path, cls)
         config.update(overrides)
-        model = cls(parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["scheduler"],
-                    **config)
-        return model.to(device=device, dtype=dtype).eval()
-
-
-def load_components(path: Path) -> dict:
-    """The five Marigold sub-folders as modules (+ the scheduler config as a dict)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import AutoTokenizer, CLIPTextModel
-
-    missing = [n for n in SUBFOLDERS if not (path / n).is_dir()]
-    if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(m + '/' for m in missing)} — not a Marigold/diffdepth "
-                              f"diffusers folder (expected {', '.join(SUBFOLDERS)})")
-    sched_file = path / "scheduler" / "scheduler_config.json"
-    try:
-        sched = json.loads(sched_file.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"cannot read {sched_file}: {err}") from None
-    if sched.get("_class_name", "DDIMScheduler") not in ("DDIMScheduler", "DDPMScheduler"):
-        raise CheckpointError(f"{sched_file} names {sched.get('_class_name')}; only DDIM checkpoints are supported "
-                              f"(use marigold-depth-v1-0 or -v1-1, not the LCM variant)")
-
-    def load(name, fn):
-        try:
-            return fn()
-        except (OSError, ValueError, json.JSONDecodeError, EnvironmentError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CheckpointError(f"cannot load {name} from {path / name}: {first}") from None
-
-    def variant(name: str, weights: str):
-        """``fp16`` when a sub-folder only has fp16 weights (some hub repos ship both, some one)."""
-        folder = path / name
-        if not (folder / weights).exists() and any(folder.glob("*.fp16.safetensors")):
-            return "fp16"
-        return None
-
-    def diffusers_model(klass, name):
-        return klass.from_pretrained(str(path), subfolder=name,
-                                     variant=variant(name, "diffusion_pytorch_model.safetensors"))
-
-    return {
-        "unet": load("unet", lambda: diffusers_model(UNet2DConditionModel, "unet")),
-        "vae": load("vae", lambda: diffusers_model(AutoencoderKL, "vae")),
-        "text_encoder": load("text_encoder", lambda: CLIPTextModel.from_pretrained(
-            str(path), subfolder="text_encoder", variant=variant("text_encoder", "model.safetensors"))),
-        "tokenizer": load("tokenizer", lambda: AutoTokenizer.from_pretrained(str(path), subfolder="tokenizer")),
-        "scheduler": sched,
-    }
+        return cls(sd, **config).to(device=device, dtype=dtype).eval()
 
 
 def _config_from_folder(path: Path, cls) -> dict:

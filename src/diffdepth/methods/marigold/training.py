@@ -22,11 +22,11 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+from diffusers import DDIMScheduler, DDPMScheduler
 
 from ...errors import ConfigError, InputError
 from ...losses.latent import latent_valid_mask, masked_latent_mse
 from .noise import annealed_strength, pyramid_noise
-from .schedule import NoiseSchedule
 
 OBJECTIVES = ("diffusion", "e2e")
 
@@ -90,16 +90,19 @@ class LatentDepthTask:
                 raise ConfigError(f"task.crop sides must be multiples of {model.latent_factor}, got {crop}")
             crop = (int(crop[0]), int(crop[1]))
         self.crop = crop
-        if zero_terminal_snr:
-            if model.schedule.prediction_type == "epsilon":
+        sched = model.sd.scheduler
+        if zero_terminal_snr:  # Lin et al. 2024, Algorithm 1
+            if sched.config.prediction_type == "epsilon":
                 raise ConfigError("task.zero_terminal_snr needs v- or x0-prediction (ε is undefined at SNR 0)")
-            model.scheduler_config["rescale_betas_zero_snr"] = True  # saved with the checkpoint
-            model.schedule = NoiseSchedule.from_config(model.scheduler_config)
-        self.schedule: NoiseSchedule = model.schedule
-        T = self.schedule.num_train_timesteps
+            model.sd.scheduler = sched = DDIMScheduler.from_config(sched.config, rescale_betas_zero_snr=True)  # saved
+        #: the DDPM forward process q(x_t | x_0) and the UNet's regression target (ε, v or x0)
+        self.noise_scheduler = DDPMScheduler.from_config(sched.config)
+        T = sched.config.num_train_timesteps
         self.e2e_timestep = T - 1 if e2e_timestep is None else int(e2e_timestep)
         if not 0 <= self.e2e_timestep < T:
             raise ConfigError(f"task.e2e_timestep must be in [0, {T - 1}], got {e2e_timestep}")
+        # x̂0 of one DDIM step from e2e_timestep (the step's target timestep plays no part in x̂0)
+        self.x0_scheduler = model.ddim(1)
         if objective == "e2e":
             # the trained model is meant to be run exactly like this at inference
             model.config.update({"init_noise": "zeros", "default_denoising_steps": 1,
@@ -172,23 +175,25 @@ class LatentDepthTask:
         image, depth, valid = self._inputs(batch)
         B = image.shape[0]
         with torch.no_grad():
-            z_img = model.encode_image(image)  # [B,4,h,w]
-        ctx = model.empty_context(B)
+            z_img = model.sd.encode_image(image)  # [B,4,h,w]
+        ctx = model.sd.encode_prompt(None, batch_size=B)
         if self.objective == "e2e":
             return self._e2e(image, depth, valid, z_img, ctx)
 
         with torch.no_grad():
             z_depth = model.encode_depth(depth, valid)  # [B,4,h,w]
-        T = self.schedule.num_train_timesteps
+        T = self.noise_scheduler.config.num_train_timesteps
         t = torch.randint(0, T, (B,), device=model.device)
         if self.multi_res_noise:
             strength = annealed_strength(t, self.noise_strength, T) if self.annealed else self.noise_strength
             noise = pyramid_noise(z_depth.shape, strength, device=model.device, dtype=z_depth.dtype)
         else:
             noise = torch.randn_like(z_depth)
-        noisy = self.schedule.add_noise(z_depth, noise, t)  # [B,4,h,w]
-        target = self.schedule.target(z_depth, noise, t)
-        out = model.unet(torch.cat([z_img, noisy], dim=1), t, encoder_hidden_states=ctx, return_dict=False)[0]
+        noisy = self.noise_scheduler.add_noise(z_depth, noise, t)  # [B,4,h,w]
+        target = {"epsilon": noise, "sample": z_depth}.get(self.noise_scheduler.config.prediction_type)
+        if target is None:  # v = √ᾱ ε − √(1−ᾱ) z_d (Salimans & Ho 2022)
+            target = self.noise_scheduler.get_velocity(z_depth, noise, t)
+        out = model.sd.unet(torch.cat([z_img, noisy], dim=1), t, encoder_hidden_states=ctx, return_dict=False)[0]
         mask = latent_valid_mask(valid, model.latent_factor)  # [B,1,h,w]
         loss = masked_latent_mse(out, target, mask)
         logs = {"latent_mse": float(loss.detach()), "t_mean": float(t.float().mean()),
@@ -200,8 +205,8 @@ class LatentDepthTask:
         B = image.shape[0]
         t = torch.full((B,), self.e2e_timestep, device=model.device, dtype=torch.long)
         zeros = torch.zeros_like(z_img)
-        out = model.unet(torch.cat([z_img, zeros], dim=1), t, encoder_hidden_states=ctx, return_dict=False)[0]
-        x0 = self.schedule.predict_x0(out, zeros, t)  # [B,4,h,w]
+        out = model.sd.unet(torch.cat([z_img, zeros], dim=1), t, encoder_hidden_states=ctx, return_dict=False)[0]
+        x0 = self.x0_scheduler.step(out, self.e2e_timestep, zeros).pred_original_sample  # [B,4,h,w], differentiable
         pred = model.decode_normalized(x0, clip=False).float()  # [B,1,H,W] in normalised units
         target = model.normalizer.encode(depth, valid).float()
         if model.normalizer_name == "log":

@@ -71,7 +71,10 @@ class PrimeDepth(DepthModel):
 
     method = "primedepth"
     output_kind = AFFINE_DISPARITY
-    predict_options = frozenset({"seed", "prompt", "with_segmentation", "flip"})
+    predict_options = {"seed": {"type": int, "help": "random seed for noise"},
+                       "prompt": {"type": str, "help": "text prompt (default empty)"},
+                       "flip": {"type": bool, "help": "test-time horizontal flip averaging"},
+                       "with_segmentation": {"type": bool}}
     default_processing_res = 1024  # the official inference caps the long side at 1024
     processing_res_is_cap = True   # ... and keeps smaller images at their own size
     min_size = 16

@@ -67,7 +67,8 @@ DEFAULT_BACKBONE = "runwayml/stable-diffusion-v1-5"
 class SeeCoderVPD(DepthModel):
     method = "seecoder-vpd"
     output_kind = METRIC_DEPTH
-    predict_options = frozenset({"flip", "sliding_windows", "scene"})
+    predict_options = {"flip": {"type": bool, "help": "test-time horizontal flip averaging"},
+                       "sliding_windows": {"type": bool}, "scene": {"type": str}}
     min_size = 32
     default_processing_res = 0  # metric model: keep the input resolution (KITTI 352x1216)
 
