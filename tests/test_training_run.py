@@ -125,6 +125,60 @@ def test_toy_model_learns_on_rendered_synth_data(tmp_path):
     assert (rendered[0] / ".complete").stat().st_mtime_ns == stamp
 
 
+def test_validation_metrics_equal_eval_of_the_saved_checkpoint(tmp_path, monkeypatch):
+    """The trainer's validation and `diffdepth eval` share one predictor: on the same samples the
+    metrics of the last validation equal those of `eval` on the checkpoint saved at that step
+    (EMA weights, the training reader vs the benchmark reader of the same folder)."""
+    import json
+
+    from diffdepth import cli
+
+    cache = tmp_path / "cache"
+    cfg = load_config(RECIPE, QUIET + ["train.max_steps=3", "checkpoint.every=3", "val.every=3", "val.samples=3",
+                                       "val.data={type: synth, kind: indoor, n: 3, size: [24, 32], seed: 5}",
+                                       "ema.enabled=true", "log.images_every=0", "log.tensorboard=false",
+                                       f"data.cache_dir={cache}"])
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.setup()
+    trainer.train()
+    val = trainer.validate()  # what the loop logged at step 3 (validation never changes the weights)
+    assert val and "step 3 validation: abs_rel" in (tmp_path / "run" / "train.log").read_text()
+    root = next(cache.glob("synth-indoor-3-24x32-*"))
+    registry.register(registry.MethodInfo("toy", "toy_model:ToyDepth", None, "metric_depth", "test toy"))
+    monkeypatch.setattr(cli, "COMMANDS", ("eval",))
+    try:
+        assert cli.main(["eval", "--dataset", "folder", "--data-root", str(root), "--method", "toy",
+                         "--checkpoint", str(tmp_path / "run" / "checkpoint-3"), "--out", str(tmp_path / "eval"),
+                         "--no-progress", "--device", "cpu"]) == 0
+    finally:
+        registry._METHODS.pop("toy", None)
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["counts"]["evaluated"] == 3
+    assert summary["metrics"] == pytest.approx(val, rel=1e-6, abs=0)
+
+
+def test_validation_scores_a_sequence_reader_on_its_target_frame(tmp_path):
+    """A frame-sequence reader (``frames`` [T,3,H,W], target first, no ``image``) validates as an
+    image reader of its target frames would."""
+    from diffdepth.evaluation import evaluate, get_protocol, summarize
+    from diffdepth.evaluation.runner import ModelPredictor
+
+    cfg = load_config(RECIPE, QUIET + ["val.every=1", "val.samples=2", "val.protocol=kitti_mono2_improved",
+                                       "val.data={type: synth, kind: sequence, n: 12, size: [24, 32], seed: 1, "
+                                       "reader: {size: [24, 32], split: train}}", f"data.cache_dir={tmp_path / 'c'}"])
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.setup()
+    val = trainer.validate()
+    trainer._close()
+    samples = [trainer.val_set[i] for i in range(2)]
+    assert all("image" not in s and s["frames"].shape == (3, 3, 24, 32) for s in samples)
+    targets = [{**s, "image": s["frames"][0]} for s in samples]
+    protocol = get_protocol("kitti_mono2_improved")
+    trainer.model.eval()
+    records = evaluate(targets, ModelPredictor(trainer.model, protocol), protocol, progress=False)
+    assert val and val == summarize(records, protocol)["metrics"]
+
+
 def test_effective_batch_size_sets_accumulation(tmp_path):
     from diffdepth.errors import ConfigError
 

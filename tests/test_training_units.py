@@ -138,6 +138,25 @@ def test_ema_update_and_swap_by_hand():
     assert warm.current_decay() == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
 
 
+def test_evaluating_restores_modes_and_every_rng():
+    import random
+
+    from diffdepth.training.trainer import evaluating
+
+    model = torch.nn.Sequential(torch.nn.BatchNorm1d(2), torch.nn.Dropout(0.5))
+    model[1].eval()  # a part the task keeps in eval mode
+    states = lambda: (random.random(), float(np.random.rand()), float(torch.rand(1)))  # noqa: E731
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    expected = states()
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    with evaluating(model):
+        assert not model[0].training and not torch.is_grad_enabled()
+        states(), model(torch.randn(4, 2))  # draws from every generator, BatchNorm in eval: no stats update
+    assert states() == expected
+    assert model[0].training and not model[1].training
+    assert torch.equal(model[0].running_mean, torch.zeros(2))
+
+
 # ---------------------------------------------------------------------------- data mixing
 def test_mixing_is_reproducible_weighted_and_covers_each_dataset_per_epoch():
     plan = MixingPlan([6, 3], [0.75, 0.25], seed=3)

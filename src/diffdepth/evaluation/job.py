@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 from .. import distributed
-from .runner import PredictionFolder, evaluate, read_kind_file, summarize, write_reports
+from .runner import ModelPredictor, PredictionFolder, evaluate, read_kind_file, summarize, write_reports
 
 
 def run_eval(protocol, dataset, out, *, n: int, data_root, split_file=None, predictions=None, kind=None,
@@ -42,31 +42,15 @@ def run_eval(protocol, dataset, out, *, n: int, data_root, split_file=None, pred
         records = evaluate(samples, predictor, protocol, alignment, alignment_seed=alignment_seed,
                            progress=progress, total=len(mine))
     else:
-        import numpy as np
-
         import diffdepth
-        from ..pipeline import DepthPipeline
 
         model = diffdepth.load_model(method, checkpoint, device=device, dtype=dtype)
-        res = processing_res if processing_res is not None else protocol.processing_res
-        if processing_res is None and getattr(model, "owns_resize", False):
-            res = 0  # e.g. hf: the model's own image processor picks the resolution
-        # the Monodepth2-family protocols map predictions back to the frame in disparity space
-        space = "disparity" if protocol.pred_resize == "disparity" else "depth"
-        pipe = DepthPipeline(model, processing_res=res, resize_space=space, **options)
-
-        ensemble = None
+        predict = ModelPredictor(model, protocol, processing_res, **options)
         if ensemble_with:
             from ..ensemble import Ensembler
 
-            ensemble = Ensembler(ensemble_with, device=device, dtype=dtype)
-
-        def predict(sample):
-            image = np.ascontiguousarray(np.asarray(sample["image"], dtype=np.float32).transpose(1, 2, 0))  # [H,W,3]
-            pred = pipe([image])[0]
-            return ensemble(pred, rel=sample["name"], image=image) if ensemble else pred
-
-        input_size = getattr(pipe, "input_size", None)  # the model's exact input size, when it has one
+            predict.ensemble = Ensembler(ensemble_with, device=device, dtype=dtype)
+        res, input_size = predict.processing_res, getattr(predict.pipe, "input_size", None)  # the model's exact size
         info.update(method=method, checkpoint=str(checkpoint), processing_res=res,
                     input_size=list(input_size) if input_size else None, options=options,
                     ensemble_with=ensemble_with, predictions=str(out / "predictions"))

@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import numpy as np
-
 from ..errors import InputError
 from ..utils import atomic_path
 from .metrics import HIGHER_IS_BETTER, METRIC_NAMES
@@ -198,25 +196,19 @@ def _score_bench(entry, model, param, ensemble, bench: Bench, out: Path, *, alig
     import torch
 
     from .. import distributed
-    from ..pipeline import DepthPipeline
-    from .runner import evaluate, read_kind_file, summarize, write_reports
+    from .runner import ModelPredictor, evaluate, read_kind_file, summarize, write_reports
 
     protocol, dataset, n = bench.protocol, bench.dataset, bench.n
     res = entry.processing_res if entry.processing_res is not None else processing_res
-    if res is None:
-        res = 0 if getattr(model, "owns_resize", False) else protocol.processing_res
-    pipe = DepthPipeline(model, processing_res=res, **opts)
+    predictor = ModelPredictor(model, protocol, res, ensemble, **opts)
     if param.device.type == "cuda":
         torch.cuda.synchronize(param.device)
         torch.cuda.reset_peak_memory_stats(param.device)
     timing = {"seconds": 0.0, "images": 0}
 
     def predict(sample):
-        image = np.ascontiguousarray(np.asarray(sample["image"], dtype=np.float32).transpose(1, 2, 0))  # [H,W,3]
         start = time.perf_counter()
-        pred = pipe([image])[0]
-        if ensemble is not None:
-            pred = ensemble(pred, rel=sample["name"], image=image)
+        pred = predictor(sample)
         if param.device.type == "cuda":
             torch.cuda.synchronize(param.device)
         timing["seconds"] += time.perf_counter() - start
@@ -231,7 +223,7 @@ def _score_bench(entry, model, param, ensemble, bench: Bench, out: Path, *, alig
     records = evaluate((dataset[i] for i in mine), predict, protocol, alignment, save_dir=out / "predictions",
                        progress=progress and distributed.is_main(), total=len(mine))
     peak, peak_kind = _peak_memory_mib(param.device)
-    res = pipe.processing_res
+    res = predictor.pipe.processing_res
     resolution = describe_resolution(model, res)
     distributed.barrier()
     gathered = distributed.gather_objects((records, timing, peak))

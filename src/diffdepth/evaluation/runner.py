@@ -90,6 +90,39 @@ class PredictionFolder:
         return pred, self.kind
 
 
+def sample_image(sample: dict) -> Optional[np.ndarray]:
+    """The [3,H,W] image a sample is scored on: ``image``, or the target frame (the first of
+    ``frames``) of a frame-sequence sample (:mod:`diffdepth.data.sequences`); None without either."""
+    if "image" in sample:
+        return np.asarray(sample["image"], dtype=np.float32)
+    return np.asarray(sample["frames"][0], dtype=np.float32) if "frames" in sample else None
+
+
+class ModelPredictor:
+    """``predictor(sample) -> DepthMap``: ``model`` through a :class:`~diffdepth.pipeline.DepthPipeline`
+    on the sample's image (:func:`sample_image`), then the ``ensemble`` partner
+    (:class:`~diffdepth.ensemble.Ensembler`) when set. The one predictor of ``diffdepth eval``, the
+    leaderboard and the trainer's validation, so that they score a model alike.
+
+    ``processing_res`` None: 0 for a model that resizes itself (``owns_resize``), else the protocol's.
+    Predictions go back to the image size in the protocol's resize space (depth or disparity)."""
+
+    def __init__(self, model, protocol: Protocol, processing_res: Optional[int] = None, ensemble=None, **options):
+        from ..pipeline import DepthPipeline
+
+        if processing_res is None:
+            processing_res = 0 if getattr(model, "owns_resize", False) else protocol.processing_res
+        self.processing_res = processing_res
+        space = "disparity" if protocol.pred_resize == "disparity" else "depth"
+        self.pipe = DepthPipeline(model, processing_res=processing_res, resize_space=space, **options)
+        self.ensemble = ensemble
+
+    def __call__(self, sample: dict) -> DepthMap:
+        image = np.ascontiguousarray(sample_image(sample).transpose(1, 2, 0))  # [H,W,3]
+        pred = self.pipe([image])[0]
+        return self.ensemble(pred, rel=sample["name"], image=image) if self.ensemble is not None else pred
+
+
 def resize_prediction(pred: np.ndarray, shape, mode: str = "bilinear", kind: Optional[str] = None) -> np.ndarray:
     """Resize [h,w] → ``shape`` (torch ``interpolate``, ``align_corners=False`` for bilinear).
 

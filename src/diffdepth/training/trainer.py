@@ -23,8 +23,8 @@ while the task keeps calling the (same) model object directly.
 Exact resumption: the checkpoint carries the trainable weights, optimizer,
 grad scaler, every process's RNG state, the EMA and the number of micro-batches
 consumed (the sampler position, :mod:`diffdepth.training.data`); the schedule is a
-function of the step. Validation and image logging run under a forked RNG so they
-never change the training random stream.
+function of the step. Validation and image logging run under forked RNGs
+(:func:`evaluating`) so they never change the training random stream.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from torch import nn
 
 from .. import distributed
 from ..errors import CheckpointError, ConfigError, DiffdepthError
+from ..evaluation.runner import ModelPredictor, sample_image
 from . import checkpoint as ckpt
 from .config import diff_configs, dump_config, save_config
 from .data import MixedDataset, MixingPlan, StreamSampler, build_dataset, make_loader
@@ -98,40 +99,23 @@ def build_model(cfg: dict) -> nn.Module:
         LOCAL_HINT.reset(token)
 
 
-def _snapshot_rng() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _restore_rng(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 @contextlib.contextmanager
-def isolated_rng():
-    """Run a block without changing any global RNG (validation, visualisation)."""
-    state = _snapshot_rng()
+def evaluating(model: nn.Module):
+    """Run a block with ``model`` in eval mode, without gradients and on forked RNGs: validation and
+    visualisation never change the training random streams, nor any submodule's mode (a task may
+    keep frozen parts in eval) or BatchNorm statistics."""
+    modes = {name: m.training for name, m in model.named_modules()}
+    py_state, np_state = random.getstate(), np.random.get_state()
+    model.eval()
     try:
-        yield
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())), torch.no_grad():
+            yield
     finally:
-        _restore_rng(state)
-
-
-def _train_modes(model: nn.Module) -> Dict[str, bool]:
-    return {name: m.training for name, m in model.named_modules()}
-
-
-def _restore_train_modes(model: nn.Module, modes: Dict[str, bool]) -> None:
-    """Put every submodule back in the mode it had (a task may keep frozen parts in eval)."""
-    for name, m in model.named_modules():
-        if name in modes:
-            m.training = modes[name]
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        for name, m in model.named_modules():
+            if name in modes:
+                m.training = modes[name]
 
 
 def _scalar(v: Any) -> Optional[float]:
@@ -142,6 +126,25 @@ def _scalar(v: Any) -> Optional[float]:
     if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
         return float(v)
     return None
+
+
+class _Step(NamedTuple):
+    """What one optimizer step leaves: mean loss and task logs over its micro-batches, the gradient
+    norm (before clipping; None without clipping), the lr, and the last batch and task output."""
+
+    loss: float
+    logs: Dict[str, float]
+    grad_norm: Any
+    lr: float
+    batch: Any
+    output: Any
+
+
+class _Window:
+    """Sums over the steps since the last log line."""
+
+    def __init__(self) -> None:
+        self.loss, self.steps, self.samples, self.t0 = 0.0, 0, 0, time.perf_counter()
 
 
 class Trainer:
@@ -160,55 +163,49 @@ class Trainer:
         self.wandb = None
 
     # ------------------------------------------------------------------ helpers
-    def log(self, msg: str) -> None:
+    def log(self, msg: str, console: bool = True) -> None:
+        """A line in train.log and (``console``) on stderr, from the main process."""
         if not self.accelerator.is_main_process:
             return
         line = f"[diffdepth train] {msg}"
-        try:
-            from tqdm import tqdm
+        if console:
+            try:
+                from tqdm import tqdm
 
-            tqdm.write(line, file=sys.stderr)
-        except ImportError:  # pragma: no cover
-            print(line, file=sys.stderr)
+                tqdm.write(line, file=sys.stderr)
+            except ImportError:  # pragma: no cover
+                print(line, file=sys.stderr)
         if self._log_file is not None:
             self._log_file.write(line + "\n")
             self._log_file.flush()
 
-    def _file_only(self, msg: str) -> None:
-        if self._log_file is not None:
-            self._log_file.write(f"[diffdepth train] {msg}\n")
-            self._log_file.flush()
-
-    @property
-    def unwrapped(self) -> nn.Module:
-        return self.model
-
     def _state_keys(self) -> list:
         """Names saved in trainable.safetensors: trainable params + buffers (persistent)."""
         params = dict(self.model.named_parameters())
-        keys = []
-        for k in self.model.state_dict().keys():
-            if k in params:
-                if params[k].requires_grad:
-                    keys.append(k)
-            else:
-                keys.append(k)
-        return keys
+        return [k for k in self.model.state_dict() if k not in params or params[k].requires_grad]
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
+        self._start_accelerator()
+        self._set_batch_geometry()
+        self.start_ckpt = self._find_resume_checkpoint() if self.resume else None
+        if self.accelerator.is_main_process:
+            save_config(self.cfg, self.run_dir / "config.yaml")
+        self._build_model_data_optimizer()
+        self._prepare_and_restore()
+        self._setup_logging()
+
+    def _start_accelerator(self) -> None:
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
 
-        cfg = self.cfg
-        t = cfg["train"]
+        t = self.cfg["train"]
         # several processes on a machine without CUDA: Accelerate only goes multi-process on
         # CPU (gloo) when told cpu=True
         cpu = t["cpu"] or (distributed.world_size() > 1 and not torch.cuda.is_available())
-        self.accelerator = Accelerator(
+        self.accelerator = acc = Accelerator(
             mixed_precision=t["mixed_precision"], cpu=cpu,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=t["find_unused_parameters"])])
-        acc = self.accelerator
         self.world = acc.num_processes
         self.rank = acc.process_index
         if acc.is_main_process:
@@ -217,7 +214,9 @@ class Trainer:
         if acc.is_main_process:
             self._log_file = open(self.run_dir / "train.log", "a")
 
-        # effective batch = batch_size x accumulation x processes
+    def _set_batch_geometry(self) -> None:
+        """effective batch = batch_size x accumulation x processes"""
+        t = self.cfg["train"]
         bs = t["batch_size"]
         if t["effective_batch_size"] is not None:
             per_step = bs * self.world
@@ -230,33 +229,33 @@ class Trainer:
         self.batch_size = bs
         self.effective_batch = bs * self.accum * self.world
 
-        # previous state?
-        self.start_ckpt = None
-        if self.resume:
-            if acc.is_main_process:
-                for p in ckpt.clean_temporaries(self.run_dir):
-                    self.log(f"removed incomplete checkpoint {p.name}")
-            acc.wait_for_everyone()
-            self.start_ckpt = ckpt.latest_checkpoint(self.run_dir)
-            if self.start_ckpt is None:
-                self.log(f"--resume: no complete checkpoint in {self.run_dir}; starting from step 0")
-            else:
-                prev = ckpt.read_state(self.start_ckpt)
-                if prev.get("world_size") not in (None, self.world) or prev.get("batch_size") not in (None, bs):
-                    self.log(f"warning: checkpoint was written with {prev.get('world_size')} process(es) x batch "
-                             f"{prev.get('batch_size')}; now {self.world} x {bs} — the sample order changes")
-                old_cfg = self.run_dir / "config.yaml"
-                if old_cfg.exists():
-                    import yaml
-
-                    changed = diff_configs(yaml.safe_load(old_cfg.read_text()) or {}, cfg)
-                    if changed:
-                        self.log(f"resuming with changed config keys: {', '.join(changed)}")
-
+    def _find_resume_checkpoint(self) -> Optional[Path]:
+        """The newest complete checkpoint (incomplete ones removed), with warnings on what changed."""
+        acc = self.accelerator
         if acc.is_main_process:
-            save_config(cfg, self.run_dir / "config.yaml")
+            for p in ckpt.clean_temporaries(self.run_dir):
+                self.log(f"removed incomplete checkpoint {p.name}")
+        acc.wait_for_everyone()
+        found = ckpt.latest_checkpoint(self.run_dir)
+        if found is None:
+            self.log(f"--resume: no complete checkpoint in {self.run_dir}; starting from step 0")
+            return None
+        prev = ckpt.read_state(found)
+        if prev.get("world_size") not in (None, self.world) or prev.get("batch_size") not in (None, self.batch_size):
+            self.log(f"warning: checkpoint was written with {prev.get('world_size')} process(es) x batch "
+                     f"{prev.get('batch_size')}; now {self.world} x {self.batch_size} — the sample order changes")
+        old_cfg = self.run_dir / "config.yaml"
+        if old_cfg.exists():
+            import yaml
 
-        # model + task (same init on every process; the task may freeze modules)
+            changed = diff_configs(yaml.safe_load(old_cfg.read_text()) or {}, self.cfg)
+            if changed:
+                self.log(f"resuming with changed config keys: {', '.join(changed)}")
+        return found
+
+    def _build_model_data_optimizer(self) -> None:
+        """Model + task (same init on every process; the task may freeze modules), data, optimiser."""
+        cfg = self.cfg
         torch.manual_seed(cfg["seed"])
         np.random.seed(cfg["seed"] % 2**32)
         random.seed(cfg["seed"])
@@ -279,27 +278,25 @@ class Trainer:
         self.schedule = schedule_from_config(cfg)
         self.ema = EMA(self.model, cfg["ema"]["decay"], cfg["ema"]["warmup"]) if cfg["ema"]["enabled"] else None
 
-        runner = TaskRunner(self.model, self.task)
-        self.runner, self.optimizer = acc.prepare(runner, self.optimizer)
+    def _prepare_and_restore(self) -> None:
+        """Accelerate wrapping, per-process RNG, the resumed state and the sampler at its position."""
+        cfg, acc = self.cfg, self.accelerator
+        self.runner, self.optimizer = acc.prepare(TaskRunner(self.model, self.task), self.optimizer)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         acc.register_save_state_pre_hook(self._save_hook)
         acc.register_load_state_pre_hook(self._load_hook)
-
         # task RNG differs per process (different noise on each shard)
         torch.manual_seed(cfg["seed"] + 1_000_003 * (self.rank + 1))
         np.random.seed((cfg["seed"] + 7919 * (self.rank + 1)) % 2**32)
         random.seed(cfg["seed"] + 31 * (self.rank + 1))
-
         self.step = 0
         self.micro = 0  # micro-batches consumed per process == global micro-batch index
         if self.start_ckpt is not None:
             self._load(self.start_ckpt)
-
         self.sampler = StreamSampler(self.plan, self.batch_size, self.rank, self.world, start_micro=self.micro)
         self.loader = make_loader(self.dataset, self.sampler, getattr(self.task, "collate", None),
                                   cfg["data"]["num_workers"], cfg["data"]["prefetch_factor"],
-                                  pin_memory=self.accelerator.device.type == "cuda", seed=cfg["seed"])
-        self._setup_logging()
+                                  pin_memory=acc.device.type == "cuda", seed=cfg["seed"])
 
     def _build_data(self) -> None:
         cfg = self.cfg
@@ -320,7 +317,7 @@ class Trainer:
             self.val_set = build_dataset(v["data"], cache, where="val.data")
             self.model.check_options(dict(v["predict"]))  # fail now, not at the first validation
             first = self.val_set[0]
-            if "depth" not in first or not ("image" in first or "frames" in first):
+            if "depth" not in first or sample_image(first) is None:
                 raise ConfigError(f"val.data: its samples have keys {sorted(first)}; validation needs 'image' "
                                   f"(or 'frames') and 'depth' — use a reader with ground truth")
             self.log(f"validation: {min(v['samples'], len(self.val_set))} samples every {v['every']} steps")
@@ -462,42 +459,29 @@ class Trainer:
         self.log(f"resumed from {path} (step {self.step})")
 
     # ------------------------------------------------------------------ validation / images
-    @torch.no_grad()
     def validate(self) -> Dict[str, float]:
         """Evaluation-protocol metrics on the first ``val.samples`` samples of ``val.data``.
 
-        Runs on the main process with the evaluation runner (:func:`diffdepth.evaluation.evaluate`:
-        predict through :class:`~diffdepth.pipeline.DepthPipeline` → align → clip → mask →
-        metrics) and :func:`~diffdepth.evaluation.summarize`; the EMA weights when enabled.
+        Runs on the main process with the predictor and runner of ``diffdepth eval``
+        (:class:`~diffdepth.evaluation.runner.ModelPredictor`, :func:`~diffdepth.evaluation.evaluate`:
+        predict → align → clip → mask → metrics, :func:`~diffdepth.evaluation.summarize`); the EMA
+        weights when enabled.
         """
         from ..evaluation import evaluate, get_protocol, summarize
-        from ..pipeline import DepthPipeline
 
         v = self.cfg["val"]
         n = min(v["samples"], len(self.val_set))
         protocol = get_protocol(v["protocol"]).with_overrides(min_depth=v["min_depth"], max_depth=v["max_depth"])
-        res = v["processing_res"] if v["processing_res"] is not None else protocol.processing_res
-        model = self.model
-        modes = _train_modes(model)
-        model.eval()
-        if self.ema is not None:
-            self.ema.swap(model)
-        try:
-            with isolated_rng():
-                space = "disparity" if protocol.pred_resize == "disparity" else "depth"
-                pipe = DepthPipeline(model, processing_res=res, resize_space=space, **v["predict"])
-
-                def predictor(sample):
-                    # sequence readers give frames [T,3,H,W]; the target frame comes first
-                    image = sample["image"] if "image" in sample else np.asarray(sample["frames"])[0]
-                    return pipe(torch.as_tensor(np.asarray(image), dtype=torch.float32))
-
+        with evaluating(self.model):
+            if self.ema is not None:
+                self.ema.swap(self.model)
+            try:
+                predictor = ModelPredictor(self.model, protocol, v["processing_res"], **v["predict"])
                 records = evaluate((self.val_set[i] for i in range(n)), predictor, protocol,
                                    alignment=v["alignment"], progress=False)
-        finally:
-            if self.ema is not None:
-                self.ema.swap(model)
-            _restore_train_modes(model, modes)
+            finally:
+                if self.ema is not None:
+                    self.ema.swap(self.model)
         summary = summarize(records, protocol)
         if not summary["metrics"]:
             self.log(f"validation: no sample could be scored ({summary['counts']})")
@@ -507,13 +491,8 @@ class Trainer:
         vis = getattr(self.task, "visualize", None)
         if vis is None or self.tb is None:
             return
-        modes = _train_modes(self.model)
-        self.model.eval()  # visualising must not change the model (BatchNorm statistics, ...)
-        try:
-            with isolated_rng(), torch.no_grad():
-                images = vis(batch, output) or {}
-        finally:
-            _restore_train_modes(self.model, modes)
+        with evaluating(self.model):
+            images = vis(batch, output) or {}
         for name, img in images.items():
             arr = np.asarray(img)
             if arr.ndim != 3 or arr.shape[-1] != 3:
@@ -522,18 +501,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def train(self) -> Dict[str, Any]:
-        from accelerate.utils import send_to_device
-
         if not hasattr(self, "accelerator"):
             self.setup()
-        acc = self.accelerator
-        cfg = self.cfg
-        t, log = cfg["train"], cfg["log"]
-        max_steps = t["max_steps"]
+        cfg, acc = self.cfg, self.accelerator
+        max_steps = cfg["train"]["max_steps"]
         self.log(f"run folder {self.run_dir}; {self.world} process(es) on {acc.device}; batch {self.batch_size} x "
                  f"accumulation {self.accum} x processes {self.world} = effective batch {self.effective_batch}; "
                  f"{self.n_trainable:,} trainable / {self.n_frozen:,} frozen parameters; "
-                 f"mixed precision {t['mixed_precision']}")
+                 f"mixed precision {cfg['train']['mixed_precision']}")
         if self.step >= max_steps:
             self.log(f"already at step {self.step} >= train.max_steps={max_steps}; nothing to do")
             self._close()
@@ -541,97 +516,24 @@ class Trainer:
 
         from tqdm import tqdm
 
-        bar = tqdm(total=max_steps, initial=self.step, disable=not (acc.is_main_process and log["progress"]),
+        bar = tqdm(total=max_steps, initial=self.step, disable=not (acc.is_main_process and cfg["log"]["progress"]),
                    desc="train", dynamic_ncols=True, file=sys.stderr, unit="step")
         data_iter = iter(self.loader)
-        window_loss, window_n, window_t0, window_samples = 0.0, 0, time.perf_counter(), 0
-        last_loss = float("nan")
-        last_saved = None
-        history = []
-        stop_reason = None
+        self._window = _Window()
+        history, last_saved, stop_reason = [], None, None
         previous_handlers = self._install_stop_handlers()
         try:
             while self.step < max_steps:
-                factor = self.schedule(self.step)
-                set_lr(self.optimizer, factor)
-                step_loss = 0.0
-                logs_acc: Dict[str, float] = {}
-                batch = out = None
-                for k in range(self.accum):
-                    batch = send_to_device(next(data_iter), acc.device)
-                    sync = k == self.accum - 1
-                    ctx = contextlib.nullcontext() if sync else acc.no_sync(self.runner)
-                    with ctx:
-                        out = self.runner(batch)
-                        if not isinstance(out, dict) or "loss" not in out:
-                            raise TrainingError(f"the training task must return {{'loss': ..., 'logs': ...}}, "
-                                                f"got {type(out).__name__}")
-                        loss = out["loss"]
-                        if not torch.isfinite(loss.detach()).all():
-                            raise TrainingError(f"non-finite loss {loss.item()} at step {self.step} "
-                                                f"(micro-batch {k}); lower optim.lr or check the data")
-                        acc.backward(loss / self.accum)
-                    step_loss += float(loss.detach().float()) / self.accum
-                    for name, value in (out.get("logs") or {}).items():
-                        f = _scalar(value)
-                        if f is not None:
-                            logs_acc[name] = logs_acc.get(name, 0.0) + f / self.accum
-                    self.micro += 1
-                grad_norm = None
-                if t["grad_clip"] is not None:
-                    grad_norm = acc.clip_grad_norm_(self.trainable, float(t["grad_clip"]))
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                if self.ema is not None:
-                    self.ema.update(self.model)
-
-                window_loss += step_loss
-                window_n += 1
-                window_samples += self.effective_batch
-                last_loss = step_loss
-                history.append(step_loss)
+                step = self._step(data_iter)
+                history.append(step.loss)
                 bar.update(1)
-                lr_now = float(cfg["optim"]["lr"]) * factor  # base lr (multiplier 1) this step used
-                bar.set_postfix(loss=f"{step_loss:.4g}", lr=f"{lr_now:.3g}")
-
-                if self.step % log["every"] == 0 or self.step == max_steps:
-                    mean = torch.tensor([window_loss / window_n], device=acc.device)
-                    mean = float(acc.reduce(mean, "mean").item()) if self.world > 1 else float(mean.item())
-                    dt = time.perf_counter() - window_t0
-                    scalars = {"train/loss": mean, "train/lr": lr_now,
-                               "train/samples_per_s": window_samples / dt if dt > 0 else 0.0,
-                               "train/steps_per_s": window_n / dt if dt > 0 else 0.0}
-                    for g in self.optimizer.param_groups:
-                        if g.get("prefix"):
-                            scalars[f"train/lr/{g['prefix'].rstrip('.')}"] = g["lr"]
-                    if grad_norm is not None:
-                        scalars["train/grad_norm"] = float(grad_norm)
-                    for name, value in logs_acc.items():
-                        scalars[f"train/{name}"] = value
-                    if acc.is_main_process:
-                        self._scalars(scalars, self.step)
-                        line = (f"step {self.step}/{max_steps} loss {mean:.4g} lr {scalars['train/lr']:.3g} "
-                                f"{scalars['train/samples_per_s']:.3g} samples/s")
-                        if log["progress"]:
-                            self._file_only(line)
-                        else:
-                            self.log(line)
-                    window_loss, window_n, window_t0, window_samples = 0.0, 0, time.perf_counter(), 0
-
-                if log["images_every"] and self.step % log["images_every"] == 0 and acc.is_main_process:
-                    self.log_images(batch, out)
-                del batch, out
-
+                bar.set_postfix(loss=f"{step.loss:.4g}", lr=f"{step.lr:.3g}")
+                self._log_step(step, max_steps)
+                if cfg["log"]["images_every"] and self.step % cfg["log"]["images_every"] == 0 and acc.is_main_process:
+                    self.log_images(step.batch, step.output)
+                del step  # the batch and task output
                 if self.val_set is not None and self.step % cfg["val"]["every"] == 0:
-                    if acc.is_main_process:
-                        metrics = self.validate()
-                        if metrics:
-                            self._scalars({f"val/{k}": v for k, v in metrics.items()}, self.step)
-                            self.log(f"step {self.step} validation: " +
-                                     ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-                    acc.wait_for_everyone()
-
+                    self._validate_and_log()
                 stop = self._stop_requested()
                 if self.step % cfg["checkpoint"]["every"] == 0 or self.step == max_steps or stop:
                     last_saved = self.save_checkpoint()
@@ -642,12 +544,93 @@ class Trainer:
             self._restore_handlers(previous_handlers)
             bar.close()
             self._close()
+        last_loss = history[-1] if history else float("nan")
         if stop_reason:
             self.log(f"stopped by {stop_reason} at step {self.step}; saved {last_saved} — continue with --resume")
         else:
             self.log(f"done: step {self.step}, last loss {last_loss:.4g}, checkpoint {last_saved}")
         return {"step": self.step, "loss": last_loss, "history": history,
                 "checkpoint": str(last_saved) if last_saved else None, "stopped": stop_reason}
+
+    def _step(self, data_iter) -> "_Step":
+        """One optimizer step: ``accum`` micro-batches (gradient sync on the last), clipping,
+        optimizer step, EMA update."""
+        from accelerate.utils import send_to_device
+
+        acc = self.accelerator
+        factor = self.schedule(self.step)
+        set_lr(self.optimizer, factor)
+        step_loss, logs = 0.0, {}
+        batch = out = None
+        for k in range(self.accum):
+            batch = send_to_device(next(data_iter), acc.device)
+            with contextlib.nullcontext() if k == self.accum - 1 else acc.no_sync(self.runner):
+                out = self.runner(batch)
+                loss = self._checked_loss(out, k)
+                acc.backward(loss / self.accum)
+            step_loss += float(loss.detach().float()) / self.accum
+            for name, value in (out.get("logs") or {}).items():
+                f = _scalar(value)
+                if f is not None:
+                    logs[name] = logs.get(name, 0.0) + f / self.accum
+            self.micro += 1
+        clip = self.cfg["train"]["grad_clip"]
+        grad_norm = acc.clip_grad_norm_(self.trainable, float(clip)) if clip is not None else None
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.model)
+        lr = float(self.cfg["optim"]["lr"]) * factor  # base lr (multiplier 1) this step used
+        return _Step(step_loss, logs, grad_norm, lr, batch, out)
+
+    def _checked_loss(self, out, micro: int) -> torch.Tensor:
+        if not isinstance(out, dict) or "loss" not in out:
+            raise TrainingError(f"the training task must return {{'loss': ..., 'logs': ...}}, "
+                                f"got {type(out).__name__}")
+        loss = out["loss"]
+        if not torch.isfinite(loss.detach()).all():
+            raise TrainingError(f"non-finite loss {loss.item()} at step {self.step} "
+                                f"(micro-batch {micro}); lower optim.lr or check the data")
+        return loss
+
+    def _log_step(self, step: "_Step", max_steps: int) -> None:
+        """Add the step to the window; every ``log.every`` steps (and at the end) log the window's
+        mean loss (over processes), lr, throughput, grad norm and the task's logs."""
+        w = self._window
+        w.loss += step.loss
+        w.steps += 1
+        w.samples += self.effective_batch
+        if self.step % self.cfg["log"]["every"] and self.step != max_steps:
+            return
+        acc = self.accelerator
+        mean = torch.tensor([w.loss / w.steps], device=acc.device)
+        mean = float(acc.reduce(mean, "mean").item()) if self.world > 1 else float(mean.item())
+        dt = time.perf_counter() - w.t0
+        scalars = {"train/loss": mean, "train/lr": step.lr,
+                   "train/samples_per_s": w.samples / dt if dt > 0 else 0.0,
+                   "train/steps_per_s": w.steps / dt if dt > 0 else 0.0}
+        for g in self.optimizer.param_groups:
+            if g.get("prefix"):
+                scalars[f"train/lr/{g['prefix'].rstrip('.')}"] = g["lr"]
+        if step.grad_norm is not None:
+            scalars["train/grad_norm"] = float(step.grad_norm)
+        for name, value in step.logs.items():
+            scalars[f"train/{name}"] = value
+        if acc.is_main_process:
+            self._scalars(scalars, self.step)
+            line = (f"step {self.step}/{max_steps} loss {mean:.4g} lr {scalars['train/lr']:.3g} "
+                    f"{scalars['train/samples_per_s']:.3g} samples/s")
+            self.log(line, console=not self.cfg["log"]["progress"])  # the progress bar shows it
+        self._window = _Window()
+
+    def _validate_and_log(self) -> None:
+        if self.accelerator.is_main_process:
+            metrics = self.validate()
+            if metrics:
+                self._scalars({f"val/{k}": v for k, v in metrics.items()}, self.step)
+                self.log(f"step {self.step} validation: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        self.accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------ graceful stop
     def _install_stop_handlers(self) -> dict:
