@@ -47,6 +47,9 @@ def test_legacy_checkpoint_predicts_as_it_did(legacy, tmp_path):
         _assert_same(_predict(model, method), expected)
     # saved again by today's code, it loads back to the same predictions
     model.save_pretrained(tmp_path / "resaved")
+    if method == "primedepth":  # one weights-file name now (PrimeDepth's old one is still read)
+        assert (tmp_path / "resaved" / "model.safetensors").exists()
+        assert not (tmp_path / "resaved" / "primedepth.safetensors").exists()
     again = diffdepth.load_model(checkpoint=tmp_path / "resaved", device="cpu")
     assert type(again) is cls and again.get_config() == model.get_config()
     _assert_same(_predict(again, method), expected)
