@@ -160,8 +160,8 @@ class HFDepth(DepthModel):
         path = resolve_checkpoint(source)
         if not (path / "config.json").is_file():
             raise CheckpointError(f"{source} is not a transformers model folder (no config.json)")
-        if output_kind is None and (path / CONFIG_NAME).is_file():
-            output_kind = cls.read_marker(path).get("config", {}).get("output_kind")
+        if output_kind is None:
+            output_kind = (read_json(path / CONFIG_NAME) or {}).get("config", {}).get("output_kind")
         try:
             model = AutoModelForDepthEstimation.from_pretrained(str(path))
             processor = _load_processor(path)
