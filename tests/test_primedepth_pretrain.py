@@ -188,7 +188,7 @@ def test_two_process_pretrain_debug_recipe(tmp_path, synth_pl, with_labels):
     assert ("segmentation regulariser: on" if with_labels else "segmentation regulariser: off") in stderr
     state = ckpt.read_state(run / "checkpoint-2")
     assert state["world_size"] == 2 and state["replicas_identical"] == 2
-    trained = load_file(str(run / "checkpoint-2" / "primedepth.safetensors"))
+    trained = load_file(str(run / "checkpoint-2" / "model.safetensors"))
     init = PrimeDepth.make_tiny(seed=0, refiner_out_channels=16, seg_classes=150).state_dict()
     seg_keys = [k for k in trained if k.startswith("seg_head.")]
     changed = [k for k in seg_keys if not torch.equal(trained[k], init[k])]

@@ -115,17 +115,17 @@ def test_debug_recipe_stopped_then_resumed_reaches_the_uninterrupted_weights(tmp
         part = tmp_path / "part"
         assert main(["train", recipe, *common, "train.max_steps=2", "--output-dir", str(part)]) == 0
         assert (part / "checkpoint-2" / ckpt.STATE_DIR / "trainable.safetensors").exists()
-        assert (part / "checkpoint-2" / "primedepth.safetensors").exists()
+        assert (part / "checkpoint-2" / "model.safetensors").exists()
         assert main(["train", recipe, *common, "train.max_steps=4", "--output-dir", str(part), "--resume"]) == 0
     finally:
         torch.set_num_threads(n)
-    for name in ("training_state/trainable.safetensors", "primedepth.safetensors"):
+    for name in ("training_state/trainable.safetensors", "model.safetensors"):
         a = load_file(str(tmp_path / "full" / "checkpoint-4" / name))
         b = load_file(str(part / "checkpoint-4" / name))
         assert a.keys() == b.keys() and a
         for k in a:
             assert torch.allclose(a[k].double(), b[k].double(), atol=1e-6, rtol=0), (name, k)
     # and the two runs really moved away from the step-2 weights (the comparison is not vacuous)
-    mid = load_file(str(part / "checkpoint-2" / "primedepth.safetensors"))
-    end = load_file(str(part / "checkpoint-4" / "primedepth.safetensors"))
+    mid = load_file(str(part / "checkpoint-2" / "model.safetensors"))
+    end = load_file(str(part / "checkpoint-4" / "model.safetensors"))
     assert any(not torch.equal(mid[k], end[k]) for k in mid)

@@ -8,26 +8,72 @@ A method is an ``nn.Module`` subclass of :class:`DepthModel`:
 * ``video_step(images, state, **options) -> (DepthPrediction, state)``: the hook the
   video pipeline calls frame after frame (default: stateless ``predict``).
 * ``make_training_task(**cfg)`` returns a callable ``task(batch) -> {"loss", "logs"}``.
-* ``save_pretrained(dir)`` / ``from_pretrained(dir or hub id)``: the folder always
-  holds ``diffdepth.json`` (``{"method": ..., "config": {...}}``) so
-  :func:`diffdepth.load_model` can find the class; constructor arguments are the config.
+* ``save_pretrained(dir)`` / ``from_pretrained(dir or hub id)``: ``diffdepth.json``
+  (``{"method": ..., "config": {...}}``) + ``model.safetensors`` (+ the SD backbone's diffusers
+  subfolders); constructor arguments are the config (:func:`register_to_config`);
+  ``can_load(path)`` tells :func:`diffdepth.load_model` which class a folder belongs to.
 * ``make_tiny(seed)``: a randomly initialised few-dozen-channel instance for tests and
   ``diffdepth make-tiny``.
 """
 from __future__ import annotations
 
+import copy
+import functools
+import inspect
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Optional, Tuple, Union
+from typing import Any, ClassVar, Dict, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
-from .errors import CheckpointError, InputError
+from .errors import CheckpointError, ConfigError, InputError
 from .types import DepthPrediction
 
 CONFIG_NAME = "diffdepth.json"
 WEIGHTS_NAME = "model.safetensors"
+
+
+def read_json(file: Path) -> Optional[dict]:
+    """A checkpoint's JSON file as a dict; ``None`` when there is none; a corrupt one is an error."""
+    if not file.is_file():
+        return None
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{file} is not valid JSON ({err}) — the checkpoint is corrupt") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file} holds no JSON object — the checkpoint is corrupt")
+    return data
+
+
+def register_to_config(init):
+    """Decorator for a model's ``__init__`` (as diffusers' ``register_to_config``): the arguments, defaults
+    filled in and JSON-normalised (tuples become lists), minus the class's ``config_ignore``, become
+    ``self.config`` before the body runs; the body may refine entries (e.g. store a resolved "auto").
+    ``**kwargs`` are recorded too. Of nested decorated ``__init__`` calls the outermost records."""
+    sig = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        if "config" not in self.__dict__:
+            bound = sig.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            given = dict(list(bound.arguments.items())[1:])
+            for name, param in sig.parameters.items():
+                if param.kind is inspect.Parameter.VAR_KEYWORD:
+                    given.update(given.pop(name))
+                elif param.kind is inspect.Parameter.VAR_POSITIONAL:
+                    given.pop(name)
+            try:
+                config = {k: json.loads(json.dumps(v)) for k, v in given.items() if k not in type(self).config_ignore}
+            except (TypeError, ValueError) as err:
+                raise ConfigError(f"{type(self).__name__}: a constructor argument cannot be saved in {CONFIG_NAME} "
+                                  f"({err}) — pass JSON values or list it in config_ignore") from None
+            object.__setattr__(self, "config", config)
+        init(self, *args, **kwargs)
+
+    return wrapper
 
 
 class DepthModel(nn.Module):
@@ -56,6 +102,16 @@ class DepthModel(nn.Module):
     #: unless a processing resolution is given explicitly; ``None``: keep the aspect ratio and pad
     fixed_input_size: Optional[Tuple[int, int]] = None
 
+    #: constructor arguments :func:`register_to_config` leaves out of the config (modules, callables)
+    config_ignore: ClassVar[Tuple[str, ...]] = ()
+    #: SD-backed methods: the Stable Diffusion parts of ``self.sd`` saved as diffusers subfolders and loaded
+    #: back as the first constructor argument (``None``: no backbone)
+    sd_components: ClassVar[Optional[Tuple[str, ...]]] = None
+    #: values for config keys a saved ``diffdepth.json`` lacks (see :meth:`saved_config`)
+    legacy_config: ClassVar[Dict[str, Any]] = {}
+    #: earlier names of ``model.safetensors`` still read
+    legacy_weights: ClassVar[Tuple[str, ...]] = ()
+
     # ------------------------------------------------------------------ inference
     def predict(self, images: torch.Tensor, **options: Any) -> DepthPrediction:  # pragma: no cover
         raise NotImplementedError
@@ -79,33 +135,16 @@ class DepthModel(nn.Module):
     # ------------------------------------------------------------------ serialisation
     def get_config(self) -> dict:
         """Constructor arguments that rebuild this model (JSON-serialisable)."""
-        return dict(getattr(self, "config", {}))
+        return copy.deepcopy(dict(getattr(self, "config", {})))
+
+    def own_state_dict(self) -> Dict[str, torch.Tensor]:
+        """Every tensor but the Stable Diffusion backbone's (those go to diffusers subfolders)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("sd.")}
 
     def save_pretrained(self, path: Union[str, Path]) -> Path:
-        """Default layout: ``diffdepth.json`` + ``model.safetensors`` (all weights).
-
-        Methods with a Stable Diffusion backbone override this to write diffusers
-        subfolders; they still call :meth:`write_marker`.
-        """
-        from safetensors.torch import save_file
-
-        from .utils import atomic_path
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        with atomic_path(path / WEIGHTS_NAME) as tmp:
-            save_file(state, str(tmp))
-        self.write_marker(path)
-        return path
-
-    def save_with_backbone(self, path: Union[str, Path], sd_components: Optional[list] = None) -> Path:
-        """Layout for methods built around a ``StableDiffusion`` attribute ``sd``.
-
-        The SD parts go to diffusers subfolders (``vae/``, ``unet/`` ...), every other
-        tensor to ``model.safetensors``, the config to ``diffdepth.json``; each file is
-        written atomically. ``sd_components``: which SD parts (default: all present).
-        """
+        """``diffdepth.json`` + ``model.safetensors`` + (SD-backed methods) the ``sd_components`` of
+        ``self.sd`` as diffusers subfolders. Written file by file, each atomically, into ``path``
+        (the trainer's checkpoint folder already holds the training state)."""
         from safetensors.torch import save_file
 
         from .utils import atomic_path
@@ -113,33 +152,13 @@ class DepthModel(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         sd = getattr(self, "sd", None)
-        if sd is not None:
-            sd.save_pretrained(path, components=sd_components)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith("sd.")}
+        if sd is not None and self.sd_components is not None:
+            sd.save_pretrained(path, components=[c for c in self.sd_components if getattr(sd, c, None) is not None])
+        state = {k: v.detach().contiguous().cpu() for k, v in self.own_state_dict().items()}
         with atomic_path(path / WEIGHTS_NAME) as tmp:
-            save_file(state, str(tmp))
+            save_file(state, str(tmp), metadata={"format": "pt", "method": self.method})
         self.write_marker(path)
         return path
-
-    def load_weights_beside_backbone(self, weights: Union[str, Path]) -> None:
-        """Load a safetensors file holding every tensor but the ``sd.`` backbone; keys must match.
-
-        The counterpart of :meth:`save_with_backbone` (whose SD parts are loaded from the
-        diffusers subfolders separately).
-        """
-        from safetensors.torch import load_file
-
-        weights = Path(weights)
-        if not weights.exists():
-            raise CheckpointError(f"{weights.parent} has no {weights.name} — the checkpoint is incomplete")
-        state = load_file(str(weights))
-        own = {k for k in self.state_dict() if not k.startswith("sd.")}
-        missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
-        if missing or unexpected:
-            raise CheckpointError(f"{weights} does not match the config in {CONFIG_NAME} ({len(missing)} missing "
-                                  f"e.g. {missing[:2]}, {len(unexpected)} unexpected e.g. {unexpected[:2]}) — "
-                                  f"do not override architecture options when loading")
-        self.load_state_dict(state, strict=False)
 
     def write_marker(self, path: Union[str, Path], extra: Optional[dict] = None) -> None:
         from .utils import atomic_path
@@ -155,30 +174,67 @@ class DepthModel(nn.Module):
 
     @staticmethod
     def read_marker(path: Union[str, Path]) -> dict:
-        file = Path(path) / CONFIG_NAME
-        try:
-            return json.loads(file.read_text())
-        except FileNotFoundError:
-            raise CheckpointError(f"{path} is not a diffdepth checkpoint (no {CONFIG_NAME})") from None
-        except json.JSONDecodeError as err:
-            raise CheckpointError(f"{file} is not valid JSON ({err}) — the checkpoint is corrupt") from None
+        data = read_json(Path(path) / CONFIG_NAME)
+        if data is None:
+            raise CheckpointError(f"{path} is not a diffdepth checkpoint (no {CONFIG_NAME})")
+        return data
+
+    @classmethod
+    def can_load(cls, path: Union[str, Path]) -> bool:
+        """Whether ``path`` is a checkpoint of this class (default: its ``diffdepth.json`` names this method).
+        Methods that also read foreign layouts (official checkpoints, diffusers pipelines) extend it."""
+        marker = read_json(Path(path) / CONFIG_NAME)
+        return marker is not None and marker.get("method") == cls.method
+
+    @classmethod
+    def saved_config(cls, marker: Dict[str, Any]) -> Dict[str, Any]:
+        """Constructor arguments from a ``diffdepth.json``; a key it lacks (saved before the option
+        existed) gets its :attr:`legacy_config` value: the behaviour that checkpoint was made with."""
+        return {**cls.legacy_config, **marker.get("config", {})}
 
     @classmethod
     def from_pretrained(cls, source: Union[str, Path], device: Optional[torch.device] = None,
-                        dtype: Optional[torch.dtype] = None, **kwargs: Any) -> "DepthModel":
-        """Default loader matching the default :meth:`save_pretrained`."""
+                        dtype: Optional[torch.dtype] = None, **overrides: Any) -> "DepthModel":
+        """Load a :meth:`save_pretrained` folder (local or hub id); ``overrides`` replace saved constructor
+        arguments (inference options; architecture options must match the weights)."""
+        path = cls.resolve_source(source, overrides)
+        marker = cls.read_marker(path)
+        target = f"{cls.__module__}:{cls.__qualname__}"
+        if marker.get("method") not in (None, cls.method) and marker.get("target") != target:
+            raise CheckpointError(f"{path} is a {marker.get('method')!r} checkpoint, not {cls.method!r}")
+        weights = next((path / n for n in (WEIGHTS_NAME, *cls.legacy_weights) if (path / n).exists()), None)
+        if weights is None:  # before the (slow) backbone load
+            raise CheckpointError(f"{path} has no {WEIGHTS_NAME} — the checkpoint is incomplete")
+        model = cls.construct(path, {**cls.saved_config(marker), **overrides})
         from safetensors.torch import load_file
 
+        state = load_file(str(weights))
+        own = set(model.own_state_dict())
+        missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
+        if missing or unexpected:
+            raise CheckpointError(f"{weights} does not match the config in {CONFIG_NAME} ({len(missing)} missing "
+                                  f"e.g. {missing[:2]}, {len(unexpected)} unexpected e.g. {unexpected[:2]}) — "
+                                  f"do not override architecture options when loading")
+        model.load_state_dict(state, strict=False)
+        return model.to(device=device, dtype=dtype).eval()
+
+    @classmethod
+    def resolve_source(cls, source: Union[str, Path], overrides: Dict[str, Any]) -> Path:
+        """A hub id or local path -> the local checkpoint folder (a hook: e.g. convert an official file)."""
         from .hub import resolve_checkpoint
 
-        path = resolve_checkpoint(source)
-        marker = cls.read_marker(path)
-        model = cls(**{**marker.get("config", {}), **kwargs})
-        weights = path / WEIGHTS_NAME
-        if not weights.exists():
-            raise CheckpointError(f"{path} has no {WEIGHTS_NAME}")
-        model.load_state_dict(load_file(str(weights)))
-        return model.to(device=device, dtype=dtype).eval()
+        return resolve_checkpoint(source)
+
+    @classmethod
+    def construct(cls, path: Path, config: Dict[str, Any]) -> "DepthModel":
+        """The model of a checkpoint folder before its weights are loaded: SD-backed methods get the
+        backbone from the diffusers subfolders present as their first argument."""
+        if cls.sd_components is None:
+            return cls(**config)
+        from .backbone import StableDiffusion
+
+        parts = [c for c in cls.sd_components if (path / c).is_dir()]
+        return cls(StableDiffusion.from_pretrained(path, components=parts), **config)
 
     @classmethod
     def make_tiny(cls, seed: int = 0, **overrides: Any) -> "DepthModel":  # pragma: no cover

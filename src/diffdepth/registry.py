@@ -6,7 +6,6 @@ broken optional method cannot break the others.
 from __future__ import annotations
 
 import importlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -74,35 +73,17 @@ def get_method(method: str) -> MethodInfo:
 
 
 def detect_method(path: Path) -> Optional[str]:
-    """Guess the method of a local checkpoint folder (a registry id, or "module:Class")."""
-    marker = path / "diffdepth.json"
-    if marker.exists():
-        try:
-            data = json.loads(marker.read_text())
-        except json.JSONDecodeError:
-            raise CheckpointError(f"{marker} is not valid JSON — the checkpoint is corrupt") from None
-        method = data.get("method")
-        if method not in _METHODS and data.get("target"):  # a method outside the registry
-            return data["target"]
-        return method
-    index = path / "model_index.json"
-    if index.exists():
-        try:
-            name = json.loads(index.read_text()).get("_class_name", "")
-        except json.JSONDecodeError:
-            raise CheckpointError(f"{index} is not valid JSON — the checkpoint is corrupt") from None
-        if name.startswith("Marigold"):
-            return "marigold"
-    config = path / "config.json"
-    if config.is_file():  # a transformers depth-estimation model (e.g. Depth Anything)
-        try:
-            archs = json.loads(config.read_text()).get("architectures") or []
-        except (json.JSONDecodeError, AttributeError):
-            archs = []
-        if any(str(a).endswith("ForDepthEstimation") for a in archs):
-            return "hf"
-    if path.is_file() and path.suffix == ".ckpt" or any(path.glob("*.ckpt")):
-        return "primedepth"
+    """The method of a local checkpoint (a registry id, or "module:Class" for a method outside the registry):
+    the one its ``diffdepth.json`` names, else the first registered class whose ``can_load`` accepts it."""
+    from .model import CONFIG_NAME, read_json
+
+    marker = read_json(path / CONFIG_NAME)
+    if marker is not None:
+        method = marker.get("method")
+        return marker["target"] if method not in _METHODS and marker.get("target") else method
+    for info in _METHODS.values():
+        if info.load_class().can_load(path):
+            return info.id
     return None
 
 
@@ -150,11 +131,12 @@ def resolve_method(method: Optional[str], checkpoint: Union[str, Path, None]) ->
                                       f"checkpoints, e.g. --checkpoint {runs[-1][1]}")
         if method is None:
             if found is None:
-                raise CheckpointError(f"cannot tell which method {local} belongs to (no diffdepth.json, "
-                                      f"model_index.json or .ckpt in it) — pass --method")
+                raise CheckpointError(f"cannot tell which method {local} belongs to: no method recognises it (no "
+                                      f"diffdepth.json; not a Marigold, transformers depth or official PrimeDepth "
+                                      f"checkpoint) — pass --method")
             method = found
         elif (found is not None and found != method and ":" not in method
-              and not {found, method} <= {"marigold", "metricgold"}):
+              and not get_method(method).load_class().can_load(local)):
             raise CheckpointError(f"{local} is a {found!r} checkpoint, not {method!r} — drop --method or fix it")
     elif _looks_local(str(checkpoint)):
         raise InputError(f"checkpoint {checkpoint}: no such file or folder")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import CheckpointError, ConfigError, InputError
-from ...model import WEIGHTS_NAME, DepthModel
+from ...model import DepthModel, register_to_config
 from ...types import RELATIVE_DEPTH, DepthPrediction
 from .networks import (COST_QUERIES, QUERY_MODES, SD_TAPS, TAP_POINTS, DepthDecoder, PatchTokens, PoseNet,
                        ResNetFeatures, SDFeatureBranch, SelfQueryHead, resolve_tap_point)
@@ -84,7 +84,12 @@ class DiffSQL(DepthModel):
                        "flip": {"type": bool, "help": "test-time horizontal flip averaging"}}
     min_size = 32
     default_processing_res = 640
+    config_ignore = ("sd",)
+    sd_components = SD_PARTS
+    #: checkpoints written before these switches existed: padded long-side input, up0 before its upsampler
+    legacy_config = {"input_size": None, "sd_tap_point": "before_upsampler"}
 
+    @register_to_config
     def __init__(self, sd=None, encoder: Union[str, dict] = "resnet18", pose_encoder: Union[str, dict] = "resnet18",
                  pretrained_encoder: bool = False, use_sd: bool = True, sd_tap: str = "up0", sd_timestep: int = 1,
                  sd_width: int = 64, train_sd: bool = False, decoder_features: int = 256, model_dim: int = 64,
@@ -111,14 +116,6 @@ class DiffSQL(DepthModel):
         if use_sd and sd is None:
             raise ConfigError("diffsql: use_sd is on but no Stable Diffusion was given — build with "
                               "DiffSQL.build(backbone=...) / make_tiny, or set use_sd: false")
-        self.config = dict(encoder=encoder, pose_encoder=pose_encoder, pretrained_encoder=bool(pretrained_encoder),
-                           use_sd=bool(use_sd), sd_tap=sd_tap, sd_timestep=int(sd_timestep), sd_width=int(sd_width),
-                           train_sd=bool(train_sd), decoder_features=int(decoder_features), model_dim=int(model_dim),
-                           num_queries=int(num_queries), num_bins=int(num_bins), queries=queries,
-                           cost_queries=cost_queries, patch_size=int(patch_size), vit_layers=int(vit_layers),
-                           vit_heads=int(vit_heads), min_depth=float(min_depth), max_depth=float(max_depth),
-                           scales=int(scales), pose_width=int(pose_width), sd_source=sd_source,
-                           input_size=list(input_size) if input_size is not None else None, sd_tap_point=sd_tap_point)
         self.fixed_input_size = input_size
         self.use_sd = bool(use_sd)
         self.queries = queries
@@ -232,38 +229,14 @@ class DiffSQL(DepthModel):
         return DiffSQLTask(self, **cfg)
 
     # ------------------------------------------------------------------ serialisation
-    def save_pretrained(self, path: Union[str, Path]) -> Path:
-        """``diffdepth.json`` + ``model.safetensors`` (everything but SD) + SD ``vae/``, ``unet/``
-        (and ``scheduler/``) as diffusers subfolders, so one folder is self-contained."""
-        parts = [c for c in SD_PARTS if getattr(self.sd, c, None) is not None] if self.sd is not None else None
-        return self.save_with_backbone(path, sd_components=parts)
-
     @classmethod
-    def from_pretrained(cls, source: Union[str, Path], device: Optional[torch.device] = None,
-                        dtype: Optional[torch.dtype] = None, **overrides: Any) -> "DiffSQL":
-
-        from ...hub import resolve_checkpoint
-
-        path = resolve_checkpoint(source)
-        marker = cls.read_marker(path)
-        if marker.get("method") not in (None, cls.method):
-            raise CheckpointError(f"{path} is a {marker.get('method')!r} checkpoint, not {cls.method!r}")
-        saved = dict(marker.get("config", {}))
-        # checkpoints written before these switches existed: padded long-side input, up0 before its upsampler
-        saved.setdefault("input_size", None)
-        saved.setdefault("sd_tap_point", "before_upsampler")
-        config = {**saved, **overrides, "pretrained_encoder": False}
-        sd = None
-        if config.get("use_sd", True):
-            from ...backbone import StableDiffusion
-
-            parts = [c for c in SD_PARTS if (path / c).is_dir()]
-            if "unet" not in parts or "vae" not in parts:
-                raise CheckpointError(f"{path} has no vae/ and unet/ folders but its config uses the SD branch")
-            sd = StableDiffusion.from_pretrained(path, components=parts)
-        model = cls(sd=sd, **config)
-        model.load_weights_beside_backbone(path / WEIGHTS_NAME)
-        return model.to(device=device, dtype=dtype).eval()
+    def construct(cls, path: Path, config: Dict[str, Any]) -> "DiffSQL":
+        config["pretrained_encoder"] = False  # never fetch ImageNet weights: the checkpoint has trained ones
+        if not config.get("use_sd", True):
+            return cls(None, **config)
+        if not ((path / "unet").is_dir() and (path / "vae").is_dir()):
+            raise CheckpointError(f"{path} has no vae/ and unet/ folders but its config uses the SD branch")
+        return super().construct(path, config)
 
     @classmethod
     def make_tiny(cls, seed: int = 0, **overrides: Any) -> "DiffSQL":

@@ -17,7 +17,7 @@ from typing import Any, Optional, Union
 import torch
 
 from ...errors import CheckpointError, InputError
-from ...model import CONFIG_NAME, DepthModel
+from ...model import CONFIG_NAME, DepthModel, read_json, register_to_config
 from ...types import AFFINE_DISPARITY, METRIC_DEPTH, DepthPrediction, check_kind
 
 #: model_type -> output kind, for families whose kind does not depend on the checkpoint
@@ -68,12 +68,15 @@ class HFDepth(DepthModel):
     default_processing_res = 0  # the image processor picks the resolution
     #: eval/predict: the model resizes itself, so a protocol's processing resolution does not apply
     owns_resize = True
+    config_ignore = ("model", "processor", "source")
 
+    @register_to_config
     def __init__(self, model: Any, processor: Any, output_kind: Optional[str] = None, source: str = ""):
         super().__init__()
         self.hf_model = model
         self.processor = processor
         self.kind = check_kind(output_kind) if output_kind else infer_output_kind(model.config)
+        self.config.update(output_kind=self.kind, model_type=getattr(model.config, "model_type", ""))
         self.output_kind = self.kind  # this checkpoint's kind (the class cannot know it)
         self.source = str(source)
 
@@ -95,9 +98,6 @@ class HFDepth(DepthModel):
         if multiple > 1:
             text += f" x{multiple}"
         return text
-
-    def get_config(self) -> dict:
-        return {"output_kind": self.kind, "model_type": getattr(self.hf_model.config, "model_type", "")}
 
     # ------------------------------------------------------------------ inference
     def predict(self, images: torch.Tensor, output_kind: Optional[str] = None, **options: Any) -> DepthPrediction:
@@ -129,6 +129,12 @@ class HFDepth(DepthModel):
         return DepthPrediction(torch.cat(out), kind)  # [B,1,H,W]
 
     # ------------------------------------------------------------------ serialisation
+    @classmethod
+    def can_load(cls, path: Union[str, Path]) -> bool:
+        """Our folder or any ``transformers`` depth-estimation model folder (e.g. Depth Anything)."""
+        archs = (read_json(Path(path) / "config.json") or {}).get("architectures") or []
+        return super().can_load(path) or any(str(a).endswith("ForDepthEstimation") for a in archs)
+
     def save_pretrained(self, path: Union[str, Path]) -> Path:
         """The ``transformers`` layout (config.json, model.safetensors, preprocessor_config.json), so
         ``transformers`` loads the folder as is, plus ``diffdepth.json`` (method, output kind)."""
@@ -154,8 +160,8 @@ class HFDepth(DepthModel):
         path = resolve_checkpoint(source)
         if not (path / "config.json").is_file():
             raise CheckpointError(f"{source} is not a transformers model folder (no config.json)")
-        if output_kind is None and (path / CONFIG_NAME).is_file():
-            output_kind = cls.read_marker(path).get("config", {}).get("output_kind")
+        if output_kind is None:
+            output_kind = (read_json(path / CONFIG_NAME) or {}).get("config", {}).get("output_kind")
         try:
             model = AutoModelForDepthEstimation.from_pretrained(str(path))
             processor = _load_processor(path)

@@ -17,14 +17,18 @@ SD keys go through diffusers' single-file converters; PrimeDepth keys are rename
 """
 from __future__ import annotations
 
+import os
 import pickle
 import re
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
 from ...errors import CheckpointError
+from .layout import OFFICIAL_OPTIONS
+from .model import PrimeDepth
 
 #: DDPM buffers and training bookkeeping in LDM checkpoints that carry no model weights
 IGNORED = re.compile(r"^(betas|alphas_cumprod|alphas_cumprod_prev|sqrt_\w+|log_one_minus_alphas_cumprod|"
@@ -118,7 +122,7 @@ def ldm_decoder_map(decoder: torch.nn.Module, prefix: str = "") -> Dict[str, Tup
 def official_key_map(model) -> Dict[str, Tuple[str, bool]]:
     """Our PrimeDepth (non-SD) key -> (official ``labeller.*`` key, conv-as-linear flag)."""
     out: Dict[str, Tuple[str, bool]] = {}
-    for key in model.head_state_dict().keys():
+    for key in model.own_state_dict().keys():
         parts = key.split(".")
         off = None
         if parts[0] == "fusions":
@@ -226,9 +230,6 @@ def convert_official(src: str, out: str, sd_config: str = "stabilityai/stable-di
     Returns ``{"unmapped": [...], "missing": [...], "ignored": [...]}`` — checkpoint keys nobody
     took, model parameters the checkpoint did not provide, and schedule buffers skipped on purpose.
     """
-    from .layout import OFFICIAL_OPTIONS
-    from .model import PrimeDepth
-
     state = load_checkpoint_tensors(src)
     missing: List[str] = []
     sd_notes: List[str] = []
@@ -283,3 +284,26 @@ def _unused_sd_keys(state: Dict[str, torch.Tensor], sd_model, ignored: List[str]
 def convert(src: str, out: str, **kwargs: Any) -> Dict[str, List[str]]:
     """Entry point for ``diffdepth convert primedepth-official SRC OUT``."""
     return convert_official(src, out, **kwargs)
+
+
+def converted_official(official: Path, sd_config: str = "stabilityai/stable-diffusion-2-1", **options: Any) -> Path:
+    """Convert an official ``.ckpt`` once into the cache and return the converted folder.
+
+    The cache entry is keyed by the file's name, size and modification time
+    (``$DIFFDEPTH_CACHE`` or ``~/.cache/diffdepth``, under ``converted/``) and written
+    atomically, so an interrupted conversion is simply redone next time.
+    """
+    from ...utils import atomic_dir
+
+    st = official.stat()
+    root = Path(os.environ.get("DIFFDEPTH_CACHE", Path.home() / ".cache" / "diffdepth"))
+    # "v2": conversions made before attn_pool / eps / latent existed are redone (they would load as legacy)
+    out = root / "converted" / f"primedepth-v2-{official.stem}-{st.st_size}-{st.st_mtime_ns}"
+    if not (out / "diffdepth.json").exists():
+        print(f"converting official PrimeDepth checkpoint {official} -> {out} (once)", file=sys.stderr)
+        with atomic_dir(out) as tmp:
+            report = convert_official(str(official), str(tmp), sd_config=sd_config, **options)
+        if report.get("unmapped") or report.get("missing"):
+            print(f"  unmapped keys: {len(report.get('unmapped', []))}, missing: {len(report.get('missing', []))} "
+                  f"(`diffdepth convert primedepth-official` lists them)", file=sys.stderr)
+    return out

@@ -20,16 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import CheckpointError, ConfigError, InputError
-from ...model import DepthModel
+from ...backbone.sd import COMPONENTS
+from ...errors import ConfigError, InputError
+from ...model import DepthModel, register_to_config
 from ...types import AFFINE_DISPARITY, DepthPrediction
 from .layout import Plan, make_plan
 from .modules import Fusion, Refiner, head_forward, make_head, set_group_norm_eps
 
-WEIGHTS = "primedepth.safetensors"
-
 #: what a model saved before ``attn_pool`` / ``head_norm_eps`` / ``vae_norm_eps`` / ``latent`` existed
-#: (no ``attn_pool`` key in its ``diffdepth.json``) was built and trained with; it keeps that behaviour.
+#: (one change: no ``attn_pool`` key in its ``diffdepth.json``) was built and trained with; it keeps that behaviour.
 LEGACY_CONFIG: Dict[str, Any] = {"attn_pool": "exact", "head_norm_eps": 1e-6, "vae_norm_eps": None, "latent": "mode"}
 
 
@@ -78,7 +77,12 @@ class PrimeDepth(DepthModel):
     default_processing_res = 1024  # the official inference caps the long side at 1024
     processing_res_is_cap = True   # ... and keeps smaller images at their own size
     min_size = 16
+    config_ignore = ("sd", "captioner")
+    sd_components = COMPONENTS
+    legacy_config = LEGACY_CONFIG
+    legacy_weights = ("primedepth.safetensors",)  # the name before issue 12
 
+    @register_to_config
     def __init__(self, sd: nn.Module, *, backbone: Optional[str] = None, refiner_ratio: float = 0.5,
                  refiner_out_channels: int = 512, refiner_head_dim: Optional[int] = None,
                  head_channels: Sequence[int] = (128, 256, 512, 512), head_layers: int = 2, head_norm_groups: int = 32,
@@ -106,16 +110,7 @@ class PrimeDepth(DepthModel):
                               f"{sd.latent_factor} (got {len(head_channels)})")
         if not (use_features or use_attention):
             raise ConfigError("switching off both use_features and use_attention leaves the refiner without input")
-        self.config = dict(
-            backbone=backbone or getattr(sd, "source", None), refiner_ratio=refiner_ratio,
-            refiner_out_channels=refiner_out_channels, refiner_head_dim=refiner_head_dim, head_channels=head_channels,
-            head_layers=head_layers, head_norm_groups=head_norm_groups, seg_classes=seg_classes,
-            depth_channels=depth_channels, use_attention=use_attention, use_self_attention=use_self_attention,
-            use_cross_attention=use_cross_attention, use_features=use_features,
-            use_segmentation_head=use_segmentation_head, loss_space=loss_space, injection=injection,
-            attn_norm=attn_norm, attn_pool=attn_pool, regions=regions, head_norm_eps=float(head_norm_eps),
-            vae_norm_eps=None if vae_norm_eps is None else float(vae_norm_eps), latent=latent, timestep=timestep,
-            noise=noise, prompt=prompt, channels_last=channels_last)
+        self.config["backbone"] = backbone or getattr(sd, "source", None)
         self.sd = sd
         if vae_norm_eps is not None and sd.vae is not None:
             set_group_norm_eps(sd.vae, float(vae_norm_eps))
@@ -144,10 +139,7 @@ class PrimeDepth(DepthModel):
         self.size_multiple = int(sd.size_multiple)
         self._attn_names = sorted({n for lp in self.plan.layers for n in (lp.enc_attention, lp.prev_attention) if n})
 
-    # ------------------------------------------------------------------ config / parameters
-    def get_config(self) -> dict:
-        return dict(self.config)
-
+    # ------------------------------------------------------------------ parameters
     def trainable_parameters(self) -> List[nn.Parameter]:
         return [p for n, p in self.named_parameters() if not n.startswith("sd.")]
 
@@ -366,60 +358,28 @@ class PrimeDepth(DepthModel):
         return PrimeDepthTask(self, **cfg)
 
     # ------------------------------------------------------------------ serialisation
-    def head_state_dict(self) -> Dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("sd.")}
-
-    def save_pretrained(self, path: Union[str, Path]) -> Path:
-        """One self-contained folder: SD components as diffusers subfolders, ``primedepth.safetensors``
-        (fusion, refiner, heads) and ``diffdepth.json`` (method + constructor arguments)."""
-        from safetensors.torch import save_file
-
-        from ...utils import atomic_path
-
-        # written into ``path`` file by file (each atomically), never by replacing the folder:
-        # the trainer's checkpoint folder already holds the training state beside the model
+    @classmethod
+    def can_load(cls, path: Union[str, Path]) -> bool:
+        """Our folder, or an official PrimeDepth ``.ckpt`` (a file, or a folder holding one)."""
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.sd.save_pretrained(path)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.head_state_dict().items()}
-        with atomic_path(path / WEIGHTS) as tmp:
-            save_file(state, str(tmp), metadata={"format": "pt", "method": self.method})
-        self.write_marker(path)
-        return path
+        official = path.suffix == ".ckpt" if path.is_file() else _official_file(path) is not None
+        return official or super().can_load(path)
 
     @classmethod
-    def from_pretrained(cls, source: Union[str, Path], device: Optional[torch.device] = None,
-                        dtype: Optional[torch.dtype] = None, **overrides: Any) -> "PrimeDepth":
-
-        from ...backbone import StableDiffusion
+    def resolve_source(cls, source: Union[str, Path], overrides: Dict[str, Any]) -> Path:
+        """An official checkpoint (e.g. the hub default CVL-Heidelberg/PrimeDepth) is converted once
+        (options ``sd_config``, ``convert_options``) and its cached folder loaded."""
         from ...hub import resolve_checkpoint
 
         path = resolve_checkpoint(source, allow_patterns=["*.ckpt", "*.json", "*.safetensors", "*/*"])
-        official = _official_file(path)
         sd_config = overrides.pop("sd_config", "stabilityai/stable-diffusion-2-1")
         convert_options = overrides.pop("convert_options", {})
-        if official is not None:  # e.g. the hub default CVL-Heidelberg/PrimeDepth
-            path = converted_official(official, sd_config, **convert_options)
-        marker = cls.read_marker(path)
-        if marker.get("method") != cls.method:
-            raise CheckpointError(f"{path} holds a {marker.get('method')!r} model, not primedepth")
-        if not (path / WEIGHTS).exists():  # before the (slow) SD load
-            raise CheckpointError(f"{path} has no {WEIGHTS} — the checkpoint is incomplete")
-        captioner = overrides.pop("captioner", None)
-        config = {**cls.saved_config(marker), **overrides}
-        sd = StableDiffusion.from_pretrained(path)
-        model = cls(sd, captioner=captioner, **config)
-        model.load_weights_beside_backbone(path / WEIGHTS)
-        return model.to(device=device, dtype=dtype).eval()
+        official = _official_file(path)
+        if official is None:
+            return path
+        from .convert import converted_official  # loading an official file means converting it
 
-    @classmethod
-    def saved_config(cls, marker: Dict[str, Any]) -> Dict[str, Any]:
-        """Constructor arguments from a ``diffdepth.json`` marker; one saved before ``attn_pool`` existed
-        gets :data:`LEGACY_CONFIG` (the behaviour it was built and trained with)."""
-        config = dict(marker.get("config", {}))
-        if "attn_pool" not in config:
-            config = {**LEGACY_CONFIG, **config}
-        return config
+        return converted_official(official, sd_config, **convert_options)
 
     @classmethod
     def make_tiny(cls, seed: int = 0, **overrides: Any) -> "PrimeDepth":
@@ -455,33 +415,6 @@ def _context_tokens(sd) -> int:
     if te is not None:
         return int(te.config.max_position_embeddings)
     return 77
-
-
-def converted_official(official: Path, sd_config: str = "stabilityai/stable-diffusion-2-1", **options: Any) -> Path:
-    """Convert an official ``.ckpt`` once into the cache and return the converted folder.
-
-    The cache entry is keyed by the file's name, size and modification time
-    (``$DIFFDEPTH_CACHE`` or ``~/.cache/diffdepth``, under ``converted/``) and written
-    atomically, so an interrupted conversion is simply redone next time.
-    """
-    import os
-    import sys
-
-    from ...utils import atomic_dir
-    from .convert import convert_official
-
-    st = official.stat()
-    root = Path(os.environ.get("DIFFDEPTH_CACHE", Path.home() / ".cache" / "diffdepth"))
-    # "v2": conversions made before attn_pool / eps / latent existed are redone (they would load as legacy)
-    out = root / "converted" / f"primedepth-v2-{official.stem}-{st.st_size}-{st.st_mtime_ns}"
-    if not (out / "diffdepth.json").exists():
-        print(f"converting official PrimeDepth checkpoint {official} -> {out} (once)", file=sys.stderr)
-        with atomic_dir(out) as tmp:
-            report = convert_official(str(official), str(tmp), sd_config=sd_config, **options)
-        if report.get("unmapped") or report.get("missing"):
-            print(f"  unmapped keys: {len(report.get('unmapped', []))}, missing: {len(report.get('missing', []))} "
-                  f"(`diffdepth convert primedepth-official` lists them)", file=sys.stderr)
-    return out
 
 
 def _official_file(path: Path) -> Optional[Path]:

@@ -29,7 +29,6 @@ to ceil(h/32) x ceil(w/32) cells before the decoder, as VPD does (see :meth:`See
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -37,8 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import CheckpointError, ConfigError, InputError
-from ...model import WEIGHTS_NAME, DepthModel
+from ...backbone.sd import COMPONENTS
+from ...errors import ConfigError, InputError
+from ...model import DepthModel, register_to_config
 from ...types import METRIC_DEPTH, DepthPrediction
 from .head import DepthDecoder, FeatureAggregation
 from .seecoder import SeeCoder, parse_enhancement
@@ -58,7 +58,6 @@ SEECODER_TINY: dict = dict(
 
 CONDITIONINGS = ("seecoder", "text", "learned", "scene")
 TRAIN_SEECODER = ("enhancement", "decoder", "all", "none")
-SEECODER_WEIGHTS = "seecoder.safetensors"
 UNET_INITS = ("pretrained", "scratch")
 #: VPD (and so SeeCoder-VPD) runs on SD 1.5, whose 768-wide context is SeeCoder's own width.
 DEFAULT_BACKBONE = "runwayml/stable-diffusion-v1-5"
@@ -71,7 +70,11 @@ class SeeCoderVPD(DepthModel):
                        "sliding_windows": {"type": bool}, "scene": {"type": str}}
     min_size = 32
     default_processing_res = 0  # metric model: keep the input resolution (KITTI 352x1216)
+    config_ignore = ("sd",)
+    sd_components = COMPONENTS  # the UNet included: it is fine-tuned
+    legacy_config = {"scale_latents": True}  # saved before the switch existed: latents were scaled
 
+    @register_to_config
     def __init__(self, sd, conditioning: str = "seecoder", seecoder: Optional[dict] = None,
                  prompt: str = "a photo of a street scene", num_learned_tokens: int = 148,
                  max_depth: float = 80.0, agg_dim: int = 1536, num_deconv: int = 3, deconv_filters: int = 32,
@@ -95,13 +98,7 @@ class SeeCoderVPD(DepthModel):
         if unknown:
             raise ConfigError(f"unknown seecoder option(s) {sorted(unknown)}; known: {sorted(SEECODER_LARGE)}")
         parse_enhancement(sc_cfg["enhancement"])
-        self.config = dict(conditioning=conditioning, seecoder=sc_cfg, prompt=prompt,
-                           num_learned_tokens=int(num_learned_tokens), max_depth=float(max_depth),
-                           agg_dim=int(agg_dim), num_deconv=int(num_deconv), deconv_filters=int(deconv_filters),
-                           head_channels=int(head_channels), head_norm=head_norm, train_seecoder=train_seecoder,
-                           train_unet=bool(train_unet), timestep=int(timestep),
-                           context_projection=context_projection, unet_init=unet_init,
-                           scale_latents=bool(scale_latents),
+        self.config.update(seecoder=sc_cfg, max_depth=float(max_depth),
                            scene_classes=[str(c) for c in scene_classes] if scene_classes else None)
         self.sd = sd
         self.size_multiple = int(sd.size_multiple)
@@ -315,35 +312,15 @@ class SeeCoderVPD(DepthModel):
         return SeeCoderVPDTask(self, **cfg)
 
     # ------------------------------------------------------------------ serialisation
-    def get_config(self) -> dict:
-        return copy.deepcopy(self.config)
-
-    def save_pretrained(self, path: Union[str, Path]) -> Path:
-        """``diffdepth.json`` + ``model.safetensors`` (SeeCoder, projection, head, tokens) +
-        the SD components as diffusers subfolders (UNet included: it is fine-tuned)."""
-        return self.save_with_backbone(path)
-
     @classmethod
     def from_pretrained(cls, source: Union[str, Path], device: Optional[torch.device] = None,
-                        dtype: Optional[torch.dtype] = None, **overrides: Any) -> "SeeCoderVPD":
-
-        from ...backbone import COMPONENTS, StableDiffusion
-        from ...hub import resolve_checkpoint
-
-        seecoder_weights = overrides.pop("seecoder_weights", None)
-        path = resolve_checkpoint(source)
-        marker = cls.read_marker(path)
-        if marker.get("method") not in (None, cls.method):
-            raise CheckpointError(f"{path} is a {marker.get('method')!r} checkpoint, not {cls.method!r}")
-        config = {**marker.get("config", {}), **overrides}
-        config.setdefault("scale_latents", True)  # saved before the switch existed: latents were scaled
-        components = [c for c in COMPONENTS if (path / c).is_dir()]
-        sd = StableDiffusion.from_pretrained(path, components=components)
-        model = cls(sd, **config)
-        model.load_weights_beside_backbone(path / WEIGHTS_NAME)
+                        dtype: Optional[torch.dtype] = None, seecoder_weights: Optional[str] = None,
+                        **overrides: Any) -> "SeeCoderVPD":
+        """:meth:`DepthModel.from_pretrained`; ``seecoder_weights`` then replaces SeeCoder's weights."""
+        model = super().from_pretrained(source, **overrides)
         if seecoder_weights:
             model._load_seecoder(seecoder_weights)
-        return model.to(device=device, dtype=dtype).eval()
+        return model.to(device=device, dtype=dtype)
 
     def _load_seecoder(self, weights) -> None:
         if self.seecoder is None:
