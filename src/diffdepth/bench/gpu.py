@@ -184,11 +184,11 @@ def make_model(method: str, tiny: bool, device, dtype):
         return build_random(lambda: build_model(*(("tiny", "tiny") if tiny else ("sd21", "large"))), device, dtype)
     if method == "diffsql":
         from ..methods.diffsql import DiffSQL
-        from .diffsql import build_model
+        from .diffsql import build_model as build_diffsql
 
         if tiny:
             return build_random(lambda: DiffSQL.make_tiny(seed=0), device, dtype)
-        return build_random(lambda: build_model("resnet50", True), device, dtype)
+        return build_random(lambda: build_diffsql("resnet50", True), device, dtype)
     raise ValueError(f"unknown method {method!r}; use {', '.join(METHODS)}")
 
 
