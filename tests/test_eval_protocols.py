@@ -142,6 +142,15 @@ def test_kitti_velodyne_reader(tmp_path):
         (tmp_path / drive / "image_02/data/0000000069.png").read_bytes())
     with pytest.raises(InputError, match=r"0000000070\.bin.*line 2"):
         B.KittiVelodyne(tmp_path, split)[1]
+    # the third field picks the camera: r -> image_03 (its own pixels); an unknown side names the line
+    img3 = _rgb(tmp_path / drive / "image_03/data/0000000069.png", 6, 8, seed=1)
+    split.write_text(f"{drive} 69 r\n{drive} 69 x\n")
+    ds = B.KittiVelodyne(tmp_path, split)
+    assert ds.names[0] == f"{drive}/image_03/data/0000000069" == ds[0]["name"]
+    assert ds[0]["image_path"] == f"{drive}/image_03/data/0000000069.png"
+    np.testing.assert_allclose(ds[0]["image"], img3.transpose(2, 0, 1) / 255.0, atol=1e-7)
+    with pytest.raises(InputError, match=r"unknown side 'x'.*line 2"):
+        ds[1]
 
 
 # ------------------------------------------------------------------ readers

@@ -372,8 +372,7 @@ class _KittiMono2Base(BenchmarkDataset):
         poses = cache[folder]
         if not 0 <= frame < len(poses):
             raise InputError(f"{poses_file} has {len(poses)} poses; frame {frame} has none: {line.where()}")
-        side = line.fields[2] if len(line.fields) > 2 else "l"
-        cam = 3 if side in ("r", "3") else 2
+        cam = self._camera(line) or 2
         if sample.get("intrinsics") is None:
             calib = self.root / folder.split("/")[0] / "calib_cam_to_cam.txt"
             if not calib.is_file():
@@ -382,23 +381,24 @@ class _KittiMono2Base(BenchmarkDataset):
         sample["pose"] = poses[frame]
         sample["sequence"] = f"{folder}/image_0{cam}"
 
-    def _image(self, line: SplitLine) -> Tuple[str, Path]:
-        folder, frame = line.fields[0], int(line.fields[1])
-        side = line.fields[2] if len(line.fields) > 2 else "l"
-        cam = {"l": "image_02", "r": "image_03", "2": "image_02", "3": "image_03"}.get(side)
+    @staticmethod
+    def _camera(line: SplitLine) -> Optional[int]:
+        """2 (left, ``l``) or 3 (right, ``r``) from the optional third field; None if unknown."""
+        return {"l": 2, "r": 3, "2": 2, "3": 3}.get(line.fields[2] if len(line.fields) > 2 else "l")
+
+    def _read_frame(self, line: SplitLine) -> Tuple[str, np.ndarray, str, int]:
+        """(image path relative to the root, RGB, drive folder, frame index) of one split line."""
+        folder, frame, cam = line.fields[0], int(line.fields[1]), self._camera(line)
         if cam is None:
-            raise InputError(f"unknown side {side!r} (use l or r): {line.where()}")
+            raise InputError(f"unknown side {line.fields[2]!r} (use l or r): {line.where()}")
         for ext in (".png", ".jpg"):
-            rel = f"{folder}/{cam}/data/{frame:010d}{ext}"
+            rel = f"{folder}/image_0{cam}/data/{frame:010d}{ext}"
             if (self.root / rel).is_file():
-                return rel, self.root / rel
-        rel = f"{folder}/{cam}/data/{frame:010d}.png"
-        raise missing_file(self.root / rel, line)
+                return rel, read_rgb(self.root / rel, line), folder, frame
+        raise missing_file(self.root / f"{folder}/image_0{cam}/data/{frame:010d}.png", line)
 
     def _name(self, line: SplitLine) -> str:
-        side = line.fields[2] if len(line.fields) > 2 else "l"
-        cam = "image_03" if side in ("r", "3") else "image_02"
-        return f"{line.fields[0]}/{cam}/data/{int(line.fields[1]):010d}"
+        return f"{line.fields[0]}/image_0{self._camera(line) or 2}/data/{int(line.fields[1]):010d}"
 
 
 class KittiVelodyne(_KittiMono2Base):
@@ -407,9 +407,7 @@ class KittiVelodyne(_KittiMono2Base):
     split_key = "kitti_mono2"
 
     def _load(self, line: SplitLine) -> dict:
-        rel, path = self._image(line)
-        image = read_rgb(path, line)
-        folder, frame = line.fields[0], int(line.fields[1])
+        rel, image, folder, frame = self._read_frame(line)
         calib_dir = self.root / folder.split("/")[0]
         velo = self.root / folder / "velodyne_points" / "data" / f"{frame:010d}.bin"
         scan = load_velodyne(velo, line)
@@ -426,9 +424,7 @@ class KittiImprovedGT(_KittiMono2Base):
     split_key = "kitti_mono2_improved"
 
     def _load(self, line: SplitLine) -> dict:
-        rel, path = self._image(line)
-        image = read_rgb(path, line)
-        folder, frame = line.fields[0], int(line.fields[1])
+        rel, image, folder, frame = self._read_frame(line)
         drive = folder.split("/")[-1]
         tail = f"proj_depth/groundtruth/image_02/{frame:010d}.png"
         candidates = [self.root / folder / tail, self.root / drive / tail,
