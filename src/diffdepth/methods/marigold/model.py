@@ -102,6 +102,8 @@ class LatentDepthModel(DepthModel):
     #: the UNet runs whole, without hooks (``apply_fast_paths(compile=True)`` compiles it in one piece)
     taps_unet = False
     config_ignore = ("sd",)
+    #: training states saved before the backbone moved into ``self.sd`` (issue 12)
+    legacy_state_prefixes = {f"{part}.": f"sd.{part}." for part in ("unet", "vae", "text_encoder")}
 
     @classmethod
     def can_load(cls, path: Union[str, Path]) -> bool:
