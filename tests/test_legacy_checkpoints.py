@@ -59,6 +59,21 @@ def test_legacy_checkpoint_predicts_as_it_did(legacy, tmp_path):
     _assert_same(_predict(again, method), expected)
 
 
+def test_marigold_checkpoint_loads_as_metricgold_and_back():
+    """Fine-tuning across the normalisers: a checkpoint of one loads as the other with that class's
+    normaliser at its defaults and the saved inference defaults; the config holds that normaliser's pair only."""
+    from diffdepth.methods.marigold import MarigoldDepth, MetricGoldDepth
+
+    metric = MetricGoldDepth.from_pretrained(FIXTURE / "marigold")
+    assert type(metric.normalizer).__name__ == "LogNormalizer"
+    assert {k: metric.get_config()[k] for k in ("normalizer", "d_min", "d_max", "default_processing_resolution")} \
+        == {"normalizer": "log", "d_min": 0.1, "d_max": 100.0, "default_processing_resolution": 64}
+    assert "q_low" not in metric.get_config() and "q_high" not in metric.get_config()
+    affine = MarigoldDepth.from_pretrained(FIXTURE / "metricgold", q_low=0.05)
+    assert affine.get_config()["normalizer"] == "affine" and affine.normalizer.q_low == 0.05
+    assert "d_min" not in affine.get_config() and "d_max" not in affine.get_config()
+
+
 def test_marigold_training_state_of_the_first_landing_resumes(tmp_path):
     """A Marigold training run saved by 138c222 (fixture ``marigold_train``: parameters then named ``unet.*``,
     today ``sd.unet.*``; ``optim.lr_multipliers: {"unet.": 0.5}``; EMA on) resumes with today's code:

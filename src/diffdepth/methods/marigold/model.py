@@ -456,13 +456,8 @@ class LatentDepthModel(DepthModel):
 def _config_from_folder(path: Path, cls) -> dict:
     """Constructor arguments from diffdepth.json, else from Marigold's model_index.json."""
     marker = read_json(path / CONFIG_NAME)
-    if marker is not None:
-        config = cls.saved_config(marker)
-        if config.get("normalizer") not in (None, cls.normalizer_name):
-            # e.g. a marigold checkpoint fine-tuned as metricgold: keep inference defaults only
-            for key in ("d_min", "d_max", "q_low", "q_high"):
-                config.pop(key, None)
-        return config
+    if marker is not None:  # the other normaliser's pair (a checkpoint fine-tuned across them) is ignored
+        return cls.saved_config(marker)
     index_file = path / "model_index.json"
     index = read_json(index_file)
     if index is None:
