@@ -111,6 +111,9 @@ class DepthModel(nn.Module):
     legacy_config: ClassVar[Dict[str, Any]] = {}
     #: earlier names of ``model.safetensors`` still read
     legacy_weights: ClassVar[Tuple[str, ...]] = ()
+    #: earlier parameter-name prefixes -> today's: the trainer renames the keys of a training state saved
+    #: before a module moved (and ``optim.lr_multipliers`` prefixes) with :meth:`upgrade_state_key`
+    legacy_state_prefixes: ClassVar[Dict[str, str]] = {}
 
     # ------------------------------------------------------------------ inference
     def predict(self, images: torch.Tensor, **options: Any) -> DepthPrediction:  # pragma: no cover
@@ -185,6 +188,12 @@ class DepthModel(nn.Module):
         Methods that also read foreign layouts (official checkpoints, diffusers pipelines) extend it."""
         marker = read_json(Path(path) / CONFIG_NAME)
         return marker is not None and marker.get("method") == cls.method
+
+    @classmethod
+    def upgrade_state_key(cls, name: str) -> str:
+        """Today's name of a parameter, buffer or name prefix saved under an earlier one (:attr:`legacy_state_prefixes`)."""
+        old = next((p for p in cls.legacy_state_prefixes if name.startswith(p)), None)
+        return name if old is None else cls.legacy_state_prefixes[old] + name[len(old):]
 
     @classmethod
     def saved_config(cls, marker: Dict[str, Any]) -> Dict[str, Any]:

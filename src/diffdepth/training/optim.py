@@ -30,9 +30,11 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0,
     Each group carries ``lr`` (= base lr × multiplier, the value at schedule factor 1),
     ``base_lr`` (same, kept so the trainer can apply the schedule), ``lr_multiplier``,
     ``prefix`` and ``names``. A multiplier of 0 freezes the matching parameters
-    (they are left out, like ``requires_grad=False``).
+    (they are left out, like ``requires_grad=False``). A prefix of an earlier parameter layout is renamed by
+    the model's ``upgrade_state_key`` (e.g. Marigold's ``unet.`` is ``sd.unet.`` today).
     """
-    multipliers = dict(lr_multipliers or {})
+    rename = getattr(model, "upgrade_state_key", lambda name: name)
+    multipliers = {rename(k): v for k, v in (lr_multipliers or {}).items()}
     unused = set(multipliers)
     groups: "OrderedDict[tuple, dict]" = OrderedDict()
     for name, p in model.named_parameters():

@@ -380,7 +380,7 @@ class Trainer:
         path = os.path.join(input_dir, "trainable.safetensors")
         if not os.path.exists(path):
             raise CheckpointError(f"{path} is missing — the checkpoint was not written by diffdepth train")
-        state = load_file(path)
+        state = {self.model.upgrade_state_key(k): v for k, v in load_file(path).items()}  # earlier names renamed
         want = set(self._state_keys())
         missing = want - set(state)
         extra = set(state) - want
@@ -446,11 +446,16 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         state = ckpt.read_state(path)
+        names = [{"names": g["names"], "prefix": g["prefix"]} for g in self.optimizer.param_groups]
         self.accelerator.load_state(str(path / ckpt.STATE_DIR))
+        for group, today in zip(self.optimizer.param_groups, names):  # not the names the state was saved under
+            group.update(today)
         if self.ema is not None:
             ema_file = path / ckpt.STATE_DIR / "ema.pt"
             if ema_file.exists():
-                self.ema.load_state_dict(torch.load(ema_file, map_location="cpu", weights_only=True))
+                ema = torch.load(ema_file, map_location="cpu", weights_only=True)
+                ema["shadow"] = {self.model.upgrade_state_key(k): v for k, v in ema["shadow"].items()}
+                self.ema.load_state_dict(ema)
             else:
                 self.log(f"{path.name} has no EMA state; the EMA restarts from the current weights")
                 self.ema = EMA(self.model, self.cfg["ema"]["decay"], self.cfg["ema"]["warmup"])

@@ -23,7 +23,7 @@ from torch import nn
 
 from ...backbone import StableDiffusion
 from ...errors import CheckpointError, ConfigError, InputError
-from ...model import DepthModel
+from ...model import CONFIG_NAME, DepthModel, read_json, register_to_config
 from ...types import DepthPrediction
 from .ensemble import REDUCTIONS, ensemble_affine, ensemble_log
 from .normalizers import AffineNormalizer, LogNormalizer
@@ -101,7 +101,18 @@ class LatentDepthModel(DepthModel):
     resize_convention = "marigold"
     #: the UNet runs whole, without hooks (``apply_fast_paths(compile=True)`` compiles it in one piece)
     taps_unet = False
+    config_ignore = ("sd",)
+    #: training states saved before the backbone moved into ``self.sd`` (issue 12)
+    legacy_state_prefixes = {f"{part}.": f"sd.{part}." for part in ("unet", "vae", "text_encoder")}
 
+    @classmethod
+    def can_load(cls, path: Union[str, Path]) -> bool:
+        """Our folder of either normaliser (fine-tuning may switch it) or a diffusers Marigold pipeline folder."""
+        marker, index = (read_json(Path(path) / name) or {} for name in (CONFIG_NAME, "model_index.json"))
+        return (marker.get("method") in ("marigold", "metricgold")
+                or str(index.get("_class_name", "")).startswith("Marigold"))
+
+    @register_to_config
     def __init__(self, sd: StableDiffusion, *, default_denoising_steps: int = 4,
                  default_processing_resolution: int = 768, timestep_spacing: Optional[str] = None,
                  init_noise: str = "gaussian", video_blend: float = 0.1, default_ensemble_size: int = 1,
@@ -144,20 +155,12 @@ class LatentDepthModel(DepthModel):
             self.normalizer = LogNormalizer(d_min, d_max)
         else:
             self.normalizer = AffineNormalizer(q_low, q_high)
-        self.config = {
-            "normalizer": self.normalizer_name,
-            "default_denoising_steps": int(default_denoising_steps),
-            "default_processing_resolution": int(default_processing_resolution),
-            "timestep_spacing": timestep_spacing,
-            "init_noise": init_noise,
-            "video_blend": float(video_blend),
-            "default_ensemble_size": int(default_ensemble_size),
-            "default_reduction": default_reduction,
-            "batch_size": int(batch_size),
-        }
-        self.config.update({"d_min": self.normalizer.d_min, "d_max": self.normalizer.d_max}
-                           if self.normalizer_name == "log" else
-                           {"q_low": self.normalizer.q_low, "q_high": self.normalizer.q_high})
+        cfg = self.config  # the arguments (register_to_config) with JSON types fixed and one normaliser's pair
+        for key in ("q_low", "q_high", "d_min", "d_max"):
+            del cfg[key]
+        cfg.update(self.normalizer.config(), video_blend=float(video_blend))
+        for key in ("default_denoising_steps", "default_processing_resolution", "default_ensemble_size", "batch_size"):
+            cfg[key] = int(cfg[key])
         self.latent_factor = sd.latent_factor
         # The model pads its own input (bottom/right, replicate, to the VAE factor) and crops the
         # members before ensembling, as diffusers' MarigoldDepthPipeline does; so the pipeline pads
@@ -358,9 +361,6 @@ class LatentDepthModel(DepthModel):
         return make_task(self, **cfg)
 
     # ------------------------------------------------------------------ construction
-    def get_config(self) -> dict:
-        return dict(self.config)
-
     @classmethod
     def from_sd(cls, sd: Any, **config: Any) -> "LatentDepthModel":
         """Wrap a (4-channel) StableDiffusion: widen conv_in, DDIM scheduler config, defaults."""
@@ -442,10 +442,9 @@ class LatentDepthModel(DepthModel):
         sd = StableDiffusion.from_pretrained(path, components=("vae", "unet", "text_encoder", "tokenizer"),
                                              frozen=False)
         sched_file = path / "scheduler" / "scheduler_config.json"
-        try:
-            sd.scheduler = json.loads(sched_file.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise CheckpointError(f"cannot read {sched_file}: {err}") from None
+        sd.scheduler = read_json(sched_file)
+        if sd.scheduler is None:
+            raise CheckpointError(f"cannot read {sched_file}: no such file")
         if sd.scheduler.get("_class_name", "DDIMScheduler") not in ("DDIMScheduler", "DDPMScheduler"):
             raise CheckpointError(f"{sched_file} names {sd.scheduler.get('_class_name')}; only DDIM checkpoints are "
                                   f"supported (use marigold-depth-v1-0 or -v1-1, not the LCM variant)")
@@ -456,21 +455,13 @@ class LatentDepthModel(DepthModel):
 
 def _config_from_folder(path: Path, cls) -> dict:
     """Constructor arguments from diffdepth.json, else from Marigold's model_index.json."""
-    marker = path / "diffdepth.json"
-    if marker.exists():
-        data = DepthModel.read_marker(path)
-        config = dict(data.get("config", {}))
-        saved = config.get("normalizer")
-        if saved and saved != cls.normalizer_name:
-            # e.g. a marigold checkpoint fine-tuned as metricgold: keep inference defaults only
-            for key in ("d_min", "d_max", "q_low", "q_high"):
-                config.pop(key, None)
-        return config
+    marker = read_json(path / CONFIG_NAME)
+    if marker is not None:  # the other normaliser's pair (a checkpoint fine-tuned across them) is ignored
+        return cls.saved_config(marker)
     index_file = path / "model_index.json"
-    try:
-        index = json.loads(index_file.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} has neither diffdepth.json nor a readable model_index.json ({err})") from None
+    index = read_json(index_file)
+    if index is None:
+        raise CheckpointError(f"{path} has neither {CONFIG_NAME} nor model_index.json")
     name = index.get("_class_name", "")
     if name != "MarigoldDepthPipeline":
         raise CheckpointError(f"{index_file} describes {name or 'an unknown pipeline'}, not MarigoldDepthPipeline")
