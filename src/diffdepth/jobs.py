@@ -327,10 +327,6 @@ def predict_video(pipe, source: Path, base: Path, formats=("mp4", "npz"), *, sta
         return kind, spool.count
 
 
-def _note(text: str) -> None:
-    print(text, file=sys.stderr)
-
-
 def check_method(method: str, options: Dict[str, object], formats, caption: Optional[str] = None) -> None:
     """Method options, outputs and a caption the method cannot take, named before its model is loaded."""
     from .registry import get_method
@@ -435,7 +431,7 @@ def predict(inputs: List[str], out, *, method: Optional[str] = None, checkpoint=
     jobs, failures = collect_inputs(inputs, out_root, skipped)
     for reason, count in sorted(skipped.items()):
         if distributed.is_main():
-            _note(f"left out {count} file(s) of the input folders: {reason}")
+            print(f"left out {count} file(s) of the input folders: {reason}", file=sys.stderr)
     unique = unique_jobs(jobs, failures)  # two inputs must never write the same files
     if align_to is not None and Path(align_to).expanduser().is_file() and len(unique) > 1:
         raise InputError(f"--align-to {align_to} is one anchors file for {len(unique)} inputs; give a folder "
@@ -456,8 +452,8 @@ def predict(inputs: List[str], out, *, method: Optional[str] = None, checkpoint=
     if todo:
         ignored_for_video = sorted(formats & {"png16", "ply", "points", "glb", "uncertainty", "seg", "seg_ids"})
         if ignored_for_video and any(is_video(j) for j in todo):
-            _note(f"note: --save {','.join(ignored_for_video)} applies to images only; videos get NAME_depth.mp4, "
-                  f"NAME.npz (and NAME_side.mp4 with side)")
+            print(f"note: --save {','.join(ignored_for_video)} applies to images only; videos get NAME_depth.mp4, "
+                  f"NAME.npz (and NAME_side.mp4 with side)", file=sys.stderr)
         try:
             pipe, ensemble = build_pipeline(method, checkpoint, options, formats, device=device, dtype=dtype,
                                             fast=fast, caption=caption, ensemble_with=ensemble_with, workers=workers,

@@ -161,24 +161,19 @@ def check_options(args: argparse.Namespace) -> set:
             raise InputError(f"--align-to {args.align_to} does not exist; give an anchors file or folder")
     if args.focal is not None and args.fov is not None:
         raise InputError("--focal and --fov both set; give one (focal length in pixels, or field of view in degrees)")
-    if args.focal is not None and not args.focal > 0:
-        raise InputError(f"--focal must be > 0 pixels, got {args.focal}")
+    bounds = [("focal", ">", 0, " pixels"), ("batch_size", ">=", 1, ""), ("processing_res", ">=", 0, " (0 = native)"),
+              ("temporal_window", ">=", 1, " frame"), ("tile", ">=", 1, " px"), ("ply_stride", ">=", 1, ""),
+              ("frame_stride", ">=", 1, ""), ("max_frames", ">=", 1, ""), ("ply_max_depth", ">", 0, "")]
+    bounds += [(name, ">=", spec["min"], "") for name, (spec, _) in declared_options().items()
+               if spec.get("min") is not None]
+    for name, op, lo, unit in bounds:  # NaN fails every bound
+        value = getattr(args, name, None)
+        if value is not None and not (value > lo if op == ">" else value >= lo):
+            raise InputError(f"--{name.replace('_', '-')} must be {op} {lo}{unit}, got {value}")
     if args.fov is not None and not 0 < args.fov < 180:
         raise InputError(f"--fov must be between 0 and 180 degrees, got {args.fov}")
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.processing_res is not None and args.processing_res < 0:
-        raise InputError(f"--processing-res must be >= 0 (0 = native), got {args.processing_res}")
-    if getattr(args, "temporal_window", 1) < 1:
-        raise InputError(f"--temporal-window must be >= 1 frame, got {args.temporal_window}")
-    if args.tile is not None and args.tile < 1:
-        raise InputError(f"--tile must be >= 1 px, got {args.tile}")
     if args.tile_overlap is not None and (args.tile is None or not 0 <= args.tile_overlap < args.tile):
         raise InputError(f"--tile-overlap {args.tile_overlap} needs --tile SIZE and must be in [0, SIZE)")
-    for name, (spec, _) in declared_options().items():
-        value = getattr(args, name, None)
-        if value is not None and spec.get("min") is not None and value < spec["min"]:
-            raise InputError(f"--{name.replace('_', '-')} must be >= {spec['min']}, got {value}")
     if args.ensemble_with:  # a folder of predictions or METHOD:CKPT, named before any model loads
         from ..ensemble import parse_spec
 
@@ -195,12 +190,6 @@ def check_options(args: argparse.Namespace) -> set:
         if not 0 <= lo < hi <= 100:
             raise InputError(f"--percentiles needs 0 <= LO < HI <= 100, got {args.percentiles}")
         args.percentiles = (lo, hi)
-    for name in ("ply_stride", "frame_stride", "max_frames"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.ply_max_depth is not None and not args.ply_max_depth > 0:
-        raise InputError(f"--ply-max-depth must be > 0, got {args.ply_max_depth}")
     if args.start_frame < 0 or (args.end_frame is not None and args.end_frame <= args.start_frame):
         raise InputError(f"--start-frame {args.start_frame} / --end-frame {args.end_frame}: need 0 <= start < end")
     from ..utils import parse_device, parse_dtype

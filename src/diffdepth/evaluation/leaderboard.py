@@ -157,6 +157,8 @@ def score_entry(entry: Entry, benches: List[Bench], out: Path, *, alignment: Opt
     import torch
 
     import diffdepth
+    from .job import score
+    from .runner import ModelPredictor
 
     model = diffdepth.load_model(entry.method, entry.checkpoint, device=device, dtype=entry.dtype or dtype)
     param = next(model.parameters())
@@ -168,33 +170,24 @@ def score_entry(entry: Entry, benches: List[Bench], out: Path, *, alignment: Opt
         ensemble = Ensembler(entry.ensemble_with, device=device, dtype=entry.dtype or dtype)
     summaries = []
     for bench in benches:
-        summary = _score_bench(entry, model, param, ensemble, bench, out / bench.folder if len(benches) > 1 else out,
-                               alignment=alignment, processing_res=processing_res, opts=opts, progress=progress)
-        if summary is not None:
-            summaries.append(summary)
+        folder = out / bench.folder if len(benches) > 1 else out
+        predictor = ModelPredictor(model, bench.protocol, processing_res if entry.processing_res is None
+                                   else entry.processing_res, ensemble, **opts)
+        res = predictor.pipe.processing_res
+        info = dict(method=entry.method, checkpoint=entry.checkpoint, label=entry.label,
+                    ensemble_with=entry.ensemble_with, options=opts, processing_res=res,
+                    processing_resolution=describe_resolution(model, res), alignment=alignment or bench.protocol.alignment,
+                    kind=None, seconds_per_image=None, peak_memory_mib=None, peak_memory_kind=None,
+                    processes=None,  # filled in by score(), in this order
+                    predictions=str(folder / "predictions"), benchmark=bench.folder or bench.protocol.name,
+                    data_root=str(getattr(bench.dataset, "root", "")))
+        done = score(bench.dataset, bench.n, predictor, bench.protocol, folder, info, alignment=alignment,
+                     progress=progress, timed_on=param.device, save_dir=folder / "predictions")
+        summaries += [done[0]] if done else []
     del model, ensemble
     if param.device.type == "cuda":
         torch.cuda.empty_cache()
     return summaries
-
-
-def _score_bench(entry, model, param, ensemble, bench: Bench, out: Path, *, alignment, processing_res, opts,
-                 progress) -> Optional[dict]:
-    from .job import score
-    from .runner import ModelPredictor
-
-    res = entry.processing_res if entry.processing_res is not None else processing_res
-    predictor = ModelPredictor(model, bench.protocol, res, ensemble, **opts)
-    res = predictor.pipe.processing_res
-    info = dict(method=entry.method, checkpoint=entry.checkpoint, label=entry.label, ensemble_with=entry.ensemble_with,
-                options=opts, processing_res=res, processing_resolution=describe_resolution(model, res),
-                alignment=alignment or bench.protocol.alignment, kind=None, seconds_per_image=None,
-                peak_memory_mib=None, peak_memory_kind=None, processes=None,  # filled in by score(), in this order
-                predictions=str(out / "predictions"), benchmark=bench.folder or bench.protocol.name,
-                data_root=str(getattr(bench.dataset, "root", "")))
-    done = score(bench.dataset, bench.n, predictor, bench.protocol, out, info, alignment=alignment, progress=progress,
-                 timed_on=param.device, save_dir=out / "predictions")
-    return done and done[0]
 
 
 # ---------------------------------------------------------------------------- the table
