@@ -394,8 +394,7 @@ def describe_change(old: dict, new: dict) -> str:
 
 @dataclass
 class PredictResult:
-    """What :func:`predict` did, summed over the processes on the main one (``messages``: the summary
-    for the user; empty on the other processes, whose counts are their own)."""
+    """What :func:`predict` did: on the main process summed over all, with the summary ``messages``."""
 
     rc: int = 0
     kept: int = 0  # inputs whose outputs were all there already
@@ -414,12 +413,10 @@ def predict(inputs: List[str], out, *, method: Optional[str] = None, checkpoint=
             caption: Optional[str] = None, ensemble_with: Optional[str] = None, fast: Optional[dict] = None,
             export: Optional[dict] = None, video: Optional[dict] = None, align_to=None, align_out=None,
             align_options: Optional[dict] = None) -> PredictResult:
-    """``diffdepth predict``: collect ``inputs`` -> this process's shard (under torchrun/accelerate)
-    -> outputs still missing in ``out`` (its predictions.json) -> model (+ captioner, ensemble) ->
-    files -> one summary gathered from every process; ``align_to`` anchors then give metric depth in
-    ``align_out`` (default OUT/metric). ``fast``: :func:`diffdepth.fast.apply_fast_paths` switches;
-    ``export``/``video``: see :data:`EXPORT`, :data:`VIDEO`; ``align_options``: of
-    :func:`~diffdepth.io.aligned.align_folder`. Progress notes go to stderr as the run goes."""
+    """``diffdepth predict``: ``inputs`` -> this process's shard -> outputs missing in ``out`` -> model ->
+    files -> one summary from every process; ``align_to`` anchors then give metric depth (``align_options``
+    of :func:`~.io.aligned.align_folder`). ``fast``: :func:`~.fast.apply_fast_paths` switches; ``export``,
+    ``video``: see :data:`EXPORT`, :data:`VIDEO`. Progress notes go to stderr as the run goes."""
     from . import distributed
     from .io.sidecar import OutputIndex
     from .registry import resolve_method
@@ -429,9 +426,8 @@ def predict(inputs: List[str], out, *, method: Optional[str] = None, checkpoint=
     method, checkpoint = resolve_method(method, checkpoint)
     skipped: Dict[str, int] = {}
     jobs, failures = collect_inputs(inputs, out_root, skipped)
-    for reason, count in sorted(skipped.items()):
-        if distributed.is_main():
-            print(f"left out {count} file(s) of the input folders: {reason}", file=sys.stderr)
+    for reason, count in sorted(skipped.items()) if distributed.is_main() else ():
+        print(f"left out {count} file(s) of the input folders: {reason}", file=sys.stderr)
     unique = unique_jobs(jobs, failures)  # two inputs must never write the same files
     if align_to is not None and Path(align_to).expanduser().is_file() and len(unique) > 1:
         raise InputError(f"--align-to {align_to} is one anchors file for {len(unique)} inputs; give a folder "

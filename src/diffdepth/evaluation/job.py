@@ -1,10 +1,6 @@
-"""``diffdepth eval`` jobs: a benchmark scored with a model or a folder of saved predictions
-(:func:`run_eval`), several models and/or benchmarks in one table (the leaderboard), and
-:func:`run_job`, which plans either from plain arguments.
-
-Under ``accelerate launch``/``torchrun`` each process scores its own block of samples and the
-records are gathered into one report, identical to a single process's (:func:`score`).
-"""
+"""``diffdepth eval`` jobs (:func:`run_job`): one benchmark scored with a model or saved predictions
+(:func:`run_eval`) or a leaderboard table. Under ``accelerate launch``/``torchrun`` each process scores
+its block of samples and :func:`score` gathers one report, identical to a single process's."""
 from __future__ import annotations
 
 import sys
@@ -31,12 +27,10 @@ def _peak_memory_mib(device) -> tuple:
 
 def score(dataset, n: int, predict, protocol, out, info: dict, *, alignment: Optional[str] = None,
           progress: bool = True, timed_on=None, **evaluate_args) -> Optional[Tuple[dict, Dict[str, Path]]]:
-    """Shard the first ``n`` samples over the processes, score this process's block with ``predict``
-    (:func:`~diffdepth.evaluation.runner.evaluate` with ``evaluate_args``), gather the records (rank
-    order is sample order) and write OUT/summary.json, summary.md and per_sample.csv with ``info``.
-    With ``save_dir`` the kind is read back from its predictions.json. ``timed_on`` (a torch
-    device): model time per image after one untimed warm-up image, and peak memory, go into
-    ``info`` too. Returns ``(summary, report paths)`` on the main process, else None."""
+    """The first ``n`` samples sharded over the processes -> :func:`~.runner.evaluate` (``evaluate_args``)
+    -> records gathered in sample order -> OUT/summary.json, .md, per_sample.csv with ``info`` (+ the kind of
+    ``save_dir``; with ``timed_on``, a device: model s/image after an untimed warm-up image, peak memory).
+    Returns ``(summary, report paths)`` on the main process, else None."""
     import torch
 
     cuda = timed_on is not None and timed_on.type == "cuda"
@@ -125,8 +119,7 @@ def run_eval(protocol, dataset, out, *, n: int, data_root, split_file=None, pred
 
 @dataclass
 class EvalResult:
-    """What :func:`run_job` gives the user: ``notes`` (stderr), ``report`` (stdout), the exit code;
-    ``summary`` of a single run. Empty on the processes other than the main one."""
+    """:func:`run_job`'s ``notes`` (stderr) and ``report`` (stdout); empty but on the main process."""
 
     rc: int = 0
     notes: List[str] = field(default_factory=list)
@@ -139,11 +132,9 @@ def run_job(datasets: Sequence[Tuple[str, Optional[str]]], out, *, entries: Sequ
             max_samples: Optional[int] = None, kind=None, processing_res: Optional[int] = None,
             alignment: Optional[str] = None, alignment_seed: int = 0, options: Optional[dict] = None,
             device: str = "auto", dtype=None, progress: bool = True) -> EvalResult:
-    """``diffdepth eval``: each ``(protocol name, data root)`` of ``datasets`` opened under the
-    protocol with the ``crop``/``min_depth``/``max_depth`` overrides, its first ``max_samples`` scored
-    with the saved ``predictions`` or the model of ``entries`` (one
-    :class:`~diffdepth.evaluation.leaderboard.Entry`) by :func:`run_eval`; several entries, several
-    datasets or ``leaderboard`` give one table (:func:`~diffdepth.evaluation.leaderboard.run_leaderboard`)."""
+    """``diffdepth eval``: each ``(protocol, data root)`` with the overrides, its first ``max_samples`` scored
+    with saved ``predictions`` or the model of ``entries`` (one :class:`~.leaderboard.Entry`) by :func:`run_eval`;
+    several entries or datasets, or ``leaderboard``, give one table (:func:`~.leaderboard.run_leaderboard`)."""
     from ..data.benchmarks import open_benchmark
     from .leaderboard import Bench, run_leaderboard
     from .protocols import get_protocol
@@ -191,18 +182,16 @@ def run_job(datasets: Sequence[Tuple[str, Optional[str]]], out, *, entries: Sequ
 
 def eval_notes(summary: dict, paths: Dict[str, Path]) -> List[str]:
     """What a user should know about a run's counts (resized, skipped, non-finite samples)."""
-    c = summary["counts"]
-    notes = []
+    c, notes = summary["counts"], []
     if c["resized_predictions"]:
-        notes.append(f"{c['resized_predictions']} prediction(s) had another size than the ground truth and were "
+        notes.append(f"note: {c['resized_predictions']} prediction(s) had another size than the ground truth and were "
                      f"resized ({summary['protocol']['pred_resize']})")
     for key in ("skipped_empty", "missing_prediction", "bad_prediction", "alignment_failed"):
         if c[key]:
-            notes.append(f"{c[key]} sample(s) skipped: {key.replace('_', ' ')}")
+            notes.append(f"note: {c[key]} sample(s) skipped: {key.replace('_', ' ')}")
     if c["nonfinite_samples"]:
-        notes.append(f"{c['nonfinite_samples']} sample(s) had non-finite predictions "
+        notes.append(f"note: {c['nonfinite_samples']} sample(s) had non-finite predictions "
                      f"({c['nonfinite_pixels']} pixels, replaced and clipped to the dataset range)")
-    notes = [f"note: {note}" for note in notes]
     if not summary["metrics"]:
         notes.append(f"diffdepth eval: error: no sample could be evaluated — see {paths['csv']}")
     return notes
