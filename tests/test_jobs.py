@@ -108,8 +108,9 @@ def test_predict_runs_keeps_and_recomputes_with_exact_summaries(tmp_path, toy_ck
     assert (res.rc, res.images, res.kept) == (0, 2, 0)
     assert res.messages[0] == (f"{out} holds outputs made with other settings (scale None -> 2); recomputed them")
     np.testing.assert_allclose(np.load(out / "a.npy"), 2 * (1 + 51 / 255), atol=1e-6)
-    res = J.predict([str(src)], out, overwrite=True, options={"scale": 2}, **kw)
+    res = J.predict([str(src)], out, overwrite=True, options={"scale": 3}, **kw)
     assert (res.images, res.kept) == (2, 0) and len(res.messages) == 1  # no "kept"/"recomputed" with overwrite
+    assert res.messages[0].startswith("wrote depth for 2 image(s)")
 
 
 def test_predict_refuses_what_the_method_cannot_give_before_loading(tmp_path, toy_ckpt, monkeypatch):

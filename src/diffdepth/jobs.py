@@ -466,16 +466,25 @@ def predict(inputs: List[str], out, *, method: Optional[str] = None, checkpoint=
         return PredictResult(rc=1 if failures else 0, kept=len(mine) - len(todo), failures=failures, **stats)
     index.merge([r[4] for r in per_rank[1:]])
     index.flush()
-    total = {k: sum(r[2][k] for r in per_rank) for k in stats}
-    total["seconds"] = max(r[2]["seconds"] for r in per_rank)
-    res = PredictResult(kept=sum(r[0] for r in per_rank), failures=[f for r in per_rank for f in r[3]], **total)
+    change = describe_change(changed, index.settings) if changed is not None else None
+    res = _summary(per_rank, out_root, None if overwrite else change)
+    if align_to is not None:
+        res.rc = max(res.rc, _align_outputs(out_root, [j for r in per_rank for j in r[5]], align_to, align_out,
+                                            align_options or {}, res.messages))
+    return res
+
+
+def _summary(per_rank: list, out_root: Path, change: Optional[str]) -> PredictResult:
+    """The processes' ``(kept, ran, stats, failures, records, images)`` summed, with the user's summary
+    (``change``: the settings that differ from the folder's record; None with ``--overwrite``)."""
+    total = {k: sum(r[2][k] for r in per_rank) for k in ("images", "videos", "frames")}
+    res = PredictResult(kept=sum(r[0] for r in per_rank), failures=[f for r in per_rank for f in r[3]],
+                        seconds=max(r[2]["seconds"] for r in per_rank), **total)
     say = res.messages.append
-    if not overwrite:
-        if changed is not None and any(r[1] for r in per_rank):
-            say(f"{out_root} holds outputs made with other settings ({describe_change(changed, index.settings)}); "
-                f"recomputed them")
-        if res.kept:
-            say(f"{res.kept} input(s) already have all outputs in {out_root} (use --overwrite to redo)")
+    if change is not None and any(r[1] for r in per_rank):
+        say(f"{out_root} holds outputs made with other settings ({change}); recomputed them")
+    if res.kept:  # never with --overwrite
+        say(f"{res.kept} input(s) already have all outputs in {out_root} (use --overwrite to redo)")
     if res.images or res.videos:
         rate = ([f"{res.images} image(s)"] if res.images else []) + (
             [f"{res.videos} video(s), {res.frames} frames"] if res.videos else [])
@@ -487,9 +496,6 @@ def predict(inputs: List[str], out, *, method: Optional[str] = None, checkpoint=
         say(f"{len(res.failures)} input(s) failed:")
         res.messages += [f"  {reason}" if source in reason else f"  {source}: {reason}"
                          for source, reason in res.failures]
-    if align_to is not None:
-        res.rc = max(res.rc, _align_outputs(out_root, [j for r in per_rank for j in r[5]], align_to, align_out,
-                                            align_options or {}, res.messages))
     return res
 
 
