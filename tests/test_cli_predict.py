@@ -246,11 +246,3 @@ def test_eval_passes_method_options_and_rejects_unknown_ones(tmp_path, toy_ckpt,
     assert main(common + ["--out", str(tmp_path / "e2"), "--steps", "3"]) == 2
     assert "--steps" in capsys.readouterr().err
 
-
-def test_describe_change_names_what_differs():
-    from diffdepth.commands.predict import _describe_change
-
-    old = {"method": "a", "checkpoint": "c", "options": {"steps": 1, "seed": 0}}
-    new = {"method": "a", "checkpoint": "d", "options": {"steps": 2, "seed": 0, "flip": True}}
-    assert _describe_change(old, new) == "checkpoint c -> d, flip None -> True, steps 1 -> 2"
-    assert _describe_change(old, old) == "settings changed"

@@ -86,3 +86,64 @@ def test_predict_video_selects_frames_and_writes_npz(tmp_path):
         assert z["depth"].shape == (2, 16, 16) and float(z["fps"]) == 5.0  # every 2nd frame: fps / 2
         np.testing.assert_allclose(z["depth"].mean((1, 2)), [1 + 30 / 255, 1 + 90 / 255], atol=0.03)  # frames 1, 3
     assert not (tmp_path / "o" / "clip_depth.mp4").exists()
+
+
+# ------------------------------------------------------------------ jobs.predict: the whole plan
+def test_predict_runs_keeps_and_recomputes_with_exact_summaries(tmp_path, toy_ckpt):
+    src = tmp_path / "in"
+    _toy_methods.solid_image(src / "a.png", value=51)
+    _toy_methods.solid_image(src / "sub" / "b.png", value=102)
+    out, missing = tmp_path / "out", str(tmp_path / "nope.png")
+    kw = dict(method="test-mean", checkpoint=str(toy_ckpt), formats={"npy"})
+    res = J.predict([str(src), missing], out, **kw)
+    assert (res.rc, res.images, res.videos, res.kept) == (1, 2, 0, 0)
+    assert res.failures == [(missing, "no such file or folder")]
+    assert res.messages[0].startswith(f"wrote depth for 2 image(s) to {out} in ")
+    assert res.messages[1:] == ["1 input(s) failed:", f"  {missing}: no such file or folder"]
+    np.testing.assert_allclose(np.load(out / "sub" / "b.npy"), 1 + 102 / 255, atol=1e-6)
+    res = J.predict([str(src)], out, **kw)  # everything is there, made with the same settings
+    assert (res.rc, res.images, res.kept) == (0, 0, 2)
+    assert res.messages == [f"2 input(s) already have all outputs in {out} (use --overwrite to redo)"]
+    res = J.predict([str(src)], out, options={"scale": 2}, **kw)  # other settings: recomputed
+    assert (res.rc, res.images, res.kept) == (0, 2, 0)
+    assert res.messages[0] == (f"{out} holds outputs made with other settings (scale None -> 2); recomputed them")
+    np.testing.assert_allclose(np.load(out / "a.npy"), 2 * (1 + 51 / 255), atol=1e-6)
+    res = J.predict([str(src)], out, overwrite=True, options={"scale": 3}, **kw)
+    assert (res.images, res.kept) == (2, 0) and len(res.messages) == 1  # no "kept"/"recomputed" with overwrite
+    assert res.messages[0].startswith("wrote depth for 2 image(s)")
+
+
+def test_predict_refuses_what_the_method_cannot_give_before_loading(tmp_path, toy_ckpt, monkeypatch):
+    img = str(_toy_methods.solid_image(tmp_path / "x.png"))
+    kw = dict(method="test-mean", checkpoint=str(toy_ckpt))
+    with pytest.raises(J.InputError, match=r"^method test-mean does not take --steps, --x-y \(it takes: scale\)$"):
+        J.predict([img], tmp_path / "o", options={"steps": 4, "x_y": 1}, **kw)
+    with pytest.raises(J.InputError, match="test-mean takes no prompt"):
+        J.predict([img], tmp_path / "o", caption="auto", **kw)
+    with pytest.raises(J.InputError, match="one anchors file for 2 inputs"):
+        J.predict([img, str(_toy_methods.solid_image(tmp_path / "y.png"))], tmp_path / "o", align_to=img, **kw)
+    monkeypatch.setattr(_toy_methods.MeanDepth, "predict_options", frozenset({"scale"}))
+    with pytest.raises(J.InputError, match="--save seg,seg_ids: method test-mean has no segmentation head"):
+        J.predict([img], tmp_path / "o", formats={"npy", "seg", "seg_ids"}, **kw)
+    assert not (tmp_path / "o").exists()  # nothing written, no model loaded
+
+
+def test_run_settings_record_what_changes_the_values():
+    got = J.run_settings("m", "org/model", {"with_segmentation": True, "scale": 2}, processing_res=0, dtype="fp16",
+                         caption="auto", temporal="align", temporal_window=4, tile=64, vae_tiling_above=512)
+    assert got == {"method": "m", "checkpoint": "org/model",
+                   "options": {"scale": 2, "processing_res": 0, "dtype": "fp16", "caption": "auto",
+                               "temporal": ["align", 4], "tile": [64, 16], "vae_tiling_above": 512}}
+    plain = J.run_settings("m", None, {}, temporal="latent", tile_overlap=3)
+    assert plain["options"] == {"processing_res": None, "dtype": "fp32"}  # defaults leave no trace
+    render = J.render_settings({**J.EXPORT, "cmap": "gray", "ply_stride": 2}, {**J.VIDEO, "stride": 3})
+    assert render["color"] == {"cmap": "gray", "vmin": None, "vmax": None, "percentiles": None}
+    assert render["npz"] == {"start": 0, "end": None, "stride": 3, "max": None}
+    assert render["side"] == {**render["color"], **render["npz"]} and render["ply"]["stride"] == 2
+
+
+def test_describe_change_names_what_differs():
+    old = {"method": "a", "checkpoint": "c", "options": {"steps": 1, "seed": 0}}
+    new = {"method": "a", "checkpoint": "d", "options": {"steps": 2, "seed": 0, "flip": True}}
+    assert J.describe_change(old, new) == "checkpoint c -> d, flip None -> True, steps 1 -> 2"
+    assert J.describe_change(old, old) == "settings changed"

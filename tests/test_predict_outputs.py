@@ -182,6 +182,13 @@ def test_options_are_checked_before_any_model_loads(tmp_path, toy_ckpt, no_model
         (["--focal", "500", "--fov", "60"], "--focal and --fov both set"),
         (["--save", "npy,nope"], "unknown output format"),
         (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--focal", "-1"], "--focal must be > 0 pixels, got -1.0"),
+        (["--ply-max-depth", "nan"], "--ply-max-depth must be > 0, got nan"),
+        (["--focal", "0"], "--focal must be > 0 pixels, got 0.0"),
+        (["--processing-res", "-1"], "--processing-res must be >= 0 (0 = native), got -1"),
+        (["--temporal-window", "0"], "--temporal-window must be >= 1 frame, got 0"),
+        (["--tile", "0"], "--tile must be >= 1 px, got 0"),
+        (["--max-frames", "0"], "--max-frames must be >= 1, got 0"),
         (["--steps", "3"], "does not take --steps"),
     ]
     for extra, message in cases:

@@ -365,3 +365,14 @@ def test_sequence_velodyne_scans_lie_on_the_scene(tmp_path):
     good = ref > 0
     assert good.sum() > 300
     assert np.median(np.abs(gt[r[ok], c[ok]][good] - ref[good]) / ref[good]) < 0.01
+
+
+def test_impossible_requests_are_one_line_input_errors_and_value_errors(tmp_path):
+    for kwargs, message in ((dict(kind="sequence", n=2), "--n 2 is too small (need >= 3)"),
+                            (dict(kind="indoor", n=0), "--n 0 is too small (need >= 1)"),
+                            (dict(kind="sequence", n=3, layout="pseudo"),
+                             "--kind sequence is written in the KITTI-raw-like layout only; drop --layout pseudo")):
+        with pytest.raises(InputError) as err:
+            S.write_dataset(tmp_path, size=(16, 16), seed=0, **kwargs)
+        assert str(err.value) == message and isinstance(err.value, ValueError)  # the trainer's ConfigError path
+    assert not any(tmp_path.iterdir())

@@ -1,12 +1,13 @@
 """Predict jobs (what ``diffdepth predict`` calls): inputs (files, folders, globs, videos) ->
 one job per input with an output path mirroring the inputs -> the outputs each still needs ->
-model (+ ensemble) -> depth files."""
+model (+ ensemble) -> depth files; :func:`predict` runs the whole plan."""
 from __future__ import annotations
 
 import glob
+import io
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -14,6 +15,11 @@ from .errors import InputError
 
 #: video outputs (``formats`` name -> suffix of ``<out>/<rel>``)
 VIDEO_OUTPUTS = {"mp4": "_depth.mp4", "npz": ".npz", "side": "_side.mp4"}
+#: defaults of :func:`predict`'s ``export`` (:func:`~diffdepth.io.export.save_outputs`) and ``video``
+#: (:func:`predict_video`) options
+EXPORT = dict(focal=None, fov=None, cmap="spectral", vmin=None, vmax=None, percentiles=None, ply_stride=1,
+              ply_max_depth=None)
+VIDEO = dict(start=0, end=None, stride=1, max_frames=None, temporal="latent", temporal_window=8)
 
 
 @dataclass
@@ -319,3 +325,190 @@ def predict_video(pipe, source: Path, base: Path, formats=("mp4", "npz"), *, sta
         if "npz" in formats:
             save_npz_frames(base.with_name(base.name + ".npz"), depths, kind, fps)
         return kind, spool.count
+
+
+def check_method(method: str, options: Dict[str, object], formats, caption: Optional[str] = None) -> None:
+    """Method options, outputs and a caption the method cannot take, named before its model is loaded."""
+    from .registry import get_method
+
+    accepted = getattr(get_method(method).load_class(), "predict_options", None)
+    unknown = sorted(set(options) - set(accepted)) if accepted is not None else []
+    if unknown:
+        allowed = ", ".join(sorted(set(accepted) - {"with_segmentation"})) or "none"
+        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        raise InputError(f"method {method} does not take {flags} (it takes: {allowed})")
+    seg = set(formats) & {"seg", "seg_ids"}
+    if seg and accepted is not None and "with_segmentation" not in accepted:
+        raise InputError(f"--save {','.join(sorted(seg))}: method {method} has no segmentation head (primedepth has one)")
+    if "uncertainty" in formats and "ensemble_size" in (accepted or ()) and int(options.get("ensemble_size", 2)) < 2:
+        raise InputError(f"--save uncertainty needs an ensemble of at least 2 members; "  # else told after an image
+                         f"got --ensemble-size {options['ensemble_size']}")
+    if caption is not None and options.get("prompt") is not None:
+        raise InputError("--caption and --prompt both set the prompt; give one of them")
+    if caption is not None and "prompt" not in (accepted or ()):
+        raise InputError(f"--caption: {method} takes no prompt; captions are used by primedepth")
+
+
+def run_settings(method: str, checkpoint, options: Dict[str, object], *, processing_res=None, dtype="fp32",
+                 caption=None, temporal="latent", temporal_window=8, tile=None, tile_overlap=None,
+                 vae_tiling_above=None, ensemble_with=None) -> dict:
+    """What determines the predicted values of a run (recorded in predictions.json; a change recomputes)."""
+    from .io.sidecar import checkpoint_identity
+
+    opts = {k: v for k, v in options.items() if k != "with_segmentation"}
+    opts.update(processing_res=processing_res, dtype=dtype)
+    if caption:
+        opts["caption"] = caption
+    if temporal != "latent":  # videos: another temporal stage changes the values
+        opts["temporal"] = [temporal, temporal_window]
+    if tile:  # tiled inference changes the values
+        opts["tile"] = [tile, tile_overlap if tile_overlap is not None else tile // 4]
+    if vae_tiling_above:  # tiled VAE coding changes the values (blended seams)
+        opts["vae_tiling_above"] = vae_tiling_above
+    if ensemble_with:
+        from .ensemble import parse_spec
+
+        spec = parse_spec(ensemble_with)
+        opts["ensemble_with"] = (str(spec[1].resolve()) if spec[0] == "folder"
+                                 else f"{spec[1]}:{checkpoint_identity(str(spec[2])) if spec[2] else ''}")
+    return {"method": method, "checkpoint": checkpoint_identity(str(checkpoint)), "options": opts}
+
+
+def render_settings(export: dict, video: dict) -> Dict[str, dict]:
+    """Per output format, the export options its file depends on (a change redraws only it)."""
+    colour = {k: export[k] for k in ("cmap", "vmin", "vmax", "percentiles")}
+    frames = {"start": video["start"], "end": video["end"], "stride": video["stride"], "max": video["max_frames"]}
+    cloud = {"focal": export["focal"], "fov": export["fov"], "stride": export["ply_stride"],
+             "max_depth": export["ply_max_depth"]}
+    return {"color": colour, "side": {**colour, **frames}, "mp4": {**colour, **frames}, "npz": frames,
+            "ply": cloud, "points": cloud, "glb": {"focal": export["focal"], "fov": export["fov"]}}
+
+
+def describe_change(old: dict, new: dict) -> str:
+    """The run settings that differ, as ``name old -> new``."""
+    a, b = old.get("options") or {}, new.get("options") or {}
+    pairs = [(k, old.get(k), new.get(k)) for k in ("method", "checkpoint")]
+    pairs += [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))]
+    return ", ".join(f"{k} {x} -> {y}" for k, x, y in pairs if x != y) or "settings changed"
+
+
+@dataclass
+class PredictResult:
+    """What :func:`predict` did: on the main process summed over all, with the summary ``messages``."""
+
+    rc: int = 0
+    kept: int = 0  # inputs whose outputs were all there already
+    images: int = 0
+    videos: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+    failures: List[Tuple[str, str]] = field(default_factory=list)
+    messages: List[str] = field(default_factory=list)
+
+
+def predict(inputs: List[str], out, *, method: Optional[str] = None, checkpoint=None,
+            formats=("npy", "png16", "color"), options: Optional[dict] = None, overwrite: bool = False,
+            device: str = "auto", dtype: str = "fp32", processing_res: Optional[int] = None, batch_size: int = 1,
+            tile: Optional[int] = None, tile_overlap: Optional[int] = None, workers: int = 2,
+            caption: Optional[str] = None, ensemble_with: Optional[str] = None, fast: Optional[dict] = None,
+            export: Optional[dict] = None, video: Optional[dict] = None, align_to=None, align_out=None,
+            align_options: Optional[dict] = None) -> PredictResult:
+    """``diffdepth predict``: ``inputs`` -> this process's shard -> outputs missing in ``out`` -> model ->
+    files -> one summary from every process; ``align_to`` anchors then give metric depth (``align_options``
+    of :func:`~.io.aligned.align_folder`). ``fast``: :func:`~.fast.apply_fast_paths` switches; ``export``,
+    ``video``: see :data:`EXPORT`, :data:`VIDEO`. Progress notes go to stderr as the run goes."""
+    from . import distributed
+    from .io.sidecar import OutputIndex
+    from .registry import resolve_method
+
+    formats, out_root, options = set(formats), Path(out).expanduser(), dict(options or {})
+    export, video = {**EXPORT, **(export or {})}, {**VIDEO, **(video or {})}
+    method, checkpoint = resolve_method(method, checkpoint)
+    skipped: Dict[str, int] = {}
+    jobs, failures = collect_inputs(inputs, out_root, skipped)
+    for reason, count in sorted(skipped.items()) if distributed.is_main() else ():
+        print(f"left out {count} file(s) of the input folders: {reason}", file=sys.stderr)
+    unique = unique_jobs(jobs, failures)  # two inputs must never write the same files
+    if align_to is not None and Path(align_to).expanduser().is_file() and len(unique) > 1:
+        raise InputError(f"--align-to {align_to} is one anchors file for {len(unique)} inputs; give a folder "
+                         f"of anchor files named like the outputs (<name>.npy|png|csv|bin)")
+    mine = distributed.shard(unique)  # under torchrun/accelerate each process predicts its block
+    caption = None if caption is not None and caption.lower() == "none" else caption
+    check_method(method, options, formats, caption)
+    if formats & {"seg", "seg_ids"}:
+        options["with_segmentation"] = True
+    settings = run_settings(method, checkpoint, options, processing_res=processing_res, dtype=dtype, caption=caption,
+                            temporal=video["temporal"], temporal_window=video["temporal_window"], tile=tile,
+                            tile_overlap=tile_overlap, vae_tiling_above=(fast or {}).get("vae_tiling_above"),
+                            ensemble_with=ensemble_with)
+    index = OutputIndex(out_root, settings, render=render_settings(export, video), writer=distributed.is_main())
+    todo, needs = pending(mine, out_root, formats, index, overwrite)
+    changed = index.settings_changed()
+    stats = {"images": 0, "videos": 0, "frames": 0, "seconds": 0.0}
+    if todo:
+        ignored_for_video = sorted(formats & {"png16", "ply", "points", "glb", "uncertainty", "seg", "seg_ids"})
+        if ignored_for_video and any(is_video(j) for j in todo):
+            print(f"note: --save {','.join(ignored_for_video)} applies to images only; videos get NAME_depth.mp4, "
+                  f"NAME.npz (and NAME_side.mp4 with side)", file=sys.stderr)
+        try:
+            pipe, ensemble = build_pipeline(method, checkpoint, options, formats, device=device, dtype=dtype,
+                                            fast=fast, caption=caption, ensemble_with=ensemble_with, workers=workers,
+                                            processing_res=processing_res, batch_size=batch_size, tile=tile,
+                                            tile_overlap=tile_overlap)
+            stats = run_jobs(pipe, todo, needs, out_root, index, failures, ensemble=ensemble, export=export,
+                             video=video)
+        finally:
+            index.flush()
+    # one summary for all processes (under torchrun/accelerate each handled its shard)
+    images = [j.rel.as_posix() for j in mine if not is_video(j)]
+    per_rank = distributed.gather_objects((len(mine) - len(todo), bool(todo), stats, failures, index.new, images))
+    if not distributed.is_main():
+        return PredictResult(rc=1 if failures else 0, kept=len(mine) - len(todo), failures=failures, **stats)
+    index.merge([r[4] for r in per_rank[1:]])
+    index.flush()
+    change = describe_change(changed, index.settings) if changed is not None else None
+    res = _summary(per_rank, out_root, None if overwrite else change)
+    if align_to is not None:
+        res.rc = max(res.rc, _align_outputs(out_root, [j for r in per_rank for j in r[5]], align_to, align_out,
+                                            align_options or {}, res.messages))
+    return res
+
+
+def _summary(per_rank: list, out_root: Path, change: Optional[str]) -> PredictResult:
+    """The processes' ``(kept, ran, stats, failures, records, images)`` summed, with the user's summary
+    (``change``: the settings that differ from the folder's record; None with ``--overwrite``)."""
+    total = {k: sum(r[2][k] for r in per_rank) for k in ("images", "videos", "frames")}
+    res = PredictResult(kept=sum(r[0] for r in per_rank), failures=[f for r in per_rank for f in r[3]],
+                        seconds=max(r[2]["seconds"] for r in per_rank), **total)
+    say = res.messages.append
+    if change is not None and any(r[1] for r in per_rank):
+        say(f"{out_root} holds outputs made with other settings ({change}); recomputed them")
+    if res.kept:  # never with --overwrite
+        say(f"{res.kept} input(s) already have all outputs in {out_root} (use --overwrite to redo)")
+    if res.images or res.videos:
+        rate = ([f"{res.images} image(s)"] if res.images else []) + (
+            [f"{res.videos} video(s), {res.frames} frames"] if res.videos else [])
+        n = res.images + res.frames
+        say(f"wrote depth for {' and '.join(rate)} to {out_root} in {res.seconds:.1f} s "
+            f"({n / max(res.seconds, 1e-9):.2f} {'frames' if res.frames else 'img'}/s)")
+    if res.failures:
+        res.rc = 1
+        say(f"{len(res.failures)} input(s) failed:")
+        res.messages += [f"  {reason}" if source in reason else f"  {source}: {reason}"
+                         for source, reason in res.failures]
+    return res
+
+
+def _align_outputs(out_root: Path, names: List[str], align_to, align_out, options: dict, messages: list) -> int:
+    """``--align-to``: the images' .npy predictions (new or kept) -> metric depth in ``align_out``."""
+    from .io.aligned import align_folder, print_report
+
+    names = sorted({n for n in names if (out_root / f"{n}.npy").is_file()})
+    if not names:
+        messages.append("--align-to: no image prediction to align")
+        return 1
+    align_out = Path(align_out).expanduser() if align_out else out_root / "metric"
+    text = io.StringIO()
+    rc = print_report(align_folder(out_root, align_to, align_out, names=names, **options), align_out, text)
+    messages += text.getvalue().splitlines()
+    return rc

@@ -94,100 +94,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from ..data.benchmarks import open_benchmark
     from ..errors import InputError
-    from ..evaluation.protocols import get_protocol
+    from ..evaluation.job import run_job
+    from ..evaluation.leaderboard import entries_from_flags, pair_flags, read_models_file
+    from .predict import method_options
 
-    protocol = get_protocol(args.dataset).with_overrides(
-        crop=args.crop, min_depth=args.min_depth, max_depth=args.max_depth)
-    if protocol.min_depth >= protocol.max_depth:
-        raise InputError(f"--min-depth {protocol.min_depth} must be below --max-depth {protocol.max_depth}")
-    if args.max_samples is not None and args.max_samples < 1:
-        raise InputError(f"--max-samples must be >= 1, got {args.max_samples}")
     if args.models is not None and (args.checkpoint is not None or args.ensemble_with is not None):
         raise InputError("with --models FILE.yaml give each model's checkpoint and ensemble_with in the file")
-    if args.predictions is not None and args.ensemble_with is not None:
-        raise InputError("--ensemble-with applies only with --method (it averages the model run here with another)")
-    if args.predictions is not None and args.checkpoint is not None:
-        raise InputError("--checkpoint applies only with --method (saved --predictions need no model)")
-
-    from ..evaluation.leaderboard import Bench, entries_from_flags, pair_flags, read_models_file
-
+    if args.predictions is not None and (args.ensemble_with is not None or args.checkpoint is not None):
+        raise InputError("--ensemble-with applies only with --method (it averages the model run here with another)"
+                         if args.ensemble_with is not None else
+                         "--checkpoint applies only with --method (saved --predictions need no model)")
     flags = getattr(args, "ordered_flags", None)
     entries = read_models_file(args.models) if args.models else entries_from_flags(flags)
     if len(entries) > 1 and args.ensemble_with:
         raise InputError("--ensemble-with with several models: give each model its ensemble_with in --models FILE.yaml")
-    datasets = pair_flags(flags, "dataset", "data_root")
-    if len(datasets) > 1:
-        if args.predictions is not None:
-            raise InputError("saved --predictions are scored on one --dataset at a time")
-        if args.split_file is not None:
-            raise InputError("--split-file applies to a single --dataset; omit it with several benchmarks")
-        missing = [name for name, root in datasets if root is None]
-        if missing:
-            raise InputError(f"--dataset {missing[0]} has no --data-root; give one --data-root after each --dataset")
-        benches = []
-        for name, root in datasets:
-            proto = get_protocol(name).with_overrides(crop=args.crop, min_depth=args.min_depth,
-                                                      max_depth=args.max_depth)
-            ds = open_benchmark(proto.name, root, None)
-            benches.append(Bench(proto, ds, len(ds) if args.max_samples is None else min(len(ds), args.max_samples),
-                                 proto.name))
-        return _leaderboard(args, entries, benches)
-
-    dataset = open_benchmark(protocol.name, args.data_root, args.split_file)
-    n = len(dataset) if args.max_samples is None else min(len(dataset), args.max_samples)
-    if (args.models or len(entries) > 1) and args.alignment_seed != 0:
-        raise InputError("--alignment-seed applies to one model; a leaderboard draws sparse pixels with seed 0")
-    if args.models or len(entries) > 1:
-        return _leaderboard(args, entries, [Bench(protocol, dataset, n, protocol.name)])
-    from ..evaluation.job import run_eval
-    from .predict import method_options
-
-    done = run_eval(protocol, dataset, args.out, n=n, data_root=args.data_root, split_file=args.split_file,
-                    predictions=args.predictions, kind=args.kind, method=args.method, checkpoint=args.checkpoint,
-                    options=method_options(args) if args.predictions is None else None,
-                    ensemble_with=args.ensemble_with, processing_res=args.processing_res, alignment=args.alignment,
-                    alignment_seed=args.alignment_seed, device=args.device, dtype=args.dtype,
-                    progress=not args.no_progress)
-    if done is None:  # not the main process
-        return 0
-    summary, paths = done
-    c = summary["counts"]
-    notes = []
-    if c["resized_predictions"]:
-        notes.append(f"{c['resized_predictions']} prediction(s) had another size than the ground truth and were "
-                     f"resized ({protocol.pred_resize})")
-    for key in ("skipped_empty", "missing_prediction", "bad_prediction", "alignment_failed"):
-        if c[key]:
-            notes.append(f"{c[key]} sample(s) skipped: {key.replace('_', ' ')}")
-    if c["nonfinite_samples"]:
-        notes.append(f"{c['nonfinite_samples']} sample(s) had non-finite predictions "
-                     f"({c['nonfinite_pixels']} pixels, replaced and clipped to the dataset range)")
-    for note in notes:
-        print(f"note: {note}", file=sys.stderr)
-    if not summary["metrics"]:
-        print(f"diffdepth eval: error: no sample could be evaluated — see {paths['csv']}", file=sys.stderr)
-        return 1
-    print(paths["md"].read_text(), end="")
-    print(f"wrote {paths['json']}, {paths['md']}, {paths['csv']}")
-    return 0
-
-
-def _leaderboard(args, entries, benches) -> int:
-    """Several models (and/or benchmarks) on the same samples -> OUT/<label>/ reports + OUT/leaderboard.md/.csv."""
-    from pathlib import Path
-
-    from .. import distributed
-    from ..evaluation.leaderboard import run_leaderboard
-    from .predict import method_options
-
-    out = Path(args.out).expanduser()
-    paths = run_leaderboard(entries, benches, out, alignment=args.alignment,
-                            processing_res=args.processing_res, options=method_options(args), device=args.device,
-                            dtype=args.dtype, progress=not args.no_progress and distributed.is_main())
-    if paths is None:  # not the main process
-        return 0
-    print(paths["md"].read_text(), end="")
-    print(f"wrote {paths['md']}, {paths['csv']} and one report folder per model in {out}")
-    return 0
+    if len(entries) == 1 and not args.models:
+        entries[0].ensemble_with = args.ensemble_with
+    result = run_job(pair_flags(flags, "dataset", "data_root"), args.out, entries=entries, predictions=args.predictions,
+                     leaderboard=bool(args.models), split_file=args.split_file, crop=args.crop,
+                     min_depth=args.min_depth, max_depth=args.max_depth, max_samples=args.max_samples, kind=args.kind,
+                     processing_res=args.processing_res, alignment=args.alignment, alignment_seed=args.alignment_seed,
+                     options=method_options(args), device=args.device, dtype=args.dtype,
+                     progress=not args.no_progress)
+    for note in result.notes:
+        print(note, file=sys.stderr)
+    print(result.report, end="")
+    return result.rc

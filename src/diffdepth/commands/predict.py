@@ -161,24 +161,19 @@ def check_options(args: argparse.Namespace) -> set:
             raise InputError(f"--align-to {args.align_to} does not exist; give an anchors file or folder")
     if args.focal is not None and args.fov is not None:
         raise InputError("--focal and --fov both set; give one (focal length in pixels, or field of view in degrees)")
-    if args.focal is not None and not args.focal > 0:
-        raise InputError(f"--focal must be > 0 pixels, got {args.focal}")
+    bounds = [("focal", ">", 0, " pixels"), ("batch_size", ">=", 1, ""), ("processing_res", ">=", 0, " (0 = native)"),
+              ("temporal_window", ">=", 1, " frame"), ("tile", ">=", 1, " px"), ("ply_stride", ">=", 1, ""),
+              ("frame_stride", ">=", 1, ""), ("max_frames", ">=", 1, ""), ("ply_max_depth", ">", 0, "")]
+    bounds += [(name, ">=", spec["min"], "") for name, (spec, _) in declared_options().items()
+               if spec.get("min") is not None]
+    for name, op, lo, unit in bounds:  # NaN fails every bound
+        value = getattr(args, name, None)
+        if value is not None and not (value > lo if op == ">" else value >= lo):
+            raise InputError(f"--{name.replace('_', '-')} must be {op} {lo}{unit}, got {value}")
     if args.fov is not None and not 0 < args.fov < 180:
         raise InputError(f"--fov must be between 0 and 180 degrees, got {args.fov}")
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.processing_res is not None and args.processing_res < 0:
-        raise InputError(f"--processing-res must be >= 0 (0 = native), got {args.processing_res}")
-    if getattr(args, "temporal_window", 1) < 1:
-        raise InputError(f"--temporal-window must be >= 1 frame, got {args.temporal_window}")
-    if args.tile is not None and args.tile < 1:
-        raise InputError(f"--tile must be >= 1 px, got {args.tile}")
     if args.tile_overlap is not None and (args.tile is None or not 0 <= args.tile_overlap < args.tile):
         raise InputError(f"--tile-overlap {args.tile_overlap} needs --tile SIZE and must be in [0, SIZE)")
-    for name, (spec, _) in declared_options().items():
-        value = getattr(args, name, None)
-        if value is not None and spec.get("min") is not None and value < spec["min"]:
-            raise InputError(f"--{name.replace('_', '-')} must be >= {spec['min']}, got {value}")
     if args.ensemble_with:  # a folder of predictions or METHOD:CKPT, named before any model loads
         from ..ensemble import parse_spec
 
@@ -195,12 +190,6 @@ def check_options(args: argparse.Namespace) -> set:
         if not 0 <= lo < hi <= 100:
             raise InputError(f"--percentiles needs 0 <= LO < HI <= 100, got {args.percentiles}")
         args.percentiles = (lo, hi)
-    for name in ("ply_stride", "frame_stride", "max_frames"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.ply_max_depth is not None and not args.ply_max_depth > 0:
-        raise InputError(f"--ply-max-depth must be > 0, got {args.ply_max_depth}")
     if args.start_frame < 0 or (args.end_frame is not None and args.end_frame <= args.start_frame):
         raise InputError(f"--start-frame {args.start_frame} / --end-frame {args.end_frame}: need 0 <= start < end")
     from ..utils import parse_device, parse_dtype
@@ -210,175 +199,25 @@ def check_options(args: argparse.Namespace) -> set:
     return formats
 
 
-def check_method_outputs(method: str, options: Dict[str, object], formats: set) -> None:
-    """Method options and outputs the method cannot give, named before its model is loaded."""
-    from ..registry import get_method
-
-    cls = get_method(method).load_class()
-    accepted = getattr(cls, "predict_options", None)
-    if accepted is None:
-        return
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        allowed = ", ".join(sorted(set(accepted) - {"with_segmentation"})) or "none"
-        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
-        raise InputError(f"method {method} does not take {flags} (it takes: {allowed})")
-    if formats & {"seg", "seg_ids"} and "with_segmentation" not in accepted:
-        raise InputError(f"--save {','.join(sorted(formats & {'seg', 'seg_ids'}))}: method {method} has no segmentation head (primedepth has one)")
-    if "uncertainty" in formats and "ensemble_size" in accepted:  # otherwise told after the first image
-        if "ensemble_size" in options and int(options["ensemble_size"]) < 2:
-            raise InputError(f"--save uncertainty needs an ensemble of at least 2 members; "
-                             f"got --ensemble-size {options['ensemble_size']}")
-
-
-def run_settings(args: argparse.Namespace, method: str, checkpoint, options: Dict[str, object]) -> dict:
-    """What determines the predicted values of a run (recorded in predictions.json; a change recomputes)."""
-    from ..io.sidecar import checkpoint_identity
-
-    opts = {k: v for k, v in options.items() if k != "with_segmentation"}
-    opts.update(processing_res=args.processing_res, dtype=args.dtype)
-    if getattr(args, "caption", None):
-        opts["caption"] = args.caption
-    if getattr(args, "temporal", "latent") != "latent":  # videos: another temporal stage changes the values
-        opts["temporal"] = [args.temporal, args.temporal_window]
-    if getattr(args, "tile", None):  # tiled inference changes the values
-        opts["tile"] = [args.tile, args.tile_overlap if args.tile_overlap is not None else args.tile // 4]
-    if getattr(args, "vae_tiling_above", None):  # tiled VAE coding changes the values (blended seams)
-        opts["vae_tiling_above"] = args.vae_tiling_above
-    if args.ensemble_with:
-        from ..ensemble import parse_spec
-
-        spec = parse_spec(args.ensemble_with)
-        opts["ensemble_with"] = (str(spec[1].resolve()) if spec[0] == "folder"
-                                 else f"{spec[1]}:{checkpoint_identity(str(spec[2])) if spec[2] else ''}")
-    return {"method": method, "checkpoint": checkpoint_identity(str(checkpoint)), "options": opts}
-
-
-def _render_settings(args: argparse.Namespace) -> Dict[str, dict]:
-    """Per output format, the export options its file depends on (a change redraws only it)."""
-    colour = {"cmap": args.cmap, "vmin": args.vmin, "vmax": args.vmax, "percentiles": args.percentiles}
-    frames = {"start": args.start_frame, "end": args.end_frame, "stride": args.frame_stride, "max": args.max_frames}
-    cloud = {"focal": args.focal, "fov": args.fov, "stride": args.ply_stride, "max_depth": args.ply_max_depth}
-    return {"color": colour, "side": {**colour, **frames}, "mp4": {**colour, **frames}, "npz": frames,
-            "ply": cloud, "points": cloud, "glb": {"focal": args.focal, "fov": args.fov}}
-
-
 def run(args: argparse.Namespace) -> int:
-    from .. import distributed, jobs as J
-    from ..io.sidecar import OutputIndex
-    from ..registry import resolve_method
+    from ..data.anchors import PNG_SCALES
+    from ..jobs import predict
 
     formats = check_options(args)
-    out_root = Path(args.out).expanduser()
-    method, checkpoint = resolve_method(args.method, args.checkpoint)
-    skipped: Dict[str, int] = {}
-    jobs, failures = J.collect_inputs(args.inputs, out_root, skipped)
-    for reason, count in sorted(skipped.items()):
-        if distributed.is_main():
-            print(f"left out {count} file(s) of the input folders: {reason}", file=sys.stderr)
-    unique = J.unique_jobs(jobs, failures)  # two inputs must never write the same files
-    if getattr(args, "align_to", None) is not None and Path(args.align_to).expanduser().is_file() and len(unique) > 1:
-        raise InputError(f"--align-to {args.align_to} is one anchors file for {len(unique)} inputs; give a folder "
-                         f"of anchor files named like the outputs (<name>.npy|png|csv|bin)")
-    mine = distributed.shard(unique)  # under torchrun/accelerate each process predicts its block
-
-    options = method_options(args)
-    check_method_outputs(method, options, formats)
-    if args.caption is not None and args.caption.lower() == "none":
-        args.caption = None
-    if args.caption is not None:
-        from ..registry import get_method
-
-        if options.get("prompt") is not None:
-            raise InputError("--caption and --prompt both set the prompt; give one of them")
-        if "prompt" not in (getattr(get_method(method).load_class(), "predict_options", None) or ()):
-            raise InputError(f"--caption: {method} takes no prompt; captions are used by primedepth")
-    if formats & {"seg", "seg_ids"}:
-        options["with_segmentation"] = True
-    index = OutputIndex(out_root, run_settings(args, method, checkpoint, options),
-                        render=_render_settings(args), writer=distributed.is_main())
-    todo, needs = J.pending(mine, out_root, formats, index, args.overwrite)
-    changed = index.settings_changed()
-    stats = {"images": 0, "videos": 0, "frames": 0, "seconds": 0.0}
-    if todo:
-        ignored_for_video = sorted(formats & {"png16", "ply", "points", "glb", "uncertainty", "seg", "seg_ids"})
-        if ignored_for_video and any(J.is_video(j) for j in todo):
-            print(f"note: --save {','.join(ignored_for_video)} applies to images only; videos get NAME_depth.mp4, "
-                  f"NAME.npz (and NAME_side.mp4 with side)", file=sys.stderr)
-        try:
-            pipe, ensemble = J.build_pipeline(
-                method, checkpoint, options, formats, device=args.device, dtype=args.dtype, caption=args.caption,
-                ensemble_with=args.ensemble_with, workers=args.workers, processing_res=args.processing_res,
-                batch_size=args.batch_size, tile=args.tile, tile_overlap=args.tile_overlap,
-                fast=dict(channels_last=args.channels_last, compile=args.compile, cuda_graphs=args.cuda_graphs,
-                          vae_tiling_above=args.vae_tiling_above, vae_slicing=args.vae_slicing))
-            stats = J.run_jobs(pipe, todo, needs, out_root, index, failures, ensemble=ensemble,
-                               export=dict(focal=args.focal, fov=args.fov, cmap=args.cmap, vmin=args.vmin,
-                                           vmax=args.vmax, percentiles=args.percentiles, ply_stride=args.ply_stride,
-                                           ply_max_depth=args.ply_max_depth),
-                               video=dict(start=args.start_frame, end=args.end_frame, stride=args.frame_stride,
-                                          max_frames=args.max_frames, temporal=args.temporal,
-                                          temporal_window=args.temporal_window))
-        finally:
-            index.flush()
-    # one summary for all processes (under torchrun/accelerate each handled its shard)
-    images = [j.rel.as_posix() for j in mine if not J.is_video(j)]
-    per_rank = distributed.gather_objects((len(mine) - len(todo), bool(todo), stats, failures, index.new, images))
-    if not distributed.is_main():
-        return 1 if failures else 0
-    index.merge([r[4] for r in per_rank[1:]])
-    index.flush()
-    kept = sum(r[0] for r in per_rank)
-    failures = [f for r in per_rank for f in r[3]]
-    total = {k: sum(r[2][k] for r in per_rank) for k in stats}
-    seconds = max(r[2]["seconds"] for r in per_rank)
-    if not args.overwrite:
-        if changed is not None and any(r[1] for r in per_rank):
-            print(f"{out_root} holds outputs made with other settings ({_describe_change(changed, index.settings)}); "
-                  f"recomputed them", file=sys.stderr)
-        if kept:
-            print(f"{kept} input(s) already have all outputs in {out_root} (use --overwrite to redo)", file=sys.stderr)
-    if total["images"] or total["videos"]:
-        rate = []
-        if total["images"]:
-            rate.append(f"{total['images']} image(s)")
-        if total["videos"]:
-            rate.append(f"{total['videos']} video(s), {total['frames']} frames")
-        n = total["images"] + total["frames"]
-        print(f"wrote depth for {' and '.join(rate)} to {out_root} in {seconds:.1f} s "
-              f"({n / max(seconds, 1e-9):.2f} {'frames' if total['frames'] else 'img'}/s)", file=sys.stderr)
-    rc = _finish(failures)
-    if getattr(args, "align_to", None) is not None:
-        rc = max(rc, _align_outputs(args, out_root, [j for r in per_rank for j in r[5]]))
-    return rc
-
-
-def _align_outputs(args, out_root: Path, names: List[str]) -> int:
-    """``--align-to``: the images' .npy predictions (new or kept) -> metric depth in --align-out."""
-    from ..data.anchors import PNG_SCALES
-    from ..io.aligned import align_folder, print_report
-
-    names = sorted({n for n in names if (out_root / f"{n}.npy").is_file()})
-    if not names:
-        print("--align-to: no image prediction to align", file=sys.stderr)
-        return 1
-    align_out = Path(args.align_out).expanduser() if args.align_out else out_root / "metric"
-    report = align_folder(out_root, args.align_to, align_out, fit=args.align_fit, seed=args.align_seed,
-                          png_scale=PNG_SCALES[args.align_png_scale], calib=args.align_calib, names=names)
-    return print_report(report, align_out, sys.stderr)
-
-
-def _describe_change(old: dict, new: dict) -> str:
-    a, b = old.get("options") or {}, new.get("options") or {}
-    pairs = [(k, old.get(k), new.get(k)) for k in ("method", "checkpoint")]
-    pairs += [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))]
-    return ", ".join(f"{k} {x} -> {y}" for k, x, y in pairs if x != y) or "settings changed"
-
-
-def _finish(failures) -> int:
-    if failures:
-        print(f"{len(failures)} input(s) failed:", file=sys.stderr)
-        for source, reason in failures:
-            print(f"  {reason}" if source in reason else f"  {source}: {reason}", file=sys.stderr)
-        return 1
-    return 0
+    result = predict(
+        args.inputs, args.out, method=args.method, checkpoint=args.checkpoint, formats=formats,
+        options=method_options(args), overwrite=args.overwrite, device=args.device, dtype=args.dtype,
+        processing_res=args.processing_res, batch_size=args.batch_size, tile=args.tile,
+        tile_overlap=args.tile_overlap, workers=args.workers, caption=args.caption, ensemble_with=args.ensemble_with,
+        fast=dict(channels_last=args.channels_last, compile=args.compile, cuda_graphs=args.cuda_graphs,
+                  vae_tiling_above=args.vae_tiling_above, vae_slicing=args.vae_slicing),
+        export=dict(focal=args.focal, fov=args.fov, cmap=args.cmap, vmin=args.vmin, vmax=args.vmax,
+                    percentiles=args.percentiles, ply_stride=args.ply_stride, ply_max_depth=args.ply_max_depth),
+        video=dict(start=args.start_frame, end=args.end_frame, stride=args.frame_stride, max_frames=args.max_frames,
+                   temporal=args.temporal, temporal_window=args.temporal_window),
+        align_to=args.align_to, align_out=args.align_out,
+        align_options=dict(fit=args.align_fit, seed=args.align_seed, png_scale=PNG_SCALES[args.align_png_scale],
+                           calib=args.align_calib))
+    for line in result.messages:
+        print(line, file=sys.stderr)
+    return result.rc

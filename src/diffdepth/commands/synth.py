@@ -17,10 +17,6 @@ def _size(text: str):
     return h, w
 
 
-#: default image size per layout (NYUv2 and KITTI raw sizes, so the protocol crops apply)
-DEFAULT_SIZES = {"folder": (256, 256), "pseudo": (256, 256), "nyu": (480, 640), "kitti": (375, 1242), "sequence": (192, 640)}
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output folder (created; existing files with the same names are replaced)")
     p.add_argument("--kind", choices=("indoor", "outdoor", "sequence"), default="indoor",
@@ -40,14 +36,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from ..data.synth import write_dataset
-    from ..errors import InputError
 
-    layout = args.layout or ("kitti" if args.kind == "sequence" else "folder")
-    if args.kind == "sequence" and layout != "kitti":
-        raise InputError(f"--kind sequence is written in the KITTI-raw-like layout only; drop --layout {layout}")
-    if args.n < (3 if args.kind == "sequence" else 1):
-        raise InputError(f"--n {args.n} is too small (need >= {3 if args.kind == 'sequence' else 1})")
-    size = args.size or DEFAULT_SIZES["sequence" if args.kind == "sequence" else layout]
-    summary = write_dataset(args.out, args.kind, args.n, size, args.seed, layout, progress=not args.quiet)
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(write_dataset(args.out, args.kind, args.n, args.size, args.seed, args.layout,
+                                   progress=not args.quiet), indent=2))
     return 0

@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -128,18 +127,6 @@ def _folder_name(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+#-]+", "_", label).strip("._") or "model"
 
 
-def _peak_memory_mib(device) -> tuple:
-    import torch
-
-    if device is not None and getattr(device, "type", "") == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20, "cuda peak allocated"
-    import resource
-    import sys
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (2 ** 20 if sys.platform == "darwin" else 2 ** 10), "process peak RSS"
-
-
 def describe_resolution(model, res: int) -> str:
     """The resolution a model ran at, in words."""
     if res == 0:
@@ -170,6 +157,8 @@ def score_entry(entry: Entry, benches: List[Bench], out: Path, *, alignment: Opt
     import torch
 
     import diffdepth
+    from .job import score
+    from .runner import ModelPredictor
 
     model = diffdepth.load_model(entry.method, entry.checkpoint, device=device, dtype=entry.dtype or dtype)
     param = next(model.parameters())
@@ -181,67 +170,24 @@ def score_entry(entry: Entry, benches: List[Bench], out: Path, *, alignment: Opt
         ensemble = Ensembler(entry.ensemble_with, device=device, dtype=entry.dtype or dtype)
     summaries = []
     for bench in benches:
-        summary = _score_bench(entry, model, param, ensemble, bench, out / bench.folder if len(benches) > 1 else out,
-                               alignment=alignment, processing_res=processing_res, opts=opts, progress=progress)
-        if summary is not None:
-            summaries.append(summary)
+        folder = out / bench.folder if len(benches) > 1 else out
+        predictor = ModelPredictor(model, bench.protocol, processing_res if entry.processing_res is None
+                                   else entry.processing_res, ensemble, **opts)
+        res = predictor.pipe.processing_res
+        info = dict(method=entry.method, checkpoint=entry.checkpoint, label=entry.label,
+                    ensemble_with=entry.ensemble_with, options=opts, processing_res=res,
+                    processing_resolution=describe_resolution(model, res), alignment=alignment or bench.protocol.alignment,
+                    kind=None, seconds_per_image=None, peak_memory_mib=None, peak_memory_kind=None,
+                    processes=None,  # filled in by score(), in this order
+                    predictions=str(folder / "predictions"), benchmark=bench.folder or bench.protocol.name,
+                    data_root=str(getattr(bench.dataset, "root", "")))
+        done = score(bench.dataset, bench.n, predictor, bench.protocol, folder, info, alignment=alignment,
+                     progress=progress, timed_on=param.device, save_dir=folder / "predictions")
+        summaries += [done[0]] if done else []
     del model, ensemble
     if param.device.type == "cuda":
         torch.cuda.empty_cache()
     return summaries
-
-
-def _score_bench(entry, model, param, ensemble, bench: Bench, out: Path, *, alignment, processing_res, opts,
-                 progress) -> Optional[dict]:
-    import torch
-
-    from .. import distributed
-    from .runner import ModelPredictor, evaluate, read_kind_file, summarize, write_reports
-
-    protocol, dataset, n = bench.protocol, bench.dataset, bench.n
-    res = entry.processing_res if entry.processing_res is not None else processing_res
-    predictor = ModelPredictor(model, protocol, res, ensemble, **opts)
-    if param.device.type == "cuda":
-        torch.cuda.synchronize(param.device)
-        torch.cuda.reset_peak_memory_stats(param.device)
-    timing = {"seconds": 0.0, "images": 0}
-
-    def predict(sample):
-        start = time.perf_counter()
-        pred = predictor(sample)
-        if param.device.type == "cuda":
-            torch.cuda.synchronize(param.device)
-        timing["seconds"] += time.perf_counter() - start
-        timing["images"] += 1
-        return pred
-
-    mine = distributed.shard(range(n))
-    out.mkdir(parents=True, exist_ok=True)
-    if mine:  # one untimed warm-up image: lazy initialisation is not charged to the first model's s/image
-        predict(dataset[mine[0]])
-        timing.update(seconds=0.0, images=0)
-    records = evaluate((dataset[i] for i in mine), predict, protocol, alignment, save_dir=out / "predictions",
-                       progress=progress and distributed.is_main(), total=len(mine))
-    peak, peak_kind = _peak_memory_mib(param.device)
-    res = predictor.pipe.processing_res
-    resolution = describe_resolution(model, res)
-    distributed.barrier()
-    gathered = distributed.gather_objects((records, timing, peak))
-    if not distributed.is_main():
-        return None
-    records = [r for g in gathered for r in g[0]]  # contiguous shards: rank order is sample order
-    seconds = sum(g[1]["seconds"] for g in gathered)
-    images = sum(g[1]["images"] for g in gathered)
-    summary = summarize(records, protocol, method=entry.method, checkpoint=entry.checkpoint, label=entry.label,
-                        ensemble_with=entry.ensemble_with, options=opts, processing_res=res,
-                        processing_resolution=resolution,
-                        alignment=alignment or protocol.alignment, kind=read_kind_file(out / "predictions"),
-                        seconds_per_image=seconds / images if images else None,
-                        peak_memory_mib=max(g[2] for g in gathered), peak_memory_kind=peak_kind,
-                        processes=len(gathered), predictions=str(out / "predictions"),
-                        benchmark=bench.folder or protocol.name, data_root=str(getattr(dataset, "root", "")))
-    write_reports(out, summary, records)
-    return summary
 
 
 # ---------------------------------------------------------------------------- the table

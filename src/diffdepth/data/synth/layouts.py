@@ -10,6 +10,7 @@ from typing import Callable, Dict, Optional, Tuple
 import numpy as np
 from PIL import Image
 
+from ...errors import InputError
 from ...utils import atomic_path
 from ..folder import encode_depth_uint16, write_folder_sample, write_matrix, write_png16, write_rgb, write_text
 from .geometry import Camera
@@ -20,6 +21,8 @@ from .scenes import default_intrinsics, make_sequence, render_sample
 SYNTH_DATE = "2000_01_01"
 KINDS = ("indoor", "outdoor", "sequence")
 LAYOUTS = ("folder", "nyu", "kitti", "pseudo")
+#: default image size per layout (NYUv2 and KITTI raw sizes, so the protocol crops apply)
+DEFAULT_SIZES = {"folder": (256, 256), "pseudo": (256, 256), "nyu": (480, 640), "kitti": (375, 1242), "sequence": (192, 640)}
 #: KITTI stereo rig offsets (metres, along camera x) written into calib_cam_to_cam.txt for
 #: cameras 0-3 (grey left/right, colour left/right), approximately those of the real rig
 _KITTI_CAM_X = (0.0, -0.54, 0.06, -0.47)
@@ -64,9 +67,10 @@ def kitti_velo_calib_text() -> str:
             f"delta_f: {_fmt([0, 0])}\ndelta_c: {_fmt([0, 0])}\n")
 
 
-def write_dataset(out, kind: str, n: int, size: Tuple[int, int], seed: int, layout: Optional[str] = None,
+def write_dataset(out, kind: str, n: int, size: Optional[Tuple[int, int]], seed: int, layout: Optional[str] = None,
                   progress: bool = False) -> Dict:
-    """Render ``n`` samples (``sequence``: ``n`` frames) and write them under ``out``.
+    """Render ``n`` samples (``sequence``: ``n`` frames) of ``size`` (None: :data:`DEFAULT_SIZES`)
+    and write them under ``out``.
 
     Layouts (paths relative to ``out``):
 
@@ -102,6 +106,7 @@ def write_dataset(out, kind: str, n: int, size: Tuple[int, int], seed: int, layo
     Returns a summary dict (paths, counts, seconds per frame).
     """
     layout = _check_request(kind, n, layout)
+    size = tuple(size or DEFAULT_SIZES["sequence" if kind == "sequence" else layout])
     out = Path(out)
     summary: Dict = {"out": str(out), "kind": kind, "layout": layout, "n": n, "size": list(size), "seed": seed}
     frames = _Frames(n, f"synth {kind}", progress)
@@ -116,22 +121,22 @@ def write_dataset(out, kind: str, n: int, size: Tuple[int, int], seed: int, layo
     return summary
 
 
+class RequestError(InputError, ValueError):
+    """An impossible ``write_dataset`` request (a one-line CLI error; a ValueError to callers)."""
+
+
 def _check_request(kind: str, n: int, layout: Optional[str]) -> str:
-    """The layout to write (the kind's default when None); ValueError for an impossible request."""
+    """The layout to write (the kind's default when None); :class:`RequestError` for an impossible request."""
     if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")
+        raise RequestError(f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")
     if layout is None:
         layout = "kitti" if kind == "sequence" else "folder"
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
-    if layout == "pseudo" and kind == "sequence":
-        raise ValueError("the pseudo layout holds still scenes; use --kind indoor or outdoor")
+        raise RequestError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
     if kind == "sequence" and layout != "kitti":
-        raise ValueError("--kind sequence is always written in the KITTI-raw-like layout; use --layout kitti")
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    if kind == "sequence" and n < 3:
-        raise ValueError(f"a sequence needs at least 3 frames (target and two neighbours), got {n}")
+        raise RequestError(f"--kind sequence is written in the KITTI-raw-like layout only; drop --layout {layout}")
+    if n < (3 if kind == "sequence" else 1):  # a sequence: a target frame and its two neighbours
+        raise RequestError(f"--n {n} is too small (need >= {3 if kind == 'sequence' else 1})")
     return layout
 
 
