@@ -498,3 +498,20 @@ def test_kind_decides_validity_and_point_cloud_depth():
     assert notes == ["depth kind: relative_depth", "scale arbitrary (not metric)"]
     disp, _ = export_mod.ply_depth(np.array([[2.0, 0.5, -1.0]]), AFFINE_DISPARITY)
     np.testing.assert_array_equal(disp, [[0.5, 2.0, 0.0]])
+
+
+def test_images_and_videos_refuse_missing_folder_and_empty_files_with_one_message(tmp_path):
+    from diffdepth.io.images import read_image
+    from diffdepth.io.video import iter_video_frames as read_video_frames
+
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "dir.png").mkdir()
+    (tmp_path / "dir.mp4").mkdir()
+    for what, read, ext in (("image", read_image, "png"), ("video", read_video_frames, "mp4")):
+        for stem, why in (("missing", "no such file"), ("dir", "it is a folder, not a file"),
+                          ("empty", "file is empty (0 bytes)")):
+            path = tmp_path / f"{stem}.{'jpg' if stem == 'empty' and what == 'image' else ext}"
+            with pytest.raises(InputError) as err:
+                read(path) if what == "image" else list(read(path))
+            assert str(err.value) == f"cannot read {what} {path}: {why}"

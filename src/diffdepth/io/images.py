@@ -87,6 +87,16 @@ def _name(path: PathLike) -> str:
     return os.fspath(path)
 
 
+def check_file(path: PathLike, what: str) -> Path:
+    """``path`` as a Path if it is a non-empty file; else an InputError "cannot read <what> <path>: why"."""
+    p = Path(path)
+    why = ("no such file" if not p.exists() else "it is a folder, not a file" if p.is_dir()
+           else "file is empty (0 bytes)" if p.stat().st_size == 0 else None)
+    if why:
+        raise InputError(f"cannot read {what} {_name(path)}: {why}")
+    return p
+
+
 def read_image(path: PathLike) -> np.ndarray:
     """Read an image file as float32 ``[H,W,3]`` RGB in ``[0,1]`` (EXIF orientation applied)."""
     return read_image_with_meta(path)[0]
@@ -96,13 +106,7 @@ def read_image_with_meta(path: PathLike, exif_orientation: bool = True) -> Tuple
     """Read an image file; return ``(rgb float32 [H,W,3] in [0,1], ImageMeta)``.
     ``exif_orientation=False`` keeps the stored pixel order (dataset readers)."""
     name = _name(path)
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"cannot read image {name}: no such file")
-    if p.is_dir():
-        raise InputError(f"cannot read image {name}: it is a folder, not a file")
-    if p.stat().st_size == 0:
-        raise InputError(f"cannot read image {name}: file is empty (0 bytes)")
+    p = check_file(path, "image")
     try:
         with warnings.catch_warnings():
             # Pillow warns (not raises) on some malformed EXIF blocks; they are not fatal

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import InputError
 from ..types import check_kind
 from ..utils import atomic_path
-from .images import to_float_rgb
+from .images import check_file, to_float_rgb
 
 try:  # PyAV is a dependency, but keep the module importable without it
     import av as _av
@@ -36,17 +36,6 @@ PathLike = Union[str, os.PathLike]
 DEFAULT_FPS = 30.0
 #: encoders tried in order by VideoWriter (first available wins)
 ENCODERS = ("libx264", "h264", "mpeg4")
-
-
-def _check_file(path: PathLike) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"cannot read video {os.fspath(path)}: no such file")
-    if p.is_dir():
-        raise InputError(f"cannot read video {os.fspath(path)}: it is a folder, not a file")
-    if p.stat().st_size == 0:
-        raise InputError(f"cannot read video {os.fspath(path)}: file is empty (0 bytes)")
-    return p
 
 
 def _rotate(frame: np.ndarray, degrees_ccw: float) -> np.ndarray:
@@ -80,7 +69,7 @@ def video_info(path: PathLike) -> Tuple[float, Optional[int], int, int]:
     Width/height are those of the frames :func:`iter_video_frames` yields (rotation
     applied). The first frame is decoded to make sure the video is readable.
     """
-    p = _check_file(path)
+    p = check_file(path, "video")
     if _av is None:
         return _imageio_info(p)
     container, stream = _open_av(p)
@@ -112,7 +101,7 @@ def iter_video_frames(path: PathLike) -> Iterator[np.ndarray]:
     decoding error mid-stream raises InputError naming the file and the frame index; a
     video with no frames raises InputError when the iterator ends.
     """
-    p = _check_file(path)
+    p = check_file(path, "video")
     if _av is None:
         return _imageio_frames(p)
     container, stream = _open_av(p)
