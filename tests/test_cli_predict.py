@@ -161,7 +161,7 @@ def test_ensemble_with_external_folder(tmp_path, capsys):
     assert rc == 1 and "affine-invariant disparities" in capsys.readouterr().err
 
 
-def test_video_gives_colour_video_and_npz(tmp_path, toy_ckpt):
+def test_video_gives_colour_video_and_npz(tmp_path, toy_ckpt, capsys):
     from diffdepth.io.video import VideoWriter, load_npz_frames
 
     clip = tmp_path / "clip.mp4"
@@ -175,6 +175,14 @@ def test_video_gives_colour_video_and_npz(tmp_path, toy_ckpt):
     assert depth.shape == (3, 32, 48) and kind == "affine_invariant_depth" and fps == pytest.approx(5)
     assert depth[0].mean() < depth[1].mean() < depth[2].mean()
     assert (tmp_path / "o" / "clip_depth.mp4").stat().st_size > 0
+    # --ensemble-with averages images only: a video says so and gets the first model's depth
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    (ext / "kind.txt").write_text("affine_invariant_disparity\n")
+    rc = main(["predict", str(clip), "--method", "test-mean", "--checkpoint", str(toy_ckpt),
+               "--out", str(tmp_path / "o2"), "--ensemble-with", str(ext)])
+    assert rc == 0 and "note: --ensemble-with applies to images only" in capsys.readouterr().err
+    np.testing.assert_array_equal(load_npz_frames(tmp_path / "o2" / "clip.npz")[0], depth)
 
 
 def test_make_tiny_writes_a_loadable_sd_and_refuses_to_clobber(tmp_path, capsys):

@@ -450,6 +450,9 @@ def predict(inputs: List[str], out, *, method: Optional[str] = None, checkpoint=
         if ignored_for_video and any(is_video(j) for j in todo):
             print(f"note: --save {','.join(ignored_for_video)} applies to images only; videos get NAME_depth.mp4, "
                   f"NAME.npz (and NAME_side.mp4 with side)", file=sys.stderr)
+        if ensemble_with and any(is_video(j) for j in todo):
+            print(f"note: --ensemble-with applies to images only; videos are predicted by {method} alone",
+                  file=sys.stderr)
         try:
             pipe, ensemble = build_pipeline(method, checkpoint, options, formats, device=device, dtype=dtype,
                                             fast=fast, caption=caption, ensemble_with=ensemble_with, workers=workers,
