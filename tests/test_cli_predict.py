@@ -254,3 +254,29 @@ def test_eval_passes_method_options_and_rejects_unknown_ones(tmp_path, toy_ckpt,
     assert main(common + ["--out", str(tmp_path / "e2"), "--steps", "3"]) == 2
     assert "--steps" in capsys.readouterr().err
 
+
+
+def test_turbo_images_drawn_before_the_256_table_are_redrawn(tmp_path, toy_ckpt):
+    """Turbo changed from a polynomial to the published table: a turbo ``_color.png`` recorded with the
+    render settings of before (cmap, vmin, vmax, percentiles) is redrawn on a rerun, its depth is not
+    recomputed, and other maps keep the ids they had."""
+    from diffdepth.io.sidecar import fingerprint
+    from diffdepth.jobs import EXPORT
+
+    img, out = _img(tmp_path / "x.png"), tmp_path / "o"
+    args = ["predict", str(img), "--method", "test-mean", "--checkpoint", str(toy_ckpt), "--out", str(out),
+            "--save", "npy,color"]
+    assert main(args + ["--cmap", "turbo"]) == 0
+    drawn = (out / "x_color.png").read_bytes()
+    side = json.loads((out / "predictions.json").read_text())
+    before = {k: EXPORT[k] for k in ("vmin", "vmax", "percentiles")}
+    side["entries"]["x"]["color"] = f"{side['settings_id']}:{fingerprint({**before, 'cmap': 'turbo'})}"
+    (out / "predictions.json").write_text(json.dumps(side))
+    (out / "x_color.png").write_bytes(b"drawn with the polynomial")
+    npy_time = (out / "x.npy").stat().st_mtime_ns
+    assert main(args + ["--cmap", "turbo"]) == 0
+    assert (out / "x_color.png").read_bytes() == drawn and (out / "x.npy").stat().st_mtime_ns == npy_time
+    # Spectral (the default) is the same map as before: its id is the one the earlier code wrote
+    assert main(args) == 0
+    side = json.loads((out / "predictions.json").read_text())
+    assert side["entries"]["x"]["color"] == f"{side['settings_id']}:{fingerprint({**before, 'cmap': 'spectral'})}"

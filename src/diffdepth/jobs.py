@@ -377,6 +377,8 @@ def run_settings(method: str, checkpoint, options: Dict[str, object], *, process
 def render_settings(export: dict, video: dict) -> Dict[str, dict]:
     """Per output format, the export options its file depends on (a change redraws only it)."""
     colour = {k: export[k] for k in ("cmap", "vmin", "vmax", "percentiles")}
+    if str(colour["cmap"]).lower() == "turbo":  # the published 256-entry table, no longer the polynomial:
+        colour["turbo"] = "table-256"  # turbo images drawn before are redrawn; other maps keep their ids
     frames = {"start": video["start"], "end": video["end"], "stride": video["stride"], "max": video["max_frames"]}
     cloud = {"focal": export["focal"], "fov": export["fov"], "stride": export["ply_stride"],
              "max_depth": export["ply_max_depth"]}
