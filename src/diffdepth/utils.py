@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file/folder writes, device and dtype parsing, seeding."""
+"""Small shared helpers: atomic file/folder writes, device and dtype parsing."""
 from __future__ import annotations
 
 import contextlib
@@ -19,6 +19,7 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
 
 def apply_umask(path: PathLike) -> None:
     """Give ``path`` (and, for a folder, everything under it) the permissions a plain ``open``
@@ -119,12 +120,3 @@ def atomic_dir(path: PathLike, overwrite: bool = True) -> Iterator[Path]:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)

@@ -327,8 +327,6 @@ class Trainer:
             self.log("validation: off (set val.every and val.data to enable)")
 
     def _setup_logging(self) -> None:
-        self.tb = None
-        self.wandb = None
         if not self.accelerator.is_main_process:
             return
         log = self.cfg["log"]
