@@ -107,16 +107,25 @@ def atomic_dir(path: PathLike, overwrite: bool = True) -> Iterator[Path]:
     try:
         yield tmp
         apply_umask(tmp)  # mkdtemp makes 0700, safetensors 0600
-        if path.exists():
-            if not overwrite:
-                raise FileExistsError(f"{path} exists")
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists")
+        replace_dir(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_dir(src: PathLike, dst: PathLike) -> None:
+    """Rename the folder ``src`` onto ``dst``; an existing ``dst`` is renamed away first (to
+    ``.<name>.old-<pid>``) and deleted after, so ``dst`` is always either the old or the new folder."""
+    src, dst = Path(src), Path(dst)
+    if not dst.exists():
+        os.replace(src, dst)
+        return
+    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+    if old.exists():
+        shutil.rmtree(old)
+    os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
 
