@@ -682,7 +682,8 @@ class Trainer:
 
 
 def train(cfg: dict, run_dir, resume: bool = False) -> Dict[str, Any]:
-    """Train a resolved config in ``run_dir``; returns ``{"step", "loss", "history", "checkpoint"}``."""
+    """Train a resolved config in ``run_dir``; returns ``{"step", "loss", "history", "checkpoint", "stopped"}``
+    (only ``step`` and ``checkpoint`` when the run is already at ``train.max_steps``)."""
     trainer = Trainer(cfg, run_dir, resume=resume)
     fresh = not Path(run_dir).exists()
     try:
