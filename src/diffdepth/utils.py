@@ -96,7 +96,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: PathLike, overwrite: bool = True) -> Iterator[Path]:
+def atomic_dir(path: PathLike) -> Iterator[Path]:
     """Yield a temporary folder next to ``path``; on success it replaces ``path``.
 
     A reader never sees a half-written folder: either the old one or the complete new one.
@@ -107,8 +107,6 @@ def atomic_dir(path: PathLike, overwrite: bool = True) -> Iterator[Path]:
     try:
         yield tmp
         apply_umask(tmp)  # mkdtemp makes 0700, safetensors 0600
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists")
         replace_dir(tmp, path)
     finally:
         if tmp.exists():
