@@ -169,12 +169,9 @@ class Trainer:
             return
         line = f"[diffdepth train] {msg}"
         if console:
-            try:
-                from tqdm import tqdm
+            from tqdm import tqdm  # a dependency; keeps the progress bar intact
 
-                tqdm.write(line, file=sys.stderr)
-            except ImportError:  # pragma: no cover
-                print(line, file=sys.stderr)
+            tqdm.write(line, file=sys.stderr)
         if self._log_file is not None:
             self._log_file.write(line + "\n")
             self._log_file.flush()
