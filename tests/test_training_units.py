@@ -244,6 +244,10 @@ def test_publish_is_a_rename_of_a_complete_folder(tmp_path):
     final = ckpt.publish(tmp, tmp_path / "checkpoint-5")
     assert not tmp.exists() and (final / "x" / "w.bin").read_bytes() == b"123"
     assert json.loads((final / ckpt.STATE_DIR / ckpt.STATE_FILE).read_text())["step"] == 5
+    ckpt.write_state_file(tmp, {"step": 5, "again": True})  # the same step saved again replaces it whole
+    ckpt.publish(tmp, final)
+    assert json.loads((final / ckpt.STATE_DIR / ckpt.STATE_FILE).read_text())["again"] and not (final / "x").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-5"]  # no old copy left behind
 
 
 def test_run_folder_naming_and_resume_lookup(tmp_path, monkeypatch):

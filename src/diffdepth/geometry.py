@@ -63,20 +63,17 @@ def project(points: torch.Tensor, K: torch.Tensor, T: Optional[torch.Tensor] = N
     return cam[:, :2] / (z + eps), z
 
 
-def depth_to_disparity(depth, invalid: float = 0.0, eps: float = 0.0):
-    """``1/depth`` where ``depth > eps``, else ``invalid`` (0, or NaN to keep "no value" apart from
-    "far"); numpy (float64 unless float32 in) or torch. NaN depth is invalid."""
+def depth_to_disparity(depth, invalid: float = 0.0):
+    """``1/depth`` where ``depth > 0``, else ``invalid`` (0, or NaN to keep "no value" apart from
+    "far"); numpy (float64 unless float32 in) or torch. NaN depth is invalid. Its own inverse."""
     if isinstance(depth, torch.Tensor):
-        ok = depth > eps
+        ok = depth > 0
         return torch.where(ok, 1.0 / torch.where(ok, depth, 1.0), invalid)
     depth = np.asarray(depth)
     depth = depth if depth.dtype == np.float32 else depth.astype(np.float64)
-    ok = depth > eps
+    ok = depth > 0
     with np.errstate(invalid="ignore"):
         return np.where(ok, 1.0 / np.where(ok, depth, 1.0), np.asarray(invalid, depth.dtype))
-
-
-disparity_to_depth = depth_to_disparity  # the map is its own inverse
 
 
 def depth_to_points(depth: np.ndarray, K: np.ndarray, mask: Optional[np.ndarray] = None) -> np.ndarray:

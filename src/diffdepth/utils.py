@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file/folder writes, device and dtype parsing, seeding."""
+"""Small shared helpers: atomic file/folder writes, device and dtype parsing."""
 from __future__ import annotations
 
 import contextlib
@@ -19,6 +19,7 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
 
 def apply_umask(path: PathLike) -> None:
     """Give ``path`` (and, for a folder, everything under it) the permissions a plain ``open``
@@ -95,7 +96,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: PathLike, overwrite: bool = True) -> Iterator[Path]:
+def atomic_dir(path: PathLike) -> Iterator[Path]:
     """Yield a temporary folder next to ``path``; on success it replaces ``path``.
 
     A reader never sees a half-written folder: either the old one or the complete new one.
@@ -106,25 +107,23 @@ def atomic_dir(path: PathLike, overwrite: bool = True) -> Iterator[Path]:
     try:
         yield tmp
         apply_umask(tmp)  # mkdtemp makes 0700, safetensors 0600
-        if path.exists():
-            if not overwrite:
-                raise FileExistsError(f"{path} exists")
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_dir(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def seed_everything(seed: int) -> None:
-    import random
+def replace_dir(src: PathLike, dst: PathLike) -> None:
+    """Rename the folder ``src`` onto ``dst``; an existing ``dst`` is renamed away first (to
+    ``.<name>.old-<pid>``) and deleted after, so ``dst`` is always either the old or the new folder."""
+    src, dst = Path(src), Path(dst)
+    if not dst.exists():
+        os.replace(src, dst)
+        return
+    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+    if old.exists():
+        shutil.rmtree(old)
+    os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
 
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)

@@ -16,7 +16,6 @@ float32 does not lose it to cancellation when lambda is near 1.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 
 def silog_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
@@ -57,14 +56,3 @@ def silog_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | No
     centred = (g - mean_g) * m
     return ((centred * centred).sum() / n + (1.0 - lam) * mean_g * mean_g).clamp_min(1e-12).sqrt()
 
-
-class SiLogLoss(nn.Module):
-    """Module wrapper of :func:`silog_loss`."""
-
-    def __init__(self, lam: float = 0.85, per_image: bool = False):
-        super().__init__()
-        self.lam = lam
-        self.per_image = per_image
-
-    def forward(self, pred, target, mask=None):
-        return silog_loss(pred, target, mask, self.lam, self.per_image)

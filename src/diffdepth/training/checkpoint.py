@@ -104,20 +104,12 @@ def write_state_file(tmp: Path, state: dict) -> None:
 
 def publish(tmp: Path, final: Path) -> Path:
     """fsync ``tmp`` and atomically rename it to ``final`` (replacing an older one)."""
-    from ..utils import apply_umask
+    from ..utils import apply_umask, replace_dir
 
     tmp, final = Path(tmp), Path(final)
     apply_umask(tmp)  # safetensors/torch writers make 0600 files; checkpoints are shared
     _fsync_tree(tmp)
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    replace_dir(tmp, final)
     _fsync_dir(final.parent)
     return final
 

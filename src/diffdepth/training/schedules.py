@@ -5,7 +5,7 @@ optimizer step ``step`` (0-based: the factor used by the first update is
 ``lr_factor(0)``). Being pure functions of the step, they need no state in a
 checkpoint: a resumed run recomputes the same value.
 
-Warm-up (all schedules but ``onecycle``): ``factor = step / warmup_steps`` for
+Warm-up (all schedules but ``onecycle`` and ``vpd``): ``factor = step / warmup_steps`` for
 ``step < warmup_steps`` (Marigold's convention: the first update has lr 0), then
 the schedule proper runs over ``s = step - warmup_steps`` for
 ``L = decay_steps - warmup_steps`` steps.
@@ -65,8 +65,8 @@ def lr_factor(step: int, name: str = "constant", *, max_steps: int = 1, warmup_s
     if name == "vpd":
         if total < 2:
             raise ConfigError("schedule vpd needs decay_steps (or train.max_steps) >= 2")
-        g, peak, r = (step + 1) / (total / 2.0), 1.0, float(final_ratio)
-        if g < peak:
+        g, r = (step + 1) / (total / 2.0), float(final_ratio)
+        if g < 1.0:
             return r + (1.0 - r) * g ** power
         return max(r, 1.0 - (1.0 - r) * (g - 1.0) ** power)
     if warmup_steps > 0 and step < warmup_steps:

@@ -169,12 +169,9 @@ class Trainer:
             return
         line = f"[diffdepth train] {msg}"
         if console:
-            try:
-                from tqdm import tqdm
+            from tqdm import tqdm  # a dependency; keeps the progress bar intact
 
-                tqdm.write(line, file=sys.stderr)
-            except ImportError:  # pragma: no cover
-                print(line, file=sys.stderr)
+            tqdm.write(line, file=sys.stderr)
         if self._log_file is not None:
             self._log_file.write(line + "\n")
             self._log_file.flush()
@@ -327,8 +324,6 @@ class Trainer:
             self.log("validation: off (set val.every and val.data to enable)")
 
     def _setup_logging(self) -> None:
-        self.tb = None
-        self.wandb = None
         if not self.accelerator.is_main_process:
             return
         log = self.cfg["log"]
@@ -684,7 +679,8 @@ class Trainer:
 
 
 def train(cfg: dict, run_dir, resume: bool = False) -> Dict[str, Any]:
-    """Train a resolved config in ``run_dir``; returns ``{"step", "loss", "history", "checkpoint"}``."""
+    """Train a resolved config in ``run_dir``; returns ``{"step", "loss", "history", "checkpoint", "stopped"}``
+    (only ``step`` and ``checkpoint`` when the run is already at ``train.max_steps``)."""
     trainer = Trainer(cfg, run_dir, resume=resume)
     fresh = not Path(run_dir).exists()
     try:
