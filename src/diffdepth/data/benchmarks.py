@@ -69,8 +69,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..utils import PathLike, atomic_path
-from .files import (SplitLine, decode_depth, kitti_intrinsics, load_velodyne, missing_file, read_kitti_calib,
-                    read_npy, read_poses, read_rgb, read_split, read_uint16_png, require_file)
+from .files import (KITTI_SIDES, SplitLine, decode_depth, kitti_frame, kitti_intrinsics, load_velodyne, missing_file,
+                    read_kitti_calib, read_npy, read_poses, read_rgb, read_split, read_uint16_png, require_file)
 from .folder import FolderDepthDataset
 
 _MARIGOLD = "https://raw.githubusercontent.com/prs-eth/Marigold/main/data_split/"
@@ -384,18 +384,17 @@ class _KittiMono2Base(BenchmarkDataset):
     @staticmethod
     def _camera(line: SplitLine) -> Optional[int]:
         """2 (left, ``l``) or 3 (right, ``r``) from the optional third field; None if unknown."""
-        return {"l": 2, "r": 3, "2": 2, "3": 3}.get(line.fields[2] if len(line.fields) > 2 else "l")
+        return KITTI_SIDES.get(line.fields[2] if len(line.fields) > 2 else "l")
 
     def _read_frame(self, line: SplitLine) -> Tuple[str, np.ndarray, str, int]:
         """(image path relative to the root, RGB, drive folder, frame index) of one split line."""
         folder, frame, cam = line.fields[0], int(line.fields[1]), self._camera(line)
         if cam is None:
             raise InputError(f"unknown side {line.fields[2]!r} (use l or r): {line.where()}")
-        for ext in (".png", ".jpg"):
-            rel = f"{folder}/image_0{cam}/data/{frame:010d}{ext}"
-            if (self.root / rel).is_file():
-                return rel, read_rgb(self.root / rel, line), folder, frame
-        raise missing_file(self.root / f"{folder}/image_0{cam}/data/{frame:010d}.png", line)
+        path = kitti_frame(self.root, folder, cam, frame)
+        if path is None:
+            raise missing_file(self.root / f"{folder}/image_0{cam}/data/{frame:010d}.png", line)
+        return f"{folder}/image_0{cam}/data/{frame:010d}{path.suffix}", read_rgb(path, line), folder, frame
 
     def _name(self, line: SplitLine) -> str:
         return f"{line.fields[0]}/image_0{self._camera(line) or 2}/data/{int(line.fields[1]):010d}"

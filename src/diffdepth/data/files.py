@@ -220,6 +220,20 @@ def kitti_intrinsics(calib: Union[PathLike, Dict], cam: int = 2) -> np.ndarray:
     return value.reshape(3, 4)[:, :3].copy()
 
 
+#: KITTI split-file side -> camera (2: left colour ``image_02``, 3: right colour ``image_03``)
+KITTI_SIDES = {"l": 2, "r": 3, "2": 2, "3": 3}
+
+
+def kitti_frame(root: Path, folder: str, cam: int, index: int) -> Optional[Path]:
+    """``<folder>/image_0<cam>/data/<index:010d>.png`` under ``root``, or ``.jpg`` (as Monodepth2
+    converts them); None when neither exists."""
+    for ext in (".png", ".jpg"):
+        p = root / folder / f"image_0{cam}" / "data" / f"{index:010d}{ext}"
+        if p.is_file():
+            return p
+    return None
+
+
 def read_poses(path: PathLike) -> np.ndarray:
     """Poses file with one row-major 3x4 camera-to-world matrix per line -> [N,4,4] float64."""
     path = Path(path)

@@ -27,21 +27,12 @@ from torch.utils.data import Dataset
 
 from ..errors import InputError
 from ..utils import PathLike
-from .files import (IMAGE_EXTS, SplitLine, decode_depth, kitti_intrinsics, missing_file, read_kitti_calib,
-                    read_matrix, read_poses, read_rgb, read_split, read_uint16_png)
+from .files import (IMAGE_EXTS, KITTI_SIDES, SplitLine, decode_depth, kitti_frame, kitti_intrinsics, missing_file,
+                    read_kitti_calib, read_matrix, read_poses, read_rgb, read_split, read_uint16_png)
 from .folder import resize_sample
 
 #: Monodepth2's KITTI training resolution (H, W)
 KITTI_TRAIN_SIZE = (192, 640)
-_SIDES = {"l": "image_02", "r": "image_03", "2": "image_02", "3": "image_03"}
-
-
-def _frame_path(root: Path, folder: str, cam_dir: str, index: int) -> Optional[Path]:
-    for ext in (".png", ".jpg"):
-        p = root / folder / cam_dir / "data" / f"{index:010d}{ext}"
-        if p.is_file():
-            return p
-    return None
 
 
 class KittiRawSequences(Dataset):
@@ -82,7 +73,7 @@ class KittiRawSequences(Dataset):
                 if len(toks) < 2:
                     raise InputError(f"expected '<folder> <frame_index> [l|r]' on {line.where()}")
                 side = toks[2] if len(toks) > 2 else "l"
-                if side not in _SIDES:
+                if side not in KITTI_SIDES:
                     raise InputError(f"side must be l or r, got {side!r} on {line.where()}")
                 try:
                     idx = int(toks[1])
@@ -124,20 +115,17 @@ class KittiRawSequences(Dataset):
 
     def __getitem__(self, index: int) -> Dict:
         folder, idx, side, line = self.items[index]
-        cam_dir = _SIDES[side]
-        cam = int(cam_dir[-1])
-        frames = []
-        for f in self.frame_ids:
-            p = _frame_path(self.root, folder, cam_dir, idx + f)
+        cam = KITTI_SIDES[side]
+        paths = [kitti_frame(self.root, folder, cam, idx + f) for f in self.frame_ids]
+        for f, p in zip(self.frame_ids, paths):
             if p is None:
-                missing = self.root / folder / cam_dir / "data" / f"{idx + f:010d}.png"
-                err = missing_file(missing, line)
-                raise InputError(f"{err} (frame {f:+d} of {folder} {idx})")
-            frames.append(read_rgb(p, line))
+                missing = self.root / folder / f"image_0{cam}" / "data" / f"{idx + f:010d}.png"
+                raise InputError(f"{missing_file(missing, line)} (frame {f:+d} of {folder} {idx})")
+        frames = [read_rgb(p, line) for p in paths]
         shapes = {fr.shape for fr in frames}
         if len(shapes) != 1:
             raise InputError(f"frames of {folder} around {idx} have different sizes {sorted(shapes)}")
-        target = _frame_path(self.root, folder, cam_dir, idx)
+        target = paths[0]
         sample: Dict = {
             "name": target.relative_to(self.root).with_suffix("").as_posix(),
             "frames": np.stack(frames, 0),  # [T,3,H,W]
