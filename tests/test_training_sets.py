@@ -338,8 +338,8 @@ def test_one_folder_reader_for_training_and_eval(tmp_path):
     split = tmp_path / "split.txt"
     split.write_text("# comment\ns/a.v1\n\ns/a.v1.png other/gt.png\ns/b\n")
     ds = open_benchmark("folder", tmp_path, split)
-    assert type(ds) is FolderDepthDataset and ds.num_listed == 3
-    assert ds.names == ["s/a.v1", "s/a.v1", "s/b"]  # only an image extension is dropped from a name
+    assert type(ds) is FolderDepthDataset and len(ds) == 3
+    assert [item[0] for item in ds.items] == ["s/a.v1", "s/a.v1", "s/b"]  # only an image extension is dropped
     train = FolderDepthDataset(tmp_path, split)[0]
     for key in ("image", "depth", "valid"):
         np.testing.assert_array_equal(ds[0][key], train[key])

@@ -227,14 +227,6 @@ class FolderDepthDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    @property
-    def num_listed(self) -> int:
-        return len(self.items)
-
-    @property
-    def names(self) -> List[str]:
-        return [item[0] for item in self.items]
-
     def __getitem__(self, index: int) -> Dict:
         name, img_path, depth_path, line = self.items[index]
         image = read_rgb(img_path, line)
