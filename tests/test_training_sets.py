@@ -326,6 +326,15 @@ def test_folder_write_read_and_errors(tmp_path):
         FolderDepthDataset(tmp_path / "nope")
 
 
+@pytest.mark.parametrize("cls", [FolderDepthDataset, HypersimDataset, VirtualKitti2Dataset, TartanAirDataset,
+                                 KittiRawSequences])
+def test_missing_root_names_it_and_the_config_key(tmp_path, cls):
+    (tmp_path / "file").write_text("not a folder")
+    for root in (tmp_path / "nope", tmp_path / "file"):
+        with pytest.raises(InputError, match=f"{root} does not exist or is not a folder — check root: in the config"):
+            cls(root)
+
+
 def test_one_folder_reader_for_training_and_eval(tmp_path):
     """``eval --dataset folder`` opens the training reader; split lines may name a depth file;
     errors name the file and the split file's line."""

@@ -50,6 +50,15 @@ def require_file(path: PathLike, line: Optional[SplitLine] = None) -> Path:
     return path
 
 
+def dataset_root(path: PathLike, what: str) -> Path:
+    """The folder ``path`` (``~`` expanded), or an InputError naming it as ``what``."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise InputError(f"{what} {path} does not exist or is not a folder — check root: in the config "
+                         f"(--data-root for eval)")
+    return path
+
+
 def read_split(path: PathLike) -> List[SplitLine]:
     """Non-empty, non-``#`` lines of a whitespace-separated split file, with their line numbers."""
     path = Path(path).expanduser()

@@ -31,7 +31,8 @@ from torch.utils.data import Dataset
 from ..errors import InputError
 from ..geometry import scale_intrinsics
 from ..utils import PathLike, atomic_path
-from .files import DEPTH_FORMATS, IMAGE_EXTS, SplitLine, decode_depth, read_depth_file, read_matrix, read_rgb, read_split
+from .files import (DEPTH_FORMATS, IMAGE_EXTS, SplitLine, dataset_root, decode_depth, read_depth_file, read_matrix,
+                    read_rgb, read_split)
 
 # --------------------------------------------------------------------------- resizing
 
@@ -178,9 +179,7 @@ class FolderDepthDataset(Dataset):
                  depth_format: str = "png16", depth_scale: Optional[float] = None,
                  invalid_value: Optional[float] = 0, max_depth: Optional[float] = None,
                  intrinsics_suffix: str = "_K", size: Optional[Sequence[int]] = None) -> None:
-        self.root = Path(root).expanduser()
-        if not self.root.is_dir():
-            raise InputError(f"dataset folder {self.root} does not exist — check --data-root")
+        self.root = dataset_root(root, "dataset folder")
         if depth_format not in DEPTH_FORMATS:
             raise InputError(f"unknown depth format {depth_format!r}; use one of {', '.join(DEPTH_FORMATS)}")
         self.depth_suffix = depth_suffix

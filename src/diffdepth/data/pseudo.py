@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from ..utils import PathLike, atomic_path
-from .files import IMAGE_EXTS, read_npy, read_rgb, read_uint16_png
+from .files import IMAGE_EXTS, dataset_root, read_npy, read_rgb, read_uint16_png
 from .folder import resize_sample
 
 KINDS = ("disparity", "depth")
@@ -142,9 +142,7 @@ class PseudoLabelDataset:
                  segmentation: Optional[str] = "segmentation", captions: Optional[str] = None,
                  depth_kind: Optional[str] = None, seg_classes: int = 150,
                  size: Optional[Sequence[int]] = None) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise InputError(f"pseudo-label folder {self.root} does not exist")
+        self.root = dataset_root(root, "pseudo-label folder")
         self.image_dir = self.root / images
         self.depth_dir = self.root / depth
         if not self.image_dir.is_dir():

@@ -27,8 +27,8 @@ from torch.utils.data import Dataset
 
 from ..errors import InputError
 from ..utils import PathLike
-from .files import (IMAGE_EXTS, KITTI_SIDES, SplitLine, decode_depth, kitti_frame, kitti_intrinsics, missing_file,
-                    read_kitti_calib, read_matrix, read_poses, read_rgb, read_split, read_uint16_png)
+from .files import (IMAGE_EXTS, KITTI_SIDES, SplitLine, dataset_root, decode_depth, kitti_frame, kitti_intrinsics,
+                    missing_file, read_kitti_calib, read_matrix, read_poses, read_rgb, read_split, read_uint16_png)
 from .folder import resize_sample
 
 #: Monodepth2's KITTI training resolution (H, W)
@@ -54,9 +54,7 @@ class KittiRawSequences(Dataset):
     def __init__(self, root: PathLike, split_file: Optional[PathLike] = None,
                  size: Optional[Sequence[int]] = KITTI_TRAIN_SIZE, frame_ids: Sequence[int] = (0, -1, 1),
                  load_depth: bool = True, load_poses: bool = True) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise InputError(f"KITTI raw root {self.root} does not exist")
+        self.root = dataset_root(root, "KITTI raw root")
         self.frame_ids = [int(f) for f in frame_ids]
         if not self.frame_ids or self.frame_ids[0] != 0:
             raise InputError(f"frame_ids must start with 0 (the target frame), got {list(frame_ids)}")
@@ -168,9 +166,7 @@ class VideoFolderSequences(Dataset):
 
     def __init__(self, root: PathLike, intrinsics_file: PathLike, size: Optional[Sequence[int]] = None,
                  frame_ids: Sequence[int] = (0, -1, 1), stride: int = 1) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise InputError(f"video frame folder {self.root} does not exist")
+        self.root = dataset_root(root, "video frame folder")
         self.K = read_matrix(intrinsics_file)
         self.intrinsics_file = Path(intrinsics_file)
         self.frame_ids = [int(f) for f in frame_ids]

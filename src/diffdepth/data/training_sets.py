@@ -53,7 +53,8 @@ from torch.utils.data import Dataset
 from ..errors import InputError
 from ..geometry import distance_to_planar_depth
 from ..utils import PathLike
-from .files import SplitLine, decode_depth, read_npy, read_rgb, read_split, read_uint16_png, require_file, where
+from .files import (SplitLine, dataset_root, decode_depth, read_npy, read_rgb, read_split, read_uint16_png,
+                    require_file, where)
 from .folder import make_sample
 
 HYPERSIM_FOCAL = 886.81  # px at 1024x768
@@ -117,9 +118,7 @@ class HypersimDataset(Dataset):
     def __init__(self, root: PathLike, split_file: Optional[PathLike] = None, size: Optional[Sequence[int]] = None,
                  layout: str = "auto", split: str = "train", rgb_source: str = "auto",
                  focal: float = HYPERSIM_FOCAL) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise InputError(f"Hypersim root {self.root} does not exist")
+        self.root = dataset_root(root, "Hypersim root")
         if layout == "auto":
             layout = "raw" if any(self.root.glob("*/images")) else "processed"
         if layout not in ("processed", "raw"):
@@ -242,9 +241,7 @@ class VirtualKitti2Dataset(Dataset):
 
     def __init__(self, root: PathLike, split_file: Optional[PathLike] = None, size: Optional[Sequence[int]] = None,
                  max_depth: float = 655.35, cameras: Sequence[int] = (0, 1)) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise InputError(f"Virtual KITTI 2 root {self.root} does not exist")
+        self.root = dataset_root(root, "Virtual KITTI 2 root")
         self.size, self.max_depth = size, float(max_depth)
         self._K: Dict[Path, Dict] = {}
         self.items: List[Tuple[str, str, Optional[SplitLine]]] = []  # (rgb rel, depth rel, line)
@@ -308,9 +305,7 @@ class TartanAirDataset(Dataset):
 
     def __init__(self, root: PathLike, split_file: Optional[PathLike] = None, size: Optional[Sequence[int]] = None,
                  max_depth: Optional[float] = None) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise InputError(f"TartanAir root {self.root} does not exist")
+        self.root = dataset_root(root, "TartanAir root")
         self.size, self.max_depth = size, max_depth
         self.items: List[Tuple[str, str, Optional[SplitLine]]] = []
         if split_file is not None:
