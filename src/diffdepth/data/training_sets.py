@@ -160,7 +160,7 @@ class HypersimDataset(Dataset):
     @staticmethod
     def _read_csv(path: Path, split: str) -> List[Tuple]:
         if not path.is_file():
-            raise InputError(f"split file {path} does not exist")
+            raise InputError(f"split file {path} does not exist — check split_file: in the config")
         items = []
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
