@@ -65,7 +65,7 @@ def read_split(path: PathLike) -> List[SplitLine]:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise InputError(f"split file {path} does not exist — check --split-file (split_file: in the config)") from None
+        raise InputError(f"split file {path} does not exist — check --split-file (split_file: in a config)") from None
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"cannot read split file {path} ({type(err).__name__})") from None
     lines = [SplitLine(i, s, tuple(s.split()), str(path))
