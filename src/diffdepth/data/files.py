@@ -33,8 +33,8 @@ class SplitLine:
         return f"split line {self.lineno} of {self.source}: {self.text!r}"
 
 
-def where(path: PathLike, line: Optional[SplitLine] = None) -> str:
-    """``path`` and, when given, the split line it came from (for error messages)."""
+def where(path, line: Optional[SplitLine] = None) -> str:
+    """``path`` (or an error) and, when given, the split line it came from (for error messages)."""
     return f"{path}" + (f" ({line.where()})" if line is not None else "")
 
 
@@ -87,7 +87,7 @@ def read_rgb(path: PathLike, line: Optional[SplitLine] = None) -> np.ndarray:
     try:
         rgb = read_image_with_meta(path, exif_orientation=False)[0]
     except InputError as err:
-        raise InputError(f"{err}" + (f" ({line.where()})" if line is not None else "")) from None
+        raise InputError(where(err, line)) from None
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 
 
@@ -198,7 +198,7 @@ def read_matrix(path: PathLike, line: Optional[SplitLine] = None) -> np.ndarray:
     try:
         return read_k_file(path)
     except InputError as err:
-        raise InputError(f"{err}" + (f" ({line.where()})" if line is not None else "")) from None
+        raise InputError(where(err, line)) from None
 
 
 def read_kitti_calib(path: PathLike, line: Optional[SplitLine] = None) -> Dict[str, Union[np.ndarray, str]]:
