@@ -56,7 +56,9 @@ fields, paths relative to ``root``; blank lines and ``#`` comments ignored):
     (``Position3DGrid`` 55×305×4, channel 3 = depth in metres). Split: optional, one ``<id>``
     (or ``img-<id>.jpg``) per line; default: every image in ``Test134``. The image is cut to
     its central 2:1 band (rows 710:1562), the depth to rows 17:38 (21×305).
-``folder``: :class:`diffdepth.data.folder.FolderDepthDataset` (the training reader too).
+``folder``: :class:`diffdepth.data.folder.FolderDepthDataset` (the training reader too; its samples
+    are :func:`~diffdepth.data.folder.make_sample` dicts: no ``image_path``, float32 ``intrinsics``
+    only when a K file exists).
 """
 from __future__ import annotations
 
