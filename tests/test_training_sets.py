@@ -326,6 +326,14 @@ def test_folder_write_read_and_errors(tmp_path):
         FolderDepthDataset(tmp_path / "nope")
 
 
+def test_short_split_line_shows_the_expected_form(tmp_path):
+    (tmp_path / "s.txt").write_text("a.png b.png\nc.png\n")
+    with pytest.raises(InputError, match=r"expected '<rgb> <depth>', got 1 field\(s\): split line 2 of .*s\.txt: 'c\.png'"):
+        VirtualKitti2Dataset(tmp_path, tmp_path / "s.txt")
+    with pytest.raises(InputError, match=r"expected '<folder> <frame_index> \[l\|r\]', got 1 field\(s\): split line 2"):
+        KittiRawSequences(tmp_path, tmp_path / "s.txt")
+
+
 @pytest.mark.parametrize("cls", [FolderDepthDataset, HypersimDataset, VirtualKitti2Dataset, TartanAirDataset,
                                  KittiRawSequences])
 def test_missing_root_names_it_and_the_config_key(tmp_path, cls):

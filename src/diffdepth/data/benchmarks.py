@@ -117,10 +117,6 @@ def fetch_split(key: str, timeout: float = 20.0) -> Path:
     return local
 
 
-def load_split(key: Optional[str], split_file: Optional[PathLike] = None) -> List[SplitLine]:
-    return read_split(split_file if split_file is not None else fetch_split(key))
-
-
 # ---------------------------------------------------------------------------- samples
 def _sample(name, image_path, image, depth, valid=None, intrinsics=None, **extra) -> dict:
     depth, ok = decode_depth(np.asarray(depth, dtype=np.float32), 1.0, None)
@@ -155,12 +151,7 @@ class BenchmarkDataset:
         self.num_listed = getattr(self, "num_listed", len(self.entries))
 
     def _split_lines(self, split_file) -> List[SplitLine]:
-        lines = load_split(self.split_key, split_file)
-        for line in lines:
-            if len(line.fields) < self.min_fields:
-                raise InputError(f"split line has {len(line.fields)} field(s), expected at least "
-                                 f"{self.min_fields}: {line.where()}")
-        return lines
+        return read_split(split_file if split_file is not None else fetch_split(self.split_key), self.min_fields)
 
     def _parse(self, lines: List[SplitLine]) -> list:
         return lines

@@ -59,8 +59,9 @@ def dataset_root(path: PathLike, what: str) -> Path:
     return path
 
 
-def read_split(path: PathLike) -> List[SplitLine]:
-    """Non-empty, non-``#`` lines of a whitespace-separated split file, with their line numbers."""
+def read_split(path: PathLike, min_fields: int = 1, form: str = "") -> List[SplitLine]:
+    """Non-empty, non-``#`` lines of a whitespace-separated split file, with their line numbers;
+    a line of fewer than ``min_fields`` fields is an error showing the expected ``form``."""
     path = Path(path).expanduser()
     try:
         text = path.read_text()
@@ -73,6 +74,10 @@ def read_split(path: PathLike) -> List[SplitLine]:
              if s and not s.startswith("#")]
     if not lines:
         raise InputError(f"split file {path} lists no samples")
+    for line in lines:
+        if len(line.fields) < min_fields:
+            raise InputError(f"expected {form or f'at least {min_fields} fields'}, got {len(line.fields)} "
+                             f"field(s): {line.where()}")
     return lines
 
 

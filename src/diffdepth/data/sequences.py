@@ -66,10 +66,8 @@ class KittiRawSequences(Dataset):
         # items: (folder, frame index, side, split line or None)
         self.items: List[Tuple[str, int, str, Optional[SplitLine]]] = []
         if split_file is not None:
-            for line in read_split(split_file):
+            for line in read_split(split_file, 2, "'<folder> <frame_index> [l|r]'"):
                 toks = line.fields
-                if len(toks) < 2:
-                    raise InputError(f"expected '<folder> <frame_index> [l|r]' on {line.where()}")
                 side = toks[2] if len(toks) > 2 else "l"
                 if side not in KITTI_SIDES:
                     raise InputError(f"side must be l or r, got {side!r} on {line.where()}")

@@ -130,9 +130,7 @@ class HypersimDataset(Dataset):
         self.items: List[Tuple] = []
         if layout == "processed":
             if split_file is not None:
-                for line in read_split(split_file):
-                    if len(line.fields) < 2:
-                        raise InputError(f"expected '<rgb> <depth>' on {line.where()}")
+                for line in read_split(split_file, 2, "'<rgb> <depth>'"):
                     self.items.append((*line.fields[:2], line))
             else:
                 for p in sorted(self.root.rglob("rgb_*.png")):
@@ -144,9 +142,7 @@ class HypersimDataset(Dataset):
             if split_file is not None and str(split_file).endswith(".csv"):
                 self.items = self._read_csv(Path(split_file), split)
             elif split_file is not None:
-                for line in read_split(split_file):
-                    if len(line.fields) < 3:
-                        raise InputError(f"expected '<scene> <camera> <frame>' on {line.where()}")
+                for line in read_split(split_file, 3, "'<scene> <camera> <frame>'"):
                     self.items.append((line.fields[0], line.fields[1], int(line.fields[2]), line))
             else:
                 for p in sorted(self.root.glob("*/images/scene_*_geometry_hdf5/frame.*.depth_meters.hdf5")):
@@ -246,9 +242,7 @@ class VirtualKitti2Dataset(Dataset):
         self._K: Dict[Path, Dict] = {}
         self.items: List[Tuple[str, str, Optional[SplitLine]]] = []  # (rgb rel, depth rel, line)
         if split_file is not None:
-            for line in read_split(split_file):
-                if len(line.fields) < 2:
-                    raise InputError(f"expected '<rgb> <depth>' on {line.where()}")
+            for line in read_split(split_file, 2, "'<rgb> <depth>'"):
                 if line.fields[1] != "None":
                     self.items.append((*line.fields[:2], line))
         else:
