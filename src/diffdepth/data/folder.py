@@ -62,15 +62,21 @@ def resize_sample(sample: Dict, size: Optional[Sequence[int]]) -> Dict:
         return out.numpy().astype(np.float32)
 
     sample[key] = _img(sample[key])
-    # nearest on pixel centres: output pixel i samples input floor((i + 0.5) * h / th)
-    ys = np.minimum(((np.arange(th) + 0.5) * h / th).astype(np.int64), h - 1)
-    xs = np.minimum(((np.arange(tw) + 0.5) * w / tw).astype(np.int64), w - 1)
     for k in ("depth", "valid", "segmentation"):
         if k in sample:
-            sample[k] = np.ascontiguousarray(sample[k][..., ys[:, None], xs[None, :]])
+            sample[k] = resize_nearest(sample[k], (th, tw))
     if "intrinsics" in sample:
         sample["intrinsics"] = scale_intrinsics(sample["intrinsics"], tw / w, th / h).astype(np.float32)
     return sample
+
+
+def resize_nearest(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """``x [..., h, w]`` at ``size`` (H, W), nearest on pixel centres: output pixel i samples input
+    floor((i + 0.5) * h / H), so no invalid pixel is mixed into a valid one."""
+    h, w = x.shape[-2:]
+    ys = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(np.int64), h - 1)
+    xs = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(np.int64), w - 1)
+    return np.ascontiguousarray(x[..., ys[:, None], xs[None, :]])
 
 
 def make_sample(name: str, image: np.ndarray, depth: Optional[np.ndarray], valid: Optional[np.ndarray],
