@@ -146,7 +146,6 @@ class BenchmarkDataset:
         self.root = Path(root).expanduser()
         if not self.root.exists():
             raise InputError(f"dataset root {self.root} does not exist — check --data-root")
-        self.split_file = split_file
         self.entries = self._parse(self._split_lines(split_file))
         self.num_listed = getattr(self, "num_listed", len(self.entries))
 
@@ -212,7 +211,6 @@ class NYUv2Labeled(BenchmarkDataset):
                 raise InputError("the labeled NYUv2 .mat needs the official splits.mat (testNdxs) — "
                                  "pass --split-file splits.mat")
             split_file = guess
-        self.split_file = split_file
         self.root = self.mat_path.parent
         self.entries = self._read_indices(Path(split_file))
         self.num_listed = len(self.entries)

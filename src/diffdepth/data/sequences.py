@@ -166,7 +166,6 @@ class VideoFolderSequences(Dataset):
                  frame_ids: Sequence[int] = (0, -1, 1), stride: int = 1) -> None:
         self.root = dataset_root(root, "video frame folder")
         self.K = read_matrix(intrinsics_file)
-        self.intrinsics_file = Path(intrinsics_file)
         self.frame_ids = [int(f) for f in frame_ids]
         if not self.frame_ids or self.frame_ids[0] != 0:
             raise InputError(f"frame_ids must start with 0 (the target frame), got {list(frame_ids)}")
