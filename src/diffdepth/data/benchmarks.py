@@ -447,9 +447,7 @@ class ETH3D(BenchmarkDataset):
         h, w = self.shape
         if raw.size != h * w:
             raise InputError(f"{path} holds {raw.size} float32 values, expected {h}x{w}={h * w}: {line.where()}")
-        depth = raw.reshape(h, w).astype(np.float32)
-        depth[np.isinf(depth)] = 0.0
-        return _sample(_stem(rgb), rgb, image, depth)
+        return _sample(_stem(rgb), rgb, image, raw.reshape(h, w))  # inf -> 0 (invalid) there
 
 
 class ScanNet(_MillimetrePngPairs):
