@@ -1,6 +1,6 @@
 """File decoding for every reader in ``data/`` (benchmarks, training sets, sequences, anchors,
 the folder dataset): RGB images, depth maps in their stored encodings, split files, intrinsics,
-KITTI calibration / poses / Velodyne scans, and the one missing-file error.
+KITTI calibration / poses / Velodyne scans, and the missing-file and missing-root errors.
 
 Each reader takes an optional ``line`` (the :class:`SplitLine` a path came from); errors are
 :class:`~diffdepth.errors.InputError` naming the file and that split-file line.
