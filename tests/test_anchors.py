@@ -128,6 +128,9 @@ def test_png_anchors_in_millimetres_or_kitti_units(tmp_path):
     Image.fromarray(np.zeros((3, 4, 3), np.uint8)).save(tmp_path / "rgb.png")
     with pytest.raises(InputError, match="16-bit"):
         read_anchors(tmp_path / "rgb.png", (3, 4))
+    Image.fromarray(np.full((3, 4), 200, np.uint8)).save(tmp_path / "grey8.png")  # 0.2 m at most: a mistake
+    with pytest.raises(InputError, match="are a L PNG; expected a single-channel 16-bit PNG"):
+        read_anchors(tmp_path / "grey8.png", (3, 4))
 
 
 def test_csv_anchors_with_header_and_errors(tmp_path):

@@ -63,6 +63,11 @@ def test_reader_layout_variants_and_errors(tmp_path, synth_pl):
     with pytest.raises(InputError, match=r"indoor_00000.png has class 150"):
         PseudoLabelDataset(root)[0]
     assert PseudoLabelDataset(root)[1]["segmentation"].min() == 255  # no file: all ignored
+    # a label at a quarter of the size: nearest on pixel centres (output i reads input (i + 0.5) / 4)
+    small = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    Image.fromarray(small, "L").save(root / "segmentation" / "indoor_00002.png")
+    seg = PseudoLabelDataset(root)[2]["segmentation"][0]
+    np.testing.assert_array_equal(seg, np.repeat(np.repeat(small, 4, 0), 4, 1))
     # an image without a teacher label stops the reader with its name
     (root / "depth" / "indoor_00003.png").unlink()
     with pytest.raises(InputError, match="indoor_00003"):

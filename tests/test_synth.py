@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from diffdepth.data import synth as S
-from diffdepth.data.files import read_rgb, read_uint16_png
+from diffdepth.data.files import kitti_intrinsics, read_rgb, read_uint16_png
 from diffdepth.data.folder import FolderDepthDataset
-from diffdepth.data.sequences import KittiRawSequences, kitti_intrinsics
+from diffdepth.data.sequences import KittiRawSequences
 from diffdepth.errors import InputError
 
 
@@ -152,7 +152,7 @@ def test_kitti_layout_files_and_split(tmp_path):
 
 
 def test_layouts_read_by_benchmark_readers(tmp_path):
-    """The evaluation engineer's NYUv2 / KittiEigen / folder readers consume synth output."""
+    """The NYUv2 / KittiEigen / folder benchmark readers consume synth output."""
     import diffdepth.data.benchmarks as bm
     size, seed = (30, 40), 2
     S.write_dataset(tmp_path / "nyu", "indoor", 2, size, seed, "nyu")

@@ -326,6 +326,23 @@ def test_folder_write_read_and_errors(tmp_path):
         FolderDepthDataset(tmp_path / "nope")
 
 
+def test_short_split_line_shows_the_expected_form(tmp_path):
+    (tmp_path / "s.txt").write_text("a.png b.png\nc.png\n")
+    with pytest.raises(InputError, match=r"expected '<rgb> <depth>', got 1 field\(s\): split line 2 of .*s\.txt: 'c\.png'"):
+        VirtualKitti2Dataset(tmp_path, tmp_path / "s.txt")
+    with pytest.raises(InputError, match=r"expected '<folder> <frame_index> \[l\|r\]', got 1 field\(s\): split line 2"):
+        KittiRawSequences(tmp_path, tmp_path / "s.txt")
+
+
+@pytest.mark.parametrize("cls", [FolderDepthDataset, HypersimDataset, VirtualKitti2Dataset, TartanAirDataset,
+                                 KittiRawSequences])
+def test_missing_root_names_it_and_the_config_key(tmp_path, cls):
+    (tmp_path / "file").write_text("not a folder")
+    for root in (tmp_path / "nope", tmp_path / "file"):
+        with pytest.raises(InputError, match=f"{root} does not exist or is not a folder — check root: in the config"):
+            cls(root)
+
+
 def test_one_folder_reader_for_training_and_eval(tmp_path):
     """``eval --dataset folder`` opens the training reader; split lines may name a depth file;
     errors name the file and the split file's line."""
@@ -338,8 +355,8 @@ def test_one_folder_reader_for_training_and_eval(tmp_path):
     split = tmp_path / "split.txt"
     split.write_text("# comment\ns/a.v1\n\ns/a.v1.png other/gt.png\ns/b\n")
     ds = open_benchmark("folder", tmp_path, split)
-    assert type(ds) is FolderDepthDataset and ds.num_listed == 3
-    assert ds.names == ["s/a.v1", "s/a.v1", "s/b"]  # only an image extension is dropped from a name
+    assert type(ds) is FolderDepthDataset and len(ds) == 3
+    assert [item[0] for item in ds.items] == ["s/a.v1", "s/a.v1", "s/b"]  # only an image extension is dropped
     train = FolderDepthDataset(tmp_path, split)[0]
     for key in ("image", "depth", "valid"):
         np.testing.assert_array_equal(ds[0][key], train[key])

@@ -19,16 +19,15 @@ A map of another size than the prediction has its anchor pixels moved to the pre
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import numpy as np
 
 from ..errors import InputError
+from ..utils import PathLike
 from .files import decode_depth, load_velodyne, read_kitti_calib, read_npy, read_uint16_png
 
-PathLike = Union[str, os.PathLike]
 ANCHOR_EXTENSIONS = (".npy", ".png", ".csv", ".bin")
 PNG_SCALES = {"mm": 1000.0, "kitti": 256.0}
 KITTI_CALIB = ("calib_cam_to_cam.txt", "calib_velo_to_cam.txt")
@@ -47,7 +46,18 @@ def read_npy_anchors(path: PathLike) -> np.ndarray:
 
 
 def read_png_anchors(path: PathLike, scale: float = 1000.0) -> np.ndarray:
-    """16-bit PNG: depth in mm (``scale`` 1000) or KITTI's depth×256 (``--png-scale kitti``)."""
+    """16-bit PNG: depth in mm (``scale`` 1000) or KITTI's depth×256 (``--png-scale kitti``);
+    8-bit PNGs (which dataset readers accept) are refused: they cannot hold depths in mm."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read anchors {path} ({err})") from None
+    if mode not in ("I;16", "I;16B", "I;16L", "I"):
+        raise InputError(f"anchors {path} are a {mode} PNG; expected a single-channel 16-bit PNG "
+                         f"(depth in mm, or KITTI's depth×256 with --png-scale kitti)")
     return decode_depth(read_uint16_png(path), 1.0 / scale)[0]
 
 

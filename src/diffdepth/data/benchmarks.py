@@ -56,7 +56,9 @@ fields, paths relative to ``root``; blank lines and ``#`` comments ignored):
     (``Position3DGrid`` 55×305×4, channel 3 = depth in metres). Split: optional, one ``<id>``
     (or ``img-<id>.jpg``) per line; default: every image in ``Test134``. The image is cut to
     its central 2:1 band (rows 710:1562), the depth to rows 17:38 (21×305).
-``folder``: :class:`diffdepth.data.folder.FolderDepthDataset` (the training reader too).
+``folder``: :class:`diffdepth.data.folder.FolderDepthDataset` (the training reader too; its samples
+    are :func:`~diffdepth.data.folder.make_sample` dicts: no ``image_path``, float32 ``intrinsics``
+    only when a K file exists).
 """
 from __future__ import annotations
 
@@ -69,8 +71,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..utils import PathLike, atomic_path
-from .files import (SplitLine, decode_depth, kitti_intrinsics, load_velodyne, missing_file, read_kitti_calib,
-                    read_npy, read_poses, read_rgb, read_split, read_uint16_png, require_file)
+from .files import (KITTI_SIDES, SplitLine, decode_depth, kitti_frame, kitti_intrinsics, load_velodyne, missing_file,
+                    read_kitti_calib, read_npy, read_poses, read_rgb, read_split, read_uint16_png, require_file)
 from .folder import FolderDepthDataset
 
 _MARIGOLD = "https://raw.githubusercontent.com/prs-eth/Marigold/main/data_split/"
@@ -115,10 +117,6 @@ def fetch_split(key: str, timeout: float = 20.0) -> Path:
     return local
 
 
-def load_split(key: Optional[str], split_file: Optional[PathLike] = None) -> List[SplitLine]:
-    return read_split(split_file if split_file is not None else fetch_split(key))
-
-
 # ---------------------------------------------------------------------------- samples
 def _sample(name, image_path, image, depth, valid=None, intrinsics=None, **extra) -> dict:
     depth, ok = decode_depth(np.asarray(depth, dtype=np.float32), 1.0, None)
@@ -148,17 +146,11 @@ class BenchmarkDataset:
         self.root = Path(root).expanduser()
         if not self.root.exists():
             raise InputError(f"dataset root {self.root} does not exist — check --data-root")
-        self.split_file = split_file
         self.entries = self._parse(self._split_lines(split_file))
         self.num_listed = getattr(self, "num_listed", len(self.entries))
 
     def _split_lines(self, split_file) -> List[SplitLine]:
-        lines = load_split(self.split_key, split_file)
-        for line in lines:
-            if len(line.fields) < self.min_fields:
-                raise InputError(f"split line has {len(line.fields)} field(s), expected at least "
-                                 f"{self.min_fields}: {line.where()}")
-        return lines
+        return read_split(split_file if split_file is not None else fetch_split(self.split_key), self.min_fields)
 
     def _parse(self, lines: List[SplitLine]) -> list:
         return lines
@@ -219,7 +211,6 @@ class NYUv2Labeled(BenchmarkDataset):
                 raise InputError("the labeled NYUv2 .mat needs the official splits.mat (testNdxs) — "
                                  "pass --split-file splits.mat")
             split_file = guess
-        self.split_file = split_file
         self.root = self.mat_path.parent
         self.entries = self._read_indices(Path(split_file))
         self.num_listed = len(self.entries)
@@ -384,18 +375,17 @@ class _KittiMono2Base(BenchmarkDataset):
     @staticmethod
     def _camera(line: SplitLine) -> Optional[int]:
         """2 (left, ``l``) or 3 (right, ``r``) from the optional third field; None if unknown."""
-        return {"l": 2, "r": 3, "2": 2, "3": 3}.get(line.fields[2] if len(line.fields) > 2 else "l")
+        return KITTI_SIDES.get(line.fields[2] if len(line.fields) > 2 else "l")
 
     def _read_frame(self, line: SplitLine) -> Tuple[str, np.ndarray, str, int]:
         """(image path relative to the root, RGB, drive folder, frame index) of one split line."""
         folder, frame, cam = line.fields[0], int(line.fields[1]), self._camera(line)
         if cam is None:
             raise InputError(f"unknown side {line.fields[2]!r} (use l or r): {line.where()}")
-        for ext in (".png", ".jpg"):
-            rel = f"{folder}/image_0{cam}/data/{frame:010d}{ext}"
-            if (self.root / rel).is_file():
-                return rel, read_rgb(self.root / rel, line), folder, frame
-        raise missing_file(self.root / f"{folder}/image_0{cam}/data/{frame:010d}.png", line)
+        path = kitti_frame(self.root, folder, cam, frame)
+        if path is None:
+            raise missing_file(self.root / f"{folder}/image_0{cam}/data/{frame:010d}.png", line)
+        return f"{folder}/image_0{cam}/data/{frame:010d}{path.suffix}", read_rgb(path, line), folder, frame
 
     def _name(self, line: SplitLine) -> str:
         return f"{line.fields[0]}/image_0{self._camera(line) or 2}/data/{int(line.fields[1]):010d}"
@@ -457,9 +447,7 @@ class ETH3D(BenchmarkDataset):
         h, w = self.shape
         if raw.size != h * w:
             raise InputError(f"{path} holds {raw.size} float32 values, expected {h}x{w}={h * w}: {line.where()}")
-        depth = raw.reshape(h, w).astype(np.float32)
-        depth[np.isinf(depth)] = 0.0
-        return _sample(_stem(rgb), rgb, image, depth)
+        return _sample(_stem(rgb), rgb, image, raw.reshape(h, w))  # inf -> 0 (invalid) there
 
 
 class ScanNet(_MillimetrePngPairs):

@@ -1,6 +1,6 @@
 """File decoding for every reader in ``data/`` (benchmarks, training sets, sequences, anchors,
 the folder dataset): RGB images, depth maps in their stored encodings, split files, intrinsics,
-KITTI calibration / poses / Velodyne scans, and the one missing-file error.
+KITTI calibration / poses / Velodyne scans, and the missing-file and missing-root errors.
 
 Each reader takes an optional ``line`` (the :class:`SplitLine` a path came from); errors are
 :class:`~diffdepth.errors.InputError` naming the file and that split-file line.
@@ -33,8 +33,8 @@ class SplitLine:
         return f"split line {self.lineno} of {self.source}: {self.text!r}"
 
 
-def where(path: PathLike, line: Optional[SplitLine] = None) -> str:
-    """``path`` and, when given, the split line it came from (for error messages)."""
+def where(path, line: Optional[SplitLine] = None) -> str:
+    """``path`` (or an error) and, when given, the split line it came from (for error messages)."""
     return f"{path}" + (f" ({line.where()})" if line is not None else "")
 
 
@@ -50,13 +50,23 @@ def require_file(path: PathLike, line: Optional[SplitLine] = None) -> Path:
     return path
 
 
-def read_split(path: PathLike) -> List[SplitLine]:
-    """Non-empty, non-``#`` lines of a whitespace-separated split file, with their line numbers."""
+def dataset_root(path: PathLike, what: str) -> Path:
+    """The folder ``path`` (``~`` expanded), or an InputError naming it as ``what``."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise InputError(f"{what} {path} does not exist or is not a folder — check root: in the config "
+                         f"(--data-root for eval)")
+    return path
+
+
+def read_split(path: PathLike, min_fields: int = 1, form: str = "") -> List[SplitLine]:
+    """Non-empty, non-``#`` lines of a whitespace-separated split file, with their line numbers;
+    a line of fewer than ``min_fields`` fields is an error showing the expected ``form``."""
     path = Path(path).expanduser()
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise InputError(f"split file {path} does not exist — check --split-file") from None
+        raise InputError(f"split file {path} does not exist — check --split-file (split_file: in a config)") from None
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"cannot read split file {path} ({type(err).__name__})") from None
     lines = [SplitLine(i, s, tuple(s.split()), str(path))
@@ -64,6 +74,10 @@ def read_split(path: PathLike) -> List[SplitLine]:
              if s and not s.startswith("#")]
     if not lines:
         raise InputError(f"split file {path} lists no samples")
+    for line in lines:
+        if len(line.fields) < min_fields:
+            raise InputError(f"expected {form or f'at least {min_fields} fields'}, got {len(line.fields)} "
+                             f"field(s): {line.where()}")
     return lines
 
 
@@ -78,7 +92,7 @@ def read_rgb(path: PathLike, line: Optional[SplitLine] = None) -> np.ndarray:
     try:
         rgb = read_image_with_meta(path, exif_orientation=False)[0]
     except InputError as err:
-        raise InputError(f"{err}" + (f" ({line.where()})" if line is not None else "")) from None
+        raise InputError(where(err, line)) from None
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 
 
@@ -189,7 +203,7 @@ def read_matrix(path: PathLike, line: Optional[SplitLine] = None) -> np.ndarray:
     try:
         return read_k_file(path)
     except InputError as err:
-        raise InputError(f"{err}" + (f" ({line.where()})" if line is not None else "")) from None
+        raise InputError(where(err, line)) from None
 
 
 def read_kitti_calib(path: PathLike, line: Optional[SplitLine] = None) -> Dict[str, Union[np.ndarray, str]]:
@@ -218,6 +232,20 @@ def kitti_intrinsics(calib: Union[PathLike, Dict], cam: int = 2) -> np.ndarray:
         raise InputError(f"{calib if not isinstance(calib, dict) else 'the calibration'} has no 12-number {key} "
                          f"entry; is it a KITTI calib_cam_to_cam.txt?")
     return value.reshape(3, 4)[:, :3].copy()
+
+
+#: KITTI split-file side -> camera (2: left colour ``image_02``, 3: right colour ``image_03``)
+KITTI_SIDES = {"l": 2, "r": 3, "2": 2, "3": 3}
+
+
+def kitti_frame(root: Path, folder: str, cam: int, index: int) -> Optional[Path]:
+    """``<folder>/image_0<cam>/data/<index:010d>.png`` under ``root``, or ``.jpg`` (as Monodepth2
+    converts them); None when neither exists."""
+    for ext in (".png", ".jpg"):
+        p = root / folder / f"image_0{cam}" / "data" / f"{index:010d}{ext}"
+        if p.is_file():
+            return p
+    return None
 
 
 def read_poses(path: PathLike) -> np.ndarray:

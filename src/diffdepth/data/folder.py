@@ -31,7 +31,8 @@ from torch.utils.data import Dataset
 from ..errors import InputError
 from ..geometry import scale_intrinsics
 from ..utils import PathLike, atomic_path
-from .files import DEPTH_FORMATS, IMAGE_EXTS, SplitLine, decode_depth, read_depth_file, read_matrix, read_rgb, read_split
+from .files import (DEPTH_FORMATS, IMAGE_EXTS, SplitLine, dataset_root, decode_depth, read_depth_file, read_matrix,
+                    read_rgb, read_split)
 
 # --------------------------------------------------------------------------- resizing
 
@@ -61,15 +62,21 @@ def resize_sample(sample: Dict, size: Optional[Sequence[int]]) -> Dict:
         return out.numpy().astype(np.float32)
 
     sample[key] = _img(sample[key])
-    # nearest on pixel centres: output pixel i samples input floor((i + 0.5) * h / th)
-    ys = np.minimum(((np.arange(th) + 0.5) * h / th).astype(np.int64), h - 1)
-    xs = np.minimum(((np.arange(tw) + 0.5) * w / tw).astype(np.int64), w - 1)
     for k in ("depth", "valid", "segmentation"):
         if k in sample:
-            sample[k] = np.ascontiguousarray(sample[k][..., ys[:, None], xs[None, :]])
+            sample[k] = resize_nearest(sample[k], (th, tw))
     if "intrinsics" in sample:
         sample["intrinsics"] = scale_intrinsics(sample["intrinsics"], tw / w, th / h).astype(np.float32)
     return sample
+
+
+def resize_nearest(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """``x [..., h, w]`` at ``size`` (H, W), nearest on pixel centres: output pixel i samples input
+    floor((i + 0.5) * h / H), so no invalid pixel is mixed into a valid one."""
+    h, w = x.shape[-2:]
+    ys = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(np.int64), h - 1)
+    xs = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(np.int64), w - 1)
+    return np.ascontiguousarray(x[..., ys[:, None], xs[None, :]])
 
 
 def make_sample(name: str, image: np.ndarray, depth: Optional[np.ndarray], valid: Optional[np.ndarray],
@@ -178,9 +185,7 @@ class FolderDepthDataset(Dataset):
                  depth_format: str = "png16", depth_scale: Optional[float] = None,
                  invalid_value: Optional[float] = 0, max_depth: Optional[float] = None,
                  intrinsics_suffix: str = "_K", size: Optional[Sequence[int]] = None) -> None:
-        self.root = Path(root).expanduser()
-        if not self.root.is_dir():
-            raise InputError(f"dataset folder {self.root} does not exist — check --data-root")
+        self.root = dataset_root(root, "dataset folder")
         if depth_format not in DEPTH_FORMATS:
             raise InputError(f"unknown depth format {depth_format!r}; use one of {', '.join(DEPTH_FORMATS)}")
         self.depth_suffix = depth_suffix
@@ -226,14 +231,6 @@ class FolderDepthDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
-
-    @property
-    def num_listed(self) -> int:
-        return len(self.items)
-
-    @property
-    def names(self) -> List[str]:
-        return [item[0] for item in self.items]
 
     def __getitem__(self, index: int) -> Dict:
         name, img_path, depth_path, line = self.items[index]

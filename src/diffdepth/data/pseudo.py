@@ -32,8 +32,8 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from ..utils import PathLike, atomic_path
-from .files import IMAGE_EXTS, read_npy, read_rgb, read_uint16_png
-from .folder import resize_sample
+from .files import IMAGE_EXTS, dataset_root, read_npy, read_rgb, read_uint16_png
+from .folder import resize_nearest, resize_sample
 
 KINDS = ("disparity", "depth")
 IGNORE = 255
@@ -142,9 +142,7 @@ class PseudoLabelDataset:
                  segmentation: Optional[str] = "segmentation", captions: Optional[str] = None,
                  depth_kind: Optional[str] = None, seg_classes: int = 150,
                  size: Optional[Sequence[int]] = None) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise InputError(f"pseudo-label folder {self.root} does not exist")
+        self.root = dataset_root(root, "pseudo-label folder")
         self.image_dir = self.root / images
         self.depth_dir = self.root / depth
         if not self.image_dir.is_dir():
@@ -203,11 +201,7 @@ class PseudoLabelDataset:
         if bad.any():
             raise InputError(f"segmentation label {path} has class {int(seg[bad][0])}; classes are "
                              f"0..{self.seg_classes - 1} and {IGNORE} = ignore")
-        if seg.shape != shape:
-            ys = np.minimum(((np.arange(shape[0]) + 0.5) * seg.shape[0] / shape[0]).astype(np.int64), seg.shape[0] - 1)
-            xs = np.minimum(((np.arange(shape[1]) + 0.5) * seg.shape[1] / shape[1]).astype(np.int64), seg.shape[1] - 1)
-            seg = seg[ys[:, None], xs[None, :]]
-        return seg
+        return seg if seg.shape == shape else resize_nearest(seg, shape)
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
         import torch

@@ -27,21 +27,12 @@ from torch.utils.data import Dataset
 
 from ..errors import InputError
 from ..utils import PathLike
-from .files import (IMAGE_EXTS, SplitLine, decode_depth, kitti_intrinsics, missing_file, read_kitti_calib,
-                    read_matrix, read_poses, read_rgb, read_split, read_uint16_png)
+from .files import (IMAGE_EXTS, KITTI_SIDES, SplitLine, dataset_root, decode_depth, kitti_frame, kitti_intrinsics,
+                    missing_file, read_kitti_calib, read_matrix, read_poses, read_rgb, read_split, read_uint16_png)
 from .folder import resize_sample
 
 #: Monodepth2's KITTI training resolution (H, W)
 KITTI_TRAIN_SIZE = (192, 640)
-_SIDES = {"l": "image_02", "r": "image_03", "2": "image_02", "3": "image_03"}
-
-
-def _frame_path(root: Path, folder: str, cam_dir: str, index: int) -> Optional[Path]:
-    for ext in (".png", ".jpg"):
-        p = root / folder / cam_dir / "data" / f"{index:010d}{ext}"
-        if p.is_file():
-            return p
-    return None
 
 
 class KittiRawSequences(Dataset):
@@ -63,9 +54,7 @@ class KittiRawSequences(Dataset):
     def __init__(self, root: PathLike, split_file: Optional[PathLike] = None,
                  size: Optional[Sequence[int]] = KITTI_TRAIN_SIZE, frame_ids: Sequence[int] = (0, -1, 1),
                  load_depth: bool = True, load_poses: bool = True) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise InputError(f"KITTI raw root {self.root} does not exist")
+        self.root = dataset_root(root, "KITTI raw root")
         self.frame_ids = [int(f) for f in frame_ids]
         if not self.frame_ids or self.frame_ids[0] != 0:
             raise InputError(f"frame_ids must start with 0 (the target frame), got {list(frame_ids)}")
@@ -77,12 +66,10 @@ class KittiRawSequences(Dataset):
         # items: (folder, frame index, side, split line or None)
         self.items: List[Tuple[str, int, str, Optional[SplitLine]]] = []
         if split_file is not None:
-            for line in read_split(split_file):
+            for line in read_split(split_file, 2, "'<folder> <frame_index> [l|r]'"):
                 toks = line.fields
-                if len(toks) < 2:
-                    raise InputError(f"expected '<folder> <frame_index> [l|r]' on {line.where()}")
                 side = toks[2] if len(toks) > 2 else "l"
-                if side not in _SIDES:
+                if side not in KITTI_SIDES:
                     raise InputError(f"side must be l or r, got {side!r} on {line.where()}")
                 try:
                     idx = int(toks[1])
@@ -124,20 +111,17 @@ class KittiRawSequences(Dataset):
 
     def __getitem__(self, index: int) -> Dict:
         folder, idx, side, line = self.items[index]
-        cam_dir = _SIDES[side]
-        cam = int(cam_dir[-1])
-        frames = []
-        for f in self.frame_ids:
-            p = _frame_path(self.root, folder, cam_dir, idx + f)
+        cam = KITTI_SIDES[side]
+        paths = [kitti_frame(self.root, folder, cam, idx + f) for f in self.frame_ids]
+        for f, p in zip(self.frame_ids, paths):
             if p is None:
-                missing = self.root / folder / cam_dir / "data" / f"{idx + f:010d}.png"
-                err = missing_file(missing, line)
-                raise InputError(f"{err} (frame {f:+d} of {folder} {idx})")
-            frames.append(read_rgb(p, line))
+                missing = self.root / folder / f"image_0{cam}" / "data" / f"{idx + f:010d}.png"
+                raise InputError(f"{missing_file(missing, line)} (frame {f:+d} of {folder} {idx})")
+        frames = [read_rgb(p, line) for p in paths]
         shapes = {fr.shape for fr in frames}
         if len(shapes) != 1:
             raise InputError(f"frames of {folder} around {idx} have different sizes {sorted(shapes)}")
-        target = _frame_path(self.root, folder, cam_dir, idx)
+        target = paths[0]
         sample: Dict = {
             "name": target.relative_to(self.root).with_suffix("").as_posix(),
             "frames": np.stack(frames, 0),  # [T,3,H,W]
@@ -180,11 +164,8 @@ class VideoFolderSequences(Dataset):
 
     def __init__(self, root: PathLike, intrinsics_file: PathLike, size: Optional[Sequence[int]] = None,
                  frame_ids: Sequence[int] = (0, -1, 1), stride: int = 1) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise InputError(f"video frame folder {self.root} does not exist")
+        self.root = dataset_root(root, "video frame folder")
         self.K = read_matrix(intrinsics_file)
-        self.intrinsics_file = Path(intrinsics_file)
         self.frame_ids = [int(f) for f in frame_ids]
         if not self.frame_ids or self.frame_ids[0] != 0:
             raise InputError(f"frame_ids must start with 0 (the target frame), got {list(frame_ids)}")

@@ -53,7 +53,8 @@ from torch.utils.data import Dataset
 from ..errors import InputError
 from ..geometry import distance_to_planar_depth
 from ..utils import PathLike
-from .files import SplitLine, decode_depth, read_npy, read_rgb, read_split, read_uint16_png, require_file, where
+from .files import (SplitLine, dataset_root, decode_depth, read_npy, read_rgb, read_split, read_uint16_png,
+                    require_file, where)
 from .folder import make_sample
 
 HYPERSIM_FOCAL = 886.81  # px at 1024x768
@@ -117,9 +118,7 @@ class HypersimDataset(Dataset):
     def __init__(self, root: PathLike, split_file: Optional[PathLike] = None, size: Optional[Sequence[int]] = None,
                  layout: str = "auto", split: str = "train", rgb_source: str = "auto",
                  focal: float = HYPERSIM_FOCAL) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise InputError(f"Hypersim root {self.root} does not exist")
+        self.root = dataset_root(root, "Hypersim root")
         if layout == "auto":
             layout = "raw" if any(self.root.glob("*/images")) else "processed"
         if layout not in ("processed", "raw"):
@@ -131,9 +130,7 @@ class HypersimDataset(Dataset):
         self.items: List[Tuple] = []
         if layout == "processed":
             if split_file is not None:
-                for line in read_split(split_file):
-                    if len(line.fields) < 2:
-                        raise InputError(f"expected '<rgb> <depth>' on {line.where()}")
+                for line in read_split(split_file, 2, "'<rgb> <depth>'"):
                     self.items.append((*line.fields[:2], line))
             else:
                 for p in sorted(self.root.rglob("rgb_*.png")):
@@ -145,9 +142,7 @@ class HypersimDataset(Dataset):
             if split_file is not None and str(split_file).endswith(".csv"):
                 self.items = self._read_csv(Path(split_file), split)
             elif split_file is not None:
-                for line in read_split(split_file):
-                    if len(line.fields) < 3:
-                        raise InputError(f"expected '<scene> <camera> <frame>' on {line.where()}")
+                for line in read_split(split_file, 3, "'<scene> <camera> <frame>'"):
                     self.items.append((line.fields[0], line.fields[1], int(line.fields[2]), line))
             else:
                 for p in sorted(self.root.glob("*/images/scene_*_geometry_hdf5/frame.*.depth_meters.hdf5")):
@@ -161,7 +156,7 @@ class HypersimDataset(Dataset):
     @staticmethod
     def _read_csv(path: Path, split: str) -> List[Tuple]:
         if not path.is_file():
-            raise InputError(f"split file {path} does not exist")
+            raise InputError(f"split file {path} does not exist — check split_file: in the config")
         items = []
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
@@ -242,16 +237,12 @@ class VirtualKitti2Dataset(Dataset):
 
     def __init__(self, root: PathLike, split_file: Optional[PathLike] = None, size: Optional[Sequence[int]] = None,
                  max_depth: float = 655.35, cameras: Sequence[int] = (0, 1)) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise InputError(f"Virtual KITTI 2 root {self.root} does not exist")
+        self.root = dataset_root(root, "Virtual KITTI 2 root")
         self.size, self.max_depth = size, float(max_depth)
         self._K: Dict[Path, Dict] = {}
         self.items: List[Tuple[str, str, Optional[SplitLine]]] = []  # (rgb rel, depth rel, line)
         if split_file is not None:
-            for line in read_split(split_file):
-                if len(line.fields) < 2:
-                    raise InputError(f"expected '<rgb> <depth>' on {line.where()}")
+            for line in read_split(split_file, 2, "'<rgb> <depth>'"):
                 if line.fields[1] != "None":
                     self.items.append((*line.fields[:2], line))
         else:
@@ -308,9 +299,7 @@ class TartanAirDataset(Dataset):
 
     def __init__(self, root: PathLike, split_file: Optional[PathLike] = None, size: Optional[Sequence[int]] = None,
                  max_depth: Optional[float] = None) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise InputError(f"TartanAir root {self.root} does not exist")
+        self.root = dataset_root(root, "TartanAir root")
         self.size, self.max_depth = size, max_depth
         self.items: List[Tuple[str, str, Optional[SplitLine]]] = []
         if split_file is not None:

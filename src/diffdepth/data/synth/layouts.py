@@ -40,17 +40,16 @@ def kitti_calib_text(K: np.ndarray, width: int, height: int) -> str:
     """``calib_cam_to_cam.txt`` in the KITTI raw format for a rectified rig whose four
     cameras share ``K`` (R = R_rect = I, D = 0); P_rect_0i = K [I | t_i], with
     t_i = (x_i, 0, 0) so that P_rect_0i[0,3] = fx * x_i as in KITTI."""
-    fmt = _fmt
-    lines = ["calib_time: 01-Jan-2000 00:00:00", f"corner_dist: {fmt([0.0995])}"]
+    lines = ["calib_time: 01-Jan-2000 00:00:00", f"corner_dist: {_fmt([0.0995])}"]
     K = np.asarray(K, dtype=np.float64)
     for i, x in enumerate(_KITTI_CAM_X):
         P = np.zeros((3, 4))
         P[:, :3] = K
         P[:, 3] = K @ np.array([x, 0.0, 0.0])
-        lines += [f"S_{i:02d}: {fmt([width, height])}", f"K_{i:02d}: {fmt(K)}", f"D_{i:02d}: {fmt(np.zeros(5))}",
-                  f"R_{i:02d}: {fmt(np.eye(3))}", f"T_{i:02d}: {fmt([x, 0.0, 0.0])}",
-                  f"S_rect_{i:02d}: {fmt([width, height])}", f"R_rect_{i:02d}: {fmt(np.eye(3))}",
-                  f"P_rect_{i:02d}: {fmt(P)}"]
+        lines += [f"S_{i:02d}: {_fmt([width, height])}", f"K_{i:02d}: {_fmt(K)}", f"D_{i:02d}: {_fmt(np.zeros(5))}",
+                  f"R_{i:02d}: {_fmt(np.eye(3))}", f"T_{i:02d}: {_fmt([x, 0.0, 0.0])}",
+                  f"S_rect_{i:02d}: {_fmt([width, height])}", f"R_rect_{i:02d}: {_fmt(np.eye(3))}",
+                  f"P_rect_{i:02d}: {_fmt(P)}"]
     return "\n".join(lines) + "\n"
 
 
@@ -169,15 +168,16 @@ def _write_sequence(out: Path, n: int, size: Tuple[int, int], seed: int, frames:
     write_text(out / date / "calib_cam_to_cam.txt", kitti_calib_text(K, w, h))
     write_text(out / date / "calib_velo_to_cam.txt", kitti_velo_calib_text())
     drive_dir = out / date / drive
+    cameras = [Camera(K, pose, h, w) for pose in poses]
     gt_lines = []
-    for i, r in frames(lambda i: render(scene, Camera(K, poses[i], h, w))):
+    for i, r in frames(lambda i: render(scene, cameras[i])):
         write_rgb(drive_dir / "image_02" / "data" / f"{i:010d}.png", r["image"])
         gt_rel = f"{date}/{drive}/proj_depth/groundtruth/image_02/{i:010d}.png"
         write_png16(out / gt_rel, encode_depth_uint16(r["depth"], 256.0))
         with atomic_path(drive_dir / "velodyne_points" / "data" / f"{i:010d}.bin") as tmp:
-            lidar_scan(scene, Camera(K, poses[i], h, w)).astype("<f4").tofile(tmp)
+            lidar_scan(scene, cameras[i]).astype("<f4").tofile(tmp)
         gt_lines.append(f"{date}/{drive}/image_02/data/{i:010d}.png {gt_rel} {K[0, 0]:.4f}")
-    write_text(drive_dir / "poses.txt", "".join(" ".join(f"{v:.12e}" for v in P[:3].ravel()) + "\n" for P in poses))
+    write_text(drive_dir / "poses.txt", "".join(_fmt(P[:3]) + "\n" for P in poses))
     inner = list(range(1, n - 1))
     val = [i for j, i in enumerate(inner) if j % 5 == 2]
     train = [i for i in inner if i not in set(val)]
