@@ -157,17 +157,14 @@ def score_entry(entry: Entry, benches: List[Bench], out: Path, *, alignment: Opt
     import torch
 
     import diffdepth
+    from ..ensemble import Ensembler
     from .job import score
     from .runner import ModelPredictor
 
     model = diffdepth.load_model(entry.method, entry.checkpoint, device=device, dtype=entry.dtype or dtype)
     param = next(model.parameters())
     opts = {**(options or {}), **entry.options}
-    ensemble = None
-    if entry.ensemble_with:
-        from ..ensemble import Ensembler
-
-        ensemble = Ensembler(entry.ensemble_with, device=device, dtype=entry.dtype or dtype)
+    ensemble = Ensembler(entry.ensemble_with, device=device, dtype=entry.dtype or dtype) if entry.ensemble_with else None
     summaries = []
     for bench in benches:
         folder = out / bench.folder if len(benches) > 1 else out
