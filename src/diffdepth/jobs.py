@@ -461,13 +461,8 @@ def predict(inputs: List[str], out, *, method: Optional[str] = None, checkpoint=
     changed = index.settings_changed()
     stats = {"images": 0, "videos": 0, "frames": 0, "seconds": 0.0}
     if todo:
-        ignored_for_video = sorted(formats & {"png16", "ply", "points", "glb", "uncertainty", "seg", "seg_ids"})
-        if ignored_for_video and any(is_video(j) for j in todo):
-            print(f"note: --save {','.join(ignored_for_video)} applies to images only; videos get NAME_depth.mp4, "
-                  f"NAME.npz (and NAME_side.mp4 with side)", file=sys.stderr)
-        if ensemble_with and any(is_video(j) for j in todo):
-            print(f"note: --ensemble-with applies to images only; videos are predicted by {method} alone",
-                  file=sys.stderr)
+        if any(is_video(j) for j in todo):
+            _video_notes(formats, ensemble_with, method)
         try:
             pipe, ensemble = build_pipeline(method, checkpoint, options, formats, device=device, dtype=dtype,
                                             fast=fast, caption=caption, ensemble_with=ensemble_with, workers=workers,
@@ -490,6 +485,17 @@ def predict(inputs: List[str], out, *, method: Optional[str] = None, checkpoint=
         res.rc = max(res.rc, _align_outputs(out_root, [j for r in per_rank for j in r[5]], align_to, align_out,
                                             align_options or {}, res.messages))
     return res
+
+
+def _video_notes(formats: set, ensemble_with: Optional[str], method: str) -> None:
+    """What of the request videos do not get (said once, before the run)."""
+    ignored = sorted(formats & {"png16", "ply", "points", "glb", "uncertainty", "seg", "seg_ids"})
+    if ignored:
+        print(f"note: --save {','.join(ignored)} applies to images only; videos get NAME_depth.mp4, "
+              f"NAME.npz (and NAME_side.mp4 with side)", file=sys.stderr)
+    if ensemble_with:
+        print(f"note: --ensemble-with applies to images only; videos are predicted by {method} alone",
+              file=sys.stderr)
 
 
 def _summary(per_rank: list, out_root: Path, change: Optional[str]) -> PredictResult:
