@@ -336,6 +336,8 @@ def _check_bad_uploads(backend, tmp_path):
                               {"steps": 4, "ensemble_size": 3, "seed": 2, "flip": True})
     assert r.ignored_options == ["ensemble_size", "steps"]
     assert sorted(r.files) == ["glb", "npy", "ply", "png16"] and r.uncertainty_u8 is None
+    # the page names the intrinsics the PLY was written with
+    assert f"intrinsics: {r.intrinsics}\n" in r.files["ply"].read_bytes().split(b"end_header")[0].decode()
 
 
 def _check_paste_equals_upload(backend, good: Path):

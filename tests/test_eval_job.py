@@ -126,3 +126,16 @@ def test_run_job_several_datasets_make_one_table_equal_to_single_runs(bench, tmp
         "alignment", "kind", "seconds_per_image", "peak_memory_mib", "peak_memory_kind", "processes"]
     assert summary["kind"] == "affine_invariant_depth" and summary["processes"] == 1
     assert summary["seconds_per_image"] > 0 and summary["benchmark"] == "folder#2"
+
+
+def test_model_predictions_of_another_size_are_saved_at_the_gt_size_and_counted_resized(bench, tmp_path):
+    from diffdepth.evaluation.runner import evaluate
+
+    protocol, ds, _ = bench
+    samples = [ds[0], ds[1]]
+    half = lambda s: (np.asarray(s["depth"][0])[::2, ::2], "metric_depth")  # noqa: E731 - 20x28 for 40x56
+    full = lambda s: (np.asarray(s["depth"][0]), "metric_depth")  # noqa: E731
+    records = evaluate(samples[:1], half, protocol, save_dir=tmp_path / "p", progress=False)
+    records += evaluate(samples[1:], full, protocol, save_dir=tmp_path / "p", progress=False)
+    assert [r.resized for r in records] == [True, False]
+    assert np.load(tmp_path / "p" / (samples[0]["name"] + ".npy")).shape == np.shape(samples[0]["depth"])[-2:]

@@ -24,13 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"diffdepth {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        target = f"diffdepth.commands.{name.replace('-', '_')}"
-        try:
-            module = importlib.import_module(target)
-        except ModuleNotFoundError as err:  # a command whose module is not in this build
-            if err.name != target:
-                raise
-            continue
+        module = importlib.import_module(f"diffdepth.commands.{name.replace('-', '_')}")
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
@@ -41,11 +35,9 @@ def _quiet_third_party() -> None:
     """Our own progress bars only: no per-shard bars from transformers/hub downloads."""
     import os
 
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        from transformers.utils import logging as tlog
-    except ImportError:
-        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when huggingface_hub is imported
+    from transformers.utils import logging as tlog
+
     tlog.disable_progress_bar()
 
 

@@ -3,7 +3,8 @@
 Single process every helper is a no-op. Under ``accelerate launch`` or ``torchrun`` the
 first helper that needs the group joins it (``nccl`` with CUDA, ``gloo`` otherwise) or
 reuses Accelerate's. ``shard`` gives each rank one contiguous block in rank order
-(``split_between_processes``), so ``gather(shard(xs))`` is ``xs`` on every process.
+(``split_between_processes``), so the blocks of ``gather_objects(shard(xs))`` joined are ``xs``
+on every process.
 """
 from __future__ import annotations
 
@@ -68,19 +69,14 @@ def shard(items: Sequence) -> List:
         return list(mine)
 
 
-def gather(items: Sequence) -> List:
-    """Every process's ``items`` (picklable) concatenated in rank order, on every process."""
+def gather_objects(obj: Any) -> List[Any]:
+    """Every process's ``obj`` (picklable), in rank order, on every process."""
     if not is_distributed():
-        return list(items)
+        return [obj]
     from accelerate.utils import gather_object
 
     state()
-    return list(gather_object(list(items)))
-
-
-def gather_objects(obj: Any) -> List[Any]:
-    """Every process's ``obj``, in rank order."""
-    return gather([obj])
+    return list(gather_object([obj]))
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

@@ -202,6 +202,24 @@ def run_jobs(pipe, jobs: List[Job], needs: Dict[Path, List[str]], out_root: Path
     outputs ``needs`` names with ``export`` (:func:`~diffdepth.io.export.save_outputs` options) and
     ``video`` (:func:`predict_video` options), record them in ``index``, append ``(source, reason)`` to
     ``failures``; returns counts (images, videos, frames, seconds)."""
+    export = dict(export or {})
+    stats = {"images": 0, "videos": 0, "frames": 0, "seconds": 0.0}
+    start = time.perf_counter()
+    _run_images(pipe, [j for j in jobs if not is_video(j)], needs, out_root, index, failures, stats, ensemble, export)
+    colour = {k: export[k] for k in ("cmap", "vmin", "vmax", "percentiles") if k in export}
+    _run_videos(pipe, [j for j in jobs if is_video(j)], needs, out_root, index, failures, stats,
+                {**colour, **(video or {})})
+    stats["seconds"] = time.perf_counter() - start
+    return stats
+
+
+def _skip(failures: list, source: Path, err: Exception, say=print) -> None:
+    failures.append((str(source), str(err)))
+    say(skipped_text(source, err), file=sys.stderr)
+
+
+def _run_images(pipe, images: List[Job], needs, out_root: Path, index, failures: list, stats: dict, ensemble,
+                export: dict) -> None:
     from tqdm import tqdm
 
     from .errors import DiffdepthError
@@ -209,18 +227,7 @@ def run_jobs(pipe, jobs: List[Job], needs: Dict[Path, List[str]], out_root: Path
     from .io.intrinsics import k_from_file
     from .io.sidecar import image_record
 
-    export = dict(export or {})
-    colour = {k: export[k] for k in ("cmap", "vmin", "vmax", "percentiles") if k in export}
-    images = [j for j in jobs if not is_video(j)]
-    videos = [j for j in jobs if is_video(j)]
-    stats = {"images": 0, "videos": 0, "frames": 0, "seconds": 0.0}
-    start = time.perf_counter()
-
-    def on_error(index_, source, err):
-        failures.append((str(images[index_].source), str(err)))
-        bar.write(skipped_text(images[index_].source, err), file=sys.stderr)
-
-    written = {}  # input index -> (kind, save_outputs result), filled by the writer threads
+    written = {}  # input index -> (kind, save_outputs result, record), filled by the writer threads
 
     def write(item, pred):  # runs on the pipeline's writer threads (each input writes its own files)
         job = images[item.index]
@@ -243,36 +250,42 @@ def run_jobs(pipe, jobs: List[Job], needs: Dict[Path, List[str]], out_root: Path
         written[item.index] = (pred.kind, res, info)
 
     with tqdm(total=len(images), unit="img", desc="predict", disable=None, file=sys.stderr) as bar:
-        stream = pipe.process([j.source for j in images], write, on_error=on_error, catch=(DiffdepthError,))
+        stream = pipe.process([j.source for j in images], write, catch=(DiffdepthError,),
+                              on_error=lambda i, _, err: _skip(failures, images[i].source, err, bar.write))
         for item, err in stream:
             job = images[item.index]
-            if err is None:  # the index and the summary are kept on this thread
-                kind, res, info = written.pop(item.index)
-                index.record(job.rel.as_posix(), [f for f in needs[job.rel] if f not in res.unavailable], kind, info)
-                stats["images"] += 1
-                if res.unavailable:
-                    stream.close()
-                    raise StopRun(f"--save {','.join(res.unavailable)}: this method gives no "
-                                  f"{' or '.join(res.unavailable)} ({_unavailable_hint(res.unavailable)}); "
-                                  f"drop it from --save")
-            else:
-                failures.append((str(job.source), str(err)))
-                bar.write(skipped_text(job.source, err), file=sys.stderr)
+            if err is not None:
+                _skip(failures, job.source, err, bar.write)
+                bar.update(1)
+                continue
+            kind, res, info = written.pop(item.index)  # the index and the summary are kept on this thread
+            index.record(job.rel.as_posix(), [f for f in needs[job.rel] if f not in res.unavailable], kind, info)
+            stats["images"] += 1
+            if res.unavailable:
+                stream.close()
+                raise StopRun(f"--save {','.join(res.unavailable)}: this method gives no "
+                              f"{' or '.join(res.unavailable)} ({_unavailable_hint(res.unavailable)}); "
+                              f"drop it from --save")
             bar.update(1)
+
+
+def _run_videos(pipe, videos: List[Job], needs, out_root: Path, index, failures: list, stats: dict,
+                video: dict) -> None:
+    from .errors import DiffdepthError
+    from .io.sidecar import image_record
+
     for job in videos:
         try:
-            kind, n = predict_video(pipe, job.source, out_root / job.rel, needs[job.rel], **colour, **(video or {}))
-            base = job.rel.as_posix()
-            info = image_record(kind, settings=index.settings, processing_res=pipe.processing_res,
-                                source=job.source, outputs={f: base + VIDEO_OUTPUTS[f] for f in needs[job.rel]})
-            index.record(base, needs[job.rel], kind, info)
-            stats["videos"] += 1
-            stats["frames"] += n
+            kind, n = predict_video(pipe, job.source, out_root / job.rel, needs[job.rel], **video)
         except DiffdepthError as err:
-            failures.append((str(job.source), str(err)))
-            print(skipped_text(job.source, err), file=sys.stderr)
-    stats["seconds"] = time.perf_counter() - start
-    return stats
+            _skip(failures, job.source, err)
+            continue
+        base = job.rel.as_posix()
+        info = image_record(kind, settings=index.settings, processing_res=pipe.processing_res,
+                            source=job.source, outputs={f: base + VIDEO_OUTPUTS[f] for f in needs[job.rel]})
+        index.record(base, needs[job.rel], kind, info)
+        stats["videos"] += 1
+        stats["frames"] += n
 
 
 def predict_video(pipe, source: Path, base: Path, formats=("mp4", "npz"), *, start: int = 0,
@@ -448,13 +461,8 @@ def predict(inputs: List[str], out, *, method: Optional[str] = None, checkpoint=
     changed = index.settings_changed()
     stats = {"images": 0, "videos": 0, "frames": 0, "seconds": 0.0}
     if todo:
-        ignored_for_video = sorted(formats & {"png16", "ply", "points", "glb", "uncertainty", "seg", "seg_ids"})
-        if ignored_for_video and any(is_video(j) for j in todo):
-            print(f"note: --save {','.join(ignored_for_video)} applies to images only; videos get NAME_depth.mp4, "
-                  f"NAME.npz (and NAME_side.mp4 with side)", file=sys.stderr)
-        if ensemble_with and any(is_video(j) for j in todo):
-            print(f"note: --ensemble-with applies to images only; videos are predicted by {method} alone",
-                  file=sys.stderr)
+        if any(is_video(j) for j in todo):
+            _video_notes(formats, ensemble_with, method)
         try:
             pipe, ensemble = build_pipeline(method, checkpoint, options, formats, device=device, dtype=dtype,
                                             fast=fast, caption=caption, ensemble_with=ensemble_with, workers=workers,
@@ -477,6 +485,17 @@ def predict(inputs: List[str], out, *, method: Optional[str] = None, checkpoint=
         res.rc = max(res.rc, _align_outputs(out_root, [j for r in per_rank for j in r[5]], align_to, align_out,
                                             align_options or {}, res.messages))
     return res
+
+
+def _video_notes(formats: set, ensemble_with: Optional[str], method: str) -> None:
+    """What of the request videos do not get (said once, before the run)."""
+    ignored = sorted(formats & {"png16", "ply", "points", "glb", "uncertainty", "seg", "seg_ids"})
+    if ignored:
+        print(f"note: --save {','.join(ignored)} applies to images only; videos get NAME_depth.mp4, "
+              f"NAME.npz (and NAME_side.mp4 with side)", file=sys.stderr)
+    if ensemble_with:
+        print(f"note: --ensemble-with applies to images only; videos are predicted by {method} alone",
+              file=sys.stderr)
 
 
 def _summary(per_rank: list, out_root: Path, change: Optional[str]) -> PredictResult:

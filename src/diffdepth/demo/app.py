@@ -30,6 +30,14 @@ def _checkpoint(x: Optional[str]) -> Optional[str]:
     return x or None
 
 
+def _error(err: Exception, what: str = "prediction") -> str:
+    """The page's one-line message for ``err`` (call it in the ``except``: an unexpected error is logged
+    with its traceback)."""
+    if not isinstance(err, DiffdepthErrorType):
+        log.exception("demo: %s failed", what)
+    return f"**Error:** {one_line(err)}"
+
+
 def build_app(backend: DemoBackend):
     """The ``gr.Blocks`` app for ``backend`` (not launched)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -60,9 +68,7 @@ def build_app(backend: DemoBackend):
             r = backend.predict_image(image, _method(method), _checkpoint(checkpoint), options,
                                       processing_res=_int_or_none(processing_res), cmap=cmap)
         except Exception as err:  # noqa: BLE001 — every error becomes one line in the page
-            if not isinstance(err, DiffdepthErrorType):
-                log.exception("demo: prediction failed")
-            return None, gr.update(value=None, visible=False), None, None, f"**Error:** {one_line(err)}"
+            return None, gr.update(value=None, visible=False), None, None, _error(err)
         w, h = r.size
         lines = [f"**{r.kind}**, {w}x{h} px; PLY intrinsics: {r.intrinsics}.", f"16-bit PNG: `{r.png16_encoding}`"]
         if r.ignored_options:
@@ -72,18 +78,15 @@ def build_app(backend: DemoBackend):
         return (r.rgb_u8, r.color_u8), unc, str(r.files["glb"]) if "glb" in r.files else None, files, "  \n".join(lines)
 
     def run_compare(path, m1, c1, m2, c2, cmap):
-        out = []
-        msgs = []
+        out, msgs = [], []
         for m, c in ((m1, c1), (m2, c2)):
             try:
                 r = backend.predict_image(path, _method(m), _checkpoint(c), {}, cmap=cmap)
                 out.append((r.rgb_u8, r.color_u8))
                 msgs.append(f"{_method(m) or 'auto'}: {r.kind}")
             except Exception as err:  # noqa: BLE001
-                if not isinstance(err, DiffdepthErrorType):
-                    log.exception("demo: prediction failed")
                 out.append(None)
-                msgs.append(f"**Error:** {one_line(err)}")
+                msgs.append(_error(err))
         return out[0], out[1], "  \n".join(msgs)
 
     def run_video(path, method, checkpoint, processing_res, seed, cmap, progress=gr.Progress()):
@@ -99,9 +102,7 @@ def build_app(backend: DemoBackend):
                                                 processing_res=_int_or_none(processing_res), cmap=cmap,
                                                 progress=step)
         except Exception as err:  # noqa: BLE001
-            if not isinstance(err, DiffdepthErrorType):
-                log.exception("demo: video prediction failed")
-            return None, None, f"**Error:** {one_line(err)}"
+            return None, None, _error(err, "video prediction")
         return str(mp4), [str(mp4), str(npz)], f"{n} frames."
 
     with gr.Blocks(title="diffdepth demo") as app:

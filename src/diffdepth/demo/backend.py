@@ -19,8 +19,6 @@ from ..errors import DiffdepthError, InputError
 
 log = logging.getLogger(__name__)
 
-#: the method options the demo's widgets set (each is passed only when the method accepts it)
-UI_OPTIONS = ("steps", "ensemble_size", "seed", "flip")
 #: the name a pasted image (no file name of its own) has in messages and downloads
 PASTED_NAME = "pasted.png"
 
@@ -109,7 +107,7 @@ class DemoBackend:
         """Predict one image file (or a pasted image: an ``[H,W,3]`` array, named ``pasted.png``)
         and export ``.npy``, 16-bit PNG and PLY (plus the uncertainty when the method gives one).
         Raises :class:`DiffdepthError` with a one-line message."""
-        from ..io.export import PNG16_KEY, colorize, intrinsics_for, save_outputs
+        from ..io.export import PNG16_KEY, colorize, output_path, save_outputs
         from ..pipeline import DepthPipeline
 
         pasted = isinstance(path, np.ndarray)
@@ -129,23 +127,14 @@ class DemoBackend:
 
         out = Path(tempfile.mkdtemp(prefix="run-", dir=self.work_dir))
         base = out / (Path(name).stem or "image")
-        formats = {"npy", "png16", "ply"} | ({"uncertainty"} if pred.uncertainty is not None else set())
-        focal_exif = getattr(item.meta, "focal_px", None)
+        formats = {"npy", "png16", "ply", "glb"} | ({"uncertainty"} if pred.uncertainty is not None else set())
         res = save_outputs(base, pred, item.rgb, formats, overwrite=True, focal=focal, fov=fov,
-                           exif_focal_px=focal_exif, cmap=cmap)
-        files = {p.name[len(base.name):]: p for p in res.written}
-        by_format = {"npy": files[".npy"], "png16": files["_depth16.png"], "ply": files[".ply"]}
-        if "_uncertainty.npy" in files:
-            by_format["uncertainty"] = files["_uncertainty.npy"]
+                           exif_focal_px=getattr(item.meta, "focal_px", None), cmap=cmap)
+        by_format = {f: output_path(base, f) for f in formats}
         from PIL import Image
 
         with Image.open(by_format["png16"]) as im:
             encoding = im.text.get(PNG16_KEY, "")
-        h, w = pred.depth.shape
-        K, k_source = intrinsics_for(w, h, focal, fov, focal_exif)
-        from .glb import save_glb
-
-        by_format["glb"] = save_glb(base.with_name(base.name + ".glb"), pred.depth, item.rgb, K, pred.kind)
         unc = None
         if pred.uncertainty is not None:
             u = np.nan_to_num(np.asarray(pred.uncertainty, dtype=np.float64))
@@ -153,7 +142,7 @@ class DemoBackend:
             unc = np.round((u - u.min()) / span * 255.0).astype(np.uint8) if span > 0 else np.zeros(u.shape, np.uint8)
         return ImageResult(rgb_u8=np.round(item.rgb * 255.0).astype(np.uint8),
                            color_u8=colorize(pred.depth, pred.kind, cmap), kind=pred.kind, files=by_format,
-                           png16_encoding=encoding, intrinsics=k_source, uncertainty_u8=unc,
+                           png16_encoding=encoding, intrinsics=res.K_source, uncertainty_u8=unc,
                            ignored_options=ignored)
 
     # ------------------------------------------------------------------ videos

@@ -11,7 +11,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .. import distributed
 from ..errors import InputError
-from .runner import ModelPredictor, PredictionFolder, evaluate, read_kind_file, summarize, write_reports
+from ..io.sidecar import prediction_kind
+from .runner import ModelPredictor, PredictionFolder, evaluate, summarize, write_reports
 
 
 def _peak_memory_mib(device) -> tuple:
@@ -66,7 +67,7 @@ def score(dataset, n: int, predict, protocol, out, info: dict, *, alignment: Opt
     records = [r for g in gathered for r in g[0]]
     info = dict(info)
     if evaluate_args.get("save_dir") is not None:
-        info["kind"] = read_kind_file(evaluate_args["save_dir"])
+        info["kind"] = prediction_kind(evaluate_args["save_dir"])
     if timed_on is not None:
         images = sum(g[1]["images"] for g in gathered)
         info.update(seconds_per_image=sum(g[1]["seconds"] for g in gathered) / images if images else None,
@@ -102,12 +103,11 @@ def run_eval(protocol, dataset, out, *, n: int, data_root, split_file=None, pred
                      alignment_seed=alignment_seed)
     import diffdepth
 
-    model = diffdepth.load_model(method, checkpoint, device=device, dtype=dtype)
-    predict = ModelPredictor(model, protocol, processing_res, **options)
-    if ensemble_with:
-        from ..ensemble import Ensembler
+    from ..ensemble import Ensembler
 
-        predict.ensemble = Ensembler(ensemble_with, device=device, dtype=dtype)
+    model = diffdepth.load_model(method, checkpoint, device=device, dtype=dtype)
+    ensemble = Ensembler(ensemble_with, device=device, dtype=dtype) if ensemble_with else None
+    predict = ModelPredictor(model, protocol, processing_res, ensemble, **options)
     res, input_size = predict.processing_res, getattr(predict.pipe, "input_size", None)  # the model's exact size
     info.update(method=method, checkpoint=str(checkpoint), processing_res=res,
                 input_size=list(input_size) if input_size else None, options=options,

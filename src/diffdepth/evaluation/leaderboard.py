@@ -27,7 +27,7 @@ import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from ..errors import InputError
 from ..utils import atomic_path
@@ -47,13 +47,19 @@ class Entry:
     dtype: Optional[str] = None
 
 
+def _numbered(names: List[str]) -> Iterator[str]:
+    """``names`` with each repeat numbered: ``a, a#2, a#3``."""
+    seen: Dict[str, int] = {}
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        yield name if seen[name] == 1 else f"{name}#{seen[name]}"
+
+
 def unique_labels(entries: List[Entry]) -> List[Entry]:
     """Fill missing labels (``method`` or ``method:checkpoint``) and make them unique (``#2``...)."""
-    seen: Dict[str, int] = {}
-    for e in entries:
-        base = e.label or (f"{e.method}:{e.checkpoint}" if e.checkpoint else e.method)
-        seen[base] = seen.get(base, 0) + 1
-        e.label = base if seen[base] == 1 else f"{base}#{seen[base]}"
+    labels = [e.label or (f"{e.method}:{e.checkpoint}" if e.checkpoint else e.method) for e in entries]
+    for e, label in zip(entries, _numbered(labels)):
+        e.label = label
     return entries
 
 
@@ -157,17 +163,14 @@ def score_entry(entry: Entry, benches: List[Bench], out: Path, *, alignment: Opt
     import torch
 
     import diffdepth
+    from ..ensemble import Ensembler
     from .job import score
     from .runner import ModelPredictor
 
     model = diffdepth.load_model(entry.method, entry.checkpoint, device=device, dtype=entry.dtype or dtype)
     param = next(model.parameters())
     opts = {**(options or {}), **entry.options}
-    ensemble = None
-    if entry.ensemble_with:
-        from ..ensemble import Ensembler
-
-        ensemble = Ensembler(entry.ensemble_with, device=device, dtype=entry.dtype or dtype)
+    ensemble = Ensembler(entry.ensemble_with, device=device, dtype=entry.dtype or dtype) if entry.ensemble_with else None
     summaries = []
     for bench in benches:
         folder = out / bench.folder if len(benches) > 1 else out
@@ -272,11 +275,8 @@ def write_leaderboard(out: Path, summaries: List[dict]) -> Dict[str, Path]:
 def run_leaderboard(entries: List[Entry], benches: List[Bench], out: Path, **kwargs) -> Optional[Dict[str, Path]]:
     """Score every entry on the same samples of every benchmark; the table on the main process
     (``None`` elsewhere). Rows are grouped by benchmark."""
-    seen: Dict[str, int] = {}
-    for bench in benches:  # unique folder names per benchmark
-        base = _folder_name(bench.folder or bench.protocol.name)
-        seen[base] = seen.get(base, 0) + 1
-        bench.folder = base if seen[base] == 1 else f"{base}#{seen[base]}"
+    for bench, folder in zip(benches, _numbered([_folder_name(b.folder or b.protocol.name) for b in benches])):
+        bench.folder = folder  # unique folder names per benchmark
     summaries = []
     for entry in unique_labels(entries):
         summaries += score_entry(entry, benches, Path(out) / _folder_name(entry.label), **kwargs)

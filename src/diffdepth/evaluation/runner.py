@@ -49,13 +49,6 @@ class SampleRecord:
 
 
 # ---------------------------------------------------------------------------- predictions
-def read_kind_file(folder: PathLike) -> Optional[str]:
-    """The kind a predictions folder records (``predictions.json``, or a bare ``kind.txt``)."""
-    from ..io.sidecar import prediction_kind
-
-    return prediction_kind(folder)
-
-
 class PredictionFolder:
     """Saved predictions: ``<folder>/<sample name>.npy`` (float32 [H,W]) + the folder's record of
     their kind (``predictions.json`` from ``diffdepth predict``/``eval``, or ``kind.txt``).
@@ -65,7 +58,9 @@ class PredictionFolder:
         self.folder = Path(folder).expanduser()
         if not self.folder.is_dir():
             raise InputError(f"predictions folder {self.folder} does not exist — check --predictions")
-        recorded = read_kind_file(self.folder)
+        from ..io.sidecar import prediction_kind
+
+        recorded = prediction_kind(self.folder)
         if kind:
             self.kind, self.kind_source = check_kind(kind), "--kind"
         elif recorded:
@@ -272,6 +267,30 @@ class _SequenceTracker:
                 frame[6].metrics["tae"] = err
 
 
+def _predict(predictor, sample: dict, from_folder: bool, records: List[SampleRecord]):
+    """The predictor's output, or None with a record of why a saved prediction is missing or unreadable."""
+    if not from_folder:
+        return predictor(sample)
+    try:
+        return predictor(sample)
+    except FileNotFoundError as err:
+        records.append(SampleRecord(sample["name"], "missing_prediction", message=f"no file {err}"))
+    except (ValueError, OSError) as err:  # unreadable .npy
+        records.append(SampleRecord(sample["name"], "bad_prediction", message=f"{predictor.path(sample['name'])}: {err}"))
+    return None
+
+
+def _save_scored(pred, shape, protocol: Protocol, kind: str, path: Path):
+    """Save exactly what is scored (float32 at the ground-truth size), so that re-scoring the saved
+    folder reproduces the numbers; returns it and whether it was resized."""
+    p = _to_2d(pred)
+    resized = p.shape != tuple(shape)
+    p = (resize_prediction(p, shape, protocol.pred_resize, kind) if resized else p).astype(np.float32)
+    with atomic_path(path) as tmp:
+        np.save(tmp, p)
+    return p, resized
+
+
 def evaluate(samples: Iterable[dict], predictor: Union[PathLike, Callable, PredictionFolder],
              protocol: Protocol, alignment: Optional[str] = None, *, kind: Optional[str] = None,
              save_dir: Optional[PathLike] = None, progress: bool = True,
@@ -306,41 +325,21 @@ def evaluate(samples: Iterable[dict], predictor: Union[PathLike, Callable, Predi
             mask = protocol.eval_mask(gt, sample.get("valid"))
             if not mask.any():
                 records.append(SampleRecord(sample["name"], "empty_mask"))
+            out = _predict(predictor, sample, from_folder, records) if mask.any() else None
+            if out is None:
                 sequences.flush()  # a frame missing from a sequence ends it (pairs are consecutive frames)
             else:
-                if from_folder:
-                    try:
-                        out = predictor(sample)
-                    except FileNotFoundError as err:
-                        records.append(SampleRecord(sample["name"], "missing_prediction", message=f"no file {err}"))
-                        out = None
-                    except (ValueError, OSError) as err:  # unreadable .npy
-                        records.append(SampleRecord(sample["name"], "bad_prediction",
-                                                    message=f"{predictor.path(sample['name'])}: {err}"))
-                        out = None
-                else:
-                    out = predictor(sample)
-                if out is None:
-                    sequences.flush()
-                else:
-                    pred, k = _unpack(out, kind)
-                    k = check_kind(k)
-                    kinds_seen.add(k)
-                    if save_dir is not None and not from_folder:
-                        # save exactly what is scored (float32 at the ground-truth size), so that
-                        # re-scoring the saved folder reproduces these numbers
-                        p = _to_2d(pred)
-                        resized = p.shape != gt.shape
-                        if resized:
-                            p = resize_prediction(p, gt.shape, protocol.pred_resize, k)
-                        pred = p.astype(np.float32)
-                        with atomic_path(Path(save_dir) / f"{sample['name']}.npy") as tmp:
-                            np.save(tmp, pred)
-                    rec = evaluate_sample(sample, pred, k, protocol, alignment, mask, seed=alignment_seed)
-                    if save_dir is not None and not from_folder:
-                        rec.resized = resized
-                    records.append(rec)
-                    sequences.add(sample, pred, k, mask, rec)
+                pred, k = _unpack(out, kind)
+                k = check_kind(k)
+                kinds_seen.add(k)
+                save = save_dir is not None and not from_folder
+                if save:
+                    pred, resized = _save_scored(pred, gt.shape, protocol, k, Path(save_dir) / f"{sample['name']}.npy")
+                rec = evaluate_sample(sample, pred, k, protocol, alignment, mask, seed=alignment_seed)
+                if save:
+                    rec.resized = resized
+                records.append(rec)
+                sequences.add(sample, pred, k, mask, rec)
             if bar is not None:
                 bar.update(1)
         sequences.flush()

@@ -67,10 +67,9 @@ def align_folder(pred_dir: PathLike, anchors: PathLike, out: PathLike, *, kind: 
                  fit: str = "auto", seed: int = 0, png_scale: float = 1000.0, calib: Optional[PathLike] = None,
                  names: Optional[List[str]] = None, max_depth: Optional[float] = None) -> AlignReport:
     """Align every prediction of ``pred_dir`` (or ``names``) to its anchors; see the module docstring."""
-    from ..data.anchors import find_anchor_file, read_anchors
-    from ..evaluation.alignment import anchor_fit_mode, fit_anchors
-    from ..types import DEPTH_KINDS, METRIC_DEPTH
-    from .sidecar import fingerprint, image_record, prediction_kind, read_record, read_sidecar, write_sidecar
+    from ..evaluation.alignment import anchor_fit_mode
+    from ..types import DEPTH_KINDS
+    from .sidecar import prediction_kind, read_sidecar
 
     pred_dir, anchors, out = (Path(p).expanduser() for p in (pred_dir, anchors, out))
     if not pred_dir.is_dir():
@@ -93,24 +92,13 @@ def align_folder(pred_dir: PathLike, anchors: PathLike, out: PathLike, *, kind: 
         raise InputError(f"one anchors file {anchors} for {len(names)} predictions; give a folder of anchors "
                          f"named like the predictions (<name>.npy|png|csv|bin)")
     report = AlignReport()
-    done: Dict[str, str] = {}
-    fitted: Dict[str, dict] = {}
+    fitted: Dict[str, dict] = {}  # rel -> size, valid range and fit of each aligned map
     for rel in names:
         row = {"name": rel, "status": "ok"}
         report.rows.append(row)
         try:
-            src = anchors if anchors.is_file() else find_anchor_file(anchors, rel)
-            if src is None:
-                raise InputError(f"no anchors for {rel} in {anchors} (looked for {rel}.npy|png|csv|bin)")
-            row["anchors_file"] = str(src)
-            try:
-                pred = np.squeeze(np.load(pred_dir / f"{rel}.npy"))
-            except (OSError, ValueError) as err:
-                raise InputError(f"cannot read {pred_dir / rel}.npy ({err})") from None
-            if pred.ndim != 2 or not np.issubdtype(pred.dtype, np.number):
-                raise InputError(f"{pred_dir / rel}.npy has shape {pred.shape}; expected a depth map [H,W]")
-            a = read_anchors(src, pred.shape, png_scale=png_scale, calib=calib)
-            res = fit_anchors(pred, a, kind, fit=fit, seed=seed, max_depth=max_depth)
+            pred, res = _fit_one(pred_dir, anchors, rel, row, kind, dict(fit=fit, seed=seed, max_depth=max_depth),
+                                 png_scale=png_scale, calib=calib)
         except (InputError, ValueError) as err:
             row.update(status="skipped", message=str(err))
             continue
@@ -118,7 +106,6 @@ def align_folder(pred_dir: PathLike, anchors: PathLike, out: PathLike, *, kind: 
         metric = res.apply(pred)
         with atomic_path(out / f"{rel}.npy") as tmp:
             np.save(tmp, metric)
-        done[rel] = "ok"
         ok_vals = metric[np.isfinite(metric) & (metric > 0)]
         fitted[rel] = {"size": metric.shape, "valid_range": (float(ok_vals.min()), float(ok_vals.max()))
                        if ok_vals.size else None,
@@ -131,12 +118,39 @@ def align_folder(pred_dir: PathLike, anchors: PathLike, out: PathLike, *, kind: 
                               "source_kind": kind, "fit": mode, "space": "disparity" if kind.endswith("disparity")
                               else "depth", "seed": seed, "holdout": 0.2, "png_scale": png_scale,
                               "report": "alignment.json"}}
+    report.paths["sidecar"] = _write_sidecar(out, pred_dir, settings, fitted)
+    _write_report(out, report, settings["alignment"])
+    return report
+
+
+def _fit_one(pred_dir: Path, anchors: Path, rel: str, row: dict, kind: str, fit_args: dict, **read_args):
+    """``rel``'s prediction and its :func:`~diffdepth.evaluation.alignment.fit_anchors` result (``row`` gets
+    the anchors file); an :class:`InputError` or ``ValueError`` says why it cannot be aligned."""
+    from ..data.anchors import find_anchor_file, read_anchors
+    from ..evaluation.alignment import fit_anchors
+
+    src = anchors if anchors.is_file() else find_anchor_file(anchors, rel)
+    if src is None:
+        raise InputError(f"no anchors for {rel} in {anchors} (looked for {rel}.npy|png|csv|bin)")
+    row["anchors_file"] = str(src)
+    try:
+        pred = np.squeeze(np.load(pred_dir / f"{rel}.npy"))
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read {pred_dir / rel}.npy ({err})") from None
+    if pred.ndim != 2 or not np.issubdtype(pred.dtype, np.number):
+        raise InputError(f"{pred_dir / rel}.npy has shape {pred.shape}; expected a depth map [H,W]")
+    return pred, fit_anchors(pred, read_anchors(src, pred.shape, **read_args), kind, **fit_args)
+
+
+def _write_sidecar(out: Path, pred_dir: Path, settings: dict, fitted: Dict[str, dict]) -> Path:
+    """OUT/predictions.json: the aligned maps under this run's settings, each with the source's intrinsics."""
+    from ..types import METRIC_DEPTH
+    from .sidecar import fingerprint, image_record, read_record, read_sidecar, write_sidecar
+
     sid = fingerprint(settings)
     old = read_sidecar(out) or {}
-    entries = dict(old.get("entries", {}))
-    entries.update({rel: {"npy": sid} for rel in done})
-    all_settings = dict(old.get("settings", {}))
-    all_settings[sid] = {**settings, "kind": METRIC_DEPTH}
+    entries = {**old.get("entries", {}), **{rel: {"npy": sid} for rel in fitted}}
+    all_settings = {**old.get("settings", {}), sid: {**settings, "kind": METRIC_DEPTH}}
     records = dict(old.get("records", {}))
     for rel, info in fitted.items():  # each aligned map's record: the source's intrinsics + this fit
         src_rec = read_record(pred_dir, rel) or {}
@@ -146,8 +160,12 @@ def align_folder(pred_dir: PathLike, anchors: PathLike, out: PathLike, *, kind: 
             K=intr.get("K"), K_source=intr.get("source"), processing_res=src_rec.get("processing_res"),
             alignment={**settings["alignment"], **info["fit"]}, source=pred_dir / f"{rel}.npy",
             outputs={"npy": f"{rel}.npy"}, settings_id=sid)
-    report.paths["sidecar"] = write_sidecar(out, {**settings, "kind": METRIC_DEPTH, "settings": all_settings,
-                                                  "settings_id": sid, "entries": entries, "records": records})
+    return write_sidecar(out, {**settings, "kind": METRIC_DEPTH, "settings": all_settings,
+                               "settings_id": sid, "entries": entries, "records": records})
+
+
+def _write_report(out: Path, report: AlignReport, alignment: dict) -> None:
+    """OUT/alignment.csv (one row per prediction) and OUT/alignment.json (counts, settings, rows)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=REPORT_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -155,18 +173,14 @@ def align_folder(pred_dir: PathLike, anchors: PathLike, out: PathLike, *, kind: 
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in REPORT_FIELDS})
     report.paths["csv"] = out / "alignment.csv"
     report.paths["json"] = out / "alignment.json"
-    ok = [r for r in report.rows if r["status"] == "ok"]
-    summary = {"aligned": len(ok), "skipped": len(report.skipped), "poor_fits": len(report.warned),
-               "settings": settings["alignment"],
-               "median_heldout_absrel": (float(np.median([r["heldout_absrel"] for r in ok
-                                                          if r.get("heldout_absrel") is not None]))
-                                         if any(r.get("heldout_absrel") is not None for r in ok) else None),
-               "images": report.rows}
+    heldout = [r["heldout_absrel"] for r in report.rows if r["status"] == "ok" and r.get("heldout_absrel") is not None]
+    summary = {"aligned": len(report.rows) - len(report.skipped), "skipped": len(report.skipped),
+               "poor_fits": len(report.warned), "settings": alignment,
+               "median_heldout_absrel": float(np.median(heldout)) if heldout else None, "images": report.rows}
     with atomic_path(report.paths["csv"]) as tmp:
         tmp.write_text(buf.getvalue())
     with atomic_path(report.paths["json"]) as tmp:
         tmp.write_text(json.dumps(summary, indent=1, default=str) + "\n")
-    return report
 
 
 def print_report(report: AlignReport, out: Path, stream) -> int:

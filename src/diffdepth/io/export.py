@@ -574,13 +574,9 @@ def save_outputs(out_base: PathLike, prediction: DepthMap, rgb: Any, formats: Un
     vals = depth[valid_mask(depth, kind)]
     res.valid_range = (float(vals.min()), float(vals.max())) if vals.size else None
     rng = color_range(depth, kind, vmin, vmax, percentiles) if fmts & {"color", "side"} else None
-    for fmt in OUTPUT_FORMATS:  # fixed order, so reports are stable
-        if fmt not in fmts:
-            continue
-        if fmt == "uncertainty" and prediction.uncertainty is None:
-            res.unavailable.append(fmt)
-            continue
-        if fmt in ("seg", "seg_ids") and prediction.extras.get("segmentation") is None:
+    seg = prediction.extras.get("segmentation")
+    for fmt in (f for f in OUTPUT_FORMATS if f in fmts):  # fixed order, so reports are stable
+        if (fmt == "uncertainty" and prediction.uncertainty is None) or (fmt in ("seg", "seg_ids") and seg is None):
             res.unavailable.append(fmt)
             continue
         path = output_path(out_base, fmt)
@@ -598,9 +594,9 @@ def save_outputs(out_base: PathLike, prediction: DepthMap, rgb: Any, formats: Un
                 raise InputError("the 'side' output needs the input image (rgb is None)")
             save_side_by_side(path, rgb, depth, kind, cmap, near_warm, rng)
         elif fmt == "ply":
-            K, source = res.K, res.K_source
+            K = res.K
             k_line = f"K: fx={K[0, 0]:.6g} fy={K[1, 1]:.6g} cx={K[0, 2]:.6g} cy={K[1, 2]:.6g}"
-            save_ply(path, depth, rgb, K, [f"intrinsics: {source}", k_line], kind=kind, stride=ply_stride,
+            save_ply(path, depth, rgb, K, [f"intrinsics: {res.K_source}", k_line], kind=kind, stride=ply_stride,
                      max_depth=ply_max_depth)
         elif fmt == "points":
             save_points_npz(path, depth, rgb, res.K, kind, res.K_source, stride=ply_stride, max_depth=ply_max_depth)
@@ -611,9 +607,9 @@ def save_outputs(out_base: PathLike, prediction: DepthMap, rgb: Any, formats: Un
         elif fmt == "uncertainty":
             save_npy(path, as_depth_2d(prediction.uncertainty, "uncertainty"))
         elif fmt == "seg":
-            _save_png(path, colorize_segmentation(prediction.extras["segmentation"]))
+            _save_png(path, colorize_segmentation(seg))
         elif fmt == "seg_ids":
-            _save_png(path, segmentation_ids(prediction.extras["segmentation"]))
+            _save_png(path, segmentation_ids(seg))
         res.written.append(path)
     return res
 

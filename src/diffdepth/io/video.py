@@ -1,7 +1,6 @@
 """Video input/output: frames in, depth videos and per-frame depth archives out.
 
-Reading uses PyAV (FFmpeg) and falls back to imageio when PyAV is not installed. Frames
-come out as float32 ``[H,W,3]`` RGB in ``[0,1]``, with the container's rotation metadata
+Reading uses PyAV (FFmpeg). Frames come out as float32 ``[H,W,3]`` RGB in ``[0,1]``, with the container's rotation metadata
 (display matrix, e.g. phone videos shot upright) applied. Unreadable, corrupt or empty
 videos raise :class:`diffdepth.errors.InputError` naming the file.
 
@@ -25,10 +24,7 @@ from ..types import check_kind
 from ..utils import atomic_path
 from .images import check_file, to_float_rgb
 
-try:  # PyAV is a dependency, but keep the module importable without it
-    import av as _av
-except ImportError:  # pragma: no cover - exercised through monkeypatching in tests
-    _av = None
+import av as _av
 
 PathLike = Union[str, os.PathLike]
 
@@ -44,18 +40,14 @@ def _rotate(frame: np.ndarray, degrees_ccw: float) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(frame, k)) if k else frame
 
 
-def _av_errors() -> tuple:
-    errs: tuple = (OSError, ValueError, EOFError)
-    if _av is not None:
-        errs = errs + (_av.FFmpegError,)
-    return errs
+_AV_ERRORS = (OSError, ValueError, EOFError, _av.FFmpegError)
 
 
 def _open_av(p: Path):
     """Open with PyAV and return (container, first video stream)."""
     try:
         container = _av.open(os.fspath(p), mode="r")
-    except _av_errors() as err:
+    except _AV_ERRORS as err:
         raise InputError(f"cannot read video {p}: not a video file or corrupt ({err})") from None
     if not container.streams.video:
         container.close()
@@ -70,8 +62,6 @@ def video_info(path: PathLike) -> Tuple[float, Optional[int], int, int]:
     applied). The first frame is decoded to make sure the video is readable.
     """
     p = check_file(path, "video")
-    if _av is None:
-        return _imageio_info(p)
     container, stream = _open_av(p)
     try:
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
@@ -82,7 +72,7 @@ def video_info(path: PathLike) -> Tuple[float, Optional[int], int, int]:
             for frame in container.decode(stream):
                 first = frame
                 break
-        except _av_errors() as err:
+        except _AV_ERRORS as err:
             raise InputError(f"cannot read video {p}: corrupt ({err})") from None
         if first is None:
             raise InputError(f"cannot read video {p}: it contains no frames")
@@ -102,8 +92,6 @@ def iter_video_frames(path: PathLike) -> Iterator[np.ndarray]:
     video with no frames raises InputError when the iterator ends.
     """
     p = check_file(path, "video")
-    if _av is None:
-        return _imageio_frames(p)
     container, stream = _open_av(p)
     return _av_frames(p, container, stream)
 
@@ -117,7 +105,7 @@ def _av_frames(p: Path, container, stream) -> Iterator[np.ndarray]:
                 frame = next(decoder)
             except StopIteration:
                 break
-            except _av_errors() as err:
+            except _AV_ERRORS as err:
                 raise InputError(f"cannot read video {p}: corrupt at frame {count} ({err})") from None
             rgb = frame.to_ndarray(format="rgb24")  # [H,W,3] uint8
             rgb = _rotate(rgb, getattr(frame, "rotation", 0) or 0)
@@ -125,40 +113,6 @@ def _av_frames(p: Path, container, stream) -> Iterator[np.ndarray]:
             yield rgb.astype(np.float32) / 255.0
     finally:
         container.close()
-    if count == 0:
-        raise InputError(f"cannot read video {p}: it contains no frames")
-
-
-def _imageio_info(p: Path) -> Tuple[float, Optional[int], int, int]:
-    import imageio.v3 as iio
-
-    try:
-        meta = iio.immeta(p)
-        first = next(iter(iio.imiter(p)))
-    except StopIteration:
-        raise InputError(f"cannot read video {p}: it contains no frames") from None
-    except Exception as err:  # imageio raises plugin-specific errors
-        raise InputError(f"cannot read video {p}: {err}") from None
-    fps = meta.get("fps")
-    if not fps and meta.get("duration"):  # GIF-style per-frame duration in ms
-        fps = 1000.0 / float(meta["duration"])
-    n = meta.get("nframes")
-    n = int(n) if isinstance(n, (int, float)) and np.isfinite(n) and n > 0 else None
-    return float(fps or DEFAULT_FPS), n, int(first.shape[1]), int(first.shape[0])
-
-
-def _imageio_frames(p: Path) -> Iterator[np.ndarray]:
-    import imageio.v3 as iio
-
-    count = 0
-    try:
-        for frame in iio.imiter(p):
-            count += 1
-            yield to_float_rgb(np.asarray(frame), name=f"{p} frame {count - 1}")
-    except InputError:
-        raise
-    except Exception as err:
-        raise InputError(f"cannot read video {p}: {err}") from None
     if count == 0:
         raise InputError(f"cannot read video {p}: it contains no frames")
 
@@ -171,8 +125,6 @@ def _fps_fraction(fps: float) -> Fraction:
 
 def pick_encoder() -> str:
     """First encoder of :data:`ENCODERS` that PyAV's FFmpeg build can write."""
-    if _av is None:
-        raise InputError("writing videos needs PyAV: pip install av")
     for name in ENCODERS:
         try:
             _av.codec.Codec(name, "w")
