@@ -13,10 +13,6 @@ LOCAL_HINT = contextvars.ContextVar("diffdepth_local_checkpoint_hint",
                                     default="pass a local folder with --checkpoint PATH")
 
 
-def is_local(source: str | os.PathLike) -> bool:
-    return Path(source).expanduser().exists()
-
-
 def resolve_checkpoint(
     source: str | os.PathLike,
     allow_patterns: Optional[Sequence[str]] = None,
