@@ -437,7 +437,7 @@ class LatentDepthModel(DepthModel):
         """Load our folders or Marigold diffusers folders (``prs-eth/marigold-depth-v1-0``, ``-v1-1``)."""
         from ...hub import resolve_checkpoint
 
-        path = resolve_checkpoint(source, allow_patterns=["model_index.json", "diffdepth.json", "*/*.json",
+        path = resolve_checkpoint(source, allow_patterns=["model_index.json", CONFIG_NAME, "*/*.json",
                                                           "*/*.txt", "*/*.safetensors"])
         sd = StableDiffusion.from_pretrained(path, components=("vae", "unet", "text_encoder", "tokenizer"),
                                              frozen=False)
