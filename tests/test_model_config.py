@@ -28,3 +28,13 @@ def test_arguments_defaults_and_kwargs_are_recorded_json_normalised():
 def test_an_argument_json_cannot_hold_is_an_error():
     with pytest.raises(ConfigError, match="cannot be saved in diffdepth.json"):
         _Toy(sizes=object())
+
+
+class _Sub(_Toy):
+    @register_to_config
+    def __init__(self, depth: int = 3):
+        super().__init__(sizes=(depth,), mode="fixed")
+
+
+def test_a_decorated_subclass_records_its_own_arguments_not_its_parents():
+    assert _Sub(depth=4).get_config() == {"depth": 4}  # what rebuilds it: _Sub(**config)

@@ -441,7 +441,7 @@ def test_latent_sample_is_seeded_and_differs_from_the_mode():
 
 def test_checkpoint_saved_before_the_official_switches_keeps_its_behaviour(tmp_path):
     """No ``attn_pool`` in diffdepth.json: the model was built with exact pooling, 1e-6 eps and the
-    posterior mode, and loads that way (LEGACY_CONFIG)."""
+    posterior mode, and loads that way (PrimeDepth.legacy_config)."""
     import json
 
     legacy = PrimeDepth.make_tiny(seed=5, attn_pool="exact", head_norm_eps=1e-6, vae_norm_eps=None, latent="mode")

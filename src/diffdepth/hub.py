@@ -13,15 +13,7 @@ LOCAL_HINT = contextvars.ContextVar("diffdepth_local_checkpoint_hint",
                                     default="pass a local folder with --checkpoint PATH")
 
 
-def is_local(source: str | os.PathLike) -> bool:
-    return Path(source).expanduser().exists()
-
-
-def resolve_checkpoint(
-    source: str | os.PathLike,
-    allow_patterns: Optional[Sequence[str]] = None,
-    revision: Optional[str] = None,
-) -> Path:
+def resolve_checkpoint(source: str | os.PathLike, allow_patterns: Optional[Sequence[str]] = None) -> Path:
     """Return a local folder (or file) for ``source``.
 
     A path that exists is returned as is. Otherwise ``source`` is treated as a hub id
@@ -38,11 +30,7 @@ def resolve_checkpoint(
     try:
         from huggingface_hub import snapshot_download
 
-        local = snapshot_download(
-            repo_id=text,
-            revision=revision,
-            allow_patterns=list(allow_patterns) if allow_patterns else None,
-        )
+        local = snapshot_download(repo_id=text, allow_patterns=list(allow_patterns) if allow_patterns else None)
     except Exception as err:  # network errors, missing repos, gated repos ...
         reason = type(err).__name__
         raise CheckpointError(

@@ -175,13 +175,6 @@ class DepthModel(nn.Module):
         with atomic_path(Path(path) / CONFIG_NAME) as tmp:
             tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
 
-    @staticmethod
-    def read_marker(path: Union[str, Path]) -> dict:
-        data = read_json(Path(path) / CONFIG_NAME)
-        if data is None:
-            raise CheckpointError(f"{path} is not a diffdepth checkpoint (no {CONFIG_NAME})")
-        return data
-
     @classmethod
     def can_load(cls, path: Union[str, Path]) -> bool:
         """Whether ``path`` is a checkpoint of this class (default: its ``diffdepth.json`` names this method).
@@ -207,7 +200,9 @@ class DepthModel(nn.Module):
         """Load a :meth:`save_pretrained` folder (local or hub id); ``overrides`` replace saved constructor
         arguments (inference options; architecture options must match the weights)."""
         path = cls.resolve_source(source, overrides)
-        marker = cls.read_marker(path)
+        marker = read_json(path / CONFIG_NAME)
+        if marker is None:
+            raise CheckpointError(f"{path} is not a diffdepth checkpoint (no {CONFIG_NAME})")
         target = f"{cls.__module__}:{cls.__qualname__}"
         if marker.get("method") not in (None, cls.method) and marker.get("target") != target:
             raise CheckpointError(f"{path} is a {marker.get('method')!r} checkpoint, not {cls.method!r}")

@@ -92,8 +92,8 @@ def load_model(method: Optional[str] = None, checkpoint: Union[str, Path, None] 
                dtype: Union[str, torch.dtype, None] = None, **kwargs):
     """Load a depth model for inference.
 
-    ``method`` may be omitted when ``checkpoint`` is a local diffdepth or Marigold
-    folder; ``checkpoint`` may be omitted to use the method's published default.
+    ``method`` may be omitted when ``checkpoint`` is a local folder (or file) a method's ``can_load``
+    recognises; ``checkpoint`` may be omitted to use the method's published default.
     """
     from .utils import parse_device, parse_dtype
 

@@ -166,7 +166,7 @@ class StableDiffusion(nn.Module):
 
     def encode_prompt(self, prompts: Union[str, Sequence[str], None] = None,
                       batch_size: Optional[int] = None) -> torch.Tensor:
-        """Text context ``[B,77,D]``. ``None`` or all-empty prompts use a cached embedding."""
+        """Text context ``[B,77,D]``. ``None`` or all-empty prompts use the cached :meth:`empty_prompt`."""
         if isinstance(prompts, str):
             prompts = [prompts]
         if prompts is None or all(p == "" for p in prompts):

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from ...errors import CheckpointError, ConfigError, InputError
 from ...model import DepthModel, register_to_config
 from ...types import RELATIVE_DEPTH, DepthPrediction
-from .networks import (COST_QUERIES, QUERY_MODES, SD_TAPS, TAP_POINTS, DepthDecoder, PatchTokens, PoseNet,
-                       ResNetFeatures, SDFeatureBranch, SelfQueryHead, resolve_tap_point)
+from .networks import (SD_TAPS, TAP_POINTS, DepthDecoder, PatchTokens, PoseNet, ResNetFeatures, SDFeatureBranch,
+                       SelfQueryHead, resolve_tap_point)
 
 #: Monodepth2 / SQLdepth's KITTI input size (H, W): every image is resized to exactly this
 KITTI_INPUT_SIZE = (192, 640)
@@ -102,10 +102,6 @@ class DiffSQL(DepthModel):
             raise ConfigError(f"diffsql: sd_tap must be one of {', '.join(SD_TAPS)}, got {sd_tap!r}")
         if sd_tap_point not in TAP_POINTS:
             raise ConfigError(f"diffsql: sd_tap_point must be one of {', '.join(TAP_POINTS)}, got {sd_tap_point!r}")
-        if queries not in QUERY_MODES:
-            raise ConfigError(f"diffsql: queries must be one of {', '.join(QUERY_MODES)}, got {queries!r}")
-        if cost_queries not in COST_QUERIES:
-            raise ConfigError(f"diffsql: cost_queries must be one of {', '.join(COST_QUERIES)}, got {cost_queries!r}")
         if input_size is not None:
             if not (isinstance(input_size, (list, tuple)) and len(input_size) == 2
                     and all(isinstance(v, int) and v > 0 for v in input_size)):
@@ -118,8 +114,6 @@ class DiffSQL(DepthModel):
                               "DiffSQL.build(backbone=...) / make_tiny, or set use_sd: false")
         self.fixed_input_size = input_size
         self.use_sd = bool(use_sd)
-        self.queries = queries
-        self.num_scales = int(scales)
         self.encoder = ResNetFeatures(encoder, in_frames=1, pretrained=pretrained_encoder)
         self.sd = None
         self.sd_branch = None
@@ -154,7 +148,10 @@ class DiffSQL(DepthModel):
         self.tokens = None
         if queries != "none" and not self.use_sd:
             self.tokens = PatchTokens(model_dim, patch_size=patch_size, layers=vit_layers, heads=vit_heads)
-        self.head = SelfQueryHead(model_dim, num_queries, num_bins, queries, cost_queries, min_depth, max_depth)
+        try:  # the head checks ``queries`` / ``cost_queries``
+            self.head = SelfQueryHead(model_dim, num_queries, num_bins, queries, cost_queries, min_depth, max_depth)
+        except ValueError as err:
+            raise ConfigError(f"diffsql: {err}") from None
         self.pose_net = PoseNet(pose_encoder, pretrained=pretrained_encoder, width=pose_width)
 
     @staticmethod

@@ -61,7 +61,7 @@ class HFDepth(DepthModel):
     """``transformers`` depth model + its image processor (method id ``hf``)."""
 
     method = "hf"
-    output_kind = ""  # per instance: see ``self.kind``
+    output_kind = ""  # per instance: this checkpoint's kind (the class cannot know it)
     predict_options = {"output_kind": {"type": str}}
     size_multiple = 1  # the image processor resizes to its own multiple
     min_size = 2
@@ -75,9 +75,8 @@ class HFDepth(DepthModel):
         super().__init__()
         self.hf_model = model
         self.processor = processor
-        self.kind = check_kind(output_kind) if output_kind else infer_output_kind(model.config)
-        self.config.update(output_kind=self.kind, model_type=getattr(model.config, "model_type", ""))
-        self.output_kind = self.kind  # this checkpoint's kind (the class cannot know it)
+        self.output_kind = check_kind(output_kind) if output_kind else infer_output_kind(model.config)
+        self.config.update(output_kind=self.output_kind, model_type=getattr(model.config, "model_type", ""))
         self.source = str(source)
 
     # ------------------------------------------------------------------ description
@@ -107,7 +106,7 @@ class HFDepth(DepthModel):
         exactly what an 8-bit file gives ``transformers``' pipeline.
         """
         self.check_options(options)
-        kind = check_kind(output_kind) if output_kind else self.kind
+        kind = check_kind(output_kind) if output_kind else self.output_kind
         b, _, h, w = images.shape
         arrays = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
         arrays = [a.permute(1, 2, 0).cpu().numpy() for a in arrays]  # [H,W,3] uint8 each

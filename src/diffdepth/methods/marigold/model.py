@@ -365,9 +365,9 @@ class LatentDepthModel(DepthModel):
     def from_sd(cls, sd: Any, **config: Any) -> "LatentDepthModel":
         """Wrap a (4-channel) StableDiffusion: widen conv_in, DDIM scheduler config, defaults."""
         sched = _scheduler_dict(sd.scheduler)
-        if config.get("prediction_type"):  # e.g. train an SD 1.5 (epsilon) backbone with v-prediction
-            sched["prediction_type"] = config.pop("prediction_type")
-        config.pop("prediction_type", None)
+        prediction_type = config.pop("prediction_type", None)
+        if prediction_type:  # e.g. train an SD 1.5 (epsilon) backbone with v-prediction
+            sched["prediction_type"] = prediction_type
         sched.update({"set_alpha_to_one": False, "clip_sample": False, "timestep_spacing": "trailing"})
         if sd.unet.config.in_channels == sd.vae.config.latent_channels:
             expand_conv_in(sd.unet)
@@ -437,7 +437,7 @@ class LatentDepthModel(DepthModel):
         """Load our folders or Marigold diffusers folders (``prs-eth/marigold-depth-v1-0``, ``-v1-1``)."""
         from ...hub import resolve_checkpoint
 
-        path = resolve_checkpoint(source, allow_patterns=["model_index.json", "diffdepth.json", "*/*.json",
+        path = resolve_checkpoint(source, allow_patterns=["model_index.json", CONFIG_NAME, "*/*.json",
                                                           "*/*.txt", "*/*.safetensors"])
         sd = StableDiffusion.from_pretrained(path, components=("vae", "unet", "text_encoder", "tokenizer"),
                                              frozen=False)

@@ -102,14 +102,3 @@ class LogNormalizer:
         """[-1, 1] -> metres in [d_min, d_max]."""
         x = x.float().clamp(-1.0, 1.0)
         return self.d_min * torch.exp((x + 1.0) / 2.0 * self.log_range)
-
-    def to_log(self, depth: torch.Tensor) -> torch.Tensor:
-        return torch.log(depth.float().clamp(min=self.d_min, max=self.d_max))
-
-
-def make_normalizer(name: str, **kwargs) -> "AffineNormalizer | LogNormalizer":
-    if name == "affine":
-        return AffineNormalizer(**{k: kwargs[k] for k in ("q_low", "q_high") if k in kwargs})
-    if name == "log":
-        return LogNormalizer(**{k: kwargs[k] for k in ("d_min", "d_max") if k in kwargs})
-    raise ConfigError(f"unknown depth normaliser {name!r}; use 'affine' (marigold) or 'log' (metricgold)")

@@ -22,10 +22,10 @@ checked without instantiating an 866 M parameter UNet.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
-from ...backbone.configs import SD21_UNET, SD_VAE
+from ...backbone.configs import SD21_UNET
 
 
 def largest_divisor(n: int, at_most: int) -> int:
@@ -79,9 +79,6 @@ class Plan:
 
     def table(self) -> Dict[str, List[int]]:
         return {"ch_f": [l.ch_f for l in self.layers], "ch_a": [l.ch_a for l in self.layers]}
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _per_level(value, n: int) -> List[int]:
@@ -195,10 +192,9 @@ def make_plan(config: Mapping[str, Any], ratio: float = 0.5, use_features: bool 
                 per_head=per_head, block_in=block_in)
 
 
-#: diffusers UNet / VAE configs of Stable Diffusion 2.1, for the channel-table test and the
-#: benchmark (nothing is downloaded); one definition in diffdepth.backbone.configs
+#: diffusers UNet config of Stable Diffusion 2.1, for the channel-table test (nothing is downloaded);
+#: one definition in diffdepth.backbone.configs
 SD21_UNET_CONFIG: Dict[str, Any] = dict(SD21_UNET)
-SD21_VAE_CONFIG: Dict[str, Any] = dict(SD_VAE)
 
 #: the official PrimeDepth options (configs/inference.yaml of vislearn/PrimeDepth)
 OFFICIAL_OPTIONS: Dict[str, Any] = {

@@ -22,15 +22,10 @@ from torch import nn
 
 from ...backbone.sd import COMPONENTS
 from ...errors import ConfigError, InputError
-from ...model import DepthModel, register_to_config
+from ...model import CONFIG_NAME, DepthModel, register_to_config
 from ...types import AFFINE_DISPARITY, DepthPrediction
 from .layout import Plan, make_plan
 from .modules import Fusion, Refiner, head_forward, make_head, set_group_norm_eps
-
-#: what a model saved before ``attn_pool`` / ``head_norm_eps`` / ``vae_norm_eps`` / ``latent`` existed
-#: (one change: no ``attn_pool`` key in its ``diffdepth.json``) was built and trained with; it keeps that behaviour.
-LEGACY_CONFIG: Dict[str, Any] = {"attn_pool": "exact", "head_norm_eps": 1e-6, "vae_norm_eps": None, "latent": "mode"}
-
 
 class _Done(Exception):
     """Raised from the last decoder-layer hook: the rest of the UNet is not needed."""
@@ -79,7 +74,9 @@ class PrimeDepth(DepthModel):
     min_size = 16
     config_ignore = ("sd", "captioner")
     sd_components = COMPONENTS
-    legacy_config = LEGACY_CONFIG
+    #: what a model saved before ``attn_pool`` / ``head_norm_eps`` / ``vae_norm_eps`` / ``latent`` existed (one
+    #: change: no ``attn_pool`` key in its ``diffdepth.json``) was built and trained with; it keeps that behaviour
+    legacy_config = {"attn_pool": "exact", "head_norm_eps": 1e-6, "vae_norm_eps": None, "latent": "mode"}
     legacy_weights = ("primedepth.safetensors",)  # the name before issue 12
 
     @register_to_config
@@ -420,7 +417,7 @@ def _context_tokens(sd) -> int:
 def _official_file(path: Path) -> Optional[Path]:
     if path.is_file():
         return path if path.suffix in (".ckpt", ".safetensors", ".pt", ".pth") else None
-    if (path / "diffdepth.json").exists():
+    if (path / CONFIG_NAME).exists():
         return None
     found = sorted(path.glob("*.ckpt"))
     return found[0] if found else None

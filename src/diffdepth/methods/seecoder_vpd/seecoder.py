@@ -340,7 +340,6 @@ class SeeCoder(nn.Module):
         self.qtransformer = QueryTransformer(dim, num_queries, query_heads, query_layers, query_ff, len(LEVELS),
                                              fea2d_pos)
         self.dim = dim
-        self.num_tokens = sum(num_queries)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # a frozen Swin needs no activation graph (the paper trains only DC+SA)
