@@ -134,12 +134,6 @@ class Tiler:
         self.tile = int(tile)
         self.overlap = int(overlap)
 
-    def tiles(self, height: int, width: int) -> List[Tuple[int, int, int, int]]:
-        """``(top, left, tile_h, tile_w)`` of every tile, row by row."""
-        th, tw = min(self.tile, height), min(self.tile, width)
-        return [(y, x, th, tw) for y in tile_starts(height, self.tile, self.overlap)
-                for x in tile_starts(width, self.tile, self.overlap)]
-
     def refine(self, item: "Prepared", global_pred: DepthMap) -> DepthMap:
         import torch
 
