@@ -90,7 +90,8 @@ def test_method_flags_come_from_declared_predict_options(tmp_path, toy_ckpt, mon
 
     monkeypatch.setattr(_toy_methods.MeanDepth, "predict_options", {
         "scale": {"type": float}, "levels": {"type": int, "help": "pyramid levels", "min": 2},
-        "fine": {"type": bool, "help": "fine pass"}})
+        "fine": {"type": bool, "help": "fine pass"}, "tag": {"type": str},
+        "mode": {"type": str, "choices": ("a", "b")}})
     flags = cmd.declared_options()
     assert flags["levels"][1] == ["test-mean"] and flags["flip"][1] == ["primedepth", "seecoder-vpd", "diffsql"]
     assert "scale" in flags and flags["scale"][1] == ["diffsql"]  # no help: no flag for test-mean's scale
@@ -102,6 +103,20 @@ def test_method_flags_come_from_declared_predict_options(tmp_path, toy_ckpt, mon
     rc = main(["predict", str(_img(tmp_path / "x.png")), "--method", "test-mean", "--checkpoint", str(toy_ckpt),
                "--out", str(tmp_path / "o"), "--levels", "1"])
     assert rc == 2 and "--levels must be >= 2, got 1" in capsys.readouterr().err
+    # --opt values arrive YAML-typed and are held to the same spec: a clear error, nothing written
+    for opt, message in [("scale=abc", "--opt scale of test-mean takes a number, got 'abc'"),
+                         ("levels=2.5", "--levels of test-mean takes an integer, got 2.5"),
+                         ("levels=1", "--levels of test-mean must be >= 2, got 1"),
+                         ("fine=3", "--fine of test-mean takes true or false, got 3"),
+                         ("mode=c", "--opt mode of test-mean is one of a, b, got 'c'")]:
+        rc = main(["predict", str(_img(tmp_path / "x.png")), "--method", "test-mean", "--checkpoint",
+                   str(toy_ckpt), "--out", str(tmp_path / "bad"), "--opt", opt])
+        assert rc == 2 and message in capsys.readouterr().err, opt
+        assert not (tmp_path / "bad").exists()
+    model = _toy_methods.MeanDepth()
+    assert model.check_options({"scale": 2, "levels": 3}) == {"scale": 2.0, "levels": 3}
+    assert isinstance(model.check_options({"scale": 2})["scale"], float)
+    assert model.check_options({"tag": 123}) == {"tag": "123"}  # --opt tag=123 means the text "123"
     with pytest.raises(SystemExit):
         parser.parse_args(["predict", "--help"])
     assert "pyramid levels (test-mean)" in " ".join(capsys.readouterr().out.split())

@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from diffdepth.errors import ConfigError
+from diffdepth.registry import get_method
 from diffdepth.training.config import DEBUG_CAPS, defaults, diff_configs, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,3 +197,6 @@ def test_every_shipped_recipe_resolves(recipe):
     cfg = load_config(ROOT / recipe)
     assert cfg["model"]["method"] and cfg["data"]["train"]
     assert load_config(ROOT / recipe, debug=True)["train"]["max_steps"] <= DEBUG_CAPS["train.max_steps"]
+    # the validation's predict options are ones the method takes, of the types it declares
+    model_class = get_method(cfg["model"]["method"]).load_class()
+    assert model_class.check_options(dict(cfg["val"]["predict"])) == cfg["val"]["predict"]

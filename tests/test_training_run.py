@@ -189,6 +189,10 @@ def test_effective_batch_size_sets_accumulation(tmp_path):
     bad = Trainer(load_config(RECIPE, QUIET + ["train.batch_size=4", "train.effective_batch_size=6"]), tmp_path / "b")
     with pytest.raises(ConfigError, match="effective_batch_size=6.*4 x 1"):
         bad.setup()
+    # validation's predict options are checked at setup, not at the first validation, and named as config keys
+    bad = Trainer(load_config(RECIPE, QUIET + ["val.predict={steps: 2}"]), tmp_path / "c")
+    with pytest.raises(ConfigError, match=r"^val.predict: option\(s\) --steps do not apply to method 'toy'"):
+        bad.setup()
 
 
 def test_resume_reproduces_uninterrupted_weights(tmp_path):

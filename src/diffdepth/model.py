@@ -82,7 +82,8 @@ class DepthModel(nn.Module):
     #: one of diffdepth.types.DEPTH_KINDS
     output_kind: ClassVar[str] = ""
     #: options ``predict`` understands beyond the images: name -> {"type", "help", "choices", "min", "metavar"};
-    #: the CLI makes a flag ``--name`` of each with a help (bool: a switch), the others go by ``--opt``
+    #: the CLI makes a flag ``--name`` of each with a help (bool: a switch), the others go by ``--opt``;
+    #: :meth:`check_options` holds every value to its spec (a bare set of names: unchecked values)
     predict_options: ClassVar[dict] = {}
 
     #: the pipeline pads inputs to a multiple of this
@@ -123,13 +124,37 @@ class DepthModel(nn.Module):
         """One video frame (batch of 1). Override for temporal consistency."""
         return self.predict(images, **options), state
 
-    def check_options(self, options: dict) -> dict:
-        unknown = set(options) - set(self.predict_options)
+    @classmethod
+    def check_options(cls, options: dict) -> dict:
+        """``options`` held to :attr:`predict_options` (unknown names, types, choices, minimums); returns them
+        typed (ints given for floats become floats, scalars given for text become text)."""
+        unknown = set(options) - set(cls.predict_options)
         if unknown:
             names = ", ".join("--" + k.replace("_", "-") for k in sorted(unknown))
-            allowed = ", ".join(sorted(self.predict_options)) or "none"
-            raise InputError(f"option(s) {names} do not apply to method {self.method!r} (it accepts: {allowed})")
-        return options
+            allowed = ", ".join(sorted(cls.predict_options)) or "none"
+            raise InputError(f"option(s) {names} do not apply to method {cls.method!r} (it accepts: {allowed})")
+        checked = {}
+        for name, value in options.items():  # values from --opt arrive YAML-typed: "3" is 3, "abc" is "abc"
+            spec = cls.predict_options[name] if isinstance(cls.predict_options, dict) else {}  # a bare set: untyped
+            flag = ("--" + name.replace("_", "-")) if spec.get("help") else f"--opt {name}"
+            kind = spec.get("type")
+            if value is None or kind is None:
+                pass
+            elif kind is str:
+                value = value if isinstance(value, str) else str(value)  # --opt prompt=123 means the text "123"
+            elif kind is bool and not isinstance(value, bool):
+                raise InputError(f"{flag} of {cls.method} takes true or false, got {value!r}")
+            elif kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                           or (kind is int and not isinstance(value, int))):
+                raise InputError(f"{flag} of {cls.method} takes {'an integer' if kind is int else 'a number'}, "
+                                 f"got {value!r}")
+            if value is not None and spec.get("choices") and value not in spec["choices"]:
+                raise InputError(f"{flag} of {cls.method} is one of {', '.join(map(str, spec['choices']))}, "
+                                 f"got {value!r}")
+            if value is not None and spec.get("min") is not None and not value >= spec["min"]:  # NaN too
+                raise InputError(f"{flag} of {cls.method} must be >= {spec['min']}, got {value}")
+            checked[name] = float(value) if kind is float and value is not None else value
+        return checked
 
     # ------------------------------------------------------------------ training
     def make_training_task(self, **cfg: Any):  # pragma: no cover

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..errors import CheckpointError, ConfigError, DiffdepthError
+from ..errors import CheckpointError, ConfigError, DiffdepthError, InputError
 from ..evaluation.runner import ModelPredictor, sample_image
 from . import checkpoint as ckpt
 from .config import diff_configs, dump_config, save_config
@@ -312,7 +312,10 @@ class Trainer:
         v = cfg["val"]
         if v["every"] > 0 and v["data"] is not None:
             self.val_set = build_dataset(v["data"], cache, where="val.data")
-            self.model.check_options(dict(v["predict"]))  # fail now, not at the first validation
+            try:  # fail now, not at the first validation
+                self.model.check_options(dict(v["predict"]))
+            except InputError as e:
+                raise ConfigError(f"val.predict: {e}") from None
             first = self.val_set[0]
             if "depth" not in first or sample_image(first) is None:
                 raise ConfigError(f"val.data: its samples have keys {sorted(first)}; validation needs 'image' "

@@ -67,7 +67,7 @@ class SeeCoderVPD(DepthModel):
     method = "seecoder-vpd"
     output_kind = METRIC_DEPTH
     predict_options = {"flip": {"type": bool, "help": "test-time horizontal flip averaging"},
-                       "sliding_windows": {"type": bool}, "scene": {"type": str}}
+                       "sliding_windows": {"type": int}, "scene": {"type": str}}
     min_size = 32
     default_processing_res = 0  # metric model: keep the input resolution (KITTI 352x1216)
     config_ignore = ("sd",)
