@@ -76,3 +76,28 @@ def test_two_process_predict_writes_every_output_once(tmp_path):
     assert sorted(record["entries"]) == [str(i) for i in range(5)]
     for i in range(5):
         np.testing.assert_allclose(np.load(tmp_path / "out" / f"{i}.npy"), 1 + 40 * i / 255, atol=1e-5)
+
+
+def test_two_process_eval_scores_a_sequence_crossing_the_shards_whole(tmp_path):
+    # the flicker metric aligns a posed sequence as a whole and pairs consecutive frames: a drive split
+    # between two processes must give the one-process numbers, the pair across the split included
+    data, pred = tmp_path / "data", tmp_path / "pred"
+    assert main(["synth", str(data), "--kind", "sequence", "--n", "6", "--size", "48x160", "--seed", "1"]) == 0
+    from diffdepth.data.benchmarks import open_benchmark
+
+    ds = open_benchmark("kitti_mono2_improved", data, data / "test_files.txt")
+    for i in range(len(ds)):
+        s = ds[i]
+        f = pred / (s["name"] + ".npy")
+        f.parent.mkdir(parents=True, exist_ok=True)
+        depth = np.where(s["depth"][0] > 0, s["depth"][0], 80.0)
+        np.save(f, (depth * (1.0 + 0.15 * (-1) ** i)).astype(np.float32))  # a scale that flickers
+    common = ["eval", "--dataset", "kitti_mono2_improved", "--data-root", str(data), "--split-file",
+              str(data / "test_files.txt"), "--predictions", str(pred), "--kind", "metric_depth", "--no-progress"]
+    assert main(common + ["--out", str(tmp_path / "one")]) == 0
+    _torchrun(common + ["--out", str(tmp_path / "two")], tmp_path)
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert len(ds) >= 4 and one["temporal"]["pairs"] == len(ds) - 1
+    assert two["temporal"] == one["temporal"] and two["metrics"] == one["metrics"]
+    assert (tmp_path / "one" / "per_sample.csv").read_text() == (tmp_path / "two" / "per_sample.csv").read_text()

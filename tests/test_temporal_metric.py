@@ -114,3 +114,39 @@ def test_eval_cli_reports_tae_beside_the_per_frame_metrics(sequence, tmp_path, c
     assert "temporal consistency: TAE" in capsys.readouterr().out
     header = (out / "per_sample.csv").read_text().splitlines()[0].split(",")
     assert "tae" in header
+
+
+def test_sharded_blocks_score_the_tae_of_one_pass(sequence):
+    # under a launcher each process scores one block of the samples; a sequence crossing a block boundary
+    # is stitched back (score_open_ends) and aligned whole, so every split gives the one-pass TAE
+    from diffdepth.evaluation.runner import score_open_ends
+
+    protocol = get_protocol("kitti_mono2_improved")
+    ds = open_benchmark(protocol.name, sequence, sequence / "test_files.txt")
+    frames = [ds[i] for i in range(3)]
+    unposed = {k: v for k, v in frames[0].items() if k != "pose"}
+    # a sequence, a sample that ends it, the same sequence's key again (a new run: pairs are consecutive
+    # frames), then another sequence straight after
+    samples = (frames + [dict(unposed, name="unposed")] + [dict(s, name=s["name"] + "-a") for s in frames]
+               + [dict(s, name=s["name"] + "-b", sequence="b") for s in frames])
+    rng = np.random.default_rng(3)
+    jitter = {s["name"]: (rng.uniform(0.6, 1.4), rng.uniform(-2, 2)) for s in samples}
+
+    def jittered(sample):  # per-frame scale and shift: the whole-sequence alignment decides the TAE
+        s, t = jitter[sample["name"]]
+        return s * dense(sample) + t
+
+    def run(block, open_ends=None):
+        return evaluate(block, jittered, protocol, "auto", kind="affine_invariant_depth", progress=False,
+                        open_ends=open_ends)
+
+    whole = [r.metrics.get("tae") for r in run(samples)]
+    assert sum(t is not None for t in whole) == 3 * (len(frames) - 1)
+    n = len(samples)
+    for i in range(1, n):
+        for j in range(i, n + 1):  # j == n: an empty last block, as a launcher with more processes than samples
+            parts = []
+            for block in (samples[:i], samples[i:j], samples[j:]):
+                ends = []
+                parts.append((run(block, ends), ends))
+            assert [r.metrics.get("tae") for r in score_open_ends(parts, protocol)] == whole, (i, j)

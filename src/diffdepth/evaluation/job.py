@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .. import distributed
 from ..errors import InputError
 from ..io.sidecar import prediction_kind
-from .runner import ModelPredictor, PredictionFolder, evaluate, summarize, write_reports
+from .runner import ModelPredictor, PredictionFolder, evaluate, score_open_ends, summarize, write_reports
 
 
 def _peak_memory_mib(device) -> tuple:
@@ -29,7 +29,8 @@ def _peak_memory_mib(device) -> tuple:
 def score(dataset, n: int, predict, protocol, out, info: dict, *, alignment: Optional[str] = None,
           progress: bool = True, timed_on=None, **evaluate_args) -> Optional[Tuple[dict, Dict[str, Path]]]:
     """The first ``n`` samples sharded over the processes -> :func:`~.runner.evaluate` (``evaluate_args``)
-    -> records gathered in sample order -> OUT/summary.json, .md, per_sample.csv with ``info`` (+ the kind of
+    -> records gathered in sample order (a posed sequence split between processes scored whole, as in one
+    process: :func:`~.runner.score_open_ends`) -> OUT/summary.json, .md, per_sample.csv with ``info`` (+ the kind of
     ``save_dir``; with ``timed_on``, a device: model s/image after an untimed warm-up image, peak memory).
     Returns ``(summary, report paths)`` on the main process, else None."""
     import torch
@@ -57,14 +58,15 @@ def score(dataset, n: int, predict, protocol, out, info: dict, *, alignment: Opt
         if mine:  # lazy initialisation is not charged to the first model's s/image
             predict(dataset[mine[0]])
             timing.update(seconds=0.0, images=0)
+    open_ends = [] if distributed.is_distributed() else None  # a posed sequence may cross into the next block
     records = evaluate((dataset[i] for i in mine), predict, protocol, alignment, total=len(mine),
-                       progress=progress and distributed.is_main(), **evaluate_args)
+                       progress=progress and distributed.is_main(), open_ends=open_ends, **evaluate_args)
     peak = _peak_memory_mib(timed_on) if timed_on is not None else None
     distributed.barrier()  # every process has written its predictions (and predictions.json)
-    gathered = distributed.gather_objects((records, timing, peak))
+    gathered = distributed.gather_objects((records, timing, peak, open_ends))
     if not distributed.is_main():
         return None
-    records = [r for g in gathered for r in g[0]]
+    records = score_open_ends([(g[0], g[3] or []) for g in gathered], protocol)
     info = dict(info)
     if evaluate_args.get("save_dir") is not None:
         info["kind"] = prediction_kind(evaluate_args["save_dir"])

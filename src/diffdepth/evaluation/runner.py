@@ -14,7 +14,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -230,41 +230,85 @@ class _SequenceTracker:
     """Collects the frames of the current posed sequence (samples with ``pose``, ``intrinsics``
     and ``sequence``, in split order) and, when it ends, stores each consecutive pair's TAE
     (:mod:`diffdepth.evaluation.temporal`) as ``metrics["tae"]`` of the pair's later frame.
-    Memory: the frames of one sequence."""
+    With ``open_ends`` (a list: one process's block of a sharded run), the sequences holding the block's
+    first and last sample may go on in the neighbouring blocks: they are appended there unscored, for
+    :func:`score_open_ends`. Memory: the frames of one sequence."""
 
-    def __init__(self, protocol: Protocol, alignment: Optional[str]):
-        self.protocol, self.alignment = protocol, alignment
-        self.key, self.frames = None, []
+    def __init__(self, protocol: Protocol, alignment: Optional[str], records: List[SampleRecord],
+                 open_ends: Optional[list] = None):
+        self.protocol, self.alignment, self.records, self.open_ends = protocol, alignment, records, open_ends
+        self.key, self.frames, self.leading, self.seen = None, [], False, 0
 
     def add(self, sample: dict, pred, kind: str, mask: np.ndarray, rec: SampleRecord) -> None:
+        """``rec`` (the last of ``records``) scored ``sample``."""
         key = sample.get("sequence")
         if key is None or sample.get("pose") is None or sample.get("intrinsics") is None or rec.status != "ok":
-            self.flush()
+            self.skip()
             return
+        first, self.seen = self.seen == 0, self.seen + 1
         if key != self.key:
             self.flush()
-            self.key = key
+            self.key, self.leading = key, first
         gt = np.asarray(sample["depth"], dtype=np.float64).reshape(np.shape(sample["depth"])[-2:])
         p = _to_2d(pred)
         if p.shape != gt.shape:
             p = resize_prediction(p, gt.shape, self.protocol.pred_resize, kind)
         method = resolve_alignment(self.alignment or self.protocol.alignment, kind)
         self.frames.append((p.astype(np.float32), gt.astype(np.float32), mask, np.asarray(sample["pose"]),
-                            np.asarray(sample["intrinsics"]), method, rec))
+                            np.asarray(sample["intrinsics"]), method, len(self.records) - 1))
 
-    def flush(self) -> None:
-        frames, self.frames, self.key = self.frames, [], None
-        if len(frames) < 2 or len({f[5] for f in frames}) != 1:
+    def skip(self) -> None:
+        """A sample that is no frame of a sequence (or has no prediction) ends the current one."""
+        self.seen += 1
+        self.flush()
+
+    def flush(self, last: bool = False) -> None:
+        """End the current sequence (``last``: it holds the final sample)."""
+        frames, key, leading = self.frames, self.key, self.leading
+        self.frames, self.key, self.leading = [], None, False
+        if self.open_ends is not None and frames and (leading or last):
+            self.open_ends.append({"key": key, "frames": frames, "starts": leading, "ends": last})
             return
-        from .temporal import sequence_tae
+        _score_sequence(frames, self.protocol, self.records)
 
-        errors = sequence_tae([f[0] for f in frames], [f[1] for f in frames], [f[2] for f in frames],
-                              [f[3] for f in frames], [f[4] for f in frames], frames[0][5],
-                              self.protocol.min_depth, self.protocol.max_depth,
-                              region=self.protocol.crop_mask(frames[0][1].shape))
-        for frame, err in zip(frames[1:], errors):
-            if err is not None:
-                frame[6].metrics["tae"] = err
+
+def _score_sequence(frames: list, protocol: Protocol, records) -> None:
+    """TAE of each consecutive pair of one sequence's ``frames`` into ``records[frame index]``."""
+    if len(frames) < 2 or len({f[5] for f in frames}) != 1:
+        return
+    from .temporal import sequence_tae
+
+    errors = sequence_tae([f[0] for f in frames], [f[1] for f in frames], [f[2] for f in frames],
+                          [f[3] for f in frames], [f[4] for f in frames], frames[0][5],
+                          protocol.min_depth, protocol.max_depth, region=protocol.crop_mask(frames[0][1].shape))
+    for frame, err in zip(frames[1:], errors):
+        if err is not None:
+            records[frame[6]].metrics["tae"] = err
+
+
+def score_open_ends(parts: Sequence[Tuple[List[SampleRecord], list]], protocol: Protocol) -> List[SampleRecord]:
+    """Each process's ``(records, open_ends)`` of consecutive blocks of one run, in block order ->
+    the records joined, with the TAE of the sequences that crossed a block boundary scored whole
+    (the same numbers as one process scoring every sample)."""
+    records: List[SampleRecord] = []
+    group, previous_ends = None, False
+    for part_records, open_ends in parts:
+        offset = len(records)
+        records.extend(part_records)
+        for end in open_ends:
+            frames = [f[:6] + (f[6] + offset,) for f in end["frames"]]
+            if group is not None and previous_ends and end["starts"] and end["key"] == group["key"]:
+                group["frames"] += frames  # the sequence goes on from the previous block
+            else:
+                if group is not None:
+                    _score_sequence(group["frames"], protocol, records)
+                group = {"key": end["key"], "frames": frames}
+            previous_ends = end["ends"]
+        if part_records and not (open_ends and open_ends[-1]["ends"]):
+            previous_ends = False  # this block's last sample is no open frame: nothing goes on across it
+    if group is not None:
+        _score_sequence(group["frames"], protocol, records)
+    return records
 
 
 def _predict(predictor, sample: dict, from_folder: bool, records: List[SampleRecord]):
@@ -295,7 +339,7 @@ def evaluate(samples: Iterable[dict], predictor: Union[PathLike, Callable, Predi
              protocol: Protocol, alignment: Optional[str] = None, *, kind: Optional[str] = None,
              save_dir: Optional[PathLike] = None, progress: bool = True,
              total: Optional[int] = None, record: Optional[dict] = None,
-             alignment_seed: int = 0) -> List[SampleRecord]:
+             alignment_seed: int = 0, open_ends: Optional[list] = None) -> List[SampleRecord]:
     """Score every sample; returns one :class:`SampleRecord` per sample, in order.
 
     ``predictor`` is a predictions folder (path or :class:`PredictionFolder`) or a callable
@@ -306,13 +350,15 @@ def evaluate(samples: Iterable[dict], predictor: Union[PathLike, Callable, Predi
     ``<save_dir>/<name>.npy`` (+ ``predictions.json`` with the kind and ``record``: method,
     checkpoint, options) so it can be re-scored without the model.
     A missing or malformed saved prediction is recorded and skipped, never fatal.
+    ``open_ends`` (a list; a sharded run's block of the samples): the posed sequences that hold the first
+    and last sample are appended to it instead of being scored, for :func:`score_open_ends`.
     """
     if isinstance(predictor, (str, os.PathLike)):
         predictor = PredictionFolder(predictor, kind)
     from_folder = isinstance(predictor, PredictionFolder)
     records: List[SampleRecord] = []
     kinds_seen = set()
-    sequences = _SequenceTracker(protocol, alignment)
+    sequences = _SequenceTracker(protocol, alignment, records, open_ends)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -327,7 +373,7 @@ def evaluate(samples: Iterable[dict], predictor: Union[PathLike, Callable, Predi
                 records.append(SampleRecord(sample["name"], "empty_mask"))
             out = _predict(predictor, sample, from_folder, records) if mask.any() else None
             if out is None:
-                sequences.flush()  # a frame missing from a sequence ends it (pairs are consecutive frames)
+                sequences.skip()  # a frame missing from a sequence ends it (pairs are consecutive frames)
             else:
                 pred, k = _unpack(out, kind)
                 k = check_kind(k)
@@ -342,7 +388,7 @@ def evaluate(samples: Iterable[dict], predictor: Union[PathLike, Callable, Predi
                 sequences.add(sample, pred, k, mask, rec)
             if bar is not None:
                 bar.update(1)
-        sequences.flush()
+        sequences.flush(last=True)
     finally:
         if bar is not None:
             bar.close()
