@@ -74,6 +74,7 @@ def test_two_process_predict_writes_every_output_once(tmp_path):
     assert counts == [5]
     record = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert sorted(record["entries"]) == [str(i) for i in range(5)]
+    assert sorted(record["inputs"]) == [str(i) for i in range(5)]  # each input's stamp, from either process
     for i in range(5):
         np.testing.assert_allclose(np.load(tmp_path / "out" / f"{i}.npy"), 1 + 40 * i / 255, atol=1e-5)
 

@@ -236,3 +236,39 @@ def test_read_record_of_an_older_folder_falls_back_to_its_keys(tmp_path):
     assert rec["kind"] == "metric_depth" and rec["units"] == "m" and rec["method"] == "m"
     assert read_record(tmp_path, "y") is None
     json.loads((tmp_path / "predictions.json").read_text())
+
+
+def test_rerun_redraws_what_a_changed_input_or_k_file_leaves_stale(tmp_path, toy_ckpt):
+    ins, out = tmp_path / "in", tmp_path / "out"
+    img = _jpeg(ins / "a.jpg")
+    names = ("a.npy", "a_color.png", "a.ply")
+
+    def stamps():  # a rewrite replaces the file (atomic rename): a new inode and time
+        return {n: ((out / n).stat().st_ino, (out / n).stat().st_mtime_ns) for n in names}
+
+    def redrawn(before):
+        return sorted(n for n, s in stamps().items() if s != before[n])
+
+    assert _predict(toy_ckpt, out, ins, save="npy,color,ply") == 0
+    first = stamps()
+    assert _predict(toy_ckpt, out, ins, save="npy,color,ply") == 0
+    assert redrawn(first) == []  # nothing changed: nothing redrawn
+    # a K file appears beside the image: the point cloud is redrawn with it, the depth is kept
+    (ins / "a_K.txt").write_text("100 0 24\n0 101 16\n0 0 1\n")
+    assert _predict(toy_ckpt, out, ins, save="npy,color,ply") == 0
+    assert redrawn(first) == ["a.ply"] and "K: fx=100 fy=101 cx=24 cy=16" in read_ply(out / "a.ply").comments
+    second = stamps()
+    (ins / "a_K.txt").write_text("90 0 24\n0 91 16\n0 0 1\n")  # edited
+    assert _predict(toy_ckpt, out, ins, save="npy,color,ply") == 0
+    assert redrawn(second) == ["a.ply"] and "K: fx=90 fy=91 cx=24 cy=16" in read_ply(out / "a.ply").comments
+    # the photo is replaced: asking for the depth only recomputes it, and the colour image and point cloud
+    # of the old photo are no longer listed, so asking for them later redraws them too
+    third = stamps()
+    Image.fromarray(np.full((32, 48, 3), 200, np.uint8)).save(img, quality=95)
+    assert _predict(toy_ckpt, out, ins, save="npy") == 0
+    assert redrawn(third) == ["a.npy"]
+    np.testing.assert_allclose(np.load(out / "a.npy"), 1 + 200 / 255, atol=0.02)
+    assert set(read_sidecar(out)["entries"]["a"]) == {"npy"}
+    fourth = stamps()
+    assert _predict(toy_ckpt, out, ins, save="npy,color,ply") == 0
+    assert redrawn(fourth) == ["a.ply", "a_color.png"]

@@ -123,9 +123,10 @@ def unique_jobs(jobs: List[Job], failures: List[Tuple[str, str]]) -> List[Job]:
 def pending(jobs: List[Job], out_root: Path, formats, index, overwrite: bool = False
             ) -> Tuple[List[Job], Dict[Path, List[str]]]:
     """The jobs that still need outputs and, per output name, which: missing files, files made
-    with other settings or unrecorded in ``index`` (an :class:`~diffdepth.io.sidecar.OutputIndex`);
-    all of them with ``overwrite``. Videos get mp4 + npz (+ side)."""
+    with other settings or from an input (or K file) that has changed since, or unrecorded in ``index``
+    (an :class:`~diffdepth.io.sidecar.OutputIndex`); all of them with ``overwrite``. Videos get mp4 + npz (+ side)."""
     from .io.export import output_path
+    from .io.sidecar import input_stamp
 
     video_formats = ["mp4", "npz"] + (["side"] if "side" in formats else [])
     todo: List[Job] = []
@@ -136,7 +137,9 @@ def pending(jobs: List[Job], out_root: Path, formats, index, overwrite: bool = F
             paths = {f: base.with_name(base.name + VIDEO_OUTPUTS[f]) for f in video_formats}
         else:
             paths = {f: output_path(base, f) for f in sorted(formats)}
-        want = list(paths) if overwrite else index.missing(job.rel.as_posix(), paths, paths)
+        want = index.missing(job.rel.as_posix(), paths, paths, input_stamp(job.source))
+        if overwrite:
+            want = list(paths)
         if want:
             needs[job.rel] = want
             todo.append(job)

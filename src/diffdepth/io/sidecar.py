@@ -13,6 +13,10 @@ Keys::
                  ``<settings id>`` or ``<settings id>:<render id>`` for outputs drawn with export
                  options (colour map, intrinsics). A file whose fingerprint differs from the
                  current run's, or that is not listed, is recomputed by a rerun.
+    inputs       (predict only) {relative output base: {"image": stamp, "K": stamp}}: the input file
+                 (size and modification time, as rsync's quick check) and the K file that applied to it
+                 (its bytes' digest) when its outputs were written. A rerun recomputes every output of
+                 an input that changed, and redraws ply/points/glb when its K file changed.
     records      {relative output base: record}: what each prediction is, made by
                  :func:`image_record` (kind, quantity, scale, units, valid_range, size, intrinsics,
                  alignment, method, checkpoint, processing_res, options, input, outputs, settings_id);
@@ -166,6 +170,25 @@ def checkpoint_identity(checkpoint: Optional[str]) -> Optional[str]:
     return f"{p.resolve()}@{stamp}"
 
 
+#: outputs drawn with the camera intrinsics (a K file beside the image)
+K_FORMATS = ("ply", "points", "glb")
+
+
+def input_stamp(source: PathLike) -> Optional[dict]:
+    """What a rerun compares to tell a changed input: the file's size and modification time, and the
+    digest of the K file that applies to it (:func:`~diffdepth.io.intrinsics.find_k_file`; None if none).
+    None when the input cannot be read (its job fails later with the reason)."""
+    from .intrinsics import find_k_file
+
+    try:
+        st = Path(source).stat()
+        k_file, _ = find_k_file(source)
+        k = None if k_file is None else f"{k_file.name}:{hashlib.sha1(k_file.read_bytes()).hexdigest()[:16]}"
+    except OSError:
+        return None
+    return {"image": f"{st.st_size}:{st.st_mtime_ns}", "K": k}
+
+
 class OutputIndex:
     """The record of one ``predict --out`` folder: which input has which output file, made how.
 
@@ -178,6 +201,7 @@ class OutputIndex:
         self.folder = Path(folder)
         self.writer = writer  # one process writes the file; the others hand their records to it (merge)
         self.new: Dict[str, dict] = {}  # what this process recorded: {rel: {format: file id}}, kind
+        self.stamps: Dict[str, dict] = {}  # rel -> its input's stamp now (input_stamp), noted by missing()
         self.settings = settings
         self.sid = fingerprint(settings)
         self.render = render or {}
@@ -191,10 +215,37 @@ class OutputIndex:
         extra = self.render.get(fmt)
         return f"{self.sid}:{fingerprint(extra)}" if extra else self.sid
 
-    def missing(self, rel: str, formats: Iterable[str], paths: Dict[str, Path]) -> List[str]:
-        """The formats of ``rel`` that must be (re)computed: absent, unrecorded or made otherwise."""
+    def missing(self, rel: str, formats: Iterable[str], paths: Dict[str, Path],
+                stamp: Optional[dict] = None) -> List[str]:
+        """The formats of ``rel`` that must be (re)computed: absent, unrecorded, made otherwise, or made from
+        an input that has changed since (``stamp``: its :func:`input_stamp` now, recorded with the outputs)."""
         entry = self.data["entries"].get(rel, {})
-        return [f for f in formats if not paths[f].exists() or entry.get(f) != self.file_id(f)]
+        stale = set()
+        if stamp is not None:
+            self.stamps[rel] = stamp
+            stale = self._stale(rel, stamp)
+        return [f for f in formats if not paths[f].exists() or entry.get(f) != self.file_id(f) or f in stale]
+
+    def _stale(self, rel: str, stamp: dict) -> set:
+        """The recorded formats of ``rel`` that an input change since they were written leaves out of date
+        (none for a folder written before inputs were stamped)."""
+        old = self.data.get("inputs", {}).get(rel)
+        if old is None:
+            return set()
+        if old.get("image") != stamp.get("image"):
+            return set(self.data["entries"].get(rel, {}))
+        return set(K_FORMATS) if old.get("K") != stamp.get("K") else set()
+
+    def _put_files(self, rel: str, files: Dict[str, str], stamp: Optional[dict]) -> None:
+        """Record ``files`` ({format: file id}) of ``rel``, made from the input as ``stamp`` says; the
+        recorded formats that input change left stale and that were not remade are forgotten (recomputed
+        when next asked for)."""
+        entry = self.data["entries"].setdefault(rel, {})
+        if stamp is not None:
+            for f in self._stale(rel, stamp) - set(files):
+                entry.pop(f, None)
+            self.data.setdefault("inputs", {})[rel] = stamp
+        entry.update(files)
 
     def settings_changed(self) -> Optional[dict]:
         """The settings the folder's newest outputs were made with, when they differ from this run's."""
@@ -204,11 +255,10 @@ class OutputIndex:
     def record(self, rel: str, formats: Iterable[str], kind: str, info: Optional[dict] = None) -> None:
         """Note that ``rel``'s ``formats`` were written now; ``info``: its :func:`image_record`
         (``outputs`` and ``settings_id`` are filled in here)."""
-        formats = list(formats)
-        entry = self.data["entries"].setdefault(rel, {})
-        for f in formats:
-            entry[f] = self.file_id(f)
-        self.new[rel] = {"files": {f: self.file_id(f) for f in formats}, "kind": kind, "record": info}
+        files = {f: self.file_id(f) for f in formats}
+        stamp = self.stamps.get(rel)
+        self._put_files(rel, files, stamp)
+        self.new[rel] = {"files": files, "kind": kind, "record": info, "stamp": stamp}
         self._put_record(rel, info)
         self._take(kind)
 
@@ -228,7 +278,7 @@ class OutputIndex:
         """Add what other processes recorded (their :attr:`new`)."""
         for new in records:
             for rel, rec in new.items():
-                self.data["entries"].setdefault(rel, {}).update(rec["files"])
+                self._put_files(rel, rec["files"], rec.get("stamp"))
                 self._put_record(rel, rec.get("record"))
                 self._take(rec["kind"])
 
