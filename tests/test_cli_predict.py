@@ -116,6 +116,8 @@ def test_method_flags_come_from_declared_predict_options(tmp_path, toy_ckpt, mon
     model = _toy_methods.MeanDepth()
     assert model.check_options({"scale": 2, "levels": 3}) == {"scale": 2.0, "levels": 3}
     assert isinstance(model.check_options({"scale": 2})["scale"], float)
+    typed = model.check_options({"levels": np.int64(3), "fine": np.bool_(True)})  # numpy scalars, as from arrays
+    assert typed == {"levels": 3, "fine": True} and type(typed["levels"]) is int and type(typed["fine"]) is bool
     assert model.check_options({"tag": 123}) == {"tag": "123"}  # --opt tag=123 means the text "123"
     with pytest.raises(SystemExit):
         parser.parse_args(["predict", "--help"])

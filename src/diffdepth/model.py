@@ -21,9 +21,11 @@ import copy
 import functools
 import inspect
 import json
+import numbers
 from pathlib import Path
 from typing import Any, ClassVar, Dict, Optional, Tuple, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -142,18 +144,22 @@ class DepthModel(nn.Module):
                 pass
             elif kind is str:
                 value = value if isinstance(value, str) else str(value)  # --opt prompt=123 means the text "123"
-            elif kind is bool and not isinstance(value, bool):
-                raise InputError(f"{flag} of {cls.method} takes true or false, got {value!r}")
-            elif kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                           or (kind is int and not isinstance(value, int))):
-                raise InputError(f"{flag} of {cls.method} takes {'an integer' if kind is int else 'a number'}, "
-                                 f"got {value!r}")
+            elif kind is bool:
+                if not isinstance(value, (bool, np.bool_)):
+                    raise InputError(f"{flag} of {cls.method} takes true or false, got {value!r}")
+                value = bool(value)
+            elif kind in (int, float):  # numpy scalars too; a bool is no number here
+                if isinstance(value, (bool, np.bool_)) or not isinstance(
+                        value, numbers.Integral if kind is int else numbers.Real):
+                    raise InputError(f"{flag} of {cls.method} takes {'an integer' if kind is int else 'a number'}, "
+                                     f"got {value!r}")
+                value = kind(value)
             if value is not None and spec.get("choices") and value not in spec["choices"]:
                 raise InputError(f"{flag} of {cls.method} is one of {', '.join(map(str, spec['choices']))}, "
                                  f"got {value!r}")
             if value is not None and spec.get("min") is not None and not value >= spec["min"]:  # NaN too
                 raise InputError(f"{flag} of {cls.method} must be >= {spec['min']}, got {value}")
-            checked[name] = float(value) if kind is float and value is not None else value
+            checked[name] = value
         return checked
 
     # ------------------------------------------------------------------ training
