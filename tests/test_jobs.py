@@ -125,6 +125,10 @@ def test_predict_refuses_what_the_method_cannot_give_before_loading(tmp_path, to
     monkeypatch.setattr(_toy_methods.MeanDepth, "predict_options", frozenset({"scale"}))
     with pytest.raises(J.InputError, match="--save seg,seg_ids: method test-mean has no segmentation head"):
         J.predict([img], tmp_path / "o", formats={"npy", "seg", "seg_ids"}, **kw)
+    monkeypatch.setattr(_toy_methods.MeanDepth, "predict_options", {"scale": {"type": float}})
+    monkeypatch.setattr("diffdepth.registry.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(J.InputError, match=r"^--opt scale of test-mean takes a number, got 'abc'$"):
+        J.predict([img], tmp_path / "o", options={"scale": "abc"}, **kw)
     assert not (tmp_path / "o").exists()  # nothing written, no model loaded
 
 

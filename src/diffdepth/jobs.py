@@ -347,12 +347,15 @@ def check_method(method: str, options: Dict[str, object], formats, caption: Opti
     """Method options, outputs and a caption the method cannot take, named before its model is loaded."""
     from .registry import get_method
 
-    accepted = getattr(get_method(method).load_class(), "predict_options", None)
+    cls = get_method(method).load_class()
+    accepted = getattr(cls, "predict_options", None)
     unknown = sorted(set(options) - set(accepted)) if accepted is not None else []
     if unknown:
         allowed = ", ".join(sorted(set(accepted) - {"with_segmentation"})) or "none"
         flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
         raise InputError(f"method {method} does not take {flags} (it takes: {allowed})")
+    if hasattr(cls, "check_options"):  # values against their declared types, choices, minimums
+        cls.check_options(options)
     seg = set(formats) & {"seg", "seg_ids"}
     if seg and accepted is not None and "with_segmentation" not in accepted:
         raise InputError(f"--save {','.join(sorted(seg))}: method {method} has no segmentation head (primedepth has one)")
